@@ -1,0 +1,35 @@
+# qgan-bench entry points.  `make report` and `make test` set everything up first.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+STAMP := $(VENV)/.installed
+CORES ?= all
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export MPLBACKEND := Agg
+
+.PHONY: setup report test dry-run-paper lint clean
+
+setup: $(STAMP)
+
+# Rebuilt only when requirements.txt changes: a second `make setup` is a no-op.
+$(STAMP): requirements.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade-strategy only-if-needed -r requirements.txt
+	$(VENV)/bin/python -c "import torch, torchvision, snakemake, pytorch_fid, dvc, mlflow; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	@touch $(STAMP)
+
+report: setup
+	snakemake --cores $(CORES) report
+	@echo "Report: $(CURDIR)/reports/index.html (table: reports/results.csv, reports/table4.md)"
+
+test: setup
+	python -m pytest -q tests
+
+dry-run-paper: setup
+	snakemake -n report --configfile configs/paper.yaml
+
+lint: setup
+	snakemake --lint
+
+clean:
+	rm -rf .qgan .snakemake data downloads resources stats models distill eval metrics samples reports logs

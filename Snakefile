@@ -1,0 +1,29 @@
+# qgan-bench: quantization of GAN generators, one DAG from data to report.
+#   snakemake --cores all report                                  (tiny profile, CPU, offline)
+#   snakemake --cores all report --configfile configs/paper.yaml  (paper scale)
+# This file is a table of contents: config handling lives in rules/common.smk, the stages in
+# rules/*.smk, the science in workflow_src/.
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# params.yaml beside this Snakefile is the default; --configfile files are merged over it.
+configfile: os.path.join(workflow.basedir, "params.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/distill.smk"
+include: "rules/quantize.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        rules.report.output,
+    default_target: True

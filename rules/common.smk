@@ -1,0 +1,61 @@
+# Config handling and path helpers shared by every rule file.  The experiment matrix comes from
+# workflow_src.config.variants(), the same function the CLI and the report use.
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from workflow_src import config as qcfg
+
+# The schema rejects bad params before any job starts; the CLI checks the same schema again.
+validate(config, str(qcfg.SCHEMA_PATH))
+try:
+    qcfg.validate(config)
+except qcfg.ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+# Every job reads the merged params (params.yaml + --configfile overrides) from one resolved file,
+# rewritten only when its content changes.  Rules rerun on the params `section` they declare.
+PARAMS = str(qcfg.dump_resolved(config, ".qgan/params.yaml"))
+ENV = "../envs/qgan.yaml"
+
+ARCHS = config["matrix"]["archs"]
+VARIANTS = [v.name for v in qcfg.variants(config)]
+FEATURE_KIND = config["features"]["kind"]
+FEATURES = "resources/features/tinycnn.pt" if FEATURE_KIND == "tinycnn" else "resources/inception"
+
+
+wildcard_constraints:
+    arch="|".join(ARCHS),
+    dataset="[A-Za-z0-9_-]+",
+    variant="[a-z0-9-]+",
+    split="[A-Za-z]+",
+
+
+def arch_dataset(arch):
+    return config["archs"][arch]["dataset"]
+
+
+def data_dir(wildcards):
+    return f"data/{arch_dataset(wildcards.arch)}"
+
+
+def real_split(arch):
+    from workflow_src.data import is_two_domain
+
+    split = config["eval"]["real_split"]
+    return f"{split}B" if is_two_domain(config["datasets"][arch_dataset(arch)]["kind"]) else split
+
+
+def real_stats(wildcards):
+    return f"stats/{arch_dataset(wildcards.arch)}-{real_split(wildcards.arch)}.npz"
+
+
+def used_datasets():
+    return sorted({arch_dataset(a) for a in ARCHS})
+
+
+# Jobs import workflow_src from this checkout, whatever the working directory (-d) is; progress
+# bars in logs/ refresh every few seconds rather than every step.
+shell.prefix(
+    "export PYTHONPATH='%s':$PYTHONPATH; export TQDM_MININTERVAL=${{TQDM_MININTERVAL:-3}}; " % workflow.basedir
+)

@@ -1,0 +1,71 @@
+# Datasets, the FID feature space and real-image statistics.
+
+
+rule prepare_data:
+    output:
+        directory("data/{dataset}"),
+    params:
+        cfg=PARAMS,
+        section=lambda w: config["datasets"][w.dataset],
+    log:
+        "logs/prepare_data/{dataset}.log",
+    conda:
+        ENV
+    shell:
+        "python -m workflow_src --config {params.cfg} prepare-data --dataset {wildcards.dataset} --out {output} --downloads downloads > {log} 2>&1"
+
+
+rule train_features:
+    input:
+        expand("data/{dataset}", dataset=used_datasets()),
+    output:
+        "resources/features/tinycnn.pt",
+    params:
+        cfg=PARAMS,
+        section=lambda w: [config["features"], config["seed"]],
+    log:
+        "logs/train_features.log",
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "python -m workflow_src --config {params.cfg} --threads {threads} train-features --data {input} --out {output} > {log} 2>&1"
+
+
+rule fetch_inception:
+    output:
+        directory("resources/inception"),
+    params:
+        cfg=PARAMS,
+        section=lambda w: config["features"].get("inception", {}),
+    log:
+        "logs/fetch_inception.log",
+    conda:
+        ENV
+    shell:
+        "python -m workflow_src --config {params.cfg} fetch-inception --out {output} > {log} 2>&1"
+
+
+localrules: prepare_data, fetch_inception
+
+
+rule real_stats:
+    input:
+        data="data/{dataset}",
+        features=FEATURES,
+    output:
+        "stats/{dataset}-{split}.npz",
+    params:
+        cfg=PARAMS,
+        section=lambda w: [config["features"], config["eval"]["batch_size"]],
+    log:
+        "logs/real_stats/{dataset}-{split}.log",
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "python -m workflow_src --config {params.cfg} --threads {threads} real-stats --data {input.data} --split {wildcards.split} --features {input.features} --out {output} > {log} 2>&1"

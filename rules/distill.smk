@@ -1,0 +1,37 @@
+# The distillation set (calibration draws from it) and the seeded evaluation inputs.
+
+
+rule distill:
+    input:
+        data=data_dir,
+        fp="models/fp/{arch}.pt",
+    output:
+        "distill/{arch}.pt",
+    params:
+        cfg=PARAMS,
+        section=lambda w: [config["distill"], config["seed"]],
+    log:
+        "logs/distill/{arch}.log",
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "python -m workflow_src --config {params.cfg} --threads {threads} distill --arch {wildcards.arch} --data {input.data} --fp {input.fp} --out {output} > {log} 2>&1"
+
+
+rule eval_inputs:
+    input:
+        data_dir,
+    output:
+        "eval/{arch}/inputs.pt",
+    params:
+        cfg=PARAMS,
+        section=lambda w: [config["eval"]["n_samples"], config["eval"]["real_split"], config["seed"]],
+    log:
+        "logs/eval_inputs/{arch}.log",
+    conda:
+        ENV
+    shell:
+        "python -m workflow_src --config {params.cfg} eval-inputs --arch {wildcards.arch} --data {input} --out {output} > {log} 2>&1"

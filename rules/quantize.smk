@@ -1,0 +1,21 @@
+# One quantized generator per (arch, variant); variant = {method}-{channel|tensor}-w{W}a{A}.
+
+
+rule quantize:
+    input:
+        fp="models/fp/{arch}.pt",
+        distill="distill/{arch}.pt",
+    output:
+        "models/q/{arch}/{variant}.pt",
+    params:
+        cfg=PARAMS,
+        section=lambda w: [config["archs"][w.arch]["quantiles"], config["calibration"], config["distill"]["batch_size"]],
+    log:
+        "logs/quantize/{arch}/{variant}.log",
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "python -m workflow_src --config {params.cfg} --threads {threads} quantize --arch {wildcards.arch} --variant {wildcards.variant} --fp {input.fp} --distill {input.distill} --out {output} > {log} 2>&1"

@@ -1,0 +1,20 @@
+# Tables, figures and the HTML report.
+
+
+rule report:
+    input:
+        metrics=expand("metrics/{arch}/{variant}.json", arch=ARCHS, variant=["fp"] + VARIANTS),
+        samples=expand("samples/{arch}/{variant}.png", arch=ARCHS, variant=["fp"] + VARIANTS),
+    output:
+        results="reports/results.csv",
+        table4="reports/table4.md",
+        html="reports/index.html",
+    params:
+        cfg=PARAMS,
+        section=lambda w: config["matrix"],
+    log:
+        "logs/report.log",
+    conda:
+        ENV
+    shell:
+        "python -m workflow_src --config {params.cfg} report --metrics {input.metrics} --samples samples --out reports > {log} 2>&1"

@@ -1,0 +1,114 @@
+"""Params validation: every bad input is rejected with a message naming the key and the value."""
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflow_src import config as qcfg
+from workflow_src.methods import METHODS
+from workflow_src.models import ARCHS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def base():
+    return qcfg.load_yaml(ROOT / "params.yaml")
+
+
+def test_shipped_configs_are_valid(base):
+    qcfg.validate(base)
+    paper = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"])
+    assert paper["profile"] == "paper" and paper["calibration"]["images"] == 500
+    assert paper["brecq"]["ar_steps"] == 20000 and paper["qat"]["loss_weights"]["style"] == 3e4
+    assert [paper["archs"][a]["resolution"] for a in ("stylegan", "sagan", "cyclegan")] == [128, 64, 256]
+
+
+def _mutated(base, path, value):
+    cfg = copy.deepcopy(base)
+    cur = cfg
+    for k in path[:-1]:
+        cur = cur[k]
+    cur[path[-1]] = value
+    return cfg
+
+
+@pytest.mark.parametrize("path,value,needles", [
+    (("matrix", "w_bits"), [8, 9], ["matrix.w_bits.1", "9"]),
+    (("matrix", "a_bits"), [1], ["matrix.a_bits.0", "1"]),
+    (("matrix", "archs"), ["stylegan", "biggan"], ["matrix.archs.1", "biggan"]),
+    (("matrix", "methods"), ["ptq-minmax", "ptq-magic"], ["matrix.methods.1", "ptq-magic"]),
+    (("archs", "stylegan", "quantiles", "activation", "upper"), 1.5, ["archs.stylegan.quantiles.activation.upper", "1.5"]),
+    (("archs", "sagan", "quantiles", "weight", "lower"), -0.1, ["archs.sagan.quantiles.weight.lower", "-0.1"]),
+    (("archs", "stylegan", "train", "steps"), "many", ["archs.stylegan.train.steps", "many"]),
+    (("calibration", "momentum"), "fast", ["calibration.momentum", "fast"]),
+    (("eval", "n_samples"), 1.5, ["eval.n_samples", "1.5"]),
+])
+def test_schema_errors_name_key_and_value(base, path, value, needles):
+    with pytest.raises(qcfg.ConfigError) as exc:
+        qcfg.validate(_mutated(base, path, value))
+    for needle in needles:
+        assert needle in str(exc.value)
+
+
+def test_unknown_keys_are_named(base):
+    cfg = _mutated(base, ("calibration", "imags"), 10)
+    with pytest.raises(qcfg.ConfigError, match="'imags'.*'calibration'"):
+        qcfg.validate(cfg)
+    cfg = copy.deepcopy(base)
+    cfg["archs"]["biggan"] = cfg["archs"]["sagan"]
+    with pytest.raises(qcfg.ConfigError, match="biggan"):
+        qcfg.validate(cfg)
+
+
+def test_lower_quantile_must_be_below_upper(base):
+    cfg = _mutated(base, ("archs", "cyclegan", "quantiles", "activation"), {"upper": 0.9, "lower": 0.9})
+    with pytest.raises(qcfg.ConfigError, match=r"archs\.cyclegan\.quantiles\.activation.*0\.9"):
+        qcfg.validate(cfg)
+
+
+def test_cross_references(base):
+    with pytest.raises(qcfg.ConfigError, match="archs.sagan.dataset.*celebahq"):
+        qcfg.validate(_mutated(base, ("archs", "sagan", "dataset"), "celebahq"))
+    with pytest.raises(qcfg.ConfigError, match="channels"):
+        qcfg.validate(_mutated(base, ("archs", "stylegan", "model", "channels"), [8, 8]))
+
+
+def test_schema_enums_match_registries():
+    schema = yaml.safe_load(qcfg.SCHEMA_PATH.read_text())
+    assert set(schema["$defs"]["method_name"]["enum"]) == set(METHODS)
+    assert set(schema["$defs"]["arch_name"]["enum"]) == set(ARCHS)
+
+
+def test_variant_names_round_trip(base):
+    vs = qcfg.variants(base)
+    assert len(vs) == len(base["matrix"]["methods"]) * 2 * 2
+    for v in vs:
+        assert qcfg.Variant.parse(v.name) == v
+    with pytest.raises(qcfg.ConfigError, match="nonsense"):
+        qcfg.Variant.parse("nonsense")
+
+
+def test_deep_merge_overrides_leaves_only():
+    merged = qcfg.deep_merge({"a": {"b": 1, "c": [1, 2]}, "d": 1}, {"a": {"c": [3]}})
+    assert merged == {"a": {"b": 1, "c": [3]}, "d": 1}
+
+
+def test_cli_rejects_bad_params_before_work(tmp_path, base):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"matrix": {"w_bits": [8, 16]}}))
+    proc = subprocess.run([sys.executable, "-m", "workflow_src", "--config", str(ROOT / "params.yaml"), "--config", str(bad), "validate"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "matrix.w_bits.1" in proc.stderr and "16" in proc.stderr
+
+
+def test_snakemake_rejects_bad_params_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"archs": {"stylegan": {"quantiles": {"activation": {"upper": 0.5, "lower": 0.7}}}}}))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "report", "--configfile", str(bad)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "archs.stylegan.quantiles.activation" in proc.stdout + proc.stderr

@@ -1,0 +1,81 @@
+"""FID glue against closed forms and against pytorch-fid's own pipeline."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from workflow_src.metrics import fid
+from workflow_src.metrics.featurenet import TinyFeatureNet
+
+
+def test_frechet_distance_closed_form_diagonal():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    v1, v2 = rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(v1 + v2 - 2 * np.sqrt(v1 * v2))
+    got = fid.frechet_distance((mu1, np.diag(v1)), (mu2, np.diag(v2)))
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_statistics_and_self_distance():
+    feats = np.random.default_rng(1).normal(size=(500, 8))
+    mu, sigma = fid.statistics(feats)
+    assert np.allclose(mu, feats.mean(0)) and np.allclose(sigma, np.cov(feats.T))
+    assert fid.frechet_distance((mu, sigma), (mu, sigma)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError):
+        fid.statistics(feats[:1])
+
+
+def test_stats_file_round_trip_checks_feature_space(tmp_path):
+    feats = np.random.default_rng(2).normal(size=(50, 4))
+    fid.save_stats(tmp_path / "s.npz", feats, "tinycnn-4d")
+    mu, sigma = fid.load_stats(tmp_path / "s.npz", "tinycnn-4d")
+    assert np.allclose(mu, feats.mean(0))
+    with pytest.raises(ValueError, match="inception"):
+        fid.load_stats(tmp_path / "s.npz", "inception-2048d")
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        fid.load_stats(tmp_path / "nope.npz")
+
+
+def _write_pngs(dirpath, images):
+    dirpath.mkdir()
+    paths = []
+    for i, img in enumerate(images):
+        p = dirpath / f"{i:03d}.png"
+        Image.fromarray(img).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def test_fid_matches_pytorch_fid_pipeline(tmp_path):
+    """Same images, same feature network: our FID equals the one pytorch-fid computes from files."""
+    from pytorch_fid.fid_score import calculate_activation_statistics, calculate_frechet_distance
+
+    torch.manual_seed(0)
+    net = TinyFeatureNet(n_classes=4, input_size=16, width=4, dim=6).eval()
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, size=(40, 16, 16, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-60, 60, size=a.shape), 0, 255).astype(np.uint8)
+
+    class Wrapped(torch.nn.Module):  # pytorch-fid feeds [0, 1] images and reads output[0]
+        def forward(self, x):
+            return [net.features(x * 2 - 1)[:, :, None, None]]
+
+    ref = []
+    for name, imgs in (("a", a), ("b", b)):
+        files = _write_pngs(tmp_path / name, imgs)
+        ref.append(calculate_activation_statistics(files, Wrapped(), batch_size=8, dims=6, device="cpu", num_workers=0))
+    expected = calculate_frechet_distance(*ref[0], *ref[1])
+
+    space = fid.FeatureSpace("test", 6, net.features)
+    to_t = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1
+    ours = [fid.statistics(space.extract(to_t(x).split(8))) for x in (a, b)]
+    assert fid.frechet_distance(ours[0], ours[1]) == pytest.approx(expected, rel=1e-4)
+    assert expected > 0
+
+
+def test_inception_weights_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pt_inception"):
+        fid.load_feature_space("inception", tmp_path)
+    with pytest.raises(ValueError, match="features.kind"):
+        fid.load_feature_space("clip", tmp_path)

@@ -1,0 +1,212 @@
+"""The three GAN architectures against the model contract (base.py, layers.py, quant/ops.py)."""
+import copy
+import io
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from workflow_src.models import ARCHS, GANArch, bake, get_arch
+from workflow_src.models.layers import EqualConv2d, EqualLinear
+from workflow_src.quant.ops import FloatOp
+
+RES = 16
+CFG = {
+    "stylegan": (
+        {"latent_dim": 16, "n_mlp": 2, "channels": [16, 16, 8], "d_channels": [16, 16, 8]},
+        {"steps": 10, "batch_size": 4, "lr_g": 2e-3, "lr_d": 2e-3, "betas": [0.0, 0.99], "r1_gamma": 1.0, "ema_beta": 0.99},
+    ),
+    "sagan": (
+        {"latent_dim": 16, "channels": [16, 16, 8], "d_channels": [16, 16, 8], "attn_res": 8},
+        {"steps": 10, "batch_size": 4, "lr_g": 1e-4, "lr_d": 4e-4, "betas": [0.0, 0.9], "ema_beta": 0.99},
+    ),
+    "cyclegan": (
+        {"ngf": 4, "ndf": 4, "n_blocks": 2, "n_downsampling": 2, "d_layers": 2},
+        {"steps": 10, "batch_size": 2, "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999], "lambda_cycle": 10.0, "lambda_identity": 0.5},
+    ),
+}
+NAMES = sorted(CFG)
+
+
+def make(name):
+    model_cfg, train_cfg = CFG[name]
+    return get_arch(name)(model_cfg, train_cfg, RES)
+
+
+def inputs(arch, n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if arch.input_kind == "latent":
+        return arch.sample_inputs(n, g)
+    return torch.rand(n, 3, RES, RES, generator=g) * 2 - 1
+
+
+def batches(arch, n=None, seed=1):
+    """An infinite iterator of dataset-like batches."""
+    g = torch.Generator().manual_seed(seed)
+    n = n or arch.train_cfg["batch_size"]
+    keys = ["x"] if arch.input_kind == "latent" else ["A", "B"]
+    while True:
+        yield {k: torch.rand(n, 3, RES, RES, generator=g) * 2 - 1 for k in keys}
+
+
+def op_modules(model):
+    return [m for m in model.modules() if isinstance(m, FloatOp)]
+
+
+def test_registry_lists_the_three_archs():
+    assert {"stylegan", "sagan", "cyclegan"} <= set(ARCHS)
+    for name in NAMES:
+        assert issubclass(get_arch(name), GANArch) and get_arch(name).name == name
+    assert get_arch("cyclegan").input_kind == "image" and get_arch("stylegan").input_kind == "latent"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generator_output_shape_and_range(name):
+    torch.manual_seed(0)
+    arch = make(name)
+    G = arch.build_generator().eval()
+    with torch.no_grad():
+        y = G(inputs(arch, 3))
+    assert y.shape == (3, 3, RES, RES)
+    assert torch.isfinite(y).all() and y.abs().max() <= 1.0
+    assert y.std() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_mode_is_deterministic_and_per_sample(name):
+    torch.manual_seed(0)
+    arch = make(name)
+    G = arch.build_generator().eval()
+    x = inputs(arch, 4)
+    with torch.no_grad():
+        a, b = G(x), G(x)
+        part = G(x[:2])
+    assert torch.equal(a, b)
+    torch.testing.assert_close(part, a[:2], atol=1e-5, rtol=0)  # a sample does not depend on its batch
+
+
+def test_stylegan_noise_fixed_in_eval_fresh_in_training():
+    torch.manual_seed(0)
+    arch = make("stylegan")
+    G1, G2 = arch.build_generator(), arch.build_generator()
+    noise1 = [b for n, b in G1.named_buffers() if n.endswith("noise")]
+    noise2 = [b for n, b in G2.named_buffers() if n.endswith("noise")]
+    assert len(noise1) == 2 * len(CFG["stylegan"][0]["channels"])
+    assert all(torch.equal(u, v) for u, v in zip(noise1, noise2))  # seeded, not drawn from the global RNG
+    for m in G1.modules():  # make the noise matter
+        if hasattr(m, "noise"):
+            nn.init.constant_(m.weight, 1.0)
+    z = inputs(arch, 2)
+    G1.train()
+    assert not torch.equal(G1(z), G1(z))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bake_preserves_outputs_and_leaves_plain_layers(name):
+    torch.manual_seed(0)
+    arch = make(name)
+    state = arch.init_state(torch.device("cpu"))
+    it = batches(arch)
+    for step in range(2):  # non-trivial SN vectors, BN statistics and EMA weights
+        arch.train_step(state, it, step)
+    G = arch.generator(state).eval()
+    x = inputs(arch, 3)
+    with torch.no_grad():
+        before = G(x)
+        baked = bake(copy.deepcopy(G))
+        after = baked(x)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+    for m in baked.modules():
+        assert not isinstance(m, (EqualConv2d, EqualLinear))
+        assert not parametrize.is_parametrized(m)
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            assert type(m) in (nn.Conv2d, nn.Linear)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_only_allowed_layers(name):
+    arch = make(name)
+    state = arch.init_state(torch.device("cpu"))
+    for net in (m for m in state.values() if isinstance(m, nn.Module)):
+        assert not any(isinstance(m, nn.ConvTranspose2d) for m in net.modules())
+    G = arch.generator(state)
+    weight_types = (nn.Conv2d, nn.Linear, EqualConv2d, EqualLinear)
+    conv_like = [m for m in G.modules() if isinstance(m, weight_types) or "conv" in type(m).__name__.lower()]
+    assert conv_like and all(isinstance(m, weight_types) for m in conv_like)
+    for m in G.modules():  # spectral norm, where used, is the parametrization version on conv/linear
+        if parametrize.is_parametrized(m):
+            assert isinstance(m, (nn.Conv2d, nn.Linear))
+    assert op_modules(G)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("training", [False, True])
+def test_every_op_module_called_exactly_once(name, training):
+    torch.manual_seed(0)
+    arch = make(name)
+    G = arch.build_generator().train(training)
+    ops = op_modules(G)
+    assert len({id(m) for m in ops}) == len(ops)
+    counts = {id(m): 0 for m in ops}
+
+    def hook(module, args, out):
+        counts[id(module)] += 1
+
+    handles = [m.register_forward_hook(hook) for m in ops]
+    with torch.no_grad():
+        G(inputs(arch, 2))
+    for h in handles:
+        h.remove()
+    assert set(counts.values()) == {1}
+    expected = {"stylegan": 4 * 2 * 3, "sagan": 2 + 4, "cyclegan": 2}[name]  # see the architectures
+    assert len(ops) == expected
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_train_step_runs_and_updates_generator(name):
+    torch.manual_seed(0)
+    arch = make(name)
+    state = arch.init_state(torch.device("cpu"))
+    G = arch.generator(state)
+    x = inputs(arch, 2)
+    params0 = [p.detach().clone() for p in G.parameters()]
+    with torch.no_grad():
+        y0 = G.eval()(x)
+    it = batches(arch)
+    losses = arch.train_step(state, it, 0)
+    losses.update(arch.train_step(state, it, 1))
+    assert losses and all(isinstance(v, float) and torch.isfinite(torch.tensor(v)) for v in losses.values())
+    G = arch.generator(state)
+    assert any(not torch.equal(p0, p) for p0, p in zip(params0, G.parameters()))
+    with torch.no_grad():
+        assert not torch.allclose(G.eval()(x), y0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip(name):
+    torch.manual_seed(0)
+    arch = make(name)
+    state = arch.init_state(torch.device("cpu"))
+    it = batches(arch)
+    arch.train_step(state, it, 0)
+    buf = io.BytesIO()
+    torch.save({k: v.state_dict() for k, v in state.items()}, buf)
+    buf.seek(0)
+
+    torch.manual_seed(123)  # a differently initialised copy
+    other = arch.init_state(torch.device("cpu"))
+    for k, sd in torch.load(buf, weights_only=True).items():
+        other[k].load_state_dict(sd)
+    x = inputs(arch, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(arch.generator(other).eval()(x), arch.generator(state).eval()(x), atol=0, rtol=0)
+
+    # the optimisers came along too: the next step is identical
+    batch = next(it)
+    for s in (state, other):
+        torch.manual_seed(7)
+        arch.train_step(s, itertools.repeat(batch), 1)
+    with torch.no_grad():
+        torch.testing.assert_close(arch.generator(other).eval()(x), arch.generator(state).eval()(x), atol=1e-6, rtol=0)

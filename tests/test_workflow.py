@@ -1,0 +1,81 @@
+"""The workflow, run for real: the whole DAG on the micro config in a temporary directory."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from workflow_src import config as qcfg
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("micro")
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(work), "--cores", "2", "report", "--configfile", str(ROOT / "configs" / "micro.yaml")],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "logs").rglob("*.log")))
+        pytest.fail(f"workflow failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n{logs}")
+    return work
+
+
+@pytest.mark.workflow
+def test_every_artifact_and_finite_metrics(micro_run):
+    cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
+    archs, variants = cfg["matrix"]["archs"], [v.name for v in qcfg.variants(cfg)]
+    for arch in archs:
+        for p in [f"models/fp/{arch}.pt", f"distill/{arch}.pt", f"eval/{arch}/inputs.pt", f"eval/{arch}/fp_stats.npz", f"metrics/{arch}/fp.json"]:
+            assert (micro_run / p).stat().st_size > 0, p
+        for v in variants:
+            for p in [f"models/q/{arch}/{v}.pt", f"metrics/{arch}/{v}.json", f"samples/{arch}/{v}.png"]:
+                assert (micro_run / p).stat().st_size > 0, p
+        assert (micro_run / "reports" / f"samples_{arch}.png").exists()
+    df = pd.read_csv(micro_run / "reports" / "results.csv")
+    assert list(df.columns) == ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space"]
+    assert len(df) == len(archs) * (1 + len(variants))
+    assert df[["fid", "qfid"]].map(math.isfinite).all().all()
+    assert set(df["method"]) == {"fp", "ptq-minmax", "ptq-quantile"}
+    assert df["feature_space"].str.startswith("tinycnn").all()
+    table = (micro_run / "reports" / "table4.md").read_text()
+    assert "StyleGAN FID" in table and "a8/w4" in table and "tinycnn" in table
+    html = (micro_run / "reports" / "index.html").read_text()
+    assert all(f"samples_{a}.png" in html for a in archs)
+    # no temporary files left behind
+    assert not list(micro_run.rglob("*.tmp"))
+
+
+@pytest.mark.workflow
+def test_fewer_weight_bits_cost_more_qfid(micro_run):
+    df = pd.read_csv(micro_run / "reports" / "results.csv")
+    sel = df[(df["method"] == "ptq-minmax") & (df["per_channel"] == False)]  # noqa: E712
+    for arch, g in sel.groupby("arch"):
+        q = g.set_index("w_bits")["qfid"]
+        assert q[4] > q[8], f"{arch}: qFID w4 {q[4]} <= w8 {q[8]}"
+
+
+@pytest.mark.workflow
+def test_second_run_is_a_no_op(micro_run):
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(micro_run), "--cores", "1", "-n", "report", "--configfile", str(ROOT / "configs" / "micro.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_paper_plan_is_complete(tmp_path):
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "-n", "--cores", "1", "report", "--configfile", str(ROOT / "configs" / "paper.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "fetch_inception" in out and "train_features" not in out
+    n_variants = len(qcfg.variants(qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"])))
+    assert f"quantize              {3 * n_variants}" in out or f"quantize {3 * n_variants}" in " ".join(out.split())
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--lint"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,0 +1,82 @@
+"""``python -m workflow_src STAGE --config params.yaml [--config override.yaml] ...``
+
+One subcommand per workflow stage; Snakemake rules and DVC stages call exactly these.  Every
+invocation validates the merged params against the schema before doing anything."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from . import config as config_mod
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m workflow_src", description=__doc__)
+    p.add_argument("--config", action="append", default=None, help="params YAML; repeat to merge overrides (default: params.yaml)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    sub = p.add_subparsers(dest="stage", required=True)
+
+    def stage(name, help, *args):
+        sp = sub.add_parser(name, help=help)
+        for a in args:
+            sp.add_argument(f"--{a}", required=True)
+        return sp
+
+    stage("validate", "validate the params and print the experiment matrix")
+    stage("prepare-data", "download or generate a dataset", "dataset", "out", "downloads")
+    stage("fetch-inception", "download pytorch-fid's FID Inception weights (sha256-verified)", "out")
+    sp = stage("train-features", "train the tiny profile's FID feature network", "out")
+    sp.add_argument("--data", nargs="+", required=True)
+    stage("real-stats", "feature statistics of real images", "data", "split", "features", "out")
+    stage("train", "train a full-precision GAN (resumes from --ckpt)", "arch", "data", "out", "ckpt")
+    stage("distill", "generate the distillation set", "arch", "data", "fp", "out")
+    stage("eval-inputs", "draw the seeded evaluation inputs", "arch", "data", "out")
+    stage("quantize", "quantize a generator with one method/variant", "arch", "variant", "fp", "distill", "out")
+    stage("evaluate", "FID and qFID of one variant (or fp)", "arch", "variant", "model", "inputs", "features", "real-stats", "fp-stats", "out", "samples")
+    sp = stage("report", "tables, figures and the HTML report", "samples", "out")
+    sp.add_argument("--metrics", nargs="+", required=True)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config or ["params.yaml"])
+    except config_mod.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from . import stages
+    from .utils import device, set_threads
+
+    set_threads(args.threads)
+    s = args.stage
+    if s == "validate":
+        print(f"params OK: profile {cfg['profile']}, archs {cfg['matrix']['archs']}")
+        for v in config_mod.variants(cfg):
+            print("  ", v.name)
+    elif s == "prepare-data":
+        from . import data
+
+        data.prepare(args.dataset, cfg["datasets"][args.dataset], args.out, download_dir=args.downloads)
+    elif s == "fetch-inception":
+        stages.fetch_inception(cfg, args.out)
+    elif s == "train-features":
+        stages.train_features(cfg, args.data, args.out)
+    elif s == "real-stats":
+        stages.real_stats(cfg, args.data, args.split, args.features, args.out)
+    elif s == "train":
+        stages.train_fp(cfg, args.arch, args.data, args.out, args.ckpt, device())
+    elif s == "distill":
+        stages.distill(cfg, args.arch, args.data, args.fp, args.out)
+    elif s == "eval-inputs":
+        stages.eval_inputs(cfg, args.arch, args.data, args.out)
+    elif s == "quantize":
+        stages.quantize(cfg, args.arch, args.variant, args.fp, args.distill, args.out)
+    elif s == "evaluate":
+        stages.evaluate(cfg, args.arch, args.variant, args.model, args.inputs, args.features, args.real_stats, args.fp_stats, args.out, args.samples)
+    elif s == "report":
+        from . import report
+
+        report.build(cfg, args.metrics, args.samples, args.out)
+    return 0

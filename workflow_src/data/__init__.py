@@ -1,0 +1,207 @@
+"""Datasets behind one interface.
+
+A prepared dataset is a directory holding ``{split}.npy`` (uint8, NHWC, RGB, square at
+the configured resolution) for every split of its kind, plus ``manifest.json``::
+
+    {"name", "kind", "resolution", "splits": {split: n}, "sha256": {split: hex},
+     "config": <the cfg it was built from>, "format": 1}
+
+Files are written under temporary names and renamed when complete; the manifest
+is written last, so its presence means the directory is complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from . import offline, real
+from .download import sha256_file
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+DATASET_KINDS: dict[str, Callable[[dict, Path], dict]] = {
+    "digits": offline.build_digits,
+    "horse2zebra-synthetic": offline.build_horse2zebra_synthetic,
+    "ffhq": real.build_ffhq,
+    "celeba": real.build_celeba,
+    "horse2zebra": real.build_horse2zebra,
+}
+TWO_DOMAIN_KINDS = frozenset({"horse2zebra-synthetic", "horse2zebra"})
+
+__all__ = ["DATASET_KINDS", "prepare", "is_two_domain", "splits_for", "load_split",
+           "to_tensor", "train_batches", "read_manifest"]
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; known kinds: {', '.join(sorted(DATASET_KINDS))}")
+    return kind
+
+
+def is_two_domain(kind: str) -> bool:
+    return _check_kind(kind) in TWO_DOMAIN_KINDS
+
+
+def splits_for(kind: str) -> list[str]:
+    return ["trainA", "trainB", "testA", "testB"] if is_two_domain(kind) else ["train", "test"]
+
+
+def _canonical(cfg: dict) -> str:
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def read_manifest(out_dir: str | Path) -> dict | None:
+    p = Path(out_dir) / MANIFEST
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _is_current(manifest: dict | None, name: str, cfg: dict, out_dir: Path) -> bool:
+    if not manifest or manifest.get("format") != FORMAT_VERSION:
+        return False
+    if (manifest.get("name"), manifest.get("kind"), manifest.get("resolution")) != \
+            (name, cfg["kind"], int(cfg["resolution"])):
+        return False
+    if _canonical(manifest.get("config")) != _canonical(cfg):
+        return False
+    for split, n in manifest.get("splits", {}).items():
+        f = out_dir / f"{split}.npy"
+        if not f.exists() or np.load(f, mmap_mode="r").shape[0] != n:
+            return False
+    return set(manifest.get("splits", {})) == set(splits_for(cfg["kind"]))
+
+
+def _tmp_path(out_dir: Path, name: str) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def _write_split(out_dir: Path, split: str, data, res: int) -> tuple[int, str]:
+    """Write one split atomically; ``data`` is an array or has ``shape`` and ``fill(out)``."""
+    expected = (res, res, 3)
+    if tuple(data.shape[1:]) != expected or (isinstance(data, np.ndarray) and data.dtype != np.uint8):
+        raise ValueError(f"split {split}: builder produced {getattr(data, 'dtype', '?')} {tuple(data.shape)}, "
+                         f"expected uint8 (N, {res}, {res}, 3)")
+    tmp = _tmp_path(out_dir, f"{split}.npy")
+    try:
+        if isinstance(data, np.ndarray):
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(data))
+        else:
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=tuple(data.shape))
+            data.fill(mm, desc=split)
+            mm.flush()
+            del mm
+        digest = sha256_file(tmp)
+        os.replace(tmp, out_dir / f"{split}.npy")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return int(data.shape[0]), digest
+
+
+def prepare(name: str, cfg: dict, out_dir: str | Path, download_dir: str | Path | None = None) -> dict:
+    """Build dataset ``name`` from its params section ``cfg`` into ``out_dir``; returns the manifest.
+
+    Does nothing if ``out_dir`` already holds a complete dataset built from the same
+    config. ``download_dir`` (real datasets only) defaults to ``<out_dir>/../downloads``.
+    """
+    if "kind" not in cfg or "resolution" not in cfg:
+        raise ValueError(f"dataset {name!r}: config needs 'kind' and 'resolution', got keys {sorted(cfg)}")
+    kind, res = _check_kind(cfg["kind"]), int(cfg["resolution"])
+    if res < 1:
+        raise ValueError(f"dataset {name!r}: resolution must be positive, got {res}")
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    if _is_current(manifest, name, cfg, out_dir):
+        return manifest
+
+    download_dir = Path(download_dir) if download_dir is not None else out_dir.parent / "downloads"
+    splits = DATASET_KINDS[kind](cfg, download_dir)
+    missing = set(splits_for(kind)) ^ set(splits)
+    if missing:
+        raise ValueError(f"builder for {kind!r} returned splits {sorted(splits)}, expected {splits_for(kind)}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # directory is incomplete until rewritten
+    manifest = {"name": name, "kind": kind, "resolution": res, "splits": {}, "sha256": {},
+                "config": json.loads(_canonical(cfg)), "format": FORMAT_VERSION}
+    for split in splits_for(kind):
+        manifest["splits"][split], manifest["sha256"][split] = _write_split(out_dir, split, splits[split], res)
+    tmp = _tmp_path(out_dir, MANIFEST)
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, out_dir / MANIFEST)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return manifest
+
+
+def load_split(out_dir: str | Path, split: str) -> np.ndarray:
+    """Memory-map ``{split}.npy`` of a prepared dataset (uint8 NHWC)."""
+    path = Path(out_dir) / f"{split}.npy"
+    if not path.is_file():
+        raise FileNotFoundError(f"prepared split file not found: {path} (has the dataset been prepared?)")
+    return np.load(path, mmap_mode="r")
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC (or a single HWC image) -> float32 NCHW (CHW) in [-1, 1]."""
+    x = np.asarray(images)
+    if not (x.flags.writeable and x.flags.c_contiguous):  # e.g. a read-only memmap
+        x = np.array(x)
+    t = torch.from_numpy(x)
+    t = t.permute(0, 3, 1, 2) if t.ndim == 4 else t.permute(2, 0, 1)
+    return t.float().div_(127.5).sub_(1.0)
+
+
+def _index_stream(n: int, batch_size: int, g: torch.Generator) -> Iterator[np.ndarray]:
+    """Endless batches of indices; a fresh permutation each epoch, batches may span epochs."""
+    if n == 0:
+        raise ValueError("cannot draw batches from an empty split")
+    perm, pos = torch.randperm(n, generator=g), 0
+    while True:
+        take = []
+        while sum(len(t) for t in take) < batch_size:
+            if pos == n:
+                perm, pos = torch.randperm(n, generator=g), 0
+            k = min(batch_size - sum(len(t) for t in take), n - pos)
+            take.append(perm[pos:pos + k])
+            pos += k
+        yield torch.cat(take).numpy()
+
+
+def _batch(arr: np.ndarray, idx: np.ndarray, g: torch.Generator, flip: bool) -> torch.Tensor:
+    order = np.argsort(idx, kind="stable")       # sorted reads are kinder to the memmap
+    x = np.empty((len(idx), *arr.shape[1:]), np.uint8)
+    x[order] = arr[idx[order]]
+    t = to_tensor(x)
+    if flip:
+        m = torch.rand(len(idx), generator=g) < 0.5
+        t[m] = t[m].flip(-1)
+    return t
+
+
+def train_batches(out_dir: str | Path, kind: str, batch_size: int, seed: int,
+                  flip: bool = True) -> Iterator[dict]:
+    """Infinite shuffled training batches: {"x": NCHW} or, for two-domain kinds, {"A", "B"}.
+
+    Values are float32 in [-1, 1]; each domain is shuffled independently and
+    reshuffled every epoch; ``flip`` applies random horizontal flips.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    keys = {"A": "trainA", "B": "trainB"} if is_two_domain(kind) else {"x": "train"}
+    g = torch.Generator().manual_seed(int(seed))
+    arrays = {k: load_split(out_dir, s) for k, s in keys.items()}
+    streams = {k: _index_stream(len(a), batch_size, g) for k, a in arrays.items()}
+    while True:
+        yield {k: _batch(arrays[k], next(streams[k]), g, flip) for k in keys}

@@ -1,0 +1,22 @@
+"""Quantization methods by name.  A method takes the FP generator, the calibration inputs of the
+distillation set, the variant and the params, and returns ``(quantized model, QuantSpec, info)``.
+
+Only implemented methods are registered; the params schema's ``method_name`` enum lists exactly
+these names (a test keeps them equal)."""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from .ptq import ptq_minmax, ptq_quantile
+
+METHODS: Dict[str, Callable] = {
+    "ptq-minmax": ptq_minmax,
+    "ptq-quantile": ptq_quantile,
+}
+
+
+def get_method(name: str) -> Callable:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"method {name!r} is not implemented; implemented methods: {sorted(METHODS)}") from None

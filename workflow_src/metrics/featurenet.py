@@ -1,0 +1,71 @@
+"""The tiny profile's FID feature network.
+
+No pretrained network can be downloaded offline, so the tiny profile trains its own: a small CNN
+that learns, self-supervised, which dataset/domain an image comes from and by how many quarter turns
+it was rotated.  Predicting rotations forces the network to encode shape and layout, and the domain
+head separates the datasets, so its penultimate features (``dim``-d) make a usable Frechet space
+without labels.  This network is only ever used for FID; it is never a training loss.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+
+class TinyFeatureNet(nn.Module):
+    def __init__(self, n_classes: int, input_size: int = 32, width: int = 32, dim: int = 64):
+        super().__init__()
+        self.input_size = input_size
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(4 * w, dim),
+        )
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(dim, n_classes))
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images of any size -> the network's input size."""
+        if images.shape[-1] != self.input_size or images.shape[-2] != self.input_size:
+            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True)
+        return images
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(self.prepare(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def train_featurenet(domains: List[torch.Tensor], cfg: Dict, seed: int) -> TinyFeatureNet:
+    """Train on ``domains`` (one float image tensor in [-1, 1] per dataset/domain).
+
+    The label of an image rotated by ``r`` quarter turns from domain ``d`` is ``4 d + r``."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = TinyFeatureNet(4 * len(domains), cfg.get("input_size", 32), cfg.get("width", 32), cfg.get("dim", 64))
+    images = [net.prepare(d) for d in domains]  # resize once
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.get("lr", 1e-3))
+    steps, bs = cfg.get("steps", 600), cfg.get("batch_size", 64)
+    net.train()
+    bar = tqdm(range(steps), desc="feature net", unit="step")
+    for _ in bar:
+        d = torch.randint(len(images), (bs,), generator=g)
+        r = torch.randint(4, (bs,), generator=g)
+        batch = torch.stack([
+            torch.rot90(images[int(di)][torch.randint(len(images[int(di)]), (1,), generator=g).item()], int(ri), dims=(1, 2))
+            for di, ri in zip(d, r)
+        ])
+        loss = F.cross_entropy(net(batch), 4 * d + r)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return net.eval()

@@ -1,0 +1,79 @@
+"""The contract every GAN architecture fulfils, and the registry that finds one by name.
+
+An architecture is a class derived from :class:`GANArch`, registered with :func:`register`.  The
+workflow never special-cases an architecture: it trains through ``init_state``/``train_step``,
+gets the generator to quantize from ``generator``, and draws generator inputs from
+``sample_inputs``.  Adding an architecture touches one file plus one import in ``__init__``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Dict, Iterator
+
+import torch
+from torch import nn
+
+ARCHS: Dict[str, type] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        cls.name = name
+        ARCHS[name] = cls
+        return cls
+
+    return deco
+
+
+def get_arch(name: str) -> type:
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise KeyError(f"unknown arch {name!r}; known: {sorted(ARCHS)}") from None
+
+
+class GANArch(ABC):
+    """One GAN family.
+
+    ``model_cfg`` is the ``archs.<name>.model`` section of the params, ``train_cfg`` the
+    ``archs.<name>.train`` section, ``resolution`` the image side in pixels.  Images everywhere are
+    float tensors in [-1, 1], NCHW, 3 channels.
+
+    ``input_kind`` says what the generator consumes:
+      * ``"latent"``: a float tensor ``(n, latent_dim)`` drawn by ``sample_inputs``;
+      * ``"image"``: an image batch from the source domain of the dataset (CycleGAN).
+    """
+
+    name: str = ""
+    input_kind: str = "latent"
+
+    def __init__(self, model_cfg: Dict[str, Any], train_cfg: Dict[str, Any], resolution: int):
+        self.model_cfg = dict(model_cfg)
+        self.train_cfg = dict(train_cfg)
+        self.resolution = int(resolution)
+
+    # -- networks ---------------------------------------------------------------------------
+    @abstractmethod
+    def build_generator(self) -> nn.Module:
+        """A freshly initialised generator: ``G(inputs) -> images``."""
+
+    @abstractmethod
+    def init_state(self, device: torch.device) -> Dict[str, Any]:
+        """Everything FP training needs: modules and optimisers, in a dict whose values are
+        ``nn.Module`` or ``torch.optim.Optimizer`` (so it can be checkpointed generically with
+        ``state_dict``/``load_state_dict``)."""
+
+    @abstractmethod
+    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, float]:
+        """One optimisation step; pulls what it needs from ``batches`` (dicts of image tensors with
+        the dataset's split keys, e.g. ``{"x": ...}`` or ``{"A": ..., "B": ...}``) and returns the
+        scalar losses to log."""
+
+    @abstractmethod
+    def generator(self, state: Dict[str, Any]) -> nn.Module:
+        """The generator that is evaluated and quantized (for CycleGAN: A -> B)."""
+
+    # -- inputs -----------------------------------------------------------------------------
+    def sample_inputs(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` generator inputs drawn with ``generator`` (latent archs only)."""
+        raise NotImplementedError(f"{self.name} takes images as input, not latents")

@@ -1,0 +1,256 @@
+"""Style-based generator (Karras et al. 2019), after the structure of rosinality's
+style-based-gan-pytorch that the paper quantizes, trained at full resolution (no progressive growing).
+
+Generator: pixel-normalised latent -> mapping MLP (``n_mlp`` equalized linears, lr multiplier 0.01,
+LeakyReLU 0.2) -> w.  Synthesis starts from a learned 4x4 constant; every resolution level has two
+styled convolutions (bilinear upsample + 3x3 conv, except at 4x4 where the constant takes the place
+of the first conv), each followed by noise injection, LeakyReLU and AdaIN; a 1x1 conv maps to RGB.
+The noise, AdaIN modulation and all additions go through :mod:`workflow_src.quant.ops` modules.
+
+The RGB output is linear as in StyleGAN; in eval mode it is clamped to [-1, 1] so that evaluated
+images follow the project's image convention.
+
+Training: non-saturating logistic loss, R1 penalty on reals, Adam, generator EMA (``G_ema``, the
+network returned by :meth:`StyleGAN.generator`).  The ``check_levels`` and ``update_ema`` helpers are
+shared with the SAGAN module.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Dict, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..quant import ops
+from .base import GANArch, register
+from .layers import EqualConv2d, EqualLinear
+
+NOISE_SEED = 0x5EED  # seeds the fixed eval-mode noise maps; the same for every constructed generator
+
+
+def check_levels(resolution: int, channels: Sequence[int], key: str) -> int:
+    """Number of resolution levels 4, 8, ..., ``resolution``; ``channels`` must list one width per level."""
+    n = int(round(math.log2(resolution))) - 1
+    if resolution < 4 or 2 ** (n + 1) != resolution:
+        raise ValueError(f"resolution must be a power of two >= 4, got {resolution}")
+    if len(channels) != n:
+        raise ValueError(f"{key} needs {n} entries (levels 4..{resolution}), got {len(channels)}")
+    return n
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
+    """``ema <- beta * ema + (1 - beta) * model`` over parameters; buffers are left to ``ema``."""
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1.0 - beta)
+
+
+def ema_beta(target: float, step: int) -> float:
+    """EMA decay with a short warm-up, so the average is not dominated by the random init."""
+    return min(float(target), (1.0 + step) / (10.0 + step))
+
+
+# -- generator ----------------------------------------------------------------------------------
+class PixelNorm(nn.Module):
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+class ConstantInput(nn.Module):
+    def __init__(self, channels: int, size: int = 4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, n: int):
+        return self.input.expand(n, -1, -1, -1)
+
+
+class NoiseInjection(nn.Module):
+    """``x + weight * noise`` with a learned per-channel weight; fresh noise in training, a fixed
+    noise map (buffer) in eval mode."""
+
+    def __init__(self, channels: int, size: int, gen: torch.Generator):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.register_buffer("noise", torch.randn(1, 1, size, size, generator=gen))
+        self.mul = ops.Mul()
+        self.add = ops.Add()
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        if self.training:
+            noise = torch.randn(n, 1, h, w, device=x.device, dtype=x.dtype)
+        else:
+            noise = self.noise.expand(n, -1, -1, -1)
+        return self.add(x, self.mul(noise, self.weight))
+
+
+class AdaIN(nn.Module):
+    """Instance norm, then per-sample scale and bias from an affine map of w."""
+
+    def __init__(self, channels: int, w_dim: int):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels)
+        self.style = EqualLinear(w_dim, 2 * channels)
+        with torch.no_grad():
+            self.style.bias[:channels] = 1.0  # scale starts at 1, bias at 0
+        self.mul = ops.Mul()
+        self.add = ops.Add()
+
+    def forward(self, x, w):
+        gamma, beta = self.style(w)[:, :, None, None].chunk(2, dim=1)
+        return self.add(self.mul(self.norm(x), gamma), beta)
+
+
+class StyledBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, size: int, w_dim: int, gen: torch.Generator, first: bool):
+        super().__init__()
+        if first:  # the constant input replaces upsample + conv1
+            self.up, self.conv1 = nn.Identity(), nn.Identity()
+        else:
+            self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+            self.conv1 = EqualConv2d(in_ch, out_ch, 3, padding=1)
+        self.noise1, self.act1, self.adain1 = NoiseInjection(out_ch, size, gen), nn.LeakyReLU(0.2), AdaIN(out_ch, w_dim)
+        self.conv2 = EqualConv2d(out_ch, out_ch, 3, padding=1)
+        self.noise2, self.act2, self.adain2 = NoiseInjection(out_ch, size, gen), nn.LeakyReLU(0.2), AdaIN(out_ch, w_dim)
+
+    def forward(self, x, w):
+        x = self.conv1(self.up(x))
+        x = self.adain1(self.act1(self.noise1(x)), w)
+        x = self.conv2(x)
+        return self.adain2(self.act2(self.noise2(x)), w)
+
+
+class StyleGenerator(nn.Module):
+    def __init__(self, latent_dim: int, n_mlp: int, channels: Sequence[int], noise_seed: int = NOISE_SEED):
+        super().__init__()
+        mapping = [PixelNorm()]
+        for _ in range(n_mlp):
+            mapping += [EqualLinear(latent_dim, latent_dim, lr_mul=0.01), nn.LeakyReLU(0.2)]
+        self.mapping = nn.Sequential(*mapping)
+        self.const = ConstantInput(channels[0])
+        gen = torch.Generator().manual_seed(noise_seed)
+        self.blocks = nn.ModuleList(
+            StyledBlock(channels[max(i - 1, 0)], c, 4 * 2**i, latent_dim, gen, first=(i == 0)) for i, c in enumerate(channels)
+        )
+        self.to_rgb = EqualConv2d(channels[-1], 3, 1)
+
+    def forward(self, z):
+        w = self.mapping(z)
+        x = self.const(z.shape[0])
+        for block in self.blocks:
+            x = block(x, w)
+        out = self.to_rgb(x)
+        return out if self.training else out.clamp(-1.0, 1.0)
+
+
+# -- discriminator ------------------------------------------------------------------------------
+class MinibatchStddev(nn.Module):
+    """Appends the mean feature standard deviation over groups of (up to) 4 samples as a channel."""
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        g = 4 if n % 4 == 0 else n
+        std = (x.reshape(g, n // g, -1).var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=1)
+        return torch.cat([x, std.repeat(g).view(n, 1, 1, 1).expand(n, 1, h, w)], dim=1)
+
+
+class StyleDiscriminator(nn.Module):
+    """fromRGB, then per level two 3x3 convs and a 2x average pool down to 4x4, minibatch stddev,
+    3x3 conv and two linears (rosinality's discriminator without progressive growing).
+    ``channels[i]`` is the width of the features at resolution ``4 * 2**i``."""
+
+    def __init__(self, channels: Sequence[int], mbstd: bool = True):
+        super().__init__()
+        lrelu = lambda: nn.LeakyReLU(0.2)  # noqa: E731
+        layers = [EqualConv2d(3, channels[-1], 1), lrelu()]
+        for i in range(len(channels) - 1, 0, -1):
+            layers += [EqualConv2d(channels[i], channels[i], 3, padding=1), lrelu(),
+                       EqualConv2d(channels[i], channels[i - 1], 3, padding=1), lrelu(), nn.AvgPool2d(2)]
+        c = channels[0]
+        if mbstd:
+            layers.append(MinibatchStddev())
+        layers += [EqualConv2d(c + int(mbstd), c, 3, padding=1), lrelu(), nn.Flatten(),
+                   EqualLinear(c * 16, c), lrelu(), EqualLinear(c, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x).flatten()
+
+
+# -- architecture ---------------------------------------------------------------------------------
+@register("stylegan")
+class StyleGAN(GANArch):
+    """model_cfg: latent_dim, n_mlp, channels, d_channels (optional mbstd: bool = True).
+    train_cfg: steps, batch_size, lr_g, lr_d, betas, r1_gamma, ema_beta (optional r1_every: int = 1,
+    lazy R1 every k steps with the penalty scaled by k, as in StyleGAN2)."""
+
+    input_kind = "latent"
+
+    def __init__(self, model_cfg: Dict[str, Any], train_cfg: Dict[str, Any], resolution: int):
+        super().__init__(model_cfg, train_cfg, resolution)
+        check_levels(self.resolution, self.model_cfg["channels"], "channels")
+        check_levels(self.resolution, self.model_cfg["d_channels"], "d_channels")
+        self.latent_dim = int(self.model_cfg["latent_dim"])
+
+    def build_generator(self) -> nn.Module:
+        m = self.model_cfg
+        return StyleGenerator(self.latent_dim, int(m["n_mlp"]), list(m["channels"]))
+
+    def build_discriminator(self) -> nn.Module:
+        return StyleDiscriminator(list(self.model_cfg["d_channels"]), bool(self.model_cfg.get("mbstd", True)))
+
+    def init_state(self, device: torch.device) -> Dict[str, Any]:
+        t = self.train_cfg
+        G = self.build_generator().to(device)
+        D = self.build_discriminator().to(device)
+        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        betas = tuple(float(b) for b in t["betas"])
+        return {
+            "G": G, "D": D, "G_ema": G_ema,
+            "opt_g": torch.optim.Adam(G.parameters(), lr=float(t["lr_g"]), betas=betas),
+            "opt_d": torch.optim.Adam(D.parameters(), lr=float(t["lr_d"]), betas=betas),
+        }
+
+    def sample_inputs(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, generator=generator)
+
+    def generator(self, state: Dict[str, Any]) -> nn.Module:
+        return state["G_ema"]
+
+    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, float]:
+        G, D, t = state["G"], state["D"], self.train_cfg
+        G.train(), D.train(), state["G_ema"].eval()
+        device = next(G.parameters()).device
+        real = next(batches)["x"].to(device)
+        z = torch.randn(real.shape[0], self.latent_dim, device=device)
+        fake = G(z)  # one forward serves the D step (detached) and the G step
+
+        # discriminator: logistic loss + R1 on reals
+        gamma, every = float(t["r1_gamma"]), int(t.get("r1_every", 1))
+        do_r1 = gamma > 0 and step % every == 0
+        real.requires_grad_(do_r1)
+        d_real = D(real)
+        loss_d = F.softplus(D(fake.detach())).mean() + F.softplus(-d_real).mean()
+        r1 = torch.zeros((), device=device)
+        if do_r1:
+            (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+            r1 = grad.pow(2).flatten(1).sum(1).mean()
+            loss_d = loss_d + 0.5 * gamma * every * r1
+        state["opt_d"].zero_grad(set_to_none=True)
+        loss_d.backward()
+        state["opt_d"].step()
+
+        # generator: non-saturating loss
+        D.requires_grad_(False)
+        loss_g = F.softplus(-D(fake)).mean()
+        state["opt_g"].zero_grad(set_to_none=True)
+        loss_g.backward()
+        state["opt_g"].step()
+        D.requires_grad_(True)
+
+        update_ema(state["G_ema"], G, ema_beta(t["ema_beta"], step))
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "r1": r1.item()}

@@ -1,0 +1,116 @@
+"""Quantized layers: what a float module becomes after :func:`~.transform.quantize_model`.
+
+* :class:`QuantConv2d` / :class:`QuantLinear`: fake-quantize the activation entering the layer
+  (static, affine) and the weight (symmetric, per channel or per tensor); the bias stays in high
+  precision, as an int32 accumulator bias would in an integer kernel.
+* :class:`QuantOp`: wraps an operation module of :mod:`.ops` and fake-quantizes each operand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .observers import MinMaxObserver, Observer, QuantileObserver
+from .ops import Cat, FloatOp
+from .quantizer import FakeQuantizer
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How to quantize a model: bit widths, weight granularity, observers and their quantiles."""
+
+    w_bits: int = 8
+    a_bits: int = 8
+    per_channel: bool = True
+    w_observer: str = "minmax"  # "minmax" | "quantile"
+    a_observer: str = "minmax"
+    w_quantiles: Tuple[float, float] = (1.0, 0.0)  # (upper, lower)
+    a_quantiles: Tuple[float, float] = (1.0, 0.0)
+    momentum: float = 0.99
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["w_quantiles"], d["a_quantiles"] = list(self.w_quantiles), list(self.a_quantiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "QuantSpec":
+        d = dict(d)
+        d["w_quantiles"], d["a_quantiles"] = tuple(d["w_quantiles"]), tuple(d["a_quantiles"])
+        return cls(**d)
+
+
+def _observer(kind: str, quantiles: Tuple[float, float], momentum: float, **kw) -> Observer:
+    if kind == "minmax":
+        return MinMaxObserver(**kw)
+    if kind == "quantile":
+        upper, lower = quantiles
+        return QuantileObserver(upper=upper, lower=lower, momentum=momentum, **kw)
+    raise ValueError(f"observer {kind!r}: known observers are 'minmax' and 'quantile'")
+
+
+def weight_quantizer(weight: torch.Tensor, spec: QuantSpec) -> FakeQuantizer:
+    """A symmetric signed quantizer for ``weight`` (output channels on axis 0), calibrated at once."""
+    channels = weight.shape[0] if spec.per_channel else None
+    obs = _observer(spec.w_observer, spec.w_quantiles, spec.momentum, channels=channels, axis=0)
+    q = FakeQuantizer(spec.w_bits, symmetric=True, observer=obs, axis=0 if spec.per_channel else None)
+    obs.update(weight.detach())
+    q.freeze()
+    return q
+
+
+def activation_quantizer(spec: QuantSpec) -> FakeQuantizer:
+    """An affine unsigned per-tensor quantizer, to be calibrated on data."""
+    obs = _observer(spec.a_observer, spec.a_quantiles, spec.momentum, per_sample=True)
+    return FakeQuantizer(spec.a_bits, symmetric=False, observer=obs)
+
+
+class QuantConv2d(nn.Conv2d):
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, spec: QuantSpec) -> "QuantConv2d":
+        q = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+        )
+        q.load_state_dict(conv.state_dict())
+        q.input_quant = activation_quantizer(spec)
+        q.weight_quant = weight_quantizer(q.weight, spec)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+
+
+class QuantLinear(nn.Linear):
+    @classmethod
+    def from_float(cls, lin: nn.Linear, spec: QuantSpec) -> "QuantLinear":
+        q = cls(lin.in_features, lin.out_features, lin.bias is not None)
+        q.load_state_dict(lin.state_dict())
+        q.input_quant = activation_quantizer(spec)
+        q.weight_quant = weight_quantizer(q.weight, spec)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+
+
+class QuantOp(nn.Module):
+    """An operation of :mod:`.ops` whose operands are fake-quantized."""
+
+    def __init__(self, op: FloatOp, spec: QuantSpec, n_operands: Optional[int] = None):
+        super().__init__()
+        self.op = op
+        n = n_operands or getattr(op, "n_inputs", None) or 2
+        self.operand_quant = nn.ModuleList(activation_quantizer(spec) for _ in range(n))
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if len(xs) != len(self.operand_quant):
+            raise RuntimeError(f"{type(self.op).__name__} got {len(xs)} operands, quantizers for {len(self.operand_quant)}")
+        return self.op.compute(*(q(x) for q, x in zip(self.operand_quant, xs)))
+
+
+__all__ = ["QuantSpec", "QuantConv2d", "QuantLinear", "QuantOp", "Cat", "weight_quantizer", "activation_quantizer"]

@@ -1,0 +1,118 @@
+"""Range observers for calibration (paper sections 3.5 and 4.1).
+
+* :class:`MinMaxObserver` -- the naive baseline: the running minimum and maximum of everything seen.
+* :class:`QuantileObserver` -- the paper's vanilla PTQ: the lower/upper quantiles of each observed
+  sample, tracked by an exponential moving average (momentum 0.99 in the paper, images fed one by
+  one).  Feeding a batch is equivalent to feeding its samples one by one in order: the moving average
+  is updated sample by sample.  For a weight tensor there is one "sample", the tensor itself.
+
+Per-channel observers (``channels`` set) keep one range per slice along ``axis``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+# torch.quantile refuses inputs above 2**24 elements; beyond that use an exact order statistic.
+_QUANTILE_LIMIT = 2**24
+
+
+def rowwise_quantile(x2d: torch.Tensor, q: float) -> torch.Tensor:
+    """Quantile ``q`` of every row of a 2-D tensor (linear interpolation, as ``torch.quantile``)."""
+    x2d = x2d.float()
+    if q >= 1.0:
+        return x2d.amax(dim=1)
+    if q <= 0.0:
+        return x2d.amin(dim=1)
+    if x2d.numel() <= _QUANTILE_LIMIT:
+        return torch.quantile(x2d, q, dim=1)
+    n = x2d.shape[1]
+    pos = q * (n - 1)
+    lo_i, frac = int(pos), pos - int(pos)
+    lo = torch.kthvalue(x2d, lo_i + 1, dim=1).values
+    if frac == 0.0:
+        return lo
+    hi = torch.kthvalue(x2d, min(lo_i + 2, n), dim=1).values
+    return lo + frac * (hi - lo)
+
+
+class Observer(nn.Module):
+    def __init__(self, channels: Optional[int] = None, axis: int = 0, per_sample: bool = False):
+        super().__init__()
+        self.channels = channels
+        self.axis = axis
+        self.per_sample = per_sample
+        n = channels or 1
+        self.register_buffer("lo", torch.zeros(n))
+        self.register_buffer("hi", torch.zeros(n))
+        self.register_buffer("count", torch.tensor(0, dtype=torch.long))
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as (samples, channels, values)."""
+        if self.channels is None:
+            rows = x.reshape(x.shape[0], 1, -1) if self.per_sample else x.reshape(1, 1, -1)
+        else:
+            xt = x.transpose(0, self.axis) if self.axis else x
+            rows = xt.reshape(1, xt.shape[0], -1)
+            if self.per_sample:
+                raise ValueError("per-sample observation is only used for per-tensor activations")
+        return rows
+
+    def range(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if int(self.count) == 0:
+            raise RuntimeError(f"{type(self).__name__} has observed nothing; run calibration data through the model first")
+        return self.lo.clone(), self.hi.clone()
+
+    def update(self, x: torch.Tensor) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class MinMaxObserver(Observer):
+    """Running min and max over all observed values."""
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        rows = self._rows(x)
+        lo = rows.amin(dim=(0, 2)).float()
+        hi = rows.amax(dim=(0, 2)).float()
+        if int(self.count) == 0:
+            self.lo.copy_(lo)
+            self.hi.copy_(hi)
+        else:
+            torch.minimum(self.lo, lo, out=self.lo)
+            torch.maximum(self.hi, hi, out=self.hi)
+        self.count += rows.shape[0]
+
+
+class QuantileObserver(Observer):
+    """Moving average (momentum ``momentum``) of per-sample ``lower``/``upper`` quantiles."""
+
+    def __init__(self, upper: float, lower: float, momentum: float = 0.99, **kw):
+        super().__init__(**kw)
+        if not 0.0 <= lower < upper <= 1.0:
+            raise ValueError(f"quantiles lower={lower}, upper={upper}: need 0 <= lower < upper <= 1")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum={momentum}: need 0 <= momentum <= 1")
+        self.upper, self.lower, self.momentum = float(upper), float(lower), float(momentum)
+
+    def extra_repr(self) -> str:
+        return f"upper={self.upper}, lower={self.lower}, momentum={self.momentum}"
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        rows = self._rows(x)
+        s, c, v = rows.shape
+        flat = rows.reshape(s * c, v)
+        lo = rowwise_quantile(flat, self.lower).reshape(s, c)
+        hi = rowwise_quantile(flat, self.upper).reshape(s, c)
+        m = self.momentum
+        for i in range(s):  # sample by sample, as if images were fed one by one
+            if int(self.count) == 0:
+                self.lo.copy_(lo[i])
+                self.hi.copy_(hi[i])
+            else:
+                self.lo.mul_(m).add_(lo[i], alpha=1 - m)
+                self.hi.mul_(m).add_(hi[i], alpha=1 - m)
+            self.count += 1

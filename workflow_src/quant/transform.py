@@ -1,0 +1,91 @@
+"""The model transform: a float generator in, a fake-quantized generator out.
+
+``quantize_model`` bakes reparametrised layers (:func:`workflow_src.models.layers.bake`), then swaps
+every ``nn.Conv2d``/``nn.Linear`` for its quantized version and every operation module of
+:mod:`.ops` for a :class:`~.modules.QuantOp`.  Weight quantizers are calibrated immediately;
+activation quantizers are calibrated by :func:`calibrate`.  One switch (:func:`set_quant`) turns
+weight or activation quantization on and off for the whole model.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..models.layers import bake
+from .modules import QuantConv2d, QuantLinear, QuantOp, QuantSpec
+from .ops import FloatOp
+from .quantizer import FakeQuantizer
+
+
+def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
+    """A quantized deep copy of ``model`` (the original is untouched)."""
+    qmodel = bake(copy.deepcopy(model))
+    _swap(qmodel, spec)
+    return qmodel.eval()
+
+
+def _swap(module: nn.Module, spec: QuantSpec) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, (QuantConv2d, QuantLinear, QuantOp)):
+            continue
+        if isinstance(child, nn.ConvTranspose2d):
+            raise TypeError(f"{name}: transposed convolutions are not supported; use Upsample + Conv2d")
+        if isinstance(child, nn.Conv2d):
+            setattr(module, name, QuantConv2d.from_float(child, spec))
+        elif isinstance(child, nn.Linear):
+            setattr(module, name, QuantLinear.from_float(child, spec))
+        elif isinstance(child, FloatOp):
+            setattr(module, name, QuantOp(child, spec))
+        else:
+            _swap(child, spec)
+
+
+def weight_quantizers(model: nn.Module) -> Iterator[FakeQuantizer]:
+    for m in model.modules():
+        if isinstance(m, (QuantConv2d, QuantLinear)):
+            yield m.weight_quant
+
+
+def activation_quantizers(model: nn.Module) -> Iterator[FakeQuantizer]:
+    for m in model.modules():
+        if isinstance(m, (QuantConv2d, QuantLinear)):
+            yield m.input_quant
+        elif isinstance(m, QuantOp):
+            yield from m.operand_quant
+
+
+def set_quant(model: nn.Module, weights: bool = True, activations: bool = True) -> None:
+    for q in weight_quantizers(model):
+        q.enabled = weights
+    for q in activation_quantizers(model):
+        q.enabled = activations
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], total: int | None = None) -> int:
+    """Observe the activations of the float model (weights and activations unquantized) on the
+    batches, then freeze every activation quantizer.  Returns the number of samples seen."""
+    acts = list(activation_quantizers(model))
+    weights = list(weight_quantizers(model))
+    w_enabled = [q.enabled for q in weights]
+    for q in acts:
+        q.observing = True
+    for q in weights:
+        q.enabled = False
+    seen = 0
+    try:
+        for batch in tqdm(batches, total=total, desc="calibrate", unit="batch", leave=False):
+            model(batch)
+            seen += batch.shape[0]
+    finally:
+        for q in acts:
+            q.observing = False
+        for q, on in zip(weights, w_enabled):
+            q.enabled = on
+    for q in acts:
+        q.freeze()
+    return seen

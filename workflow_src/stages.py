@@ -1,0 +1,195 @@
+"""The workflow's stages, one function each; ``cli.py`` maps ``python -m workflow_src STAGE`` to them.
+
+Artifact paths come from the caller (Snakemake or DVC); nothing here knows the directory layout.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from . import data as datasets
+from .config import FP, Variant, arch_dataset
+from .metrics import fid
+from .methods import get_method
+from .quant import QuantSpec, quantize_model
+from .train import load_generator, make_arch, train
+from .utils import seed_everything, torch_load, torch_save, write_json
+
+
+# ------------------------------------------------------------------ features and real statistics
+def train_features(cfg: Dict[str, Any], data_dirs: List[str], out: str) -> None:
+    """Train the tiny feature network on the training splits of ``data_dirs``."""
+    from .metrics.featurenet import train_featurenet
+
+    domains = []
+    for d in data_dirs:
+        manifest = datasets.read_manifest(d)
+        for split in manifest["splits"]:
+            if split.startswith("train"):
+                domains.append(datasets.to_tensor(datasets.load_split(d, split)))
+    fcfg = dict(cfg["features"].get("tinycnn", {}))
+    net = train_featurenet(domains, fcfg, seed=cfg["seed"])
+    hparams = {"n_classes": 4 * len(domains), "input_size": net.input_size, "width": fcfg.get("width", 32), "dim": fcfg.get("dim", 64)}
+    torch_save({"hparams": hparams, "state_dict": net.state_dict()}, out)
+
+
+def feature_space(cfg: Dict[str, Any], features_path: str) -> fid.FeatureSpace:
+    return fid.load_feature_space(cfg["features"]["kind"], features_path)
+
+
+def real_stats(cfg: Dict[str, Any], data_dir: str, split: str, features_path: str, out: str) -> None:
+    fs = feature_space(cfg, features_path)
+    images = datasets.load_split(data_dir, split)
+    bs = cfg["eval"]["batch_size"]
+    batches = (datasets.to_tensor(images[i : i + bs]) for i in range(0, len(images), bs))
+    feats = fs.extract(batches, total=(len(images) + bs - 1) // bs)
+    fid.save_stats(out, feats, fs.name)
+
+
+def real_split(cfg: Dict[str, Any], arch: str) -> str:
+    """The real split FID compares against: the target domain (B) for image-to-image archs."""
+    split = cfg["eval"]["real_split"]
+    return split + "B" if datasets.is_two_domain(arch_dataset(cfg, arch)["kind"]) else split
+
+
+# ------------------------------------------------------------------ training and inputs
+def train_fp(cfg, arch, data_dir, out, ckpt, device) -> None:
+    train(cfg, arch, data_dir, out, ckpt, device)
+
+
+def _inputs(cfg: Dict[str, Any], arch: str, data_dir: str, n: int, seed: int, split: str) -> torch.Tensor:
+    """``n`` generator inputs: seeded latents, or the first ``n`` images of a shuffled source split."""
+    a = make_arch(cfg, arch)
+    g = torch.Generator().manual_seed(seed)
+    if a.input_kind == "latent":
+        return a.sample_inputs(n, g)
+    images = datasets.load_split(data_dir, split)
+    idx = torch.randperm(len(images), generator=g)[:n].sort().values.numpy()
+    return datasets.to_tensor(np.asarray(images[idx]))
+
+
+@torch.no_grad()
+def _generate(model, inputs: torch.Tensor, bs: int) -> torch.Tensor:
+    return torch.cat([model(x) for x in inputs.split(bs)])
+
+
+def distill(cfg: Dict[str, Any], arch: str, data_dir: str, fp_path: str, out: str) -> None:
+    """The distillation set: inputs (latents or source images) and the FP generator's outputs."""
+    inputs = _inputs(cfg, arch, data_dir, cfg["distill"]["size"], cfg["seed"] + 101, "train" + ("A" if _two_domain(cfg, arch) else ""))
+    g = load_generator(cfg, arch, fp_path)
+    outputs = _generate(g, inputs, cfg["distill"]["batch_size"])
+    torch_save({"arch": arch, "inputs": inputs, "outputs": outputs.half()}, out)
+
+
+def eval_inputs(cfg: Dict[str, Any], arch: str, data_dir: str, out: str) -> None:
+    """The seeded evaluation inputs shared by FP and every quantized variant (for qFID)."""
+    two = _two_domain(cfg, arch)
+    n = cfg["eval"]["n_samples"]
+    if two:
+        n = min(n, datasets.read_manifest(data_dir)["splits"][cfg["eval"]["real_split"] + "A"])
+    inputs = _inputs(cfg, arch, data_dir, n, cfg["seed"] + 202, cfg["eval"]["real_split"] + "A" if two else "")
+    torch_save({"arch": arch, "inputs": inputs}, out)
+
+
+def _two_domain(cfg, arch) -> bool:
+    return datasets.is_two_domain(arch_dataset(cfg, arch)["kind"])
+
+
+# ------------------------------------------------------------------ quantization
+def quantize(cfg: Dict[str, Any], arch: str, variant: str, fp_path: str, distill_path: str, out: str) -> None:
+    v = Variant.parse(variant)
+    method = get_method(v.method)
+    g = load_generator(cfg, arch, fp_path)
+    calib = torch_load(distill_path)["inputs"]
+    t0 = time.time()
+    qmodel, spec, info = method(g, calib, v, cfg["archs"][arch], cfg)
+    info["seconds"] = time.time() - t0
+    torch_save({"arch": arch, "variant": v.name, "spec": spec.to_dict(), "state_dict": qmodel.state_dict(), "info": info}, out)
+
+
+def load_quantized(cfg: Dict[str, Any], arch: str, path: str) -> torch.nn.Module:
+    saved = torch_load(path)
+    if saved.get("arch") != arch:
+        raise ValueError(f"{path!r} holds a quantized {saved.get('arch')!r} model, expected {arch!r}")
+    qmodel = quantize_model(make_arch(cfg, arch).build_generator().eval(), QuantSpec.from_dict(saved["spec"]))
+    qmodel.load_state_dict(saved["state_dict"])
+    return qmodel.eval()
+
+
+# ------------------------------------------------------------------ evaluation
+def evaluate(cfg: Dict[str, Any], arch: str, variant: str, model_path: str, inputs_path: str, features_path: str,
+             real_stats_path: str, fp_stats_path: str, out: str, samples_out: str) -> None:
+    """FID against real images and qFID against the FP generator on the same inputs.
+
+    For ``variant == "fp"`` the FP feature statistics are written to ``fp_stats_path``; for a
+    quantized variant they are read from it."""
+    seed_everything(cfg["seed"])
+    fs = feature_space(cfg, features_path)
+    if variant == FP:
+        model = load_generator(cfg, arch, model_path)
+    else:
+        model = load_quantized(cfg, arch, model_path)
+    inputs = torch_load(inputs_path)["inputs"]
+    bs = cfg["eval"]["batch_size"]
+    t0 = time.time()
+    with torch.no_grad():
+        images = _generate(model, inputs, bs)
+    gen_seconds = time.time() - t0
+    feats = fs.extract(images.split(bs), total=(len(images) + bs - 1) // bs)
+    stats = fid.statistics(feats)
+    fid_real = fid.frechet_distance(stats, fid.load_stats(real_stats_path, fs.name))
+    if variant == FP:
+        fid.save_stats(fp_stats_path, feats, fs.name)
+        qfid = 0.0
+        method, per_channel, w_bits, a_bits = FP, None, 32, 32
+    else:
+        qfid = fid.frechet_distance(stats, fid.load_stats(fp_stats_path, fs.name))
+        v = Variant.parse(variant)
+        method, per_channel, w_bits, a_bits = v.method, v.per_channel, v.w_bits, v.a_bits
+    from .report import save_grid
+
+    save_grid(images[: cfg["eval"]["grid"]], samples_out)
+    write_json(out, {
+        "arch": arch, "variant": variant, "method": method, "per_channel": per_channel,
+        "w_bits": w_bits, "a_bits": a_bits, "fid": fid_real, "qfid": qfid, "feature_space": fs.name,
+        "n_samples": int(len(images)), "generate_seconds": gen_seconds, "profile": cfg["profile"],
+    })
+
+
+# ------------------------------------------------------------------ paper profile: FID Inception weights
+FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + fid.INCEPTION_FILE
+
+
+def fetch_inception(cfg: Dict[str, Any], out: str) -> None:
+    """Put pytorch-fid's FID Inception weights at ``out/checkpoints/`` (the torch hub layout it
+    loads from): copied from ``features.inception.path`` when set (offline compute nodes), else
+    downloaded.  Verified by sha256: the configured digest, or the lock file, and always the
+    8-hex-digit sha256 prefix in the published file name, as torch.hub checks it."""
+    import shutil
+
+    from .data.download import download, sha256_file
+    from .utils import atomic_path
+
+    icfg = cfg["features"].get("inception", {})
+    dest = Path(out) / "checkpoints" / fid.INCEPTION_FILE
+    if icfg.get("path"):
+        src = Path(icfg["path"])
+        src = src / fid.INCEPTION_FILE if src.is_dir() else src
+        if not src.exists():
+            raise FileNotFoundError(f"features.inception.path: {str(src)!r} does not exist")
+        digest = sha256_file(src)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(src, tmp)
+    else:
+        path, digest = download(icfg.get("url", FID_WEIGHTS_URL), dest.parent, icfg.get("sha256"))
+        if path != dest:
+            path.replace(dest)
+    prefix = fid.INCEPTION_FILE.rsplit("-", 1)[1].split(".")[0]
+    expected = icfg.get("sha256")
+    if (expected and digest != expected) or not digest.startswith(prefix):
+        dest.unlink(missing_ok=True)
+        raise ValueError(f"{str(dest)!r}: sha256 {digest} does not match {expected or prefix + '...'}")

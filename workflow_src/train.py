@@ -1,0 +1,93 @@
+"""Full-precision GAN training: one generic loop for every architecture, with tqdm progress,
+periodic checkpoints written atomically, and resumption from the last checkpoint after a kill."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import data as datasets
+from .config import arch_dataset
+from .models import get_arch
+from .utils import atomic_path, seed_everything, torch_load, torch_save
+
+
+def make_arch(cfg: Dict[str, Any], arch: str):
+    acfg = cfg["archs"][arch]
+    return get_arch(arch)(acfg["model"], acfg["train"], acfg["resolution"])
+
+
+def _state_dicts(state: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v.state_dict() for k, v in state.items() if isinstance(v, (nn.Module, torch.optim.Optimizer))}
+
+
+def _load_state_dicts(state: Dict[str, Any], saved: Dict[str, Any]) -> None:
+    for k, v in state.items():
+        if isinstance(v, (nn.Module, torch.optim.Optimizer)):
+            if k not in saved:
+                raise KeyError(f"checkpoint has no entry {k!r} (has {sorted(saved)})")
+            v.load_state_dict(saved[k])
+
+
+def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | Path, ckpt: str | Path, device: torch.device) -> Path:
+    """Train ``arch_name`` on the prepared dataset in ``data_dir``; write the final weights of every
+    network to ``out``.  ``ckpt`` is the resumable checkpoint (deleted once ``out`` exists)."""
+    out, ckpt = Path(out), Path(ckpt)
+    arch = make_arch(cfg, arch_name)
+    tcfg = cfg["archs"][arch_name]["train"]
+    seed_everything(cfg["seed"])
+    state = arch.init_state(device)
+    step = 0
+    log_path = out.with_suffix(".losses.csv")
+    if not ckpt.exists():
+        log_path.unlink(missing_ok=True)  # a fresh run starts a fresh loss log
+    else:
+        saved = torch_load(ckpt)
+        _load_state_dicts(state, saved["state"])
+        step = int(saved["step"])
+        torch.set_rng_state(saved["rng"])
+        print(f"resuming {arch_name} from {ckpt} at step {step}")
+    kind = arch_dataset(cfg, arch_name)["kind"]
+    batches = datasets.train_batches(data_dir, kind, tcfg["batch_size"], seed=cfg["seed"] * 1_000_003 + step)
+    rows = []
+    every = cfg["train"]["checkpoint_every"]
+    bar = tqdm(range(step, tcfg["steps"]), initial=step, total=tcfg["steps"], desc=f"train {arch_name}", unit="step")
+    for step in bar:
+        losses = arch.train_step(state, batches, step)
+        rows.append({"step": step, **losses})
+        if step % 10 == 0:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+        if (step + 1) % every == 0 and step + 1 < tcfg["steps"]:
+            torch_save({"state": _state_dicts(state), "step": step + 1, "rng": torch.get_rng_state()}, ckpt)
+            _append_losses(log_path, rows)
+            rows = []
+    _append_losses(log_path, rows)
+    torch_save({"arch": arch_name, "steps": tcfg["steps"], "state": _state_dicts(state)}, out)
+    ckpt.unlink(missing_ok=True)
+    return out
+
+
+def _append_losses(path: Path, rows) -> None:
+    if not rows:
+        return
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def load_generator(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path) -> nn.Module:
+    """The trained FP generator of ``arch_name`` in eval mode."""
+    arch = make_arch(cfg, arch_name)
+    saved = torch_load(fp_path)
+    if saved.get("arch") != arch_name:
+        raise ValueError(f"{str(fp_path)!r} holds a {saved.get('arch')!r} model, expected {arch_name!r}")
+    state = arch.init_state(torch.device("cpu"))
+    _load_state_dicts(state, saved["state"])
+    return arch.generator(state).eval()
