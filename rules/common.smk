@@ -1,10 +1,13 @@
 # Config handling and path helpers shared by every rule file.  The experiment matrix comes from
 # workflow_src.config.variants(), the same function the CLI and the report use.
+import os
 import sys
+import uuid
 
 sys.path.insert(0, workflow.basedir)
 
 from workflow_src import config as qcfg
+from workflow_src import dag
 
 # The schema rejects bad params before any job starts; the CLI checks the same schema again.
 validate(config, str(qcfg.SCHEMA_PATH))
@@ -17,6 +20,17 @@ except qcfg.ConfigError as exc:
 # rewritten only when its content changes.  Rules rerun on the params `section` they declare.
 PARAMS = str(qcfg.dump_resolved(config, ".qgan/params.yaml"))
 ENV = "../envs/qgan.yaml"
+
+# MLflow: every job of this invocation is tagged with one workflow id; the store is created once
+# before jobs start (concurrent first-time sqlite migrations race).
+os.environ.setdefault("QGAN_WORKFLOW_ID", uuid.uuid4().hex[:12])
+
+
+onstart:
+    from workflow_src import tracking
+
+    tracking.init_store(config["profile"])
+
 
 ARCHS = config["matrix"]["archs"]
 VARIANTS = [v.name for v in qcfg.variants(config)]

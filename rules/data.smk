@@ -6,7 +6,7 @@ rule prepare_data:
         directory("data/{dataset}"),
     params:
         cfg=PARAMS,
-        section=lambda w: config["datasets"][w.dataset],
+        section=lambda w: dag.param_values(config, "prepare_data", w),
     log:
         "logs/prepare_data/{dataset}.log",
     conda:
@@ -22,7 +22,7 @@ rule train_features:
         "resources/features/tinycnn.pt",
     params:
         cfg=PARAMS,
-        section=lambda w: [config["features"], config["seed"]],
+        section=lambda w: dag.param_values(config, "train_features", w),
     log:
         "logs/train_features.log",
     threads: 1
@@ -39,7 +39,7 @@ rule fetch_inception:
         directory("resources/inception"),
     params:
         cfg=PARAMS,
-        section=lambda w: config["features"].get("inception", {}),
+        section=lambda w: dag.param_values(config, "fetch_inception", w),
     log:
         "logs/fetch_inception.log",
     conda:
@@ -59,9 +59,9 @@ rule real_stats:
         "stats/{dataset}-{split}.npz",
     params:
         cfg=PARAMS,
-        section=lambda w: [config["features"], config["eval"]["batch_size"]],
+        section=lambda w: dag.param_values(config, "real_stats", w),
     log:
-        "logs/real_stats/{dataset}-{split}.log",
+        "logs/real_stats/{dataset}/{split}.log",
     threads: 1
     resources:
         gpu=1,

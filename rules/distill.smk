@@ -9,7 +9,7 @@ rule distill:
         "distill/{arch}.pt",
     params:
         cfg=PARAMS,
-        section=lambda w: [config["distill"], config["seed"]],
+        section=lambda w: dag.param_values(config, "distill", w),
     log:
         "logs/distill/{arch}.log",
     threads: 1
@@ -28,7 +28,7 @@ rule eval_inputs:
         "eval/{arch}/inputs.pt",
     params:
         cfg=PARAMS,
-        section=lambda w: [config["eval"]["n_samples"], config["eval"]["real_split"], config["seed"]],
+        section=lambda w: dag.param_values(config, "eval_inputs", w),
     log:
         "logs/eval_inputs/{arch}.log",
     conda:

@@ -13,9 +13,9 @@ rule evaluate_fp:
         samples="samples/{arch}/fp.png",
     params:
         cfg=PARAMS,
-        section=lambda w: config["eval"],
+        section=lambda w: dag.param_values(config, "evaluate_fp", w),
     log:
-        "logs/evaluate/{arch}/fp.log",
+        "logs/evaluate_fp/{arch}.log",
     threads: 1
     resources:
         gpu=1,
@@ -39,7 +39,7 @@ rule evaluate:
         samples="samples/{arch}/{variant}.png",
     params:
         cfg=PARAMS,
-        section=lambda w: config["eval"],
+        section=lambda w: dag.param_values(config, "evaluate", w),
     log:
         "logs/evaluate/{arch}/{variant}.log",
     threads: 1

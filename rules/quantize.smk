@@ -9,7 +9,7 @@ rule quantize:
         "models/q/{arch}/{variant}.pt",
     params:
         cfg=PARAMS,
-        section=lambda w: [config["archs"][w.arch]["quantiles"], config["calibration"], config["distill"]["batch_size"]],
+        section=lambda w: dag.param_values(config, "quantize", w),
     log:
         "logs/quantize/{arch}/{variant}.log",
     threads: 1

@@ -11,7 +11,7 @@ rule report:
         html="reports/index.html",
     params:
         cfg=PARAMS,
-        section=lambda w: config["matrix"],
+        section=lambda w: dag.param_values(config, "report", w),
     log:
         "logs/report.log",
     conda:

@@ -9,7 +9,7 @@ rule train_fp:
         losses="models/fp/{arch}.losses.csv",
     params:
         cfg=PARAMS,
-        section=lambda w: [config["archs"][w.arch], config["seed"]],
+        section=lambda w: dag.param_values(config, "train_fp", w),
         ckpt="models/fp/{arch}.ckpt.pt",
     log:
         "logs/train_fp/{arch}.log",

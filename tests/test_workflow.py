@@ -79,3 +79,24 @@ def test_paper_plan_is_complete(tmp_path):
 def test_lint_is_clean():
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--lint"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.workflow
+def test_results_rebuilt_from_mlflow_equal_the_metrics_files(micro_run, monkeypatch):
+    from workflow_src import report, tracking
+
+    monkeypatch.chdir(micro_run)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from_mlflow = report.results_csv_frame(tracking.results_from_mlflow("micro"))
+    from_files = pd.read_csv(micro_run / "reports" / "results.csv", keep_default_na=False)
+    from_mlflow.to_csv(micro_run / "from_mlflow.csv", index=False, float_format="%.4f")
+    assert (micro_run / "from_mlflow.csv").read_text() == (micro_run / "reports" / "results.csv").read_text()
+    assert len(from_files) == len(from_mlflow)
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["qgan-bench-micro"])
+    assert set(runs["tags.stage"]) == {"train", "quantize", "evaluate"}
+    assert runs["tags.workflow_id"].nunique() == 1
+    train = runs[runs["tags.stage"] == "train"]
+    history = mlflow.tracking.MlflowClient().get_metric_history(train.iloc[0]["run_id"], "loss_g")
+    assert len(history) > 10, "per-step losses are logged as step metrics"

@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
         return sp
 
     stage("validate", "validate the params and print the experiment matrix")
+    stage("dvc-yaml", "regenerate dvc.yaml from the Snakemake DAG", "out")
     stage("prepare-data", "download or generate a dataset", "dataset", "out", "downloads")
     stage("fetch-inception", "download pytorch-fid's FID Inception weights (sha256-verified)", "out")
     sp = stage("train-features", "train the tiny profile's FID feature network", "out")
@@ -55,6 +56,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"params OK: profile {cfg['profile']}, archs {cfg['matrix']['archs']}")
         for v in config_mod.variants(cfg):
             print("  ", v.name)
+    elif s == "dvc-yaml":
+        from pathlib import Path
+
+        from .dag import render_dvc_yaml
+        from .utils import atomic_write_text
+
+        atomic_write_text(args.out, render_dvc_yaml(Path(__file__).resolve().parents[1]))
     elif s == "prepare-data":
         from . import data
 

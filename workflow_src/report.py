@@ -30,14 +30,24 @@ def save_grid(images: torch.Tensor, out: str | Path) -> None:
 
 def load_results(metric_files: List[str]) -> pd.DataFrame:
     rows = [json.loads(Path(p).read_text()) for p in metric_files]
-    df = pd.DataFrame(rows)
+    return sort_results(pd.DataFrame(rows))
+
+
+def sort_results(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows in report order: by arch, FP first, then method, per-channel first, more bits first."""
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"metrics files lack columns {missing}")
-    order = {FP: 0}
-    df["_m"] = df["method"].map(lambda m: order.get(m, 1))
-    df = df.sort_values(["arch", "_m", "method", "per_channel", "w_bits", "a_bits"], ascending=[True, True, True, False, False, False])
-    return df.drop(columns="_m").reset_index(drop=True)
+        raise ValueError(f"results lack columns {missing}")
+    df = df.assign(_m=df["method"].map(lambda m: 0 if m == FP else 1), _pc=df["per_channel"].map(lambda x: -1 if x is None or pd.isna(x) else int(bool(x))))
+    df = df.sort_values(["arch", "_m", "method", "_pc", "w_bits", "a_bits"], ascending=[True, True, True, False, False, False])
+    return df.drop(columns=["_m", "_pc"]).reset_index(drop=True)
+
+
+def results_csv_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The ``results.csv`` contract: COLUMNS, ``per_channel`` as True/False (empty for FP)."""
+    out = sort_results(df)[COLUMNS].copy()
+    out["per_channel"] = out["per_channel"].map(lambda x: "" if x is None or pd.isna(x) else str(bool(x)))
+    return out
 
 
 def _fmt(x: Any) -> str:
@@ -90,8 +100,7 @@ def build(cfg: Dict[str, Any], metric_files: List[str], samples_dir: str, out_di
     bad = df[~df[["fid", "qfid"]].map(lambda x: pd.notna(x) and abs(x) != float("inf")).all(axis=1)]
     if len(bad):
         raise ValueError(f"non-finite metrics for {bad[['arch', 'variant']].values.tolist()}")
-    csv_df = df[COLUMNS].copy()
-    csv_df["per_channel"] = csv_df["per_channel"].map(lambda x: "" if x is None or pd.isna(x) else str(bool(x)))
+    csv_df = results_csv_frame(df)
     with atomic_path(out / "results.csv") as tmp:
         csv_df.to_csv(tmp, index=False, float_format="%.4f")
     t4 = table4(df, cfg)

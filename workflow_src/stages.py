@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import data as datasets
+from . import tracking
 from .config import FP, Variant, arch_dataset
 from .metrics import fid
 from .methods import get_method
@@ -105,10 +106,19 @@ def quantize(cfg: Dict[str, Any], arch: str, variant: str, fp_path: str, distill
     method = get_method(v.method)
     g = load_generator(cfg, arch, fp_path)
     calib = torch_load(distill_path)["inputs"]
-    t0 = time.time()
-    qmodel, spec, info = method(g, calib, v, cfg["archs"][arch], cfg)
-    info["seconds"] = time.time() - t0
-    torch_save({"arch": arch, "variant": v.name, "spec": spec.to_dict(), "state_dict": qmodel.state_dict(), "info": info}, out)
+    with tracking.run("quantize", cfg, _variant_tags(arch, v)) as run:
+        t0 = time.time()
+        qmodel, spec, info = method(g, calib, v, cfg["archs"][arch], cfg)
+        info["seconds"] = time.time() - t0
+        torch_save({"arch": arch, "variant": v.name, "spec": spec.to_dict(), "state_dict": qmodel.state_dict(), "info": info}, out)
+        run.log_params(spec.to_dict())
+        run.log_metrics({k: v for k, v in info.items() if isinstance(v, (int, float))})
+
+
+def _variant_tags(arch: str, v: Variant | None) -> Dict[str, Any]:
+    if v is None:
+        return {"arch": arch, "variant": FP, "method": FP, "per_channel": None, "w_bits": 32, "a_bits": 32}
+    return {"arch": arch, "variant": v.name, "method": v.method, "per_channel": v.per_channel, "w_bits": v.w_bits, "a_bits": v.a_bits}
 
 
 def load_quantized(cfg: Dict[str, Any], arch: str, path: str) -> torch.nn.Module:
@@ -129,7 +139,18 @@ def evaluate(cfg: Dict[str, Any], arch: str, variant: str, model_path: str, inpu
     quantized variant they are read from it."""
     seed_everything(cfg["seed"])
     fs = feature_space(cfg, features_path)
-    if variant == FP:
+    v = None if variant == FP else Variant.parse(variant)
+    tags = _variant_tags(arch, v)
+    with tracking.run("evaluate", cfg, {**tags, "feature_space": fs.name}, {"eval": cfg["eval"]}) as run:
+        metrics = _evaluate(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out)
+        write_json(out, {**tags, **metrics, "feature_space": fs.name, "profile": cfg["profile"]})
+        run.log_metrics({k: metrics[k] for k in ("fid", "qfid", "generate_seconds")})
+        run.log_artifact(out)
+        run.log_artifact(samples_out)
+
+
+def _evaluate(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out) -> Dict[str, Any]:
+    if v is None:
         model = load_generator(cfg, arch, model_path)
     else:
         model = load_quantized(cfg, arch, model_path)
@@ -142,22 +163,15 @@ def evaluate(cfg: Dict[str, Any], arch: str, variant: str, model_path: str, inpu
     feats = fs.extract(images.split(bs), total=(len(images) + bs - 1) // bs)
     stats = fid.statistics(feats)
     fid_real = fid.frechet_distance(stats, fid.load_stats(real_stats_path, fs.name))
-    if variant == FP:
+    if v is None:
         fid.save_stats(fp_stats_path, feats, fs.name)
         qfid = 0.0
-        method, per_channel, w_bits, a_bits = FP, None, 32, 32
     else:
         qfid = fid.frechet_distance(stats, fid.load_stats(fp_stats_path, fs.name))
-        v = Variant.parse(variant)
-        method, per_channel, w_bits, a_bits = v.method, v.per_channel, v.w_bits, v.a_bits
     from .report import save_grid
 
     save_grid(images[: cfg["eval"]["grid"]], samples_out)
-    write_json(out, {
-        "arch": arch, "variant": variant, "method": method, "per_channel": per_channel,
-        "w_bits": w_bits, "a_bits": a_bits, "fid": fid_real, "qfid": qfid, "feature_space": fs.name,
-        "n_samples": int(len(images)), "generate_seconds": gen_seconds, "profile": cfg["profile"],
-    })
+    return {"fid": fid_real, "qfid": qfid, "n_samples": int(len(images)), "generate_seconds": gen_seconds}
 
 
 # ------------------------------------------------------------------ paper profile: FID Inception weights

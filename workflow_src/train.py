@@ -13,7 +13,8 @@ from tqdm import tqdm
 from . import data as datasets
 from .config import arch_dataset
 from .models import get_arch
-from .utils import atomic_path, seed_everything, torch_load, torch_save
+from . import tracking
+from .utils import seed_everything, torch_load, torch_save
 
 
 def make_arch(cfg: Dict[str, Any], arch: str):
@@ -55,18 +56,25 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
     batches = datasets.train_batches(data_dir, kind, tcfg["batch_size"], seed=cfg["seed"] * 1_000_003 + step)
     rows = []
     every = cfg["train"]["checkpoint_every"]
-    bar = tqdm(range(step, tcfg["steps"]), initial=step, total=tcfg["steps"], desc=f"train {arch_name}", unit="step")
-    for step in bar:
-        losses = arch.train_step(state, batches, step)
-        rows.append({"step": step, **losses})
-        if step % 10 == 0:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
-        if (step + 1) % every == 0 and step + 1 < tcfg["steps"]:
-            torch_save({"state": _state_dicts(state), "step": step + 1, "rng": torch.get_rng_state()}, ckpt)
-            _append_losses(log_path, rows)
-            rows = []
-    _append_losses(log_path, rows)
-    torch_save({"arch": arch_name, "steps": tcfg["steps"], "state": _state_dicts(state)}, out)
+    acfg = cfg["archs"][arch_name]
+    tags = {"arch": arch_name, "method": "fp", "resumed_at": step}
+    params = {"model": acfg["model"], "train": tcfg, "resolution": acfg["resolution"], "dataset": acfg["dataset"], "seed": cfg["seed"]}
+    with tracking.run("train", cfg, tags, params) as run:
+        bar = tqdm(range(step, tcfg["steps"]), initial=step, total=tcfg["steps"], desc=f"train {arch_name}", unit="step")
+        for step in bar:
+            losses = arch.train_step(state, batches, step)
+            rows.append({"step": step, **losses})
+            if step % 10 == 0:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+            if (step + 1) % every == 0 and step + 1 < tcfg["steps"]:
+                torch_save({"state": _state_dicts(state), "step": step + 1, "rng": torch.get_rng_state()}, ckpt)
+                _append_losses(log_path, rows)
+                run.log_step_metrics(rows)
+                rows = []
+        _append_losses(log_path, rows)
+        run.log_step_metrics(rows)
+        torch_save({"arch": arch_name, "steps": tcfg["steps"], "state": _state_dicts(state)}, out)
+        run.log_artifact(log_path)
     ckpt.unlink(missing_ok=True)
     return out
 

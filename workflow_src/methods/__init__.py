@@ -15,6 +15,15 @@ METHODS: Dict[str, Callable] = {
 }
 
 
+# The params keys each method reads (besides the arch's model): DVC and Snakemake rerun a quantize
+# job exactly when one of these changes.
+_COMMON = ["calibration.images", "distill.batch_size", "archs.{arch}.model", "archs.{arch}.resolution"]
+METHOD_PARAMS: Dict[str, list] = {
+    "ptq-minmax": _COMMON,
+    "ptq-quantile": _COMMON + ["calibration.momentum", "archs.{arch}.quantiles"],
+}
+
+
 def get_method(name: str) -> Callable:
     try:
         return METHODS[name]

@@ -1,0 +1,173 @@
+"""MLflow tracking: every training, quantization and evaluation job is one run.
+
+* Store: ``MLFLOW_TRACKING_URI`` when set (a shared server); otherwise ``sqlite:///mlflow.db`` in the
+  working directory with artifacts under ``./mlruns`` -- the local, file-backed store MLflow 3
+  recommends (its plain file store is deprecated).  The workflow creates the database once before
+  jobs start (:func:`init_store`), because concurrent first-time schema migrations race.
+* One experiment per profile (``qgan-bench-<profile>``); runs are tagged with arch, method,
+  per_channel, w_bits, a_bits, profile, stage and the workflow invocation (``workflow_id``).
+* Logging never costs a result: any tracking failure becomes a warning and the job goes on.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+WORKFLOW_ENV = "QGAN_WORKFLOW_ID"
+DISABLE_ENV = "QGAN_TRACKING"  # set to "off" to disable tracking entirely
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def experiment_name(profile: str) -> str:
+    return f"qgan-bench-{profile}"
+
+
+def _configure() -> None:
+    # fail fast instead of retrying for minutes when a server is unreachable
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def init_store(profile: str) -> Optional[str]:
+    """Create the store and the profile's experiment (run once, before parallel jobs)."""
+    if os.environ.get(DISABLE_ENV) == "off":
+        return None
+    try:
+        import mlflow
+
+        _configure()
+        mlflow.set_tracking_uri(tracking_uri())
+        exp = mlflow.get_experiment_by_name(experiment_name(profile))
+        if exp is None:
+            artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else Path("mlruns").resolve().as_uri()
+            return mlflow.create_experiment(experiment_name(profile), artifact_location=artifacts)
+        return exp.experiment_id
+    except Exception as exc:  # noqa: BLE001 - tracking must never break the workflow
+        warnings.warn(f"MLflow store {tracking_uri()!r} unavailable, runs will not be tracked: {exc}")
+        return None
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+class Run:
+    """A tracked job; every method is a no-op (with one warning) once tracking has failed."""
+
+    def __init__(self, run: Any = None):
+        self._run = run
+
+    def _call(self, fn, *args, **kwargs) -> None:
+        if self._run is None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"MLflow logging failed, tracking stops for this job: {exc}")
+            self._run = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        import mlflow
+
+        self._call(mlflow.log_params, _flat(params))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        import mlflow
+
+        self._call(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_step_metrics(self, rows: List[Mapping[str, float]]) -> None:
+        """Per-step losses (rows with a ``step`` key), in one batch."""
+        if self._run is None or not rows:
+            return
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        import time
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(r["step"])) for r in rows for k, v in r.items() if k != "step"]
+        client = MlflowClient()
+        for i in range(0, len(metrics), 1000):
+            self._call(client.log_batch, self._run.info.run_id, metrics=metrics[i : i + 1000])
+
+    def log_artifact(self, path: str | Path) -> None:
+        import mlflow
+
+        self._call(mlflow.log_artifact, str(path))
+
+
+@contextmanager
+def run(stage: str, cfg: Mapping[str, Any], tags: Mapping[str, Any], params: Optional[Mapping[str, Any]] = None) -> Iterator[Run]:
+    """``with run("evaluate", cfg, {"arch": ...}) as r: r.log_metrics(...)``."""
+    if os.environ.get(DISABLE_ENV) == "off":
+        yield Run(None)
+        return
+    active = None
+    try:
+        import mlflow
+
+        _configure()
+        mlflow.set_tracking_uri(tracking_uri())
+        if mlflow.get_experiment_by_name(experiment_name(cfg["profile"])) is None:
+            init_store(cfg["profile"])
+        mlflow.set_experiment(experiment_name(cfg["profile"]))
+        all_tags = {"stage": stage, "profile": cfg["profile"], **{k: str(v) for k, v in tags.items()}}
+        if os.environ.get(WORKFLOW_ENV):
+            all_tags["workflow_id"] = os.environ[WORKFLOW_ENV]
+        name = "-".join(str(all_tags[k]) for k in ("stage", "arch", "variant") if k in all_tags)
+        active = mlflow.start_run(run_name=name, tags=all_tags)
+    except Exception as exc:  # noqa: BLE001
+        warnings.warn(f"MLflow store {tracking_uri()!r} unavailable, this job is not tracked: {exc}")
+        active = None
+    r = Run(active)
+    if params:
+        r.log_params(params)
+    status = "FAILED"
+    try:
+        yield r
+        status = "FINISHED"
+    finally:
+        if r._run is not None:
+            try:
+                import mlflow
+
+                mlflow.end_run(status=status)
+            except Exception as exc:  # noqa: BLE001
+                warnings.warn(f"MLflow could not close the run: {exc}")
+
+
+def results_from_mlflow(profile: str) -> "Any":
+    """The newest evaluation run of every (arch, variant), as the rows of ``results.csv``."""
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(tracking_uri())
+    df = mlflow.search_runs(experiment_names=[experiment_name(profile)], filter_string="tags.stage = 'evaluate'",
+                            order_by=["attributes.start_time DESC"])
+    if df.empty:
+        return pd.DataFrame()
+    df = df.drop_duplicates(subset=["tags.arch", "tags.variant"], keep="first")
+    from .report import sort_results
+
+    out = pd.DataFrame({
+        "arch": df["tags.arch"], "variant": df["tags.variant"], "method": df["tags.method"],
+        "per_channel": df["tags.per_channel"].map(lambda s: None if s == "None" else s == "True"),
+        "w_bits": df["tags.w_bits"].astype(int), "a_bits": df["tags.a_bits"].astype(int),
+        "fid": df["metrics.fid"], "qfid": df["metrics.qfid"], "feature_space": df["tags.feature_space"],
+    })
+    return sort_results(out)
