@@ -51,3 +51,67 @@ def test_params_name_exactly_what_each_stage_reads(jobs):
     assert "archs.stylegan.quantiles" in q and "archs.stylegan.quantiles" not in m
     assert not any("sagan" in p or "cyclegan" in p for p in q)
     assert doc["report"]["params"] == ["matrix"]
+
+
+def _dvc(args, cwd, check=True):
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1", "QGAN_TRACKING": "off"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory):
+    """A copy of the project whose params.yaml is the micro config cut to one arch, with its own
+    generated dvc.yaml, built once with `dvc repro`."""
+    from workflow_src import config as qcfg
+
+    proj = tmp_path_factory.mktemp("dvcproj")
+    for item in ("Snakefile", "rules", "workflow_src", "profiles", "envs", "configs"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, proj / item)
+    cfg = qcfg.deep_merge(qcfg.load_yaml(ROOT / "params.yaml"), qcfg.load_yaml(ROOT / "configs" / "micro.yaml"))
+    cfg["matrix"]["archs"] = ["sagan"]
+    (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "workflow_src", "dvc-yaml", "--out", "dvc.yaml"], cwd=proj, check=True)
+    _dvc(["init", "--no-scm", "-q"], proj)
+    _dvc(["config", "core.analytics", "false"], proj)
+    _dvc(["repro", "-q"], proj)
+    return proj
+
+
+@pytest.mark.workflow
+def test_dvc_repro_builds_then_is_a_no_op(dvc_project):
+    assert (dvc_project / "reports" / "results.csv").exists()
+    assert (dvc_project / "dvc.lock").exists()
+    out = _dvc(["repro"], dvc_project)
+    assert "Stage 'report' didn't change" in out and "Running stage" not in out
+    assert "up to date" in _dvc(["status"], dvc_project).lower()
+
+
+@pytest.mark.workflow
+def test_changing_one_quantile_reruns_only_its_readers(dvc_project):
+    params = yaml.safe_load((dvc_project / "params.yaml").read_text())
+    params["archs"]["sagan"]["quantiles"]["activation"]["upper"] = 0.995
+    (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = _dvc(["status", "--json"], dvc_project)
+    import json
+
+    changed = set(json.loads(status))
+    assert changed == {f"quantize.sagan.ptq-quantile-{g}-w{w}a8" for g in ("channel", "tensor") for w in (8, 4)}
+    dry = _dvc(["repro", "--dry"], dvc_project)
+    ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+    assert all(s.startswith(("quantize.sagan.ptq-quantile", "evaluate.sagan.ptq-quantile", "report")) for s in ran), ran
+
+
+@pytest.mark.workflow
+def test_directory_remote_round_trip(dvc_project, tmp_path):
+    _dvc(["remote", "add", "-f", "-d", "local", str(tmp_path / "remote")], dvc_project)
+    _dvc(["push", "-q"], dvc_project)
+    shutil.rmtree(dvc_project / "models")
+    (dvc_project / "reports" / "results.csv").unlink()
+    assert "deleted" in _dvc(["status"], dvc_project)
+    _dvc(["pull", "-q"], dvc_project)
+    assert (dvc_project / "models" / "fp" / "sagan.pt").exists() and (dvc_project / "reports" / "results.csv").exists()
+    assert "deleted" not in _dvc(["status"], dvc_project)

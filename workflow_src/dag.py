@@ -111,7 +111,7 @@ def dvc_stages(root: Path) -> Dict[str, Any]:
             if o.startswith("metrics/") and o.endswith(".json"):
                 outs.append(("metrics", {o: {"cache": False}}))
             elif o.endswith(".losses.csv"):
-                outs.append(("plots", {o: {"cache": False, "x": "step"}}))
+                outs.append(("plots", {o: {"x": "step"}}))  # cached: pushed with the model
             else:
                 outs.append(("outs", o))
         stage: Dict[str, Any] = {"cmd": cmd}
