@@ -6,7 +6,8 @@ rule quantize:
         fp="models/fp/{arch}.pt",
         distill="distill/{arch}.pt",
     output:
-        "models/q/{arch}/{variant}.pt",
+        model="models/q/{arch}/{variant}.pt",
+        info="models/q/{arch}/{variant}.json",
     params:
         cfg=PARAMS,
         section=lambda w: dag.param_values(config, "quantize", w),
@@ -18,4 +19,4 @@ rule quantize:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} quantize --arch {wildcards.arch} --variant {wildcards.variant} --fp {input.fp} --distill {input.distill} --out {output} > {log} 2>&1"
+        "python -m workflow_src --config {params.cfg} --threads {threads} quantize --arch {wildcards.arch} --variant {wildcards.variant} --fp {input.fp} --distill {input.distill} --out {output.model} --info {output.info} > {log} 2>&1"

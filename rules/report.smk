@@ -8,6 +8,7 @@ rule report:
     output:
         results="reports/results.csv",
         table4="reports/table4.md",
+        table3="reports/table3.md",
         html="reports/index.html",
     params:
         cfg=PARAMS,

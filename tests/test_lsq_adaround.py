@@ -14,14 +14,6 @@ from workflow_src.quant.quantizer import EPS
 torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny; a second intra-op thread only contends with the other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def act_fq(x, bits=8):
     fq = activation_quantizer(QuantSpec(a_bits=bits))

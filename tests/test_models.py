@@ -30,14 +30,6 @@ CFG = {
 NAMES = sorted(CFG)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded (and much faster on a busy 2-core box)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 
 def make(name):
     model_cfg, train_cfg = CFG[name]

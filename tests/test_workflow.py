@@ -100,3 +100,14 @@ def test_results_rebuilt_from_mlflow_equal_the_metrics_files(micro_run, monkeypa
     train = runs[runs["tags.stage"] == "train"]
     history = mlflow.tracking.MlflowClient().get_metric_history(train.iloc[0]["run_id"], "loss_g")
     assert len(history) > 10, "per-step losses are logged as step metrics"
+
+
+@pytest.mark.workflow
+def test_block_reconstruction_on_the_micro_run(micro_run):
+    """Every block's reconstruction error goes down; per-block losses are written next to the model."""
+    infos = sorted((micro_run / "models" / "q").glob("*/*-brecq-*.json"))
+    assert len(infos) == 3 * 8
+    for path in infos:
+        recon = json.loads(path.read_text())["recon"]
+        assert recon and all(r["mse_after"] < r["mse_before"] for r in recon), (path.name, recon)
+    assert (micro_run / "reports" / "table3.md").read_text().count("STE-BRECQ") == 3 * 2

@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     stage("train", "train a full-precision GAN (resumes from --ckpt)", "arch", "data", "out", "ckpt")
     stage("distill", "generate the distillation set", "arch", "data", "fp", "out")
     stage("eval-inputs", "draw the seeded evaluation inputs", "arch", "data", "out")
-    stage("quantize", "quantize a generator with one method/variant", "arch", "variant", "fp", "distill", "out")
+    stage("quantize", "quantize a generator with one method/variant", "arch", "variant", "fp", "distill", "out", "info")
     stage("evaluate", "FID and qFID of one variant (or fp)", "arch", "variant", "model", "inputs", "features", "real-stats", "fp-stats", "out", "samples")
     sp = stage("report", "tables, figures and the HTML report", "samples", "out")
     sp.add_argument("--metrics", nargs="+", required=True)
@@ -80,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif s == "eval-inputs":
         stages.eval_inputs(cfg, args.arch, args.data, args.out)
     elif s == "quantize":
-        stages.quantize(cfg, args.arch, args.variant, args.fp, args.distill, args.out)
+        stages.quantize(cfg, args.arch, args.variant, args.fp, args.distill, args.out, args.info)
     elif s == "evaluate":
         stages.evaluate(cfg, args.arch, args.variant, args.model, args.inputs, args.features, args.real_stats, args.fp_stats, args.out, args.samples)
     elif s == "report":

@@ -112,6 +112,14 @@ def _semantic_problems(cfg: Dict[str, Any]) -> List[str]:
             problems.append(
                 f"key 'archs.{arch}.model.channels' has {len(ch)} entries; resolution {res} needs {res.bit_length() - 2} (one per level 4..{res})"
             )
+    brecq_methods = [m for m in cfg["matrix"]["methods"] if m.endswith("-brecq")]
+    if brecq_methods:
+        need = ["calib_images", "batch_size", "lr_weights", "lr_qparams"] + (["ar_steps"] if "ar-brecq" in brecq_methods else []) + (["ste_steps"] if "ste-brecq" in brecq_methods else [])
+        missing = [k for k in need if k not in cfg.get("brecq", {})]
+        if missing:
+            problems.append(f"key 'matrix.methods' lists {brecq_methods} but 'brecq' lacks {missing}")
+        elif cfg["brecq"]["calib_images"] > cfg["distill"]["size"]:
+            problems.append(f"key 'brecq.calib_images' = {cfg['brecq']['calib_images']} exceeds 'distill.size' = {cfg['distill']['size']}")
     if cfg["eval"]["n_samples"] < cfg["eval"]["grid"]:
         problems.append(f"key 'eval.grid' = {cfg['eval']['grid']} exceeds 'eval.n_samples' = {cfg['eval']['n_samples']}")
     if cfg["calibration"]["images"] > cfg["distill"]["size"]:

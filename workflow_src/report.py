@@ -15,7 +15,9 @@ from .utils import atomic_path, atomic_write_text
 
 COLUMNS = ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space"]
 ARCH_TITLES = {"cyclegan": "CycleGAN", "sagan": "SAGAN", "stylegan": "StyleGAN"}
-METHOD_TITLES = {FP: "full-precision", "ptq-minmax": "vanilla PTQ (min-max)", "ptq-quantile": "vanilla PTQ (quantile)"}
+METHOD_TITLES = {FP: "full-precision", "ptq-minmax": "vanilla PTQ (min-max)", "ptq-quantile": "vanilla PTQ (quantile)",
+                 "ar-brecq": "AR-BRECQ", "ste-brecq": "STE-BRECQ"}
+PTQ_METHODS = ("ptq-minmax", "ptq-quantile", "ar-brecq", "ste-brecq")
 
 
 def save_grid(images: torch.Tensor, out: str | Path) -> None:
@@ -71,6 +73,27 @@ def table4(df: pd.DataFrame, cfg: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def table3(df: pd.DataFrame, arch: str) -> str:
+    """Markdown laid out like the paper's Table 3 for one arch: post-training methods by row,
+    FID/qFID at 8-bit and 4-bit weights (8-bit activations) by column."""
+    sub = df[df["arch"] == arch]
+    space = ", ".join(sorted(set(sub["feature_space"])))
+    bits = sorted({int(b) for b in sub["w_bits"] if b != 32}, reverse=True)
+    head = ["Method", "Per-channel"] + [f"w{b}a8 {m} [{space}] (↓)" for b in bits for m in ("FID", "qFID")]
+    lines = [f"### {ARCH_TITLES.get(arch, arch)}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    fp = sub[sub["method"] == FP].iloc[0]
+    lines.append("| " + " | ".join([METHOD_TITLES[FP], "–"] + [c for _ in bits for c in (_fmt(fp["fid"]), _fmt(fp["qfid"]))]) + " |")
+    for method in PTQ_METHODS:
+        for pc in (True, False):
+            rows = sub[(sub["method"] == method) & (sub["per_channel"] == pc) & (sub["a_bits"] == 8)]
+            if rows.empty:
+                continue
+            by_bits = rows.set_index("w_bits")
+            cells = [c for b in bits for c in ((_fmt(by_bits.loc[b, "fid"]), _fmt(by_bits.loc[b, "qfid"])) if b in by_bits.index else ("–", "–"))]
+            lines.append("| " + " | ".join([METHOD_TITLES.get(method, method), "✓" if pc else "✗"] + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def arch_figure(arch: str, rows: List[tuple], out: Path) -> None:
     """FP next to each variant on the same inputs: one labelled row per variant."""
     import matplotlib
@@ -81,11 +104,11 @@ def arch_figure(arch: str, rows: List[tuple], out: Path) -> None:
 
     imgs = [(label, Image.open(p)) for label, p in rows]
     w, h = imgs[0][1].size
-    fig, axes = plt.subplots(len(imgs), 1, figsize=(max(4, w / 40), 0.25 + len(imgs) * max(0.5, h / 40)), squeeze=False)
+    fig, axes = plt.subplots(len(imgs), 1, figsize=(max(4, w / 40), 0.4 + len(imgs) * (0.2 + max(0.5, h / 40))), squeeze=False)
     for ax, (label, im) in zip(axes[:, 0], imgs):
         ax.imshow(im, interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+        ax.set_title(label, fontsize=7, loc="left", pad=2)
     fig.suptitle(f"{ARCH_TITLES.get(arch, arch)}: same inputs, full precision vs. quantized", fontsize=9)
     fig.tight_layout()
     with atomic_path(out) as tmp:
@@ -104,7 +127,9 @@ def build(cfg: Dict[str, Any], metric_files: List[str], samples_dir: str, out_di
     with atomic_path(out / "results.csv") as tmp:
         csv_df.to_csv(tmp, index=False, float_format="%.4f")
     t4 = table4(df, cfg)
-    atomic_write_text(out / "table4.md", "# Table 4 layout: vanilla PTQ (tiny profile reproduces the paper's rows)\n\n" + t4)
+    atomic_write_text(out / "table4.md", "# Table 4 layout (paper: Performance of quantization techniques)\n\n" + t4)
+    atomic_write_text(out / "table3.md", "# Table 3 layout (paper: post-training quantization), one table per arch\n\n"
+                      + "\n".join(table3(df, a) for a in sorted(set(df["arch"]))))
     sections = []
     for arch in sorted(set(df["arch"])):
         rows = [("FP", Path(samples_dir) / arch / f"{FP}.png")] + [

@@ -101,18 +101,26 @@ def _two_domain(cfg, arch) -> bool:
 
 
 # ------------------------------------------------------------------ quantization
-def quantize(cfg: Dict[str, Any], arch: str, variant: str, fp_path: str, distill_path: str, out: str) -> None:
+def quantize(cfg: Dict[str, Any], arch: str, variant: str, fp_path: str, distill_path: str, out: str, info_out: str) -> None:
+    """Quantize one variant; ``info_out`` (JSON next to the model) records calibration size, time
+    and, for block reconstruction, each block's error before/after."""
     v = Variant.parse(variant)
     method = get_method(v.method)
     g = load_generator(cfg, arch, fp_path)
     calib = torch_load(distill_path)["inputs"]
+    ckpt = Path(str(out) + ".ckpt.pt")
     with tracking.run("quantize", cfg, _variant_tags(arch, v)) as run:
         t0 = time.time()
-        qmodel, spec, info = method(g, calib, v, cfg["archs"][arch], cfg)
+        qmodel, spec, info = method(g, calib, v, cfg["archs"][arch], cfg, arch=make_arch(cfg, arch), ckpt=ckpt)
         info["seconds"] = time.time() - t0
         torch_save({"arch": arch, "variant": v.name, "spec": spec.to_dict(), "state_dict": qmodel.state_dict(), "info": info}, out)
+        write_json(info_out, {"arch": arch, "variant": v.name, **info})
         run.log_params(spec.to_dict())
-        run.log_metrics({k: v for k, v in info.items() if isinstance(v, (int, float))})
+        run.log_metrics({k: x for k, x in info.items() if isinstance(x, (int, float))})
+        for rec in info.get("recon", []):
+            run.log_metrics({"block_mse_before": rec["mse_before"], "block_mse_after": rec["mse_after"]}, step=rec["block"])
+        run.log_artifact(info_out)
+    ckpt.unlink(missing_ok=True)
 
 
 def _variant_tags(arch: str, v: Variant | None) -> Dict[str, Any]:

@@ -1,5 +1,7 @@
 """Quantization methods by name.  A method takes the FP generator, the calibration inputs of the
-distillation set, the variant and the params, and returns ``(quantized model, QuantSpec, info)``.
+distillation set, the variant, the arch's params and the params (keywords: ``arch``, the GANArch
+instance, and ``ckpt``, a path for resumable progress), and returns ``(quantized model, QuantSpec,
+info)``; ``info`` is written next to the model.
 
 Only implemented methods are registered; the params schema's ``method_name`` enum lists exactly
 these names (a test keeps them equal)."""
@@ -7,11 +9,14 @@ from __future__ import annotations
 
 from typing import Callable, Dict
 
+from .brecq import ar_brecq, ste_brecq
 from .ptq import ptq_minmax, ptq_quantile
 
 METHODS: Dict[str, Callable] = {
     "ptq-minmax": ptq_minmax,
     "ptq-quantile": ptq_quantile,
+    "ar-brecq": ar_brecq,
+    "ste-brecq": ste_brecq,
 }
 
 
@@ -21,6 +26,8 @@ _COMMON = ["calibration.images", "distill.batch_size", "archs.{arch}.model", "ar
 METHOD_PARAMS: Dict[str, list] = {
     "ptq-minmax": _COMMON,
     "ptq-quantile": _COMMON + ["calibration.momentum", "archs.{arch}.quantiles"],
+    "ar-brecq": _COMMON + ["seed", "calibration.momentum", "archs.{arch}.quantiles", "brecq"],
+    "ste-brecq": _COMMON + ["seed", "calibration.momentum", "archs.{arch}.quantiles", "brecq"],
 }
 
 

@@ -28,7 +28,7 @@ def spec_for(variant: Variant, observer: str, arch_cfg: Dict[str, Any], cfg: Dic
 
 
 def _ptq(observer: str):
-    def run(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any]):
+    def run(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any], **_):
         spec = spec_for(variant, observer, arch_cfg, cfg)
         qmodel = quantize_model(generator, spec)
         n = cfg["calibration"]["images"]

@@ -7,6 +7,7 @@ gets the generator to quantize from ``generator``, and draws generator inputs fr
 """
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Dict, Iterator
 
@@ -46,6 +47,9 @@ class GANArch(ABC):
 
     name: str = ""
     input_kind: str = "latent"
+    # Where BRECQ's reconstruction blocks come from, in execution order: generator submodule paths,
+    # split into blocks by workflow_src.quant.blocks.split_blocks.
+    block_containers: tuple = ()
 
     def __init__(self, model_cfg: Dict[str, Any], train_cfg: Dict[str, Any], resolution: int):
         self.model_cfg = dict(model_cfg)
@@ -77,3 +81,33 @@ class GANArch(ABC):
     def sample_inputs(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` generator inputs drawn with ``generator`` (latent archs only)."""
         raise NotImplementedError(f"{self.name} takes images as input, not latents")
+
+
+class LatentEMAGAN(GANArch):
+    """An unconditional latent -> image GAN: one generator and one discriminator, each with Adam,
+    and an exponential moving average of the generator (``G_ema``), which is what gets evaluated
+    and quantized.  Subclasses set ``latent_dim`` and build the two networks."""
+
+    latent_dim: int
+
+    @abstractmethod
+    def build_discriminator(self) -> nn.Module:
+        """A freshly initialised discriminator."""
+
+    def init_state(self, device: torch.device) -> Dict[str, Any]:
+        t = self.train_cfg
+        G = self.build_generator().to(device)
+        D = self.build_discriminator().to(device)
+        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        betas = tuple(float(b) for b in t["betas"])
+        return {
+            "G": G, "D": D, "G_ema": G_ema,
+            "opt_g": torch.optim.Adam(G.parameters(), lr=float(t["lr_g"]), betas=betas),
+            "opt_d": torch.optim.Adam(D.parameters(), lr=float(t["lr_d"]), betas=betas),
+        }
+
+    def sample_inputs(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, generator=generator)
+
+    def generator(self, state: Dict[str, Any]) -> nn.Module:
+        return state["G_ema"]

@@ -82,6 +82,7 @@ class CycleGAN(GANArch):
     """model_cfg: ngf, ndf, n_blocks, n_downsampling, d_layers.
     train_cfg: steps, batch_size, lr_g, lr_d, betas, lambda_cycle, lambda_identity (optional
     decay_start: fraction of steps before the linear lr decay, default 0.5)."""
+    block_containers = ("net",)  # BRECQ reconstruction blocks (workflow_src.quant.blocks)
 
     input_kind = "image"
 

@@ -68,21 +68,36 @@ class EqualLinear(nn.Module):
 def bake(model: nn.Module) -> nn.Module:
     """Replace reparametrised layers by plain layers holding their effective weights (in place).
 
-    Removes weight parametrisations (spectral norm) keeping their current value, and converts every
-    module that has ``to_plain()`` (equalized-lr layers).  Returns ``model`` in eval mode.
+    Weight-parametrised ``nn.Conv2d``/``nn.Linear`` layers (spectral norm) become plain layers with
+    the weight they compute in eval mode, and every module with ``to_plain()`` (equalized-lr layers)
+    is converted.  New modules are built instead of calling ``remove_parametrizations``, which edits
+    the parametrised class that a model and its deep copies share.  Returns ``model`` in eval mode.
     """
     model.eval()
-    for module in list(model.modules()):
-        if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     _replace_plain(model)
     return model
 
 
+def _plain_copy(module: nn.Module) -> nn.Module:
+    if isinstance(module, nn.Conv2d) and not isinstance(module, nn.ConvTranspose2d):
+        new = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                        module.dilation, module.groups, module.bias is not None, module.padding_mode)
+    elif isinstance(module, nn.Linear):
+        new = nn.Linear(module.in_features, module.out_features, module.bias is not None)
+    else:
+        raise TypeError(f"cannot bake a parametrised {type(module).__name__}; only Conv2d and Linear are supported")
+    with torch.no_grad():
+        new.weight.copy_(module.weight)
+        if module.bias is not None:
+            new.bias.copy_(module.bias)
+    return new
+
+
 def _replace_plain(module: nn.Module) -> None:
     for name, child in module.named_children():
-        if hasattr(child, "to_plain"):
+        if parametrize.is_parametrized(child):
+            setattr(module, name, _plain_copy(child))
+        elif hasattr(child, "to_plain"):
             setattr(module, name, child.to_plain())
         else:
             _replace_plain(child)

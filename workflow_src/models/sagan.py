@@ -12,7 +12,6 @@ training mode (without gradients) on each step's latents.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, Iterator, Optional, Sequence
 
 import torch
@@ -21,7 +20,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..quant import ops
-from .base import GANArch, register
+from .base import LatentEMAGAN, register
 from .stylegan import check_levels, ema_beta, update_ema
 
 
@@ -123,9 +122,10 @@ class SADiscriminator(nn.Module):
 
 
 @register("sagan")
-class SAGAN(GANArch):
+class SAGAN(LatentEMAGAN):
     """model_cfg: latent_dim, channels, d_channels, attn_res (null disables attention).
     train_cfg: steps, batch_size, lr_g, lr_d, betas, ema_beta."""
+    block_containers = ("fc", "blocks", "out")  # BRECQ reconstruction blocks (workflow_src.quant.blocks)
 
     input_kind = "latent"
 
@@ -146,24 +146,6 @@ class SAGAN(GANArch):
 
     def build_discriminator(self) -> nn.Module:
         return SADiscriminator(list(self.model_cfg["d_channels"]), self.attn_res, self.resolution)
-
-    def init_state(self, device: torch.device) -> Dict[str, Any]:
-        t = self.train_cfg
-        G = self.build_generator().to(device)
-        D = self.build_discriminator().to(device)
-        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-        betas = tuple(float(b) for b in t["betas"])
-        return {
-            "G": G, "D": D, "G_ema": G_ema,
-            "opt_g": torch.optim.Adam(G.parameters(), lr=float(t["lr_g"]), betas=betas),
-            "opt_d": torch.optim.Adam(D.parameters(), lr=float(t["lr_d"]), betas=betas),
-        }
-
-    def sample_inputs(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(n, self.latent_dim, generator=generator)
-
-    def generator(self, state: Dict[str, Any]) -> nn.Module:
-        return state["G_ema"]
 
     def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, float]:
         G, D, G_ema = state["G"], state["D"], state["G_ema"]

@@ -16,7 +16,6 @@ shared with the SAGAN module.
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Dict, Iterator, Sequence
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quant import ops
-from .base import GANArch, register
+from .base import LatentEMAGAN, register
 from .layers import EqualConv2d, EqualLinear
 
 NOISE_SEED = 0x5EED  # seeds the fixed eval-mode noise maps; the same for every constructed generator
@@ -183,10 +182,11 @@ class StyleDiscriminator(nn.Module):
 
 # -- architecture ---------------------------------------------------------------------------------
 @register("stylegan")
-class StyleGAN(GANArch):
+class StyleGAN(LatentEMAGAN):
     """model_cfg: latent_dim, n_mlp, channels, d_channels (optional mbstd: bool = True).
     train_cfg: steps, batch_size, lr_g, lr_d, betas, r1_gamma, ema_beta (optional r1_every: int = 1,
     lazy R1 every k steps with the penalty scaled by k, as in StyleGAN2)."""
+    block_containers = ("mapping", "blocks", "to_rgb")  # BRECQ reconstruction blocks (workflow_src.quant.blocks)
 
     input_kind = "latent"
 
@@ -202,24 +202,6 @@ class StyleGAN(GANArch):
 
     def build_discriminator(self) -> nn.Module:
         return StyleDiscriminator(list(self.model_cfg["d_channels"]), bool(self.model_cfg.get("mbstd", True)))
-
-    def init_state(self, device: torch.device) -> Dict[str, Any]:
-        t = self.train_cfg
-        G = self.build_generator().to(device)
-        D = self.build_discriminator().to(device)
-        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-        betas = tuple(float(b) for b in t["betas"])
-        return {
-            "G": G, "D": D, "G_ema": G_ema,
-            "opt_g": torch.optim.Adam(G.parameters(), lr=float(t["lr_g"]), betas=betas),
-            "opt_d": torch.optim.Adam(D.parameters(), lr=float(t["lr_d"]), betas=betas),
-        }
-
-    def sample_inputs(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(n, self.latent_dim, generator=generator)
-
-    def generator(self, state: Dict[str, Any]) -> nn.Module:
-        return state["G_ema"]
 
     def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, float]:
         G, D, t = state["G"], state["D"], self.train_cfg

@@ -1,0 +1,109 @@
+"""Block reconstruction: the block registry, AdaRound/STE-BRECQ on real generators, resumption."""
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from workflow_src import config as qcfg
+from workflow_src.config import Variant
+from workflow_src.methods import brecq as brecq_mod
+from workflow_src.models import bake
+from workflow_src.quant import QuantConv2d, QuantLinear, QuantOp, weight_quantizers
+from workflow_src.quant.blocks import split_blocks
+from workflow_src.train import make_arch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    c = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
+    c["brecq"].update(calib_images=32, batch_size=8, ar_steps=150, ar_warmup=30, ste_steps=60, lr_qparams=1e-4)
+    return c
+
+
+def _generator(cfg, arch):
+    torch.manual_seed(0)
+    return make_arch(cfg, arch).build_generator().eval()
+
+
+def test_block_registry(cfg):
+    """StyleGAN: each mapping linear + LeakyReLU pair (the first with the pixel norm), each styled
+    conv block, the RGB layer.  SAGAN: the input projection, each up-block, the attention block, the
+    output layer."""
+    m = cfg["archs"]["stylegan"]["model"]
+    expected = ["mapping[0:2]"] + [f"mapping[{2 * i + 1}:{2 * i + 2}]" for i in range(1, m["n_mlp"])]
+    expected += [f"blocks.{i}" for i in range(len(m["channels"]))] + ["to_rgb"]
+    g = bake(_generator(cfg, "stylegan"))
+    assert [b.name for b in split_blocks(g, make_arch(cfg, "stylegan").block_containers)] == expected
+    g = bake(_generator(cfg, "sagan"))
+    blocks = split_blocks(g, make_arch(cfg, "sagan").block_containers)
+    assert [b.name for b in blocks] == ["fc", "blocks[0:0]", "blocks[1:1]", "blocks[2:2]", "out[0:3]"]
+    assert [type(b.modules[0]).__name__ for b in blocks[1:4]] == ["ResUp", "SelfAttention", "ResUp"]  # attention at 8x8
+
+
+def test_cyclegan_blocks_cover_every_weight_layer_once(cfg):
+    g = bake(_generator(cfg, "cyclegan"))
+    blocks = split_blocks(g, make_arch(cfg, "cyclegan").block_containers)
+    layers = [m for b in blocks for mod in b.modules for m in mod.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == len(set(map(id, layers))) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in g.modules())
+    n = cfg["archs"]["cyclegan"]["model"]
+    assert len(blocks) == 1 + n["n_downsampling"] + n["n_blocks"] + n["n_downsampling"] + 1  # stem, down, res, up, head
+
+
+def test_bake_leaves_the_original_usable(cfg):
+    g = _generator(cfg, "sagan")
+    z = torch.randn(2, cfg["archs"]["sagan"]["model"]["latent_dim"])
+    ref = g(z)
+    bake(copy.deepcopy(g))
+    bake(copy.deepcopy(g))  # parametrised classes are shared by deep copies: must not be edited
+    assert torch.allclose(g(z), ref)
+
+
+def _run(cfg, arch, variant, ckpt=None):
+    g = _generator(cfg, arch)
+    a = make_arch(cfg, arch)
+    inputs = a.sample_inputs(32, torch.Generator().manual_seed(1))
+    return brecq_mod.brecq(Variant.parse(variant).method)(g, inputs, Variant.parse(variant), cfg["archs"][arch], cfg, arch=a, ckpt=ckpt)
+
+
+@pytest.mark.parametrize("variant", ["ar-brecq-tensor-w4a8", "ar-brecq-channel-w4a8", "ste-brecq-tensor-w8a8"])
+def test_reconstruction_lowers_every_block_error_and_ends_on_the_grid(cfg, variant):
+    q, spec, info = _run(cfg, "sagan", variant)
+    assert info["blocks"] == len(info["recon"]) == 5
+    for rec in info["recon"]:
+        assert rec["mse_after"] < rec["mse_before"], rec
+    v = Variant.parse(variant)
+    qmin, qmax = -(2 ** (v.w_bits - 1)), 2 ** (v.w_bits - 1) - 1
+    for layer in q.modules():
+        if isinstance(layer, (QuantConv2d, QuantLinear)):
+            s = layer.weight_quant.scale.view(-1, *[1] * (layer.weight.dim() - 1))
+            k = layer.weight_quant(layer.weight) / s
+            assert torch.allclose(k, k.round(), atol=1e-3) and k.min() >= qmin - 1e-3 and k.max() <= qmax + 1e-3
+            if v.method == "ar-brecq":  # hard rounding: the stored weight itself lies on the grid
+                assert torch.allclose(layer.weight / s, (layer.weight / s).round(), atol=1e-3)
+
+
+def test_killed_reconstruction_resumes_at_the_next_block(cfg, tmp_path, monkeypatch):
+    full, _, _ = _run(cfg, "sagan", "ste-brecq-tensor-w4a8")
+    ckpt = tmp_path / "q.pt.ckpt.pt"
+    real = brecq_mod._reconstruct_block
+    calls = []
+
+    def dying(block, *a, **k):
+        calls.append(block.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(block, *a, **k)
+
+    monkeypatch.setattr(brecq_mod, "_reconstruct_block", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, "sagan", "ste-brecq-tensor-w4a8", ckpt=ckpt)
+    monkeypatch.setattr(brecq_mod, "_reconstruct_block", real)
+    resumed, _, info = _run(cfg, "sagan", "ste-brecq-tensor-w4a8", ckpt=ckpt)
+    assert [r["block"] for r in info["recon"]] == [0, 1, 2, 3, 4]
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), f"resumed run differs from the uninterrupted one at {k}"

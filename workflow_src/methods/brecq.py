@@ -1,0 +1,169 @@
+"""Block-reconstruction PTQ (paper section 3.5, eq. 3; appendix A): AdaRound-BRECQ and STE-BRECQ.
+
+The generator is first quantized like vanilla quantile PTQ (the same quantile pair initialises the
+ranges).  Then, block by block in execution order, the block's quantization parameters (and, for
+STE-BRECQ, its weights and biases) are tuned to minimise ``||f_q(X_q) - Y||^2``: ``X_q`` are the
+block's inputs in the partly quantized generator (every earlier block already reconstructed), ``Y``
+the full-precision block's outputs on the same calibration inputs.
+
+* ``ar-brecq``: weights by adaptive rounding (rectified sigmoid, rounding regulariser with annealed
+  beta after a warm-up, hard rounding at the end, so the saved weights lie on the integer grid);
+  activation step sizes and zero points by LSQ(+).
+* ``ste-brecq``: weights and biases through the straight-through estimator, weight and activation
+  step sizes by LSQ (learned zero points for activations).
+
+Each finished block is checkpointed (``<out>.ckpt.pt``): a killed job resumes at the next block.
+Per-block reconstruction errors before and after are returned for ``<model>.recon.csv``.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..config import Variant
+from ..models.layers import bake
+from ..quant import QuantConv2d, QuantLinear, QuantOp, calibrate, quantize_model
+from ..quant.adaround import AdaRoundQuantizer, LinearTempDecay
+from ..quant.blocks import Block, capture, concat_records, index_record, record_len, split_blocks
+from ..quant.lsq import LSQQuantizer
+from ..utils import torch_load, torch_save
+from .ptq import spec_for
+
+
+def _quant_layers(block: Block):
+    for m in block.modules:
+        for sub in m.modules():
+            if isinstance(sub, (QuantConv2d, QuantLinear, QuantOp)):
+                yield sub
+
+
+def _make_learnable(block: Block, mode: str, zeta: float, gamma: float):
+    """Swap the block's static quantizers for learnable ones; returns (weight params, qparams, adaround quantizers)."""
+    weights, qparams, rounders = [], [], []
+    for layer in _quant_layers(block):
+        if isinstance(layer, QuantOp):
+            layer.operand_quant = nn.ModuleList(LSQQuantizer.from_static(q) for q in layer.operand_quant)
+            qparams += [p for q in layer.operand_quant for p in q.parameters()]
+            continue
+        layer.input_quant = LSQQuantizer.from_static(layer.input_quant)
+        qparams += list(layer.input_quant.parameters())
+        if mode == "ar-brecq":
+            layer.weight_quant = AdaRoundQuantizer.from_static(layer.weight_quant, layer.weight.detach(), zeta, gamma)
+            rounders.append(layer.weight_quant)
+        else:
+            layer.weight_quant = LSQQuantizer.from_static(layer.weight_quant)
+            qparams += list(layer.weight_quant.parameters())
+            weights += [layer.weight] + ([layer.bias] if layer.bias is not None else [])
+    return weights, qparams, rounders
+
+
+@torch.no_grad()
+def _make_static(block: Block) -> None:
+    for layer in _quant_layers(block):
+        if isinstance(layer, QuantOp):
+            layer.operand_quant = nn.ModuleList(q.to_static() for q in layer.operand_quant)
+            continue
+        layer.input_quant = layer.input_quant.to_static()
+        if isinstance(layer.weight_quant, AdaRoundQuantizer):
+            hard, fq = layer.weight_quant.to_static()
+            layer.weight.copy_(hard)
+            layer.weight_quant = fq
+        else:
+            layer.weight_quant = layer.weight_quant.to_static()
+
+
+@torch.no_grad()
+def _block_mse(block: Block, x_rec: Any, y: torch.Tensor, bs: int) -> float:
+    n, total = record_len(x_rec), 0.0
+    for i in range(0, n, bs):
+        idx = torch.arange(i, min(i + bs, n))
+        args, kwargs = index_record(x_rec, idx)
+        total += F.mse_loss(block(*args, **kwargs), y[idx], reduction="sum").item()
+    return total / y.numel()
+
+
+def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcfg: Dict[str, Any], gen: torch.Generator) -> None:
+    zeta, gamma = bcfg.get("zeta", 1.1), bcfg.get("gamma", -0.1)
+    weights, qparams, rounders = _make_learnable(block, mode, zeta, gamma)
+    for p in block.parameters():
+        p.requires_grad_(False)
+    groups = []
+    if rounders:
+        groups.append({"params": [r.alpha for r in rounders], "lr": bcfg.get("lr_rounding", 1e-3)})
+    if weights:
+        groups.append({"params": weights, "lr": bcfg["lr_weights"]})
+    if qparams and bcfg.get("lr_qparams", 0) > 0:
+        groups.append({"params": qparams, "lr": bcfg["lr_qparams"]})
+    train = [p for g in groups for p in g["params"]]
+    for p in train:
+        p.requires_grad_(True)
+    steps = bcfg["ar_steps"] if mode == "ar-brecq" else bcfg["ste_steps"]
+    decay = LinearTempDecay(steps, int(bcfg.get("ar_warmup", 0.2 * steps)), *bcfg.get("beta_range", [20, 2])) if rounders else None
+    opt = torch.optim.Adam(groups, betas=tuple(bcfg.get("betas", (0.9, 0.999))))
+    n, bs = record_len(x_rec), bcfg["batch_size"]
+    for m in block.modules:
+        m.train(False)
+    bar = tqdm(range(steps), desc=f"{mode} {block.name}", unit="step", leave=False)
+    for t in bar:
+        idx = torch.randint(n, (min(bs, n),), generator=gen)
+        args, kwargs = index_record(x_rec, idx)
+        rec = F.mse_loss(block(*args, **kwargs), y[idx])
+        loss = rec
+        if decay is not None and decay.active(t):
+            loss = loss + bcfg.get("reg_weight", 0.01) * sum(r.regularizer(decay(t)) for r in rounders)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if t % 50 == 0:
+            bar.set_postfix(rec=f"{rec.item():.2e}")
+    for p in train:
+        p.requires_grad_(False)
+    _make_static(block)
+
+
+def brecq(mode: str):
+    def run(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any],
+            arch=None, ckpt: Optional[Path] = None):
+        bcfg = cfg["brecq"]
+        spec = spec_for(variant, "quantile", arch_cfg, cfg)
+        fp = bake(copy.deepcopy(generator)).eval()
+        qmodel = quantize_model(generator, spec)
+        n = bcfg["calib_images"]
+        inputs = calib_inputs[:n]
+        bs = bcfg["batch_size"]
+        calibrate(qmodel, inputs[: cfg["calibration"]["images"]].split(bs))
+        containers = arch.block_containers
+        q_blocks, fp_blocks = split_blocks(qmodel, containers), split_blocks(fp, containers)
+        losses: List[Dict[str, Any]] = []
+        start = 0
+        if ckpt is not None and Path(ckpt).exists():
+            saved = torch_load(ckpt)  # finished blocks hold static quantizers again: same state layout
+            qmodel.load_state_dict(saved["state_dict"])
+            start, losses = int(saved["next_block"]), list(saved["losses"])
+            print(f"resuming {mode} at block {start}/{len(q_blocks)}")
+        gen = torch.Generator().manual_seed(cfg["seed"])
+        for i in tqdm(range(start, len(q_blocks)), initial=start, total=len(q_blocks), desc=f"{mode} blocks", unit="block"):
+            qb, fb = q_blocks[i], fp_blocks[i]
+            x_rec = concat_records(capture(qmodel, qb, inputs, bs, "inputs"))
+            y = torch.cat(capture(fp, fb, inputs, bs, "outputs"))
+            before = _block_mse(qb, x_rec, y, bs)
+            gen.manual_seed(cfg["seed"] * 7919 + i)
+            _reconstruct_block(qb, x_rec, y, mode, bcfg, gen)
+            after = _block_mse(qb, x_rec, y, bs)
+            losses.append({"block": i, "name": qb.name, "mse_before": before, "mse_after": after})
+            if ckpt is not None:
+                torch_save({"next_block": i + 1, "state_dict": qmodel.state_dict(), "losses": losses}, ckpt)
+        return qmodel.eval(), spec, {"calibration_images": int(len(inputs)), "blocks": len(q_blocks), "recon": losses}
+
+    run.__name__ = mode.replace("-", "_")
+    return run
+
+
+ar_brecq = brecq("ar-brecq")
+ste_brecq = brecq("ste-brecq")
