@@ -20,6 +20,7 @@ include: "rules/train.smk"
 include: "rules/distill.smk"
 include: "rules/quantize.smk"
 include: "rules/evaluate.smk"
+include: "rules/sweep.smk"
 include: "rules/report.smk"
 
 

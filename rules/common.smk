@@ -73,3 +73,13 @@ def used_datasets():
 shell.prefix(
     "export PYTHONPATH='%s':$PYTHONPATH; export TQDM_MININTERVAL=${{TQDM_MININTERVAL:-3}}; " % workflow.basedir
 )
+
+
+def sweep_best(wildcards):
+    """The sweep's best pair, for methods that read quantiles when the arch asks for `sweep`."""
+    from workflow_src.methods import METHOD_PARAMS
+
+    reads = "archs.{arch}.quantiles" in METHOD_PARAMS[qcfg.Variant.parse(wildcards.variant).method]
+    if reads and config["archs"][wildcards.arch]["quantiles"] == "sweep":
+        return f"sweeps/{wildcards.arch}/best.json"
+    return []

@@ -5,11 +5,13 @@ rule quantize:
     input:
         fp="models/fp/{arch}.pt",
         distill="distill/{arch}.pt",
+        quantiles=sweep_best,
     output:
         model="models/q/{arch}/{variant}.pt",
         info="models/q/{arch}/{variant}.json",
     params:
         cfg=PARAMS,
+        quantiles=lambda w, input: f"--quantiles {input.quantiles}" if input.quantiles else "",
         section=lambda w: dag.param_values(config, "quantize", w),
     log:
         "logs/quantize/{arch}/{variant}.log",
@@ -19,4 +21,4 @@ rule quantize:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} quantize --arch {wildcards.arch} --variant {wildcards.variant} --fp {input.fp} --distill {input.distill} --out {output.model} --info {output.info} > {log} 2>&1"
+        "python -m workflow_src --config {params.cfg} --threads {threads} quantize --arch {wildcards.arch} --variant {wildcards.variant} --fp {input.fp} --distill {input.distill} --out {output.model} --info {output.info} {params.quantiles} > {log} 2>&1"

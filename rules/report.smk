@@ -5,6 +5,7 @@ rule report:
     input:
         metrics=expand("metrics/{arch}/{variant}.json", arch=ARCHS, variant=["fp"] + VARIANTS),
         samples=expand("samples/{arch}/{variant}.png", arch=ARCHS, variant=["fp"] + VARIANTS),
+        fig1=rules.fig1.output.png,
     output:
         results="reports/results.csv",
         table4="reports/table4.md",

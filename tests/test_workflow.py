@@ -46,6 +46,9 @@ def test_every_artifact_and_finite_metrics(micro_run):
     assert "StyleGAN FID" in table and "a8/w4" in table and "tinycnn" in table
     html = (micro_run / "reports" / "index.html").read_text()
     assert all(f"samples_{a}.png" in html for a in archs)
+    sweep = pd.read_csv(micro_run / "reports" / "quantile_sweep.csv")
+    assert set(sweep["arch"]) == set(archs) and sweep["qfid"].map(math.isfinite).all()
+    assert (micro_run / "reports" / "fig1_quantile_sweep.png").stat().st_size > 0
     # no temporary files left behind
     assert not list(micro_run.rglob("*.tmp"))
 

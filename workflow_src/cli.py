@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     stage("train", "train a full-precision GAN (resumes from --ckpt)", "arch", "data", "out", "ckpt")
     stage("distill", "generate the distillation set", "arch", "data", "fp", "out")
     stage("eval-inputs", "draw the seeded evaluation inputs", "arch", "data", "out")
-    stage("quantize", "quantize a generator with one method/variant", "arch", "variant", "fp", "distill", "out", "info")
+    sp = stage("quantize", "quantize a generator with one method/variant", "arch", "variant", "fp", "distill", "out", "info")
+    sp.add_argument("--quantiles", default=None, help="best.json of the quantile sweep (archs.<arch>.quantiles: sweep)")
+    stage("quantile-sweep", "qFID over activation/weight quantile pairs (Figure 1)", "arch", "fp", "distill", "inputs", "features", "fp-stats", "out", "best")
+    sp = stage("fig1", "the quantile-sweep figure and table", "png", "out")
+    sp.add_argument("--sweeps", nargs="+", required=True)
     stage("evaluate", "FID and qFID of one variant (or fp)", "arch", "variant", "model", "inputs", "features", "real-stats", "fp-stats", "out", "samples")
     sp = stage("report", "tables, figures and the HTML report", "samples", "out")
     sp.add_argument("--metrics", nargs="+", required=True)
@@ -80,7 +84,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif s == "eval-inputs":
         stages.eval_inputs(cfg, args.arch, args.data, args.out)
     elif s == "quantize":
-        stages.quantize(cfg, args.arch, args.variant, args.fp, args.distill, args.out, args.info)
+        stages.quantize(cfg, args.arch, args.variant, args.fp, args.distill, args.out, args.info, args.quantiles)
+    elif s == "quantile-sweep":
+        from .sweep import run_sweep
+
+        run_sweep(cfg, args.arch, args.fp, args.distill, args.inputs, args.features, args.fp_stats, args.out, args.best)
+    elif s == "fig1":
+        from .sweep import figure
+
+        figure(args.sweeps, args.png, args.out)
     elif s == "evaluate":
         stages.evaluate(cfg, args.arch, args.variant, args.model, args.inputs, args.features, args.real_stats, args.fp_stats, args.out, args.samples)
     elif s == "report":

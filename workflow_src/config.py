@@ -75,6 +75,8 @@ def validate(cfg: Dict[str, Any]) -> None:
     validator = jsonschema.Draft202012Validator(_schema())
     problems: List[str] = []
     for err in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
+        while err.context:  # oneOf/anyOf: report the alternative that got furthest into the value
+            err = max(err.context, key=lambda e: len(e.absolute_path))
         key = _key(err.absolute_path)
         if err.validator == "additionalProperties":
             extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
@@ -99,7 +101,7 @@ def _semantic_problems(cfg: Dict[str, Any]) -> List[str]:
         ds = acfg["dataset"]
         if ds not in cfg["datasets"]:
             problems.append(f"key 'archs.{arch}.dataset' = {ds!r}: no such entry under 'datasets' (known: {sorted(cfg['datasets'])})")
-        for which, pair in acfg["quantiles"].items():
+        for which, pair in (acfg["quantiles"].items() if isinstance(acfg["quantiles"], dict) else ()):
             if pair["lower"] >= pair["upper"]:
                 problems.append(
                     f"key 'archs.{arch}.quantiles.{which}': lower = {pair['lower']} must be < upper = {pair['upper']}"
@@ -112,6 +114,10 @@ def _semantic_problems(cfg: Dict[str, Any]) -> List[str]:
             problems.append(
                 f"key 'archs.{arch}.model.channels' has {len(ch)} entries; resolution {res} needs {res.bit_length() - 2} (one per level 4..{res})"
             )
+    for which in ("activation", "weight"):
+        for i, (upper, lower) in enumerate(cfg["sweep"][which]):
+            if lower >= upper:
+                problems.append(f"key 'sweep.{which}.{i}' = [{upper}, {lower}]: lower must be < upper")
     brecq_methods = [m for m in cfg["matrix"]["methods"] if m.endswith("-brecq")]
     if brecq_methods:
         need = ["calib_images", "batch_size", "lr_weights", "lr_qparams"] + (["ar_steps"] if "ar-brecq" in brecq_methods else []) + (["ste_steps"] if "ste-brecq" in brecq_methods else [])

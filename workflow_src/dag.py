@@ -29,6 +29,8 @@ STAGES: Dict[str, tuple] = {
     "quantize": (("arch", "variant"), None),  # depends on the method: see methods.METHOD_PARAMS
     "evaluate_fp": (("arch",), ["seed", "eval"]),
     "evaluate": (("arch", "variant"), ["seed", "eval"]),
+    "quantile_sweep": (("arch",), ["seed", "sweep", "calibration", "distill.batch_size", "eval", "archs.{arch}.model", "archs.{arch}.resolution"]),
+    "fig1": ((), ["sweep"]),
     "report": ((), ["matrix"]),
 }
 

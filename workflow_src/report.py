@@ -150,6 +150,9 @@ def build(cfg: Dict[str, Any], metric_files: List[str], samples_dir: str, out_di
         f"<h1>qgan-bench report: profile {html.escape(cfg['profile'])}</h1>"
         f"<p>FID: generated vs real test images; qFID: quantized vs full-precision generator on the same inputs. "
         f"Feature space: {html.escape(', '.join(sorted(set(df['feature_space']))))}. Activations 8-bit asymmetric static; weights symmetric.</p>"
-        "<h2>Results</h2>" + csv_df.to_html(index=False, float_format=lambda x: f"{x:.2f}") + "".join(sections)
+        "<h2>Results</h2>" + csv_df.to_html(index=False, float_format=lambda x: f"{x:.2f}")
+        + ("<h2>Figure 1: quantile sweep</h2><img src='fig1_quantile_sweep.png' alt='quantile sweep'>"
+           if (out / "fig1_quantile_sweep.png").exists() else "")
+        + "".join(sections)
     )
     atomic_write_text(out / "index.html", page)

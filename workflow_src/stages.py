@@ -4,6 +4,7 @@ Artifact paths come from the caller (Snakemake or DVC); nothing here knows the d
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -15,7 +16,7 @@ from . import data as datasets
 from . import tracking
 from .config import FP, Variant, arch_dataset
 from .metrics import fid
-from .methods import get_method
+from .methods import METHOD_PARAMS, get_method
 from .quant import QuantSpec, quantize_model
 from .train import load_generator, make_arch, train
 from .utils import seed_everything, torch_load, torch_save, write_json
@@ -101,17 +102,30 @@ def _two_domain(cfg, arch) -> bool:
 
 
 # ------------------------------------------------------------------ quantization
-def quantize(cfg: Dict[str, Any], arch: str, variant: str, fp_path: str, distill_path: str, out: str, info_out: str) -> None:
+def arch_params(cfg: Dict[str, Any], arch: str, sweep_best: str | None = None) -> Dict[str, Any]:
+    """``archs.<arch>`` with ``quantiles: sweep`` replaced by the sweep's best pair."""
+    acfg = dict(cfg["archs"][arch])
+    if acfg["quantiles"] == "sweep":
+        if not sweep_best:
+            raise ValueError(f"archs.{arch}.quantiles is 'sweep': pass the quantile sweep's best.json (--quantiles)")
+        best = json.loads(Path(sweep_best).read_text())
+        acfg["quantiles"] = {"activation": best["activation"], "weight": best["weight"]}
+    return acfg
+
+
+def quantize(cfg: Dict[str, Any], arch: str, variant: str, fp_path: str, distill_path: str, out: str, info_out: str,
+             sweep_best: str | None = None) -> None:
     """Quantize one variant; ``info_out`` (JSON next to the model) records calibration size, time
     and, for block reconstruction, each block's error before/after."""
     v = Variant.parse(variant)
     method = get_method(v.method)
+    acfg = arch_params(cfg, arch, sweep_best) if "archs.{arch}.quantiles" in METHOD_PARAMS[v.method] else cfg["archs"][arch]
     g = load_generator(cfg, arch, fp_path)
     calib = torch_load(distill_path)["inputs"]
     ckpt = Path(str(out) + ".ckpt.pt")
     with tracking.run("quantize", cfg, _variant_tags(arch, v)) as run:
         t0 = time.time()
-        qmodel, spec, info = method(g, calib, v, cfg["archs"][arch], cfg, arch=make_arch(cfg, arch), ckpt=ckpt)
+        qmodel, spec, info = method(g, calib, v, acfg, cfg, arch=make_arch(cfg, arch), ckpt=ckpt)
         info["seconds"] = time.time() - t0
         torch_save({"arch": arch, "variant": v.name, "spec": spec.to_dict(), "state_dict": qmodel.state_dict(), "info": info}, out)
         write_json(info_out, {"arch": arch, "variant": v.name, **info})

@@ -108,11 +108,15 @@ class QuantileObserver(Observer):
         lo = rowwise_quantile(flat, self.lower).reshape(s, c)
         hi = rowwise_quantile(flat, self.upper).reshape(s, c)
         m = self.momentum
-        for i in range(s):  # sample by sample, as if images were fed one by one
-            if int(self.count) == 0:
-                self.lo.copy_(lo[i])
-                self.hi.copy_(hi[i])
-            else:
-                self.lo.mul_(m).add_(lo[i], alpha=1 - m)
-                self.hi.mul_(m).add_(hi[i], alpha=1 - m)
+        if int(self.count) == 0:  # the first sample initialises the averages
+            self.lo.copy_(lo[0])
+            self.hi.copy_(hi[0])
             self.count += 1
+            lo, hi, s = lo[1:], hi[1:], s - 1
+        if s:
+            # s sequential updates r <- m r + (1 - m) x_i in closed form: m^s r + sum_i (1 - m) m^(s-1-i) x_i
+            w = (1 - m) * m ** torch.arange(s - 1, -1, -1, dtype=torch.float64)
+            decay = m**s
+            self.lo.copy_((decay * self.lo.double() + (w[:, None] * lo.double()).sum(0)).float())
+            self.hi.copy_((decay * self.hi.double() + (w[:, None] * hi.double()).sum(0)).float())
+            self.count += s
