@@ -116,3 +116,17 @@ def test_directory_remote_round_trip(dvc_project, tmp_path):
     _dvc(["pull", "-q"], dvc_project)
     assert (dvc_project / "models" / "fp" / "sagan.pt").exists() and (dvc_project / "reports" / "results.csv").exists()
     assert "deleted" not in _dvc(["status"], dvc_project)
+
+
+@pytest.mark.workflow
+def test_dvc_exp_run_sweeps_a_param(dvc_project):
+    git = lambda *a: subprocess.run(["git", *a], cwd=dvc_project, check=True, capture_output=True, text=True)
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init")
+    _dvc(["config", "core.no_scm", "false"], dvc_project)
+    _dvc(["repro", "-q"], dvc_project)  # bring the lock up to date with the current params first
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "baseline")
+    _dvc(["exp", "run", "-q", "-n", "q999", "-S", "archs.sagan.quantiles.activation.upper=0.999"], dvc_project)
+    shown = _dvc(["exp", "show", "--json"], dvc_project)
+    assert "q999" in shown and "0.999" in shown

@@ -16,13 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 WORKFLOW_ENV = "QGAN_WORKFLOW_ID"
 DISABLE_ENV = "QGAN_TRACKING"  # set to "off" to disable tracking entirely
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """``MLFLOW_TRACKING_URI``, else the sqlite store in the working directory as an absolute URI
+    (MLflow caches stores by URI, so a relative one would follow the first directory it saw)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 def experiment_name(profile: str) -> str:

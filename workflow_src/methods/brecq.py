@@ -13,7 +13,9 @@ the full-precision block's outputs on the same calibration inputs.
   step sizes by LSQ (learned zero points for activations).
 
 Each finished block is checkpointed (``<out>.ckpt.pt``): a killed job resumes at the next block.
-Per-block reconstruction errors before and after are returned for ``<model>.recon.csv``.
+Per-block reconstruction errors before and after are returned (and written next to the model).  A
+block whose error the reconstruction did not lower (short schedules, noisy minibatches) keeps its
+initial quantization; the record says so (``kept: initial``).
 """
 from __future__ import annotations
 
@@ -76,6 +78,27 @@ def _make_static(block: Block) -> None:
             layer.weight_quant = fq
         else:
             layer.weight_quant = layer.weight_quant.to_static()
+
+
+def _snapshot(block: Block) -> list:
+    """The block's static quantizers and weights, to restore if reconstruction does not help."""
+    snap = []
+    for layer in _quant_layers(block):
+        if isinstance(layer, QuantOp):
+            snap.append((layer, {"operand_quant": layer.operand_quant}, None))
+        else:
+            tensors = {n: p.detach().clone() for n, p in (("weight", layer.weight), ("bias", layer.bias)) if p is not None}
+            snap.append((layer, {"input_quant": layer.input_quant, "weight_quant": layer.weight_quant}, tensors))
+    return snap
+
+
+@torch.no_grad()
+def _restore(snap: list) -> None:
+    for layer, quantizers, tensors in snap:
+        for name, q in quantizers.items():
+            setattr(layer, name, q)
+        for name, t in (tensors or {}).items():
+            getattr(layer, name).copy_(t)
 
 
 @torch.no_grad()
@@ -154,9 +177,14 @@ def brecq(mode: str):
             y = torch.cat(capture(fp, fb, inputs, bs, "outputs"))
             before = _block_mse(qb, x_rec, y, bs)
             gen.manual_seed(cfg["seed"] * 7919 + i)
+            snap = _snapshot(qb)
             _reconstruct_block(qb, x_rec, y, mode, bcfg, gen)
             after = _block_mse(qb, x_rec, y, bs)
-            losses.append({"block": i, "name": qb.name, "mse_before": before, "mse_after": after})
+            kept = "reconstructed"
+            if after > before:  # never leave a block worse than its quantile initialisation
+                _restore(snap)
+                kept, after = "initial", _block_mse(qb, x_rec, y, bs)
+            losses.append({"block": i, "name": qb.name, "mse_before": before, "mse_after": after, "kept": kept})
             if ckpt is not None:
                 torch_save({"next_block": i + 1, "state_dict": qmodel.state_dict(), "losses": losses}, ckpt)
         return qmodel.eval(), spec, {"calibration_images": int(len(inputs)), "blocks": len(q_blocks), "recon": losses}
