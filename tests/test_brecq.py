@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def cfg():
     c = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
+    for a in c["archs"].values():
+        a["quantiles"] = {"activation": {"upper": 0.999, "lower": 0.001}, "weight": {"upper": 0.9999, "lower": 0.0001}}
     c["brecq"].update(calib_images=32, batch_size=8, ar_steps=150, ar_warmup=30, ste_steps=60, lr_qparams=1e-4)
     return c
 

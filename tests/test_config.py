@@ -14,9 +14,15 @@ from workflow_src.models import ARCHS
 ROOT = Path(__file__).resolve().parents[1]
 
 
+PAIRS = {"activation": {"upper": 0.999, "lower": 0.001}, "weight": {"upper": 0.9999, "lower": 0.0001}}
+
+
 @pytest.fixture(scope="module")
 def base():
-    return qcfg.load_yaml(ROOT / "params.yaml")
+    cfg = qcfg.load_yaml(ROOT / "params.yaml")
+    for arch in cfg["archs"].values():  # explicit pairs, so that single quantiles can be broken
+        arch["quantiles"] = copy.deepcopy(PAIRS)
+    return cfg
 
 
 def test_shipped_configs_are_valid(base):
@@ -107,7 +113,7 @@ def test_cli_rejects_bad_params_before_work(tmp_path, base):
 
 def test_snakemake_rejects_bad_params_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"archs": {"stylegan": {"quantiles": {"activation": {"upper": 0.5, "lower": 0.7}}}}}))
+    bad.write_text(yaml.safe_dump({"archs": {"stylegan": {"quantiles": {**PAIRS, "activation": {"upper": 0.5, "lower": 0.7}}}}}))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "report", "--configfile", str(bad)],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0

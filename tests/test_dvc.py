@@ -73,6 +73,7 @@ def dvc_project(tmp_path_factory):
         (shutil.copytree if src.is_dir() else shutil.copy)(src, proj / item)
     cfg = qcfg.deep_merge(qcfg.load_yaml(ROOT / "params.yaml"), qcfg.load_yaml(ROOT / "configs" / "micro.yaml"))
     cfg["matrix"]["archs"] = ["sagan"]
+    cfg["archs"]["sagan"]["quantiles"] = {"activation": {"upper": 0.9999, "lower": 0.0001}, "weight": {"upper": 0.9999, "lower": 0.0001}}
     (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     subprocess.run([sys.executable, "-m", "workflow_src", "dvc-yaml", "--out", "dvc.yaml"], cwd=proj, check=True)
     _dvc(["init", "--no-scm", "-q"], proj)

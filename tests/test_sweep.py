@@ -26,6 +26,7 @@ def test_sweep_pairs_are_validated():
 def test_arch_params_take_the_sweeps_best_pair(tmp_path):
     cfg = qcfg.load([ROOT / "params.yaml"])
     cfg["archs"]["sagan"]["quantiles"] = "sweep"
+    cfg["archs"]["stylegan"]["quantiles"] = {"activation": {"upper": 0.999, "lower": 0.001}, "weight": {"upper": 1.0, "lower": 0.0}}
     qcfg.validate(cfg)
     best = tmp_path / "best.json"
     best.write_text(json.dumps({"activation": {"upper": 0.99, "lower": 0.01}, "weight": {"upper": 1.0, "lower": 0.0}}))
@@ -37,7 +38,8 @@ def test_arch_params_take_the_sweeps_best_pair(tmp_path):
 
 def test_quantile_readers_wait_for_the_sweep_when_asked(tmp_path):
     override = tmp_path / "sweep.yaml"
-    override.write_text(yaml.safe_dump({"archs": {"sagan": {"quantiles": "sweep"}}}))
+    pairs = {"activation": {"upper": 0.999, "lower": 0.001}, "weight": {"upper": 1.0, "lower": 0.0}}
+    override.write_text(yaml.safe_dump({"archs": {"sagan": {"quantiles": "sweep"}, "stylegan": {"quantiles": pairs}}}))
     jobs = {j["name"]: j for j in dag.snakemake_jobs(ROOT, [str(override)])}
     assert "sweeps/sagan/best.json" in jobs["quantize.sagan.ptq-quantile-tensor-w4a8"]["inputs"]
     assert "sweeps/sagan/best.json" in jobs["quantize.sagan.ar-brecq-tensor-w4a8"]["inputs"]

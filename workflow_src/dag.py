@@ -114,6 +114,8 @@ def dvc_stages(root: Path) -> Dict[str, Any]:
                 outs.append(("metrics", {o: {"cache": False}}))
             elif o.endswith(".losses.csv"):
                 outs.append(("plots", {o: {"x": "step"}}))  # cached: pushed with the model
+            elif o.endswith("quantile_sweep.csv"):
+                outs.append(("plots", {o: {"x": "act_upper", "y": "qfid"}}))
             else:
                 outs.append(("outs", o))
         stage: Dict[str, Any] = {"cmd": cmd}
