@@ -12,7 +12,7 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List
 
 import yaml
 
@@ -193,12 +193,3 @@ def dump_resolved(cfg: Dict[str, Any], path: str | Path) -> Path:
     if not path.exists() or path.read_text() != text:
         atomic_write_text(path, text)
     return path
-
-
-def section(cfg: Dict[str, Any], *keys: str, default: Optional[Any] = None) -> Any:
-    cur: Any = cfg
-    for k in keys:
-        if not isinstance(cur, dict) or k not in cur:
-            return default
-        cur = cur[k]
-    return cur

@@ -52,12 +52,6 @@ def real_stats(cfg: Dict[str, Any], data_dir: str, split: str, features_path: st
     fid.save_stats(out, feats, fs.name)
 
 
-def real_split(cfg: Dict[str, Any], arch: str) -> str:
-    """The real split FID compares against: the target domain (B) for image-to-image archs."""
-    split = cfg["eval"]["real_split"]
-    return split + "B" if datasets.is_two_domain(arch_dataset(cfg, arch)["kind"]) else split
-
-
 # ------------------------------------------------------------------ training and inputs
 def train_fp(cfg, arch, data_dir, out, ckpt, device) -> None:
     train(cfg, arch, data_dir, out, ckpt, device)
