@@ -225,3 +225,14 @@ def test_quant_conv_matches_pytorch_int8_kernel():
     ref = torch.ao.nn.quantized.functional.conv2d(qx, qw, conv.bias.detach(), padding=1, scale=out_scale, zero_point=out_zp).dequantize()
     ours = torch.quantize_per_tensor(out, out_scale, out_zp, torch.quint8).dequantize()
     assert (ref - ours).abs().max() <= out_scale + 1e-6
+
+
+def test_loading_an_uncalibrated_state_is_checked_again():
+    q = FakeQuantizer(8, symmetric=False, observer=MinMaxObserver(per_sample=True))
+    fresh = q.state_dict()
+    q.observer.update(torch.randn(2, 4))
+    q.freeze()
+    q(torch.randn(2, 4))
+    q.load_state_dict(fresh)
+    with pytest.raises(RuntimeError, match="calibration"):
+        q(torch.randn(2, 4))

@@ -73,6 +73,11 @@ class FakeQuantizer(nn.Module):
         self.register_buffer("calibrated", torch.tensor(False))
         self.observing = False
         self.enabled = True
+        self._ready = False  # host-side copy of `calibrated`: no device sync on the hot path
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = False  # re-read `calibrated` once on the next forward
 
     def extra_repr(self) -> str:
         kind = "symmetric" if self.symmetric else "affine"
@@ -86,6 +91,7 @@ class FakeQuantizer(nn.Module):
         self.scale.copy_(scale.reshape(self.scale.shape))
         self.zero_point.copy_(zp.reshape(self.zero_point.shape))
         self.calibrated.fill_(True)
+        self._ready = True
         self.observing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,8 +100,10 @@ class FakeQuantizer(nn.Module):
             return x
         if not self.enabled:
             return x
-        if not bool(self.calibrated):
-            raise RuntimeError(f"{self.extra_repr()}: quantizer used before calibration (call freeze())")
+        if not self._ready:
+            if not bool(self.calibrated):
+                raise RuntimeError(f"{self.extra_repr()}: quantizer used before calibration (call freeze())")
+            self._ready = True
         return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax, self.axis)
 
     def integer(self, x: torch.Tensor) -> torch.Tensor:
