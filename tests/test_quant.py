@@ -229,7 +229,7 @@ def test_quant_conv_matches_pytorch_int8_kernel():
 
 def test_loading_an_uncalibrated_state_is_checked_again():
     q = FakeQuantizer(8, symmetric=False, observer=MinMaxObserver(per_sample=True))
-    fresh = q.state_dict()
+    fresh = {k: v.clone() for k, v in q.state_dict().items()}
     q.observer.update(torch.randn(2, 4))
     q.freeze()
     q(torch.randn(2, 4))
