@@ -8,6 +8,7 @@ sys.path.insert(0, workflow.basedir)
 
 from workflow_src import config as qcfg
 from workflow_src import dag
+from workflow_src.methods import METHOD_PARAMS, QAT_METHODS
 
 # The schema rejects bad params before any job starts; the CLI checks the same schema again.
 validate(config, str(qcfg.SCHEMA_PATH))
@@ -36,6 +37,8 @@ ARCHS = config["matrix"]["archs"]
 VARIANTS = [v.name for v in qcfg.variants(config)]
 FEATURE_KIND = config["features"]["kind"]
 FEATURES = "resources/features/tinycnn.pt" if FEATURE_KIND == "tinycnn" else "resources/inception"
+PERCEPTUAL = {"tinyvgg": "resources/perceptual/tinyvgg.pt", "vgg16": "resources/perceptual/vgg16.pth"}[config["perceptual"]["kind"]]
+QAT_VARIANT = "(%s)-[a-z0-9-]+" % "|".join(QAT_METHODS)
 
 
 wildcard_constraints:
@@ -77,9 +80,14 @@ shell.prefix(
 
 def sweep_best(wildcards):
     """The sweep's best pair, for methods that read quantiles when the arch asks for `sweep`."""
-    from workflow_src.methods import METHOD_PARAMS
-
     reads = "archs.{arch}.quantiles" in METHOD_PARAMS[qcfg.Variant.parse(wildcards.variant).method]
     if reads and config["archs"][wildcards.arch]["quantiles"] == "sweep":
         return f"sweeps/{wildcards.arch}/best.json"
     return []
+
+
+def perceptual_net(wildcards):
+    """QAT's perceptual network, unless the arch's QAT uses the pixel MSE ablation."""
+    from workflow_src.methods.qat import qat_params
+
+    return PERCEPTUAL if qat_params(config, wildcards.arch)["distill_loss"] == "perceptual" else []

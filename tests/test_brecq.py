@@ -109,3 +109,43 @@ def test_killed_reconstruction_resumes_at_the_next_block(cfg, tmp_path, monkeypa
     assert [r["block"] for r in info["recon"]] == [0, 1, 2, 3, 4]
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), f"resumed run differs from the uninterrupted one at {k}"
+
+
+def test_block_inputs_beyond_the_cache_limit_are_memory_mapped_with_the_same_result(cfg, tmp_path, monkeypatch):
+    """With ``runtime.max_cache_mb`` below a block's captured inputs, they are written to
+    memory-mapped files beside the checkpoint (removed after each block), and the reconstruction is
+    bit-for-bit the in-memory one."""
+    from workflow_src.quant import blocks as blocks_mod
+
+    in_memory, _, _ = _run(cfg, "stylegan", "ste-brecq-tensor-w4a8")
+    spilled_files = []
+    real_rows = blocks_mod._Rows
+
+    class Spy(real_rows):
+        def __init__(self, first, n, path):
+            super().__init__(first, n, path)
+            if path is not None:
+                spilled_files.append(path)
+
+    monkeypatch.setattr(blocks_mod, "_Rows", Spy)
+    c = copy.deepcopy(cfg)
+    c["runtime"] = {"max_cache_mb": 1e-3}  # 1 KiB: every block spills
+    spilled, _, _ = _run(c, "stylegan", "ste-brecq-tensor-w4a8", ckpt=tmp_path / "q.pt.ckpt.pt")
+    assert spilled_files and all(p.parent == tmp_path / "q.pt.ckpt.pt.spill" for p in spilled_files)
+    assert not (tmp_path / "q.pt.ckpt.pt.spill").exists(), "spill files are removed after each block"
+    for (k, a), (_, b) in zip(in_memory.state_dict().items(), spilled.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_capture_keeps_arguments_broadcast_over_the_batch(cfg):
+    """StyleGAN's first block gets the constant input (batch 1) and the style (batch n)."""
+    from workflow_src.quant.blocks import capture, index_record, record_len
+
+    g = bake(_generator(cfg, "stylegan"))
+    blocks = split_blocks(g, make_arch(cfg, "stylegan").block_containers)
+    first_styled = next(b for b in blocks if b.name == "blocks.0")
+    z = make_arch(cfg, "stylegan").sample_inputs(10, torch.Generator().manual_seed(0))
+    (args, kwargs) = capture(g, first_styled, z, 4, "inputs")
+    assert record_len((args, kwargs)) == 10
+    sub, _ = index_record((args, kwargs), torch.tensor([1, 7]))
+    assert all(a.shape[0] in (1, 2) for a in sub if torch.is_tensor(a))

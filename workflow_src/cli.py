@@ -29,12 +29,17 @@ def _parser() -> argparse.ArgumentParser:
     stage("fetch-inception", "download pytorch-fid's FID Inception weights (sha256-verified)", "out")
     sp = stage("train-features", "train the tiny profile's FID feature network", "out")
     sp.add_argument("--data", nargs="+", required=True)
+    stage("fetch-vgg16", "download torchvision's VGG16 weights for the perceptual loss (sha256-verified)", "out")
+    sp = stage("train-perceptual", "train the tiny profile's perceptual network (QAT's distillation loss)", "out")
+    sp.add_argument("--data", nargs="+", required=True)
     stage("real-stats", "feature statistics of real images", "data", "split", "features", "out")
     stage("train", "train a full-precision GAN (resumes from --ckpt)", "arch", "data", "out", "ckpt")
     stage("distill", "generate the distillation set", "arch", "data", "fp", "out")
     stage("eval-inputs", "draw the seeded evaluation inputs", "arch", "data", "out")
     sp = stage("quantize", "quantize a generator with one method/variant", "arch", "variant", "fp", "distill", "out", "info")
     sp.add_argument("--quantiles", default=None, help="best.json of the quantile sweep (archs.<arch>.quantiles: sweep)")
+    sp.add_argument("--perceptual", default=None, help="QAT: the perceptual network (perceptual.kind)")
+    sp.add_argument("--losses", default=None, help="QAT: per-step losses CSV")
     stage("quantile-sweep", "qFID over activation/weight quantile pairs (Figure 1)", "arch", "fp", "distill", "inputs", "features", "fp-stats", "out", "best")
     sp = stage("fig1", "the quantile-sweep figure and table", "png", "out")
     sp.add_argument("--sweeps", nargs="+", required=True)
@@ -73,6 +78,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         data.prepare(args.dataset, cfg["datasets"][args.dataset], args.out, download_dir=args.downloads)
     elif s == "fetch-inception":
         stages.fetch_inception(cfg, args.out)
+    elif s == "fetch-vgg16":
+        stages.fetch_vgg16(cfg, args.out)
+    elif s == "train-perceptual":
+        stages.train_perceptual(cfg, args.data, args.out)
     elif s == "train-features":
         stages.train_features(cfg, args.data, args.out)
     elif s == "real-stats":
@@ -84,7 +93,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif s == "eval-inputs":
         stages.eval_inputs(cfg, args.arch, args.data, args.out)
     elif s == "quantize":
-        stages.quantize(cfg, args.arch, args.variant, args.fp, args.distill, args.out, args.info, args.quantiles)
+        stages.quantize(cfg, args.arch, args.variant, args.fp, args.distill, args.out, args.info, args.quantiles, args.perceptual, args.losses)
     elif s == "quantile-sweep":
         from .sweep import run_sweep
 

@@ -126,12 +126,35 @@ def _semantic_problems(cfg: Dict[str, Any]) -> List[str]:
             problems.append(f"key 'matrix.methods' lists {brecq_methods} but 'brecq' lacks {missing}")
         elif cfg["brecq"]["calib_images"] > cfg["distill"]["size"]:
             problems.append(f"key 'brecq.calib_images' = {cfg['brecq']['calib_images']} exceeds 'distill.size' = {cfg['distill']['size']}")
+    problems += _qat_problems(cfg)
     if cfg["eval"]["n_samples"] < cfg["eval"]["grid"]:
         problems.append(f"key 'eval.grid' = {cfg['eval']['grid']} exceeds 'eval.n_samples' = {cfg['eval']['n_samples']}")
     if cfg["calibration"]["images"] > cfg["distill"]["size"]:
         problems.append(
             f"key 'calibration.images' = {cfg['calibration']['images']} exceeds 'distill.size' = {cfg['distill']['size']} (calibration draws from the distillation set)"
         )
+    return problems
+
+
+def _qat_problems(cfg: Dict[str, Any]) -> List[str]:
+    problems: List[str] = []
+    for arch in cfg["archs"]:
+        q = deep_merge(cfg["qat"], cfg["archs"][arch].get("qat") or {})
+        where = f"archs.{arch}.qat" if cfg["archs"][arch].get("qat") else "qat"
+        if q.get("lsq_epochs", 0) > q["epochs"]:
+            problems.append(f"key '{where}.lsq_epochs' = {q['lsq_epochs']} exceeds the epochs ({q['epochs']})")
+        if q["batch_size"] > cfg["distill"]["size"]:
+            problems.append(f"key '{where}.batch_size' = {q['batch_size']} exceeds 'distill.size' = {cfg['distill']['size']} (QAT trains on the distillation set)")
+    from .metrics.perceptual import VGG16_CFG, layer_names
+
+    p = cfg["perceptual"]
+    if p["kind"] == "tinyvgg" and "layers" not in p.get("tinyvgg", {}):
+        problems.append("'perceptual.tinyvgg' lacks 'layers' (perceptual.kind is 'tinyvgg')")
+        return problems
+    names = layer_names(VGG16_CFG if p["kind"] == "vgg16" else p["tinyvgg"]["layers"])
+    for key, layer in [("content_layer", p["content_layer"])] + [(f"style_layers.{i}", l) for i, l in enumerate(p["style_layers"])]:
+        if layer not in names:
+            problems.append(f"key 'perceptual.{key}' = {layer!r}: the {p['kind']} network has {sorted(names)}")
     return problems
 
 

@@ -27,6 +27,9 @@ STAGES: Dict[str, tuple] = {
     "distill": (("arch",), ["seed", "distill", "archs.{arch}.model", "archs.{arch}.resolution"]),
     "eval_inputs": (("arch",), ["seed", "eval.n_samples", "eval.real_split", "archs.{arch}.model"]),
     "quantize": (("arch", "variant"), None),  # depends on the method: see methods.METHOD_PARAMS
+    "qat": (("arch", "variant"), None),
+    "train_perceptual": ((), ["seed", "perceptual.tinyvgg"]),
+    "fetch_vgg16": ((), ["perceptual.vgg16"]),
     "evaluate_fp": (("arch",), ["seed", "eval"]),
     "evaluate": (("arch", "variant"), ["seed", "eval"]),
     "quantile_sweep": (("arch",), ["seed", "sweep", "calibration", "distill.batch_size", "eval", "archs.{arch}.model", "archs.{arch}.resolution"]),
@@ -40,7 +43,7 @@ def param_keys(rule: str, wildcards: Mapping[str, str]) -> List[str]:
     if rule not in STAGES:
         raise KeyError(f"rule {rule!r} has no entry in workflow_src.dag.STAGES")
     _, keys = STAGES[rule]
-    if keys is None:  # quantize: each method declares what it reads
+    if keys is None:  # quantize, qat: each method declares what it reads
         from .methods import METHOD_PARAMS
 
         keys = METHOD_PARAMS[Variant.parse(wildcards["variant"]).method]

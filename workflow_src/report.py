@@ -16,8 +16,9 @@ from .utils import atomic_path, atomic_write_text
 COLUMNS = ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space"]
 ARCH_TITLES = {"cyclegan": "CycleGAN", "sagan": "SAGAN", "stylegan": "StyleGAN"}
 METHOD_TITLES = {FP: "full-precision", "ptq-minmax": "vanilla PTQ (min-max)", "ptq-quantile": "vanilla PTQ (quantile)",
-                 "ar-brecq": "AR-BRECQ", "ste-brecq": "STE-BRECQ"}
-PTQ_METHODS = ("ptq-minmax", "ptq-quantile", "ar-brecq", "ste-brecq")
+                 "ar-brecq": "AR-BRECQ", "ste-brecq": "STE-BRECQ", "ma-qat": "MA-QAT", "lsq-qat": "LSQ-QAT"}
+PTQ_METHODS = ("ptq-minmax", "ptq-quantile", "ar-brecq", "ste-brecq")  # Table 3
+TABLE4_METHODS = ("ptq-minmax", "ptq-quantile", "ma-qat", "lsq-qat")   # Table 4: vanilla PTQ against QAT
 
 
 def save_grid(images: torch.Tensor, out: str | Path) -> None:
@@ -57,8 +58,8 @@ def _fmt(x: Any) -> str:
 
 
 def table4(df: pd.DataFrame, cfg: Dict[str, Any]) -> str:
-    """Markdown laid out like the paper's Table 4: one row per (method, per-channel, bits), one
-    FID/qFID column pair per arch; headers name the feature space."""
+    """Markdown laid out like the paper's Table 4: one row per (method, per-channel, bits) of
+    vanilla PTQ and QAT, one FID/qFID column pair per arch; headers name the feature space."""
     archs = [a for a in ("cyclegan", "sagan", "stylegan") if a in set(df["arch"])]
     space = ", ".join(sorted(set(df["feature_space"])))
     head = ["Method", "Per-channel", "Bits"] + [f"{ARCH_TITLES[a]} {m} [{space}] ({'↓'})" for a in archs for m in ("FID", "qFID")]
@@ -66,6 +67,8 @@ def table4(df: pd.DataFrame, cfg: Dict[str, Any]) -> str:
     fp = df[df["method"] == FP].set_index("arch")
     lines.append("| " + " | ".join([METHOD_TITLES[FP], "–", "–"] + [c for a in archs for c in (_fmt(fp.loc[a, "fid"]), _fmt(fp.loc[a, "qfid"]))]) + " |")
     for v in variants(cfg):
+        if v.method not in TABLE4_METHODS:
+            continue
         sel = df[(df["method"] == v.method) & (df["per_channel"] == v.per_channel) & (df["w_bits"] == v.w_bits) & (df["a_bits"] == v.a_bits)].set_index("arch")
         cells = [METHOD_TITLES.get(v.method, v.method), "✓" if v.per_channel else "✗", f"a{v.a_bits}/w{v.w_bits}"]
         cells += [c for a in archs for c in ((_fmt(sel.loc[a, "fid"]), _fmt(sel.loc[a, "qfid"])) if a in sel.index else ("–", "–"))]

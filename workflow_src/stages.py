@@ -16,9 +16,10 @@ from . import data as datasets
 from . import tracking
 from .config import FP, Variant, arch_dataset
 from .metrics import fid
-from .methods import METHOD_PARAMS, get_method
+from .methods import METHOD_PARAMS, QAT_METHODS, get_method
+from .methods.qat import qat_params
 from .quant import QuantSpec, quantize_model
-from .train import load_generator, make_arch, train
+from .train import load_discriminator, load_generator, make_arch, train
 from .utils import seed_everything, torch_load, torch_save, write_json
 
 
@@ -27,16 +28,22 @@ def train_features(cfg: Dict[str, Any], data_dirs: List[str], out: str) -> None:
     """Train the tiny feature network on the training splits of ``data_dirs``."""
     from .metrics.featurenet import train_featurenet
 
+    domains = _train_domains(data_dirs)
+    fcfg = dict(cfg["features"].get("tinycnn", {}))
+    net = train_featurenet(domains, fcfg, seed=cfg["seed"])
+    hparams = {"n_classes": 4 * len(domains), "input_size": net.input_size, "width": fcfg.get("width", 32), "dim": fcfg.get("dim", 64)}
+    torch_save({"hparams": hparams, "state_dict": net.state_dict()}, out)
+
+
+def _train_domains(data_dirs: List[str]) -> List[torch.Tensor]:
+    """Every training split (one per dataset, two for unpaired datasets) as a float tensor."""
     domains = []
     for d in data_dirs:
         manifest = datasets.read_manifest(d)
         for split in manifest["splits"]:
             if split.startswith("train"):
                 domains.append(datasets.to_tensor(datasets.load_split(d, split)))
-    fcfg = dict(cfg["features"].get("tinycnn", {}))
-    net = train_featurenet(domains, fcfg, seed=cfg["seed"])
-    hparams = {"n_classes": 4 * len(domains), "input_size": net.input_size, "width": fcfg.get("width", 32), "dim": fcfg.get("dim", 64)}
-    torch_save({"hparams": hparams, "state_dict": net.state_dict()}, out)
+    return domains
 
 
 def feature_space(cfg: Dict[str, Any], features_path: str) -> fid.FeatureSpace:
@@ -108,23 +115,40 @@ def arch_params(cfg: Dict[str, Any], arch: str, sweep_best: str | None = None) -
 
 
 def quantize(cfg: Dict[str, Any], arch: str, variant: str, fp_path: str, distill_path: str, out: str, info_out: str,
-             sweep_best: str | None = None) -> None:
+             sweep_best: str | None = None, perceptual: str | None = None, losses_out: str | None = None) -> None:
     """Quantize one variant; ``info_out`` (JSON next to the model) records calibration size, time
-    and, for block reconstruction, each block's error before/after."""
+    and, for block reconstruction, each block's error before/after.  QAT methods also read the FP
+    discriminator (from ``fp_path``) and the perceptual network (``perceptual``), and write their
+    per-step losses to ``losses_out``."""
     v = Variant.parse(variant)
     method = get_method(v.method)
     acfg = arch_params(cfg, arch, sweep_best) if "archs.{arch}.quantiles" in METHOD_PARAMS[v.method] else cfg["archs"][arch]
     g = load_generator(cfg, arch, fp_path)
-    calib = torch_load(distill_path)["inputs"]
+    distill_set = torch_load(distill_path)
     ckpt = Path(str(out) + ".ckpt.pt")
+    extra: Dict[str, Any] = {}
+    if v.method in QAT_METHODS:
+        if not losses_out:
+            raise ValueError(f"{v.method} writes per-step losses: pass --losses")
+        pnet = None
+        if qat_params(cfg, arch)["distill_loss"] == "perceptual":
+            if not perceptual:
+                raise ValueError(f"{v.method} with qat.distill_loss 'perceptual' needs --perceptual (the perceptual network)")
+            from .metrics.perceptual import load_perceptual
+
+            pnet = load_perceptual(cfg["perceptual"]["kind"], perceptual)
+        extra = {"distill": distill_set, "discriminator": load_discriminator(cfg, arch, fp_path), "perceptual": pnet,
+                 "losses_out": Path(losses_out)}
     with tracking.run("quantize", cfg, _variant_tags(arch, v)) as run:
         t0 = time.time()
-        qmodel, spec, info = method(g, calib, v, acfg, cfg, arch=make_arch(cfg, arch), ckpt=ckpt)
+        qmodel, spec, info = method(g, distill_set["inputs"], v, acfg, cfg, arch=make_arch(cfg, arch), ckpt=ckpt, tracker=run, **extra)
         info["seconds"] = time.time() - t0
         torch_save({"arch": arch, "variant": v.name, "spec": spec.to_dict(), "state_dict": qmodel.state_dict(), "info": info}, out)
         write_json(info_out, {"arch": arch, "variant": v.name, **info})
         run.log_params(spec.to_dict())
-        run.log_metrics({k: x for k, x in info.items() if isinstance(x, (int, float))})
+        run.log_metrics({k: x for k, x in info.items() if isinstance(x, (int, float)) and not isinstance(x, bool)})
+        if losses_out:
+            run.log_artifact(losses_out)
         for rec in info.get("recon", []):
             run.log_metrics({"block_mse_before": rec["mse_before"], "block_mse_after": rec["mse_after"]}, step=rec["block"])
         run.log_artifact(info_out)
@@ -194,32 +218,53 @@ def _evaluate(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_sta
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + fid.INCEPTION_FILE
 
 
-def fetch_inception(cfg: Dict[str, Any], out: str) -> None:
-    """Put pytorch-fid's FID Inception weights at ``out/checkpoints/`` (the torch hub layout it
-    loads from): copied from ``features.inception.path`` when set (offline compute nodes), else
-    downloaded.  Verified by sha256: the configured digest, or the lock file, and always the
-    8-hex-digit sha256 prefix in the published file name, as torch.hub checks it."""
+def fetch_weights(section: Dict[str, Any], key: str, default_url: str, file_name: str, dest: Path) -> None:
+    """Put a published weight file at ``dest``: copied from ``section["path"]`` when set (offline
+    compute nodes), else downloaded from ``section["url"]`` (default ``default_url``).  Verified
+    by sha256: the configured digest, or the lock file, and always the 8-hex-digit sha256 prefix in
+    the published file name (``name-<prefix>.pth``), as torch.hub checks it.  ``key`` names the
+    params section in errors."""
     import shutil
 
     from .data.download import download, sha256_file
     from .utils import atomic_path
 
-    icfg = cfg["features"].get("inception", {})
-    dest = Path(out) / "checkpoints" / fid.INCEPTION_FILE
-    if icfg.get("path"):
-        src = Path(icfg["path"])
-        src = src / fid.INCEPTION_FILE if src.is_dir() else src
+    if section.get("path"):
+        src = Path(section["path"])
+        src = src / file_name if src.is_dir() else src
         if not src.exists():
-            raise FileNotFoundError(f"features.inception.path: {str(src)!r} does not exist")
+            raise FileNotFoundError(f"{key}.path: {str(src)!r} does not exist")
         digest = sha256_file(src)
         with atomic_path(dest) as tmp:
             shutil.copyfile(src, tmp)
     else:
-        path, digest = download(icfg.get("url", FID_WEIGHTS_URL), dest.parent, icfg.get("sha256"))
+        path, digest = download(section.get("url") or default_url, dest.parent, section.get("sha256"))
         if path != dest:
             path.replace(dest)
-    prefix = fid.INCEPTION_FILE.rsplit("-", 1)[1].split(".")[0]
-    expected = icfg.get("sha256")
+    prefix = file_name.rsplit("-", 1)[1].split(".")[0]
+    expected = section.get("sha256")
     if (expected and digest != expected) or not digest.startswith(prefix):
         dest.unlink(missing_ok=True)
-        raise ValueError(f"{str(dest)!r}: sha256 {digest} does not match {expected or prefix + '...'}")
+        raise ValueError(f"{str(dest)!r} ({key}): sha256 {digest} does not match {expected or prefix + '...'}")
+
+
+def fetch_inception(cfg: Dict[str, Any], out: str) -> None:
+    """pytorch-fid's FID Inception weights at ``out/checkpoints/`` (the torch hub layout it loads from)."""
+    fetch_weights(cfg["features"].get("inception", {}), "features.inception", FID_WEIGHTS_URL, fid.INCEPTION_FILE,
+                  Path(out) / "checkpoints" / fid.INCEPTION_FILE)
+
+
+def fetch_vgg16(cfg: Dict[str, Any], out: str) -> None:
+    """torchvision's ImageNet VGG16 weights (the paper profile's perceptual network) at ``out``."""
+    from .metrics.perceptual import VGG16_FILE, VGG16_URL
+
+    fetch_weights(cfg["perceptual"].get("vgg16", {}), "perceptual.vgg16", VGG16_URL, VGG16_FILE, Path(out))
+
+
+def train_perceptual(cfg: Dict[str, Any], data_dirs: List[str], out: str) -> None:
+    """Train the tiny profile's perceptual network on the training splits of ``data_dirs``."""
+    from .metrics.perceptual import train_tiny_vgg
+
+    pcfg = cfg["perceptual"]["tinyvgg"]
+    net = train_tiny_vgg(_train_domains(data_dirs), pcfg, seed=cfg["seed"] + 303)
+    torch_save({"cfg": net.cfg, "state_dict": net.state_dict()}, out)

@@ -90,12 +90,22 @@ def _append_losses(path: Path, rows) -> None:
         w.writerows(rows)
 
 
-def load_generator(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path) -> nn.Module:
-    """The trained FP generator of ``arch_name`` in eval mode."""
+def load_fp_state(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path) -> Dict[str, Any]:
+    """Every network of the trained FP GAN ``arch_name`` (see ``GANArch.init_state``)."""
     arch = make_arch(cfg, arch_name)
     saved = torch_load(fp_path)
     if saved.get("arch") != arch_name:
         raise ValueError(f"{str(fp_path)!r} holds a {saved.get('arch')!r} model, expected {arch_name!r}")
     state = arch.init_state(torch.device("cpu"))
     _load_state_dicts(state, saved["state"])
-    return arch.generator(state).eval()
+    return state
+
+
+def load_generator(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path) -> nn.Module:
+    """The trained FP generator of ``arch_name`` in eval mode."""
+    return make_arch(cfg, arch_name).generator(load_fp_state(cfg, arch_name, fp_path)).eval()
+
+
+def load_discriminator(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path) -> nn.Module:
+    """The trained FP discriminator that judges the generator's outputs."""
+    return make_arch(cfg, arch_name).discriminator(load_fp_state(cfg, arch_name, fp_path))

@@ -20,6 +20,7 @@ initial quantization; the record says so (``kept: initial``).
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -32,7 +33,7 @@ from ..config import Variant
 from ..models.layers import bake
 from ..quant import QuantConv2d, QuantLinear, QuantOp, calibrate, quantize_model
 from ..quant.adaround import AdaRoundQuantizer, LinearTempDecay
-from ..quant.blocks import Block, capture, concat_records, index_record, record_len, split_blocks
+from ..quant.blocks import Block, capture, index_record, record_len, split_blocks
 from ..quant.lsq import LSQQuantizer
 from ..utils import torch_load, torch_save
 from .ptq import spec_for
@@ -104,10 +105,11 @@ def _restore(snap: list) -> None:
 @torch.no_grad()
 def _block_mse(block: Block, x_rec: Any, y: torch.Tensor, bs: int) -> float:
     n, total = record_len(x_rec), 0.0
+    dev = next(block.parameters()).device
     for i in range(0, n, bs):
         idx = torch.arange(i, min(i + bs, n))
-        args, kwargs = index_record(x_rec, idx)
-        total += F.mse_loss(block(*args, **kwargs), y[idx], reduction="sum").item()
+        args, kwargs = index_record(x_rec, idx, dev)
+        total += F.mse_loss(block(*args, **kwargs), y[idx].to(dev), reduction="sum").item()
     return total / y.numel()
 
 
@@ -130,13 +132,14 @@ def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcf
     decay = LinearTempDecay(steps, int(bcfg.get("ar_warmup", 0.2 * steps)), *bcfg.get("beta_range", [20, 2])) if rounders else None
     opt = torch.optim.Adam(groups, betas=tuple(bcfg.get("betas", (0.9, 0.999))))
     n, bs = record_len(x_rec), bcfg["batch_size"]
+    dev = next(block.parameters()).device
     for m in block.modules:
         m.train(False)
     bar = tqdm(range(steps), desc=f"{mode} {block.name}", unit="step", leave=False)
     for t in bar:
         idx = torch.randint(n, (min(bs, n),), generator=gen)
-        args, kwargs = index_record(x_rec, idx)
-        rec = F.mse_loss(block(*args, **kwargs), y[idx])
+        args, kwargs = index_record(x_rec, idx, dev)
+        rec = F.mse_loss(block(*args, **kwargs), y[idx].to(dev))
         loss = rec
         if decay is not None and decay.active(t):
             loss = loss + bcfg.get("reg_weight", 0.01) * sum(r.regularizer(decay(t)) for r in rounders)
@@ -152,7 +155,7 @@ def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcf
 
 def brecq(mode: str):
     def run(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any],
-            arch=None, ckpt: Optional[Path] = None):
+            arch=None, ckpt: Optional[Path] = None, **_):
         bcfg = cfg["brecq"]
         spec = spec_for(variant, "quantile", arch_cfg, cfg)
         fp = bake(copy.deepcopy(generator)).eval()
@@ -171,10 +174,14 @@ def brecq(mode: str):
             start, losses = int(saved["next_block"]), list(saved["losses"])
             print(f"resuming {mode} at block {start}/{len(q_blocks)}")
         gen = torch.Generator().manual_seed(cfg["seed"])
+        # block inputs/targets beyond runtime.max_cache_mb go to memory-mapped files beside the checkpoint
+        max_bytes = int(cfg.get("runtime", {}).get("max_cache_mb", 4096) * 2**20)
+        spill_dir = Path(str(ckpt) + ".spill") if ckpt is not None else None
         for i in tqdm(range(start, len(q_blocks)), initial=start, total=len(q_blocks), desc=f"{mode} blocks", unit="block"):
             qb, fb = q_blocks[i], fp_blocks[i]
-            x_rec = concat_records(capture(qmodel, qb, inputs, bs, "inputs"))
-            y = torch.cat(capture(fp, fb, inputs, bs, "outputs"))
+            spill = dict(spill_dir=spill_dir, max_bytes=max_bytes)
+            x_rec = capture(qmodel, qb, inputs, bs, "inputs", **spill)
+            y = capture(fp, fb, inputs, bs, "outputs", **spill)
             before = _block_mse(qb, x_rec, y, bs)
             gen.manual_seed(cfg["seed"] * 7919 + i)
             snap = _snapshot(qb)
@@ -185,6 +192,9 @@ def brecq(mode: str):
                 _restore(snap)
                 kept, after = "initial", _block_mse(qb, x_rec, y, bs)
             losses.append({"block": i, "name": qb.name, "mse_before": before, "mse_after": after, "kept": kept})
+            del x_rec, y
+            if spill_dir is not None:
+                shutil.rmtree(spill_dir, ignore_errors=True)
             if ckpt is not None:
                 torch_save({"next_block": i + 1, "state_dict": qmodel.state_dict(), "losses": losses}, ckpt)
         return qmodel.eval(), spec, {"calibration_images": int(len(inputs)), "blocks": len(q_blocks), "recon": losses}

@@ -77,6 +77,11 @@ class GANArch(ABC):
     def generator(self, state: Dict[str, Any]) -> nn.Module:
         """The generator that is evaluated and quantized (for CycleGAN: A -> B)."""
 
+    @abstractmethod
+    def discriminator(self, state: Dict[str, Any]) -> nn.Module:
+        """The discriminator that judges :meth:`generator`'s outputs (QAT's adversarial loss
+        starts from it)."""
+
     # -- inputs -----------------------------------------------------------------------------
     def sample_inputs(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` generator inputs drawn with ``generator`` (latent archs only)."""
@@ -111,3 +116,6 @@ class LatentEMAGAN(GANArch):
 
     def generator(self, state: Dict[str, Any]) -> nn.Module:
         return state["G_ema"]
+
+    def discriminator(self, state: Dict[str, Any]) -> nn.Module:
+        return state["D"]

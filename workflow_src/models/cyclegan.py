@@ -122,6 +122,9 @@ class CycleGAN(GANArch):
     def generator(self, state: Dict[str, Any]) -> nn.Module:
         return state["G_AB"]
 
+    def discriminator(self, state: Dict[str, Any]) -> nn.Module:
+        return state["D_B"]
+
     def _lr_factor(self, step: int) -> float:
         steps = int(self.train_cfg["steps"])
         start = int(float(self.train_cfg.get("decay_start", 0.5)) * steps)

@@ -2,10 +2,10 @@
 from .modules import QuantConv2d, QuantLinear, QuantOp, QuantSpec
 from .observers import MinMaxObserver, QuantileObserver
 from .quantizer import FakeQuantizer, fake_quantize, qparams, qrange
-from .transform import activation_quantizers, calibrate, quantize_model, set_quant, weight_quantizers
+from .transform import activation_quantizers, calibrate, map_quantizers, quantize_model, set_quant, weight_quantizers
 
 __all__ = [
     "QuantConv2d", "QuantLinear", "QuantOp", "QuantSpec", "MinMaxObserver", "QuantileObserver",
     "FakeQuantizer", "fake_quantize", "qparams", "qrange", "activation_quantizers", "calibrate",
-    "quantize_model", "set_quant", "weight_quantizers",
+    "map_quantizers", "quantize_model", "set_quant", "weight_quantizers",
 ]

@@ -14,6 +14,7 @@ Each architecture names, in execution order, the containers its blocks come from
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
@@ -77,20 +78,72 @@ class _Stop(Exception):
     pass
 
 
+class _Rows:
+    """Per-batch tensors of one argument position gathered into one tensor of ``n`` rows: in
+    memory, or, when ``path`` is given, in a memory-mapped ``.npy`` file that is filled batch by
+    batch (the block inputs of a paper-scale generator do not fit in memory)."""
+
+    def __init__(self, first: torch.Tensor, n: int, path: Path | None):
+        self.path, self.n, self.filled = path, n, 0
+        self.parts: List[torch.Tensor] = []
+        self.mm = None
+        if path is not None:
+            import numpy as np
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            dtype = torch.empty((), dtype=first.dtype).numpy().dtype
+            self.mm = np.lib.format.open_memmap(str(path), mode="w+", dtype=dtype, shape=(n, *first.shape[1:]))
+
+    def add(self, t: torch.Tensor) -> None:
+        if self.mm is None:
+            self.parts.append(t)
+        else:
+            self.mm[self.filled:self.filled + len(t)] = t.cpu().numpy()
+        self.filled += len(t)
+
+    def result(self) -> torch.Tensor:
+        if self.mm is None:
+            return torch.cat(self.parts)
+        self.mm.flush()
+        return torch.from_numpy(self.mm)
+
+
 @torch.no_grad()
-def capture(model: nn.Module, block: Block, inputs: torch.Tensor, batch_size: int, what: str) -> List[Any]:
-    """Run ``model`` on ``inputs`` and record, per batch, the block's call arguments
-    (``what="inputs"``: ``(args, kwargs)``) or its output (``what="outputs"``); the forward pass
-    stops as soon as the block is done."""
+def capture(model: nn.Module, block: Block, inputs: torch.Tensor, batch_size: int, what: str,
+            spill_dir: Path | None = None, max_bytes: int | None = None) -> Any:
+    """Run ``model`` on ``inputs`` and record the block's call arguments (``what="inputs"``: one
+    record ``(args, kwargs)``) or its output (``what="outputs"``: one tensor), concatenated over the
+    batches along the batch dimension; arguments broadcast over the batch (such as a constant input)
+    are kept from the first batch.  The forward pass stops as soon as the block is done.
+
+    When the whole would exceed ``max_bytes``, the batched tensors are written to memory-mapped
+    files under ``spill_dir`` as they are captured (and indexed from there), so memory holds one
+    batch at a time."""
     first, last = block.modules[0], block.modules[-1]
-    records: List[Any] = []
+    n = len(inputs)
+    n_batches = (n + batch_size - 1) // batch_size
+    state: Dict[str, Any] = {"calls": 0}
+
+    def store(tensors: List[Any]) -> None:
+        if state["calls"] == 0:
+            batched = [torch.is_tensor(a) and a.dim() > 0 and a.shape[0] == min(batch_size, n) for a in tensors]
+            size = sum(a.numel() * a.element_size() for a, b in zip(tensors, batched) if b) * n_batches
+            spill = spill_dir is not None and max_bytes is not None and size > max_bytes
+            state["rows"] = [_Rows(a, n, Path(spill_dir) / f"{block.name}.{what}.{i}.npy" if spill else None) if b else None
+                             for i, (a, b) in enumerate(zip(tensors, batched))]
+            state["fixed"] = tensors
+        for r, a in zip(state["rows"], tensors):
+            if r is not None:
+                r.add(a.detach())
+        state["calls"] += 1
 
     def pre(_m, args, kwargs):
-        records.append((tuple(a.detach() if torch.is_tensor(a) else a for a in args), dict(kwargs)))
+        store(list(args))
+        state["kwargs"] = dict(kwargs)
         raise _Stop
 
     def post(_m, _args, out):
-        records.append(out.detach())
+        store([out])
         raise _Stop
 
     handle = first.register_forward_pre_hook(pre, with_kwargs=True) if what == "inputs" else last.register_forward_hook(post)
@@ -102,36 +155,30 @@ def capture(model: nn.Module, block: Block, inputs: torch.Tensor, batch_size: in
                 pass
     finally:
         handle.remove()
-    if len(records) != (len(inputs) + batch_size - 1) // batch_size:
+    if state["calls"] != n_batches:
         raise RuntimeError(f"block {block.name} was not reached by the forward pass")
-    return records
+    values = tuple(r.result() if r is not None else a for r, a in zip(state["rows"], state["fixed"]))
+    return values[0] if what == "outputs" else (values, state["kwargs"])
 
 
-def concat_records(records: List[Any]) -> Any:
-    """Batch records -> one record along the batch dimension (tensors with batch dim > 1 are
-    concatenated, parameters broadcast over the batch, such as a constant input, are kept)."""
-    if torch.is_tensor(records[0]):
-        return torch.cat(records)
-    args = []
-    for i, a in enumerate(records[0][0]):
-        if torch.is_tensor(a):
-            args.append(torch.cat([r[0][i] for r in records]))
-        else:
-            args.append(a)
-    return tuple(args), records[0][1]
+def index_record(rec: Any, idx: torch.Tensor, device: torch.device | None = None) -> Any:
+    """Rows ``idx`` of a captured record, on ``device`` (spilled records live on the CPU)."""
+    def take(a):
+        if not torch.is_tensor(a):
+            return a
+        rows = a[idx] if a.dim() > 0 and a.shape[0] == record_len(rec) else a
+        return rows.to(device) if device is not None else rows
 
-
-def index_record(rec: Any, idx: torch.Tensor) -> Any:
     if torch.is_tensor(rec):
-        return rec[idx]
+        return take(rec)
     args, kwargs = rec
-    return tuple(a[idx] if torch.is_tensor(a) else a for a in args), kwargs
+    return tuple(take(a) for a in args), kwargs
 
 
 def record_len(rec: Any) -> int:
     if torch.is_tensor(rec):
         return rec.shape[0]
-    return next(a.shape[0] for a in rec[0] if torch.is_tensor(a))
+    return max(a.shape[0] for a in rec[0] if torch.is_tensor(a) and a.dim() > 0)
 
 
-__all__ = ["Block", "split_blocks", "capture", "concat_records", "index_record", "record_len"]
+__all__ = ["Block", "split_blocks", "capture", "index_record", "record_len"]

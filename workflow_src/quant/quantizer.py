@@ -57,8 +57,10 @@ class FakeQuantizer(nn.Module):
     """A static quantizer: an observer collects a range during calibration, ``freeze`` turns the
     range into ``scale``/``zero_point``, and from then on ``forward`` fake-quantizes.
 
-    Modes: ``observing`` (pass the input through unchanged and update the observer) and
-    ``enabled`` (quantize; when False the quantizer is the identity, for ablations)."""
+    Modes: ``observing`` (pass the input through unchanged and update the observer), ``tracking``
+    (MA-QAT: update the observer with the input, re-derive ``scale``/``zero_point`` from its
+    range, then quantize with them) and ``enabled`` (quantize; when False the quantizer is the
+    identity, for ablations).  Gradients pass straight through inside the range in every mode."""
 
     def __init__(self, bits: int, symmetric: bool, observer: Observer, axis: Optional[int] = None):
         super().__init__()
@@ -72,6 +74,7 @@ class FakeQuantizer(nn.Module):
         self.register_buffer("zero_point", torch.zeros(n, dtype=torch.int32))
         self.register_buffer("calibrated", torch.tensor(False))
         self.observing = False
+        self.tracking = False
         self.enabled = True
         self._ready = False  # host-side copy of `calibrated`: no device sync on the hot path
 
@@ -100,6 +103,9 @@ class FakeQuantizer(nn.Module):
             return x
         if not self.enabled:
             return x
+        if self.tracking:
+            self.observer.update(x.detach())
+            self.freeze()
         if not self._ready:
             if not bool(self.calibrated):
                 raise RuntimeError(f"{self.extra_repr()}: quantizer used before calibration (call freeze())")

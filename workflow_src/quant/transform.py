@@ -58,6 +58,17 @@ def activation_quantizers(model: nn.Module) -> Iterator[FakeQuantizer]:
             yield from m.operand_quant
 
 
+def map_quantizers(model: nn.Module, fn) -> None:
+    """Replace every quantizer ``q`` of ``model`` by ``fn(q, kind)`` (``kind``: "weight" or
+    "activation"), in place; e.g. static -> learnable (LSQ) and back."""
+    for m in model.modules():
+        if isinstance(m, (QuantConv2d, QuantLinear)):
+            m.input_quant = fn(m.input_quant, "activation")
+            m.weight_quant = fn(m.weight_quant, "weight")
+        elif isinstance(m, QuantOp):
+            m.operand_quant = nn.ModuleList(fn(q, "activation") for q in m.operand_quant)
+
+
 def set_quant(model: nn.Module, weights: bool = True, activations: bool = True) -> None:
     for q in weight_quantizers(model):
         q.enabled = weights

@@ -1,0 +1,249 @@
+"""Quantization-aware training: STE, moving-average ranges and their freeze, LSQ, the perceptual
+loss, exact resumption after a kill, and the published-weights fetch of the perceptual network."""
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from workflow_src import config as qcfg
+from workflow_src.config import Variant
+from workflow_src.methods import qat as qat_mod
+from workflow_src.methods.ptq import spec_for
+from workflow_src.metrics import perceptual as P
+from workflow_src.quant import FakeQuantizer, QuantileObserver, calibrate, map_quantizers, qparams, quantize_model
+from workflow_src.quant.lsq import LSQQuantizer
+from workflow_src.train import make_arch
+from workflow_src.utils import torch_load
+
+ROOT = Path(__file__).resolve().parents[1]
+QUANTILES = {"activation": {"upper": 0.999, "lower": 0.001}, "weight": {"upper": 0.9999, "lower": 0.0001}}
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    c = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
+    c["qat"].update(epochs=3, ma_epochs=1, batch_size=4, lr_weights=1e-3, lr_qparams=1e-3, lr_d=1e-3)
+    return c
+
+
+# ----------------------------------------------------------------------------- quantizers
+def test_ste_passes_gradients_inside_the_range_and_zeroes_them_outside():
+    """8-bit affine quantizer with range [0, 2.55] (scale 0.01, zero point 0): d out / d x is 1
+    for inputs that land on the grid and 0 for inputs clipped at either end."""
+    obs = QuantileObserver(upper=1.0, lower=0.0)
+    q = FakeQuantizer(8, symmetric=False, observer=obs)
+    obs.update(torch.tensor([[0.0, 2.55]]))
+    q.freeze()
+    assert torch.allclose(q.scale, torch.tensor([0.01])) and int(q.zero_point) == 0
+    x = torch.tensor([-1.0, -0.004, 0.0, 0.5, 2.0, 2.55, 2.56, 3.0], requires_grad=True)
+    q(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_tracking_quantizer_follows_the_moving_average_of_quantiles():
+    """MA-QAT: each forward updates the range with momentum m and quantizes with it:
+    hi <- m hi + (1 - m) quantile(x), and the step size is PyTorch's affine qparams of the range."""
+    torch.manual_seed(0)
+    m = 0.9
+    obs = QuantileObserver(upper=0.99, lower=0.01, momentum=m, per_sample=True)
+    q = FakeQuantizer(8, symmetric=False, observer=obs)
+    x0 = torch.randn(1, 1000)
+    obs.update(x0)
+    q.freeze()
+    lo, hi = torch.quantile(x0, 0.01), torch.quantile(x0, 0.99)
+    q.tracking = True
+    x1 = 3 * torch.randn(1, 1000)
+    y = q(x1)
+    lo = m * lo + (1 - m) * torch.quantile(x1, 0.01)
+    hi = m * hi + (1 - m) * torch.quantile(x1, 0.99)
+    assert torch.allclose(obs.lo, lo.reshape(1), atol=1e-5) and torch.allclose(obs.hi, hi.reshape(1), atol=1e-5)
+    scale, zp = qparams(lo, hi, 0, 255, symmetric=False)
+    ref = torch.fake_quantize_per_tensor_affine(x1, float(scale), int(zp), 0, 255)
+    assert torch.allclose(y, ref, atol=1e-6)
+
+
+def test_tail_quantiles_match_torch_quantile():
+    from workflow_src.quant.observers import rowwise_quantile
+
+    torch.manual_seed(1)
+    for n in (1, 2, 3, 50, 1000, 4097):
+        x = torch.randn(6, n) * 3
+        for p in (0.0001, 0.001, 0.01, 0.2, 0.5, 0.99, 0.999, 0.9999):
+            ref = torch.quantile(x.double(), p, dim=1).float()  # float64: torch's float32 rank rounding is off by ~1e-4 in the tail
+            assert torch.allclose(rowwise_quantile(x, p), ref, rtol=1e-5, atol=1e-5), (n, p)
+
+
+# ----------------------------------------------------------------------------- perceptual loss
+def test_vgg_layer_names_follow_torchvision_indices():
+    names = P.layer_names(P.VGG16_CFG)
+    assert [names[k] for k in ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")] == [3, 8, 15, 22, 29]
+
+
+def test_gram_matrix_closed_form():
+    f = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 2, 1, 2)  # c=2, h=1, w=2
+    expected = torch.tensor([[1 + 4, 3 + 8], [3 + 8, 9 + 16]]) / 4.0
+    assert torch.allclose(P.gram(f)[0], expected)
+
+
+def test_vgg16_loader_matches_torchvision(tmp_path):
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    ref = tv.models.vgg16(weights=None).eval()
+    torch.save(ref.state_dict(), tmp_path / P.VGG16_FILE)
+    net = P.load_vgg16(str(tmp_path / P.VGG16_FILE))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        feats = net(x, ["relu2_2", "relu4_3"])
+        normed = ((x + 1) / 2 - torch.tensor(P.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(P.IMAGENET_STD).view(1, 3, 1, 1)
+        assert torch.allclose(feats["relu2_2"], ref.features[:9](normed), atol=1e-5)
+        assert torch.allclose(feats["relu4_3"], ref.features[:23](normed), atol=1e-4)
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not a VGG16 state dict"):
+        P.load_vgg16(str(tmp_path / "other.pth"))
+
+
+def test_perceptual_loss_is_zero_on_equal_images_and_positive_otherwise():
+    torch.manual_seed(0)
+    loss = P.PerceptualLoss(P.VGGFeatures([8, 8, "M", 16, 16]), "relu2_2", ["relu1_2", "relu2_2"])
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    c, s = loss(x, x.clone())
+    assert float(c) == 0.0 and float(s) == 0.0
+    c, s = loss(x, x.flip(3))
+    assert float(c) > 0 and float(s) >= 0
+    with pytest.raises(KeyError, match="relu9_9"):
+        P.VGGFeatures([8])(x, ["relu9_9"])
+
+
+def test_fetch_vgg16_checks_the_sha256_prefix_of_the_file_name(tmp_path):
+    from workflow_src import stages
+
+    src = tmp_path / "vgg16.pth"
+    src.write_bytes(b"not the published weights")
+    c = {"perceptual": {"vgg16": {"path": str(src)}}}
+    with pytest.raises(ValueError, match="397923af"):
+        stages.fetch_vgg16(c, str(tmp_path / "out" / "vgg16.pth"))
+    assert not (tmp_path / "out" / "vgg16.pth").exists(), "a file that fails the check is not left behind"
+    c["perceptual"]["vgg16"]["path"] = str(tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match="perceptual.vgg16.path"):
+        stages.fetch_vgg16(c, str(tmp_path / "out" / "vgg16.pth"))
+
+
+def test_config_rejects_unknown_perceptual_layers_and_bad_epochs():
+    base = qcfg.load([ROOT / "params.yaml"])
+    bad = copy.deepcopy(base)
+    bad["perceptual"]["content_layer"] = "relu7_1"
+    with pytest.raises(qcfg.ConfigError, match=r"perceptual.content_layer' = 'relu7_1'"):
+        qcfg.validate(bad)
+    bad = copy.deepcopy(base)
+    bad["archs"]["cyclegan"]["qat"] = {"lsq_epochs": 99}
+    with pytest.raises(qcfg.ConfigError, match=r"archs.cyclegan.qat.lsq_epochs' = 99"):
+        qcfg.validate(bad)
+
+
+# ----------------------------------------------------------------------------- training
+def _setup(cfg, arch_name, mode, per_channel=False, w_bits=4):
+    arch = make_arch(cfg, arch_name)
+    torch.manual_seed(0)
+    state = arch.init_state(torch.device("cpu"))
+    G, D = arch.generator(state).eval(), arch.discriminator(state)
+    g = torch.Generator().manual_seed(0)
+    n = 16
+    x = arch.sample_inputs(n, g) if arch.input_kind == "latent" else torch.rand(n, 3, arch.resolution, arch.resolution, generator=g) * 2 - 1
+    with torch.no_grad():
+        y = G(x)
+    acfg = dict(cfg["archs"][arch_name], quantiles=QUANTILES)
+    qm = quantize_model(G, spec_for(Variant(mode, per_channel, w_bits, 8), "quantile", acfg, cfg))
+    calibrate(qm, [x])
+    torch.manual_seed(1)
+    net = P.VGGFeatures(cfg["perceptual"]["tinyvgg"]["layers"])
+    loss = qat_mod.make_loss(cfg, qat_mod.qat_params(cfg, arch_name), net)
+    return qm, D, x, y, loss
+
+
+def _scales(model):
+    return [m.scale.detach().clone() for m in model.modules() if isinstance(m, FakeQuantizer)]
+
+
+def test_ma_ranges_move_while_tracking_and_stop_after_the_freeze_epoch(cfg):
+    qm, D, x, y, loss = _setup(cfg, "sagan", "ma-qat")
+    start = _scales(qm)
+    seen = []
+    qat_mod.train_qat(qm, D, x, y, "ma-qat", qat_mod.qat_params(cfg, "sagan"), loss, seed=0,
+                      epoch_hook=lambda e, m: seen.append(_scales(m)))
+    assert len(seen) == 3
+    moved = sum(not torch.equal(a, b) for a, b in zip(start, seen[0]))
+    # (a freshly initialised SAGAN's attention has gamma = 0, so its query/key weights get no
+    # gradient and their weight ranges have nothing to follow)
+    assert moved >= 0.75 * len(start), f"only {moved}/{len(start)} ranges moved during the MA epoch"
+    for a, b in zip(seen[0], seen[2]):  # frozen after epoch 0 (ma_epochs = 1) while the weights keep training
+        assert torch.equal(a, b)
+    assert any(not torch.equal(w0, w1) for w0, w1 in zip(_setup(cfg, "sagan", "ma-qat")[0].parameters(), qm.parameters()))
+
+
+def test_lsq_qat_learns_step_sizes_and_saves_static_quantizers(cfg):
+    qm, D, x, y, loss = _setup(cfg, "stylegan", "lsq-qat", per_channel=True)
+    ref = copy.deepcopy(qm)
+    lsq = copy.deepcopy(qm)
+    map_quantizers(lsq, qat_mod._to_lsq)
+    assert all(not isinstance(m, FakeQuantizer) for m in lsq.modules())
+    with torch.no_grad():  # the switch to LSQ quantizers does not change the model
+        assert torch.allclose(lsq(x), ref(x), atol=1e-6)
+    qat_mod.train_qat(qm, D, x, y, "lsq-qat", qat_mod.qat_params(cfg, "stylegan"), loss, seed=0)
+    assert all(not isinstance(m, LSQQuantizer) for m in qm.modules()), "saved models hold static quantizers"
+    # every step size learned, except on the noise branches: a fresh StyleGAN's noise weights are
+    # zero, so nothing flows through them (their range is the zero-width fallback, scale = eps)
+    names = [n for n, m in qm.named_modules() if isinstance(m, FakeQuantizer)]
+    unchanged = [n for n, a, b in zip(names, _scales(ref), _scales(qm)) if torch.equal(a, b)]
+    assert unchanged and all(".noise" in n for n in unchanged), unchanged
+    fresh = quantize_model(make_arch(cfg, "stylegan").build_generator().eval(), spec_for(Variant("lsq-qat", True, 4, 8), "quantile", dict(cfg["archs"]["stylegan"], quantiles=QUANTILES), cfg))
+    fresh.load_state_dict(qm.state_dict())  # the same layout load_quantized reads
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), qm(x))
+
+
+def test_qat_lowers_the_distillation_loss(cfg):
+    c = copy.deepcopy(cfg)
+    c["qat"].update(epochs=6, ma_epochs=6, lr_weights=1e-4, lr_qparams=1e-5)
+    for mode in ("ma-qat", "lsq-qat"):
+        qm, D, x, y, loss = _setup(c, "stylegan", mode)
+        info = qat_mod.train_qat(qm, D, x, y, mode, qat_mod.qat_params(c, "stylegan"), loss, seed=0)
+        first, last = info["epoch_losses"][0], info["epoch_losses"][-1]
+        assert last["distill"] < 0.9 * first["distill"], (mode, first, last)
+
+
+@pytest.mark.parametrize("kill_after", [0, 1])
+def test_killed_qat_resumes_to_the_same_weights(cfg, tmp_path, kill_after):
+    """LSQ-QAT with the CycleGAN schedule (1 MA epoch, then LSQ): killed after epoch 0 (resumes at
+    the MA -> LSQ switch) or epoch 1 (resumes inside LSQ), it ends with exactly the weights of an
+    uninterrupted run, and its loss log has every step once."""
+    c = copy.deepcopy(cfg)
+    c["qat"].update(epochs=3, ma_epochs=1, lsq_epochs=2)
+    q = qat_mod.qat_params(c, "sagan")
+
+    qm, D, x, y, loss = _setup(c, "sagan", "lsq-qat")
+    qat_mod.train_qat(qm, D, x, y, "lsq-qat", q, loss, seed=0, losses_out=tmp_path / "full.csv")
+    full = copy.deepcopy(qm.state_dict())
+
+    def die(epoch, model):
+        if epoch == kill_after:
+            raise Killed()
+
+    ckpt, log = tmp_path / "q.ckpt.pt", tmp_path / "q.csv"
+    qm, D, x, y, loss = _setup(c, "sagan", "lsq-qat")
+    with pytest.raises(Killed):
+        qat_mod.train_qat(qm, D, x, y, "lsq-qat", q, loss, seed=0, ckpt=ckpt, losses_out=log, epoch_hook=die)
+    assert int(torch_load(ckpt)["epoch"]) == kill_after + 1
+    qm, D, x, y, loss = _setup(c, "sagan", "lsq-qat")  # a fresh process: PTQ init again, then the checkpoint
+    info = qat_mod.train_qat(qm, D, x, y, "lsq-qat", q, loss, seed=0, ckpt=ckpt, losses_out=log)
+    assert info["resumed_at_epoch"] == kill_after + 1
+    resumed = qm.state_dict()
+    assert set(resumed) == set(full)
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    assert log.read_text() == (tmp_path / "full.csv").read_text()

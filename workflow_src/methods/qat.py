@@ -1,0 +1,296 @@
+"""Quantization-aware training (paper section 3.6 and 4.2, appendices A and B): MA-QAT and LSQ-QAT.
+
+The quantized generator ``f_q`` starts from vanilla quantile PTQ (the same calibration as
+``ptq-quantile``) and is trained against the FP generator ``f`` on the distillation set (inputs and
+the FP outputs ``y = f(x)``):
+
+    L_G = w_adv * 1/2 (D(f_q(x)) - 1)^2 + w_content * ||phi_l(f_q(x)) - phi_l(y)||^2
+          + w_style * sum_l ||Gram(phi_l(f_q(x))) - Gram(phi_l(y))||^2
+    L_D = 1/2 (D(y) - 1)^2 + 1/2 D(f_q(x))^2                                      (LSGAN)
+
+``D`` starts from the FP training's discriminator and sees FP outputs as real; ``phi`` is the
+perceptual network (:mod:`workflow_src.metrics.perceptual`).  ``distill_loss: mse`` replaces the two
+perceptual terms with ``w_mse * ||f_q(x) - y||^2`` (the appendix B ablation).
+
+* ``ma-qat``: weights (and biases) through the straight-through estimator; every range (weights
+  and activations) follows the moving average of its quantiles (``qat.momentum``) during the first
+  ``qat.ma_epochs`` epochs and is frozen after.
+* ``lsq-qat``: step sizes learned by LSQ (its gradient scale), activation zero points learned
+  (LSQ+), PyTorch's fused learnable fake-quant ops; optionally preceded by MA-QAT epochs
+  (``qat.lsq_epochs`` < ``qat.epochs``: the paper's CycleGAN schedule).
+
+Adam (``qat.betas``), learning rates ``lr_weights`` / ``lr_qparams`` / ``lr_d`` with cosine
+annealing over all steps.  The generator stays in eval mode (fixed StyleGAN noise, frozen batch-norm
+statistics), so its outputs are comparable to the FP outputs it is distilled from.  A checkpoint
+after every epoch (model, discriminator, optimisers; the data order is a function of seed and
+epoch) makes a killed run resume to exactly the weights an uninterrupted run reaches.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..config import Variant, deep_merge
+from ..quant import calibrate, map_quantizers, quantize_model
+from ..quant.lsq import LSQQuantizer
+from ..quant.quantizer import FakeQuantizer
+from ..utils import torch_load, torch_save
+from .ptq import spec_for
+
+
+def qat_params(cfg: Dict[str, Any], arch: str) -> Dict[str, Any]:
+    """``qat`` with the arch's ``archs.<arch>.qat`` overrides merged in."""
+    return deep_merge(cfg["qat"], cfg["archs"][arch].get("qat") or {})
+
+
+def _to_lsq(q, kind):
+    return LSQQuantizer.from_static(q) if isinstance(q, FakeQuantizer) else q
+
+
+def _to_static(q, kind):
+    return q.to_static() if isinstance(q, LSQQuantizer) else q
+
+
+def set_tracking(model: nn.Module, on: bool, momentum: float | None = None) -> None:
+    """MA-QAT: let every static quantizer follow its observer's moving average (or stop)."""
+    for m in model.modules():
+        if isinstance(m, FakeQuantizer):
+            m.tracking = on
+            if momentum is not None and hasattr(m.observer, "momentum"):
+                m.observer.momentum = float(momentum)
+
+
+def _quant_params(model: nn.Module) -> List[nn.Parameter]:
+    return [p for m in model.modules() if isinstance(m, LSQQuantizer) for p in m.parameters(recurse=False)]
+
+
+def _weight_params(model: nn.Module) -> List[nn.Parameter]:
+    q = {id(p) for p in _quant_params(model)}
+    return [p for p in model.parameters() if id(p) not in q]
+
+
+class DistillLoss(nn.Module):
+    """The generator's distillation objective against FP outputs (without the adversarial term)."""
+
+    def __init__(self, kind: str, weights: Dict[str, float], perceptual: Optional[nn.Module]):
+        super().__init__()
+        if kind == "perceptual" and perceptual is None:
+            raise ValueError("qat.distill_loss = 'perceptual' needs the perceptual network (--perceptual)")
+        self.kind, self.weights, self.perceptual = kind, weights, perceptual
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if self.kind == "mse":
+            return {"mse": F.mse_loss(out, target)}
+        content, style = self.perceptual(out, target)
+        return {"content": content, "style": style}
+
+    def total(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(float(self.weights.get(k, 1.0)) * v for k, v in terms.items())
+
+
+def _lr_factor(step: int, total: int, schedule: str) -> float:
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+
+
+def _truncate_losses(path: Path, epoch: int) -> None:
+    """Drop rows of epochs >= ``epoch`` (written by a run killed before its checkpoint)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    keep = [r for r in rows if int(r["epoch"]) < epoch]
+    with open(path, "w", newline="") as fh:
+        if keep:
+            w = csv.DictWriter(fh, fieldnames=list(keep[0]))
+            w.writeheader()
+            w.writerows(keep)
+
+
+def _append_losses(path: Path, rows: List[Dict[str, Any]]) -> None:
+    if not rows:
+        return
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def distill_step(G: nn.Module, D: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: DistillLoss, w_adv: float,
+                 opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> Dict[str, float]:
+    """One generator step (distillation terms + LSGAN adversarial term) and one LSGAN
+    discriminator step (``y`` real, ``G(x)`` fake); returns the losses.  The same step trains an
+    FP generator in ``benchmarks/qat_step.py``, the baseline of QAT's overhead."""
+    out = G(x)
+    terms = loss(out, y)
+    loss_g = distill = loss.total(terms)
+    if w_adv > 0:
+        D.requires_grad_(False)
+        p_fake = D(out)
+        adv = 0.5 * F.mse_loss(p_fake, torch.ones_like(p_fake))
+        loss_g = loss_g + w_adv * adv
+        D.requires_grad_(True)
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    row = {"loss_g": loss_g.item(), "distill": distill.item(), **{k: v.item() for k, v in terms.items()}}
+    if w_adv > 0:
+        p_real, p_fake = D(y), D(out.detach())
+        loss_d = 0.5 * (F.mse_loss(p_real, torch.ones_like(p_real)) + F.mse_loss(p_fake, torch.zeros_like(p_fake)))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        row.update(adversarial=adv.item(), loss_d=loss_d.item())
+    return row
+
+
+def make_loss(cfg: Dict[str, Any], qcfg: Dict[str, Any], perceptual: Optional[nn.Module]) -> DistillLoss:
+    """The distillation loss ``qat.distill_loss`` with the configured weights and layers."""
+    kind = qcfg.get("distill_loss", "perceptual")
+    pl = None
+    if kind == "perceptual":
+        from ..metrics.perceptual import PerceptualLoss
+
+        if perceptual is None:
+            raise ValueError("qat.distill_loss = 'perceptual' needs the perceptual network (--perceptual)")
+        pcfg = cfg["perceptual"]
+        pl = PerceptualLoss(perceptual, pcfg["content_layer"], pcfg["style_layers"])
+    return DistillLoss(kind, dict(qcfg["loss_weights"]), pl)
+
+
+def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, mode: str,
+              qcfg: Dict[str, Any], loss: DistillLoss, seed: int, ckpt: Optional[Path] = None,
+              losses_out: Optional[Path] = None, tracker=None,
+              epoch_hook: Optional[Callable[[int, nn.Module], None]] = None) -> Dict[str, Any]:
+    """Train the calibrated quantized generator ``qmodel`` in place; returns the info record.
+
+    ``mode``: "ma-qat" or "lsq-qat".  ``epoch_hook(epoch, qmodel)`` is called after each epoch."""
+    epochs, bs = int(qcfg["epochs"]), int(qcfg["batch_size"])
+    n = len(inputs)
+    if n < bs:
+        raise ValueError(f"qat.batch_size = {bs} is larger than the distillation set ({n} samples)")
+    steps_per_epoch = n // bs
+    total = epochs * steps_per_epoch
+    ma_epochs = int(qcfg.get("ma_epochs", epochs))
+    lsq_start = epochs - int(qcfg.get("lsq_epochs", epochs)) if mode == "lsq-qat" else epochs
+    w_adv = float(qcfg["loss_weights"].get("adversarial", 0.0))
+    betas = tuple(float(b) for b in qcfg["betas"])
+    schedule = qcfg.get("schedule", "cosine")
+
+    def make_opt_g(lsq: bool) -> torch.optim.Optimizer:
+        groups = [{"params": _weight_params(qmodel), "lr": float(qcfg["lr_weights"]), "name": "weights"}]
+        if lsq and float(qcfg["lr_qparams"]) > 0:
+            groups.append({"params": _quant_params(qmodel), "lr": float(qcfg["lr_qparams"]), "name": "qparams"})
+        for g in groups:
+            g["base_lr"] = g["lr"]
+        return torch.optim.Adam(groups, betas=betas)
+
+    lsq = lsq_start <= 0
+    if lsq:
+        map_quantizers(qmodel, _to_lsq)
+    opt_g = make_opt_g(lsq)
+    opt_d = torch.optim.Adam(D.parameters(), lr=float(qcfg["lr_d"]), betas=betas)
+    for g in opt_d.param_groups:
+        g["base_lr"] = g["lr"]
+    start = 0
+    if ckpt is not None and Path(ckpt).exists():
+        saved = torch_load(ckpt)
+        start = int(saved["epoch"])
+        if saved["lsq"] and not lsq:
+            map_quantizers(qmodel, _to_lsq)
+            lsq, opt_g = True, make_opt_g(True)
+        qmodel.load_state_dict(saved["model"])
+        D.load_state_dict(saved["D"])
+        opt_g.load_state_dict(saved["opt_g"])
+        opt_d.load_state_dict(saved["opt_d"])
+        print(f"resuming {mode} at epoch {start}/{epochs}")
+    elif losses_out is not None:
+        Path(losses_out).unlink(missing_ok=True)
+    if losses_out is not None:
+        _truncate_losses(Path(losses_out), start)
+
+    qmodel.eval()  # fixed noise, frozen BN statistics: outputs comparable with the FP targets
+    D.train()
+    epoch_means: List[Dict[str, float]] = []
+    bar = tqdm(total=total, initial=start * steps_per_epoch, desc=f"{mode}", unit="step")
+    for epoch in range(start, epochs):
+        if mode == "lsq-qat" and epoch == lsq_start and not lsq:
+            set_tracking(qmodel, False)
+            map_quantizers(qmodel, _to_lsq)
+            lsq = True
+            moments = opt_g.state  # keep the weights' Adam moments across the switch
+            opt_g = make_opt_g(True)
+            for p in opt_g.param_groups[0]["params"]:
+                if p in moments:
+                    opt_g.state[p] = moments[p]
+        set_tracking(qmodel, not lsq and epoch < ma_epochs, qcfg.get("momentum"))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        rows = []
+        for i in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + i
+            factor = _lr_factor(step, total, schedule)
+            for opt in (opt_g, opt_d):
+                for g in opt.param_groups:
+                    g["lr"] = g["base_lr"] * factor
+            idx = perm[i * bs:(i + 1) * bs]
+            row = {"epoch": epoch, "step": step, **distill_step(qmodel, D, inputs[idx], targets[idx].float(), loss, w_adv, opt_g, opt_d)}
+            rows.append(row)
+            bar.update(1)
+            if i % 10 == 0:
+                bar.set_postfix(epoch=epoch, loss_g=f"{row['loss_g']:.3g}")
+        set_tracking(qmodel, False)
+        epoch_means.append({"epoch": epoch, **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k not in ("epoch", "step")}})
+        if losses_out is not None:
+            _append_losses(Path(losses_out), rows)
+        if tracker is not None:
+            tracker.log_step_metrics([{k: v for k, v in r.items() if k != "epoch"} for r in rows])
+        if ckpt is not None and epoch + 1 < epochs:
+            torch_save({"epoch": epoch + 1, "lsq": lsq, "model": qmodel.state_dict(), "D": D.state_dict(),
+                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, ckpt)
+        if epoch_hook is not None:
+            epoch_hook(epoch, qmodel)
+    bar.close()
+    if lsq:
+        map_quantizers(qmodel, _to_static)
+    qmodel.requires_grad_(False)
+    return {"epochs": epochs, "steps": total, "steps_per_epoch": steps_per_epoch, "resumed_at_epoch": start,
+            "ma_epochs": min(ma_epochs, lsq_start), "lsq_epochs": max(0, epochs - lsq_start), "epoch_losses": epoch_means}
+
+
+def qat(mode: str):
+    def run(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any],
+            arch=None, ckpt: Optional[Path] = None, distill: Optional[Dict[str, torch.Tensor]] = None,
+            discriminator: Optional[nn.Module] = None, perceptual: Optional[nn.Module] = None,
+            losses_out: Optional[Path] = None, tracker=None, **_):
+        if distill is None or discriminator is None:
+            raise ValueError(f"{mode} needs the distillation set and the FP discriminator")
+        qcfg = qat_params(cfg, arch.name)
+        spec = spec_for(variant, "quantile", arch_cfg, cfg)
+        qmodel = quantize_model(generator, spec)  # initialised exactly like ptq-quantile
+        n_cal = cfg["calibration"]["images"]
+        seen = calibrate(qmodel, calib_inputs[:n_cal].split(cfg["distill"]["batch_size"]))
+        loss = make_loss(cfg, qcfg, perceptual)
+        t0 = time.time()
+        info = train_qat(qmodel, discriminator, distill["inputs"], distill["outputs"], mode, qcfg, loss,
+                         cfg["seed"], ckpt=ckpt, losses_out=losses_out, tracker=tracker)
+        info.update(calibration_images=seen, train_seconds=time.time() - t0, init="ptq-quantile",
+                    distill_loss=loss.kind, distill_images=int(len(distill["inputs"])))
+        return qmodel.eval(), spec, info
+
+    run.__name__ = mode.replace("-", "_")
+    return run
+
+
+ma_qat = qat("ma-qat")
+lsq_qat = qat("lsq-qat")

@@ -1,0 +1,191 @@
+"""Perceptual distillation losses for QAT (paper section 3.6 and 4.2; Johnson et al. 2016).
+
+The quantized generator's output and the FP generator's output go through a frozen VGG-style
+network; the *content* loss is the mean squared difference of the feature maps at one layer, the
+*style* loss the squared Frobenius difference of Gram matrices ``F F^T / (C H W)`` summed over
+several layers.
+
+Two networks, one class (:class:`VGGFeatures`, the layer layout of torchvision's ``vgg*.features``):
+
+* ``vgg16`` (paper profile): torchvision's ImageNet VGG16, read from the published state dict
+  (``features.<i>.weight``; the classifier is ignored) with ImageNet input normalisation;
+* ``tinyvgg`` (tiny profile): a small VGG trained by the workflow, self-supervised, on the offline
+  training images (see :func:`train_tiny_vgg`).  It is a different network, trained on a different
+  task, from the FID feature network: a loss that optimised the metric's own features would make
+  the metric lie.
+
+Layers are named as in the style-transfer literature: ``relu{stage}_{conv}``.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+VGG16_FILE = "vgg16-397923af.pth"  # torchvision's file name: the sha256 prefix follows the dash
+VGG16_URL = "https://download.pytorch.org/models/" + VGG16_FILE
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def layer_names(cfg: Sequence) -> Dict[str, int]:
+    """``{"relu1_1": index, ...}``: the index in ``features`` of each ReLU, by stage and conv."""
+    names, stage, conv, i = {}, 1, 0, 0
+    for c in cfg:
+        if c == "M":
+            stage, conv, i = stage + 1, 0, i + 1
+        else:
+            conv += 1
+            names[f"relu{stage}_{conv}"] = i + 1
+            i += 2
+    return names
+
+
+class VGGFeatures(nn.Module):
+    """``features``: conv3x3 + ReLU per integer of ``cfg``, 2x2 max pool per ``"M"`` (torchvision's
+    key layout); ``forward`` returns the requested ReLU outputs."""
+
+    def __init__(self, cfg: Sequence, normalize: Tuple[Sequence[float], Sequence[float]] | None = None):
+        super().__init__()
+        layers: List[nn.Module] = []
+        cin = 3
+        for c in cfg:
+            if c == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, int(c), 3, padding=1), nn.ReLU(inplace=False)]
+                cin = int(c)
+        self.cfg = list(cfg)
+        self.features = nn.Sequential(*layers)
+        self.names = layer_names(cfg)
+        mean, std = normalize if normalize else ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # [-1, 1] -> [0, 1] -> normalised
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor, layers: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """Features of ``images`` (in [-1, 1]) at ``layers``."""
+        unknown = [l for l in layers if l not in self.names]
+        if unknown:
+            raise KeyError(f"unknown perceptual layers {unknown}; this network has {sorted(self.names)}")
+        want = {self.names[l]: l for l in layers}
+        x = ((images + 1) / 2 - self.mean) / self.std
+        out = {}
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in want:
+                out[want[i]] = x
+                if len(out) == len(want):
+                    break
+        return out
+
+
+def gram(f: torch.Tensor) -> torch.Tensor:
+    """Gram matrix ``F F^T / (C H W)`` per sample: (n, c, h, w) -> (n, c, c)."""
+    n, c, h, w = f.shape
+    flat = f.reshape(n, c, h * w)
+    return flat @ flat.transpose(1, 2) / (c * h * w)
+
+
+class PerceptualLoss(nn.Module):
+    """Content and style distances between two image batches through a frozen network."""
+
+    def __init__(self, net: VGGFeatures, content_layer: str, style_layers: Sequence[str]):
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+        self.content_layer, self.style_layers = content_layer, list(style_layers)
+        self.layers = sorted({content_layer, *style_layers}, key=lambda l: net.names[l] if l in net.names else -1)
+
+    def train(self, mode: bool = True):  # the network stays frozen in eval mode
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        fx = self.net(x, self.layers)
+        with torch.no_grad():
+            ft = self.net(target, self.layers)
+        content = F.mse_loss(fx[self.content_layer], ft[self.content_layer])
+        style = sum(((gram(fx[l]) - gram(ft[l])) ** 2).sum(dim=(1, 2)).mean() for l in self.style_layers)
+        return content, style
+
+
+# ------------------------------------------------------------------------- loading and training
+def load_vgg16(path: str) -> VGGFeatures:
+    """VGG16 features from torchvision's published state dict (``features.*`` keys)."""
+    from ..utils import torch_load
+
+    state = torch_load(path)
+    feats = {k: v for k, v in state.items() if k.startswith("features.")}
+    net = VGGFeatures(VGG16_CFG, (IMAGENET_MEAN, IMAGENET_STD))
+    missing = sorted(set(net.state_dict()) - set(feats))
+    if missing:
+        raise ValueError(f"{path!r} is not a VGG16 state dict: missing {missing[:4]}")
+    net.load_state_dict(feats)
+    return net.eval()
+
+
+def load_perceptual(kind: str, path: str) -> VGGFeatures:
+    if kind == "vgg16":
+        return load_vgg16(path)
+    if kind == "tinyvgg":
+        from ..utils import torch_load
+
+        saved = torch_load(path)
+        net = VGGFeatures(saved["cfg"])
+        net.load_state_dict(saved["state_dict"])
+        return net.eval()
+    raise ValueError(f"perceptual.kind = {kind!r}: known kinds are 'vgg16' and 'tinyvgg'")
+
+
+# The tiny network's pretext task: which of the 6 colour-channel permutations and 4 flips
+# (none, horizontal, vertical, both) was applied.  Telling them apart needs colour statistics,
+# edges and shape orientation, the cues a content/style loss should compare.
+_PERMS = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+
+
+def _augment(x: torch.Tensor, label: int) -> torch.Tensor:
+    perm, flip = _PERMS[label // 4], label % 4
+    x = x[list(perm)]
+    if flip & 1:
+        x = x.flip(2)
+    if flip & 2:
+        x = x.flip(1)
+    return x
+
+
+class _Classifier(nn.Module):
+    def __init__(self, net: VGGFeatures, n_classes: int):
+        super().__init__()
+        self.net = net
+        last = list(net.names)[-1]
+        self.last = last
+        self.head = nn.Linear([c for c in net.cfg if c != "M"][-1], n_classes)
+
+    def forward(self, x):
+        f = self.net(x, [self.last])[self.last]
+        return self.head(f.mean(dim=(2, 3)))
+
+
+def train_tiny_vgg(domains: List[torch.Tensor], cfg: Dict, seed: int) -> VGGFeatures:
+    """Train the tiny perceptual network with the pretext task above on ``domains``: one float
+    image tensor in [-1, 1] per dataset/domain (sizes may differ; each step draws from one)."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = VGGFeatures(cfg["layers"])
+    clf = _Classifier(net, 4 * len(_PERMS))
+    opt = torch.optim.Adam(clf.parameters(), lr=float(cfg.get("lr", 1e-3)))
+    steps, bs = int(cfg.get("steps", 300)), int(cfg.get("batch_size", 64))
+    bar = tqdm(range(steps), desc="perceptual net", unit="step")
+    for step in bar:
+        images = domains[step % len(domains)]
+        idx = torch.randint(len(images), (bs,), generator=g)
+        labels = torch.randint(4 * len(_PERMS), (bs,), generator=g)
+        batch = torch.stack([_augment(images[int(i)], int(l)) for i, l in zip(idx, labels)])
+        loss = F.cross_entropy(clf(batch), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return net.eval()
