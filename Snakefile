@@ -14,6 +14,9 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "params.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"

@@ -31,7 +31,7 @@ rule fig1:
     input:
         expand("sweeps/{arch}/quantile_sweep.csv", arch=ARCHS),
     output:
-        png="reports/fig1_quantile_sweep.png",
+        png=report("reports/fig1_quantile_sweep.png", caption="../report/fig1.rst", category="Figures"),
         csv="reports/quantile_sweep.csv",
     params:
         cfg=PARAMS,

@@ -79,3 +79,74 @@ def test_inception_weights_missing_is_a_clear_error(tmp_path):
         fid.load_feature_space("inception", tmp_path)
     with pytest.raises(ValueError, match="features.kind"):
         fid.load_feature_space("clip", tmp_path)
+
+
+def test_bootstrap_spread_closed_forms():
+    """Paired resampling of features shifted by a constant vector: every resample has the same mean
+    shift and covariance, so each Frechet distance is ||delta||^2 and the spread is ~0.  Against
+    fixed statistics the spread is positive, shrinks with the sample size, and is seeded."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 8))
+    delta = np.linspace(-1, 1, 8)
+    assert fid.frechet_distance(fid.statistics(a + delta), fid.statistics(a)) == pytest.approx(float(delta @ delta), rel=1e-6)
+    assert fid.bootstrap_std(a + delta, a, 10, seed=1) < 1e-5
+    ref = (np.zeros(8), np.eye(8))
+    small = fid.bootstrap_std(rng.normal(size=(100, 8)), ref, 30, seed=1)
+    large = fid.bootstrap_std(rng.normal(size=(3000, 8)), ref, 30, seed=1)
+    assert 0 < large < small
+    b = rng.normal(size=(100, 8))
+    assert fid.bootstrap_std(b, ref, 5, seed=3) == fid.bootstrap_std(b, ref, 5, seed=3)
+    with pytest.raises(ValueError, match="paired"):
+        fid.bootstrap_std(b, b[:50], 5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def random_fid_inception(tmp_path_factory):
+    """A random-weight stand-in for pytorch-fid's FID Inception weights (the real file cannot be
+    downloaded here), saved where both pytorch-fid and our loader look: <dir>/checkpoints/<file>."""
+    import pytorch_fid.inception as pi
+
+    root = tmp_path_factory.mktemp("torchhub")
+    torch.manual_seed(0)
+    real_loader = pi.load_state_dict_from_url
+    pi.load_state_dict_from_url = lambda *a, **k: captured.state_dict()
+    try:
+        captured = pi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+        for name, cls, args in (("Mixed_5b", pi.FIDInceptionA, (192, 32)), ("Mixed_5c", pi.FIDInceptionA, (256, 64)),
+                                ("Mixed_5d", pi.FIDInceptionA, (288, 64)), ("Mixed_6b", pi.FIDInceptionC, (768, 128)),
+                                ("Mixed_6c", pi.FIDInceptionC, (768, 160)), ("Mixed_6d", pi.FIDInceptionC, (768, 160)),
+                                ("Mixed_6e", pi.FIDInceptionC, (768, 192)), ("Mixed_7b", pi.FIDInceptionE_1, (1280,)),
+                                ("Mixed_7c", pi.FIDInceptionE_2, (2048,))):
+            setattr(captured, name, cls(*args))
+        state = pi.fid_inception_v3().state_dict()
+    finally:
+        pi.load_state_dict_from_url = real_loader
+    (root / "checkpoints").mkdir()
+    torch.save(state, root / "checkpoints" / fid.INCEPTION_FILE)
+    return root
+
+
+def test_inception_fid_equals_pytorch_fid_cli_on_saved_pngs(tmp_path, random_fid_inception):
+    """Our in-memory Inception path (tensors in [-1, 1], batched) and pytorch-fid's own CLI on the
+    same images saved as PNGs give the same FID to 1e-3."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, size=(24, 32, 32, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-90, 90, size=a.shape), 0, 255).astype(np.uint8)
+    _write_pngs(tmp_path / "a", a), _write_pngs(tmp_path / "b", b)
+    env = dict(os.environ, TORCH_HOME=str(random_fid_inception.parent), PYTHONWARNINGS="ignore")
+    hub = random_fid_inception.parent / "hub"
+    hub.symlink_to(random_fid_inception, target_is_directory=True)  # torch.hub reads $TORCH_HOME/hub/checkpoints
+    proc = subprocess.run([sys.executable, "-m", "pytorch_fid", str(tmp_path / "a"), str(tmp_path / "b"), "--device", "cpu",
+                           "--batch-size", "8", "--num-workers", "0"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cli = float(proc.stdout.strip().split()[-1])
+
+    space = fid.load_feature_space("inception", random_fid_inception)
+    to_t = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1
+    ours = [fid.statistics(space.extract(to_t(x).split(10))) for x in (a, b)]
+    assert cli > 0
+    assert fid.frechet_distance(ours[0], ours[1]) == pytest.approx(cli, rel=1e-3, abs=1e-3)

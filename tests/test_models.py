@@ -211,3 +211,26 @@ def test_state_dict_round_trip(name):
         arch.train_step(s, itertools.repeat(batch), 1)
     with torch.no_grad():
         torch.testing.assert_close(arch.generator(other).eval()(x), arch.generator(state).eval()(x), atol=1e-6, rtol=0)
+
+
+def test_display_truncation_closed_forms():
+    """Display only: StyleGAN's psi = 0 maps every latent to the mean style (identical images) and
+    psi = 1 is the plain generator; SAGAN's truncated latents respect the bound."""
+    from pathlib import Path
+
+    from workflow_src import config as qcfg
+    from workflow_src.train import make_arch
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = qcfg.load([root / "params.yaml", root / "configs" / "micro.yaml"])
+    sg = make_arch(cfg, "stylegan")
+    torch.manual_seed(0)
+    g = sg.build_generator().eval()
+    z = sg.display_inputs(3, torch.Generator().manual_seed(1), 0.7)
+    with torch.no_grad():
+        same = sg.display(g, z, 0.0)
+        assert torch.allclose(same[0], same[1], atol=1e-6) and torch.allclose(same[0], same[2], atol=1e-6)
+        assert torch.equal(sg.display(g, z, 1.0), g(z))
+    sa = make_arch(cfg, "sagan")
+    zt = sa.display_inputs(64, torch.Generator().manual_seed(2), 0.5)
+    assert zt.abs().max() <= 0.5 and zt.std() > 0.1

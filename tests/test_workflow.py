@@ -37,13 +37,14 @@ def test_every_artifact_and_finite_metrics(micro_run):
                 assert (micro_run / p).stat().st_size > 0, p
         assert (micro_run / "reports" / f"samples_{arch}.png").exists()
     df = pd.read_csv(micro_run / "reports" / "results.csv")
-    assert list(df.columns) == ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space"]
+    assert list(df.columns) == ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space", "fid_std", "qfid_std"]
+    assert (df["fid_std"] > 0).all() and (df[df["method"] != "fp"]["qfid_std"] > 0).all()
     assert len(df) == len(archs) * (1 + len(variants))
     assert df[["fid", "qfid"]].map(math.isfinite).all().all()
     assert set(df["method"]) == {"fp"} | set(cfg["matrix"]["methods"])
     assert df["feature_space"].str.startswith("tinycnn").all()
     table = (micro_run / "reports" / "table4.md").read_text()
-    assert "StyleGAN FID" in table and "a8/w4" in table and "tinycnn" in table
+    assert "StyleGAN FID" in table and "a8/w4" in table and "tinycnn" in table and " ± " in table and "bootstrap" in table
     html = (micro_run / "reports" / "index.html").read_text()
     assert all(f"samples_{a}.png" in html for a in archs)
     sweep = pd.read_csv(micro_run / "reports" / "quantile_sweep.csv")
@@ -141,3 +142,19 @@ def test_qat_improves_on_its_ptq_initialisation_on_the_micro_run(micro_run):
                 losses = pd.read_csv(micro_run / "models" / "q" / arch / f"{variant}.losses.csv")
                 assert list(losses["step"]) == list(range(len(losses))) and len(losses) > 0
     assert "LSQ-QAT" in (micro_run / "reports" / "table4.md").read_text()
+
+
+@pytest.mark.workflow
+def test_snakemake_report_shows_tables_and_figures_with_captions(micro_run):
+    out = micro_run / "reports" / "snakemake-report.html"
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(micro_run), "--report", str(out), "--configfile", str(ROOT / "configs" / "micro.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = out.read_text(errors="replace")
+    for name in ("fig1_quantile_sweep.png", "fig_samples_stylegan.png", "results.csv", "table4.md", "paper_comparison.md"):
+        assert name in page, name
+    assert "bootstrap" in page and "truncation" in page  # captions
+    for arch in ("stylegan", "sagan", "cyclegan"):
+        assert (micro_run / "reports" / f"fig_samples_{arch}.png").stat().st_size > 0
+    index = (micro_run / "reports" / "index.html").read_text()
+    assert "fig_samples_cyclegan.png" in index and "beside ours" in index

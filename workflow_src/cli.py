@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = stage("fig1", "the quantile-sweep figure and table", "png", "out")
     sp.add_argument("--sweeps", nargs="+", required=True)
     stage("evaluate", "FID and qFID of one variant (or fp)", "arch", "variant", "model", "inputs", "features", "real-stats", "fp-stats", "out", "samples")
+    stage("sample-figure", "samples by method at w8/w4 with FID captions (paper Figures 2-4)", "arch", "fp", "inputs", "models", "metrics", "out")
     sp = stage("report", "tables, figures and the HTML report", "samples", "out")
     sp.add_argument("--metrics", nargs="+", required=True)
     return p
@@ -104,6 +105,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         figure(args.sweeps, args.png, args.out)
     elif s == "evaluate":
         stages.evaluate(cfg, args.arch, args.variant, args.model, args.inputs, args.features, args.real_stats, args.fp_stats, args.out, args.samples)
+    elif s == "sample-figure":
+        from .figures import sample_figure
+
+        sample_figure(cfg, args.arch, args.fp, args.inputs, args.models, args.metrics, args.out)
     elif s == "report":
         from . import report
 

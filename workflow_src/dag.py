@@ -34,7 +34,8 @@ STAGES: Dict[str, tuple] = {
     "evaluate": (("arch", "variant"), ["seed", "eval"]),
     "quantile_sweep": (("arch",), ["seed", "sweep", "calibration", "distill.batch_size", "eval", "archs.{arch}.model", "archs.{arch}.resolution"]),
     "fig1": ((), ["sweep"]),
-    "report": ((), ["matrix"]),
+    "sample_figure": (("arch",), ["seed", "matrix", "figures"]),
+    "report": ((), ["matrix", "eval.bootstrap", "eval.n_samples", "qat.distill_loss"]),
 }
 
 

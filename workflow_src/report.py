@@ -13,7 +13,7 @@ import torch
 from .config import FP, Variant, variants
 from .utils import atomic_path, atomic_write_text
 
-COLUMNS = ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space"]
+COLUMNS = ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space", "fid_std", "qfid_std"]
 ARCH_TITLES = {"cyclegan": "CycleGAN", "sagan": "SAGAN", "stylegan": "StyleGAN"}
 METHOD_TITLES = {FP: "full-precision", "ptq-minmax": "vanilla PTQ (min-max)", "ptq-quantile": "vanilla PTQ (quantile)",
                  "ar-brecq": "AR-BRECQ", "ste-brecq": "STE-BRECQ", "ma-qat": "MA-QAT", "lsq-qat": "LSQ-QAT"}
@@ -57,6 +57,14 @@ def _fmt(x: Any) -> str:
     return "–" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{x:.2f}"
 
 
+def _pm(row: Any, key: str) -> str:
+    """``value ± bootstrap std`` of ``key`` in a results row (the std alone is omitted if absent)."""
+    std = row.get(f"{key}_std") if hasattr(row, "get") else None
+    if std is None or pd.isna(std) or pd.isna(row[key]):
+        return _fmt(row[key])
+    return f"{row[key]:.2f} ± {std:.2f}"
+
+
 def table4(df: pd.DataFrame, cfg: Dict[str, Any]) -> str:
     """Markdown laid out like the paper's Table 4: one row per (method, per-channel, bits) of
     vanilla PTQ and QAT, one FID/qFID column pair per arch; headers name the feature space."""
@@ -65,13 +73,13 @@ def table4(df: pd.DataFrame, cfg: Dict[str, Any]) -> str:
     head = ["Method", "Per-channel", "Bits"] + [f"{ARCH_TITLES[a]} {m} [{space}] ({'↓'})" for a in archs for m in ("FID", "qFID")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fp = df[df["method"] == FP].set_index("arch")
-    lines.append("| " + " | ".join([METHOD_TITLES[FP], "–", "–"] + [c for a in archs for c in (_fmt(fp.loc[a, "fid"]), _fmt(fp.loc[a, "qfid"]))]) + " |")
+    lines.append("| " + " | ".join([METHOD_TITLES[FP], "–", "–"] + [c for a in archs for c in (_pm(fp.loc[a], "fid"), _fmt(fp.loc[a, "qfid"]))]) + " |")
     for v in variants(cfg):
         if v.method not in TABLE4_METHODS:
             continue
         sel = df[(df["method"] == v.method) & (df["per_channel"] == v.per_channel) & (df["w_bits"] == v.w_bits) & (df["a_bits"] == v.a_bits)].set_index("arch")
         cells = [METHOD_TITLES.get(v.method, v.method), "✓" if v.per_channel else "✗", f"a{v.a_bits}/w{v.w_bits}"]
-        cells += [c for a in archs for c in ((_fmt(sel.loc[a, "fid"]), _fmt(sel.loc[a, "qfid"])) if a in sel.index else ("–", "–"))]
+        cells += [c for a in archs for c in ((_pm(sel.loc[a], "fid"), _pm(sel.loc[a], "qfid")) if a in sel.index else ("–", "–"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -85,14 +93,14 @@ def table3(df: pd.DataFrame, arch: str) -> str:
     head = ["Method", "Per-channel"] + [f"w{b}a8 {m} [{space}] (↓)" for b in bits for m in ("FID", "qFID")]
     lines = [f"### {ARCH_TITLES.get(arch, arch)}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fp = sub[sub["method"] == FP].iloc[0]
-    lines.append("| " + " | ".join([METHOD_TITLES[FP], "–"] + [c for _ in bits for c in (_fmt(fp["fid"]), _fmt(fp["qfid"]))]) + " |")
+    lines.append("| " + " | ".join([METHOD_TITLES[FP], "–"] + [c for _ in bits for c in (_pm(fp, "fid"), _fmt(fp["qfid"]))]) + " |")
     for method in PTQ_METHODS:
         for pc in (True, False):
             rows = sub[(sub["method"] == method) & (sub["per_channel"] == pc) & (sub["a_bits"] == 8)]
             if rows.empty:
                 continue
             by_bits = rows.set_index("w_bits")
-            cells = [c for b in bits for c in ((_fmt(by_bits.loc[b, "fid"]), _fmt(by_bits.loc[b, "qfid"])) if b in by_bits.index else ("–", "–"))]
+            cells = [c for b in bits for c in ((_pm(by_bits.loc[b], "fid"), _pm(by_bits.loc[b], "qfid")) if b in by_bits.index else ("–", "–"))]
             lines.append("| " + " | ".join([METHOD_TITLES.get(method, method), "✓" if pc else "✗"] + cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -119,6 +127,74 @@ def arch_figure(arch: str, rows: List[tuple], out: Path) -> None:
     plt.close(fig)
 
 
+PAPER_NUMBERS = Path(__file__).resolve().parent / "reference" / "paper_numbers.csv"
+PAPER_TABLES = {"3": "Table 3", "4": "Table 4", "B": "App. B"}
+
+
+def paper_numbers(path: Path = PAPER_NUMBERS) -> pd.DataFrame:
+    """The paper's published numbers (Tables 3 and 4, appendix B) as data: one row per
+    (table, arch, method, per_channel, w_bits, a_bits); FID in Inception space at full scale."""
+    df = pd.read_csv(path, dtype={"table": str, "per_channel": str, "note": str}, keep_default_na=False)
+    df["per_channel"] = df["per_channel"].map(lambda x: None if x == "" else x == "True")
+    for c in ("fid", "qfid"):
+        df[c] = pd.to_numeric(df[c].replace("", float("nan")))
+    return df
+
+
+def paper_comparison(df: pd.DataFrame, cfg: Dict[str, Any]) -> pd.DataFrame:
+    """Every row the paper reports beside ours (same arch, method, granularity, bits) and the
+    difference ours - paper.  Appendix B rows (MSE distillation) are matched only when this run's
+    QAT used ``distill_loss: mse``."""
+    ours = df.copy()
+    ours["_pc"] = ours["per_channel"].map(lambda x: None if x is None or pd.isna(x) else bool(x))
+    rows = []
+    for _, p in paper_numbers().iterrows():
+        sel = ours[(ours["arch"] == p["arch"]) & (ours["method"] == p["method"]) & (ours["w_bits"] == p["w_bits"]) & (ours["a_bits"] == p["a_bits"])]
+        sel = sel[sel["_pc"].map(lambda x: x == p["per_channel"])]
+        if p["table"] == "B" and cfg["qat"].get("distill_loss") != "mse":
+            sel = sel.iloc[0:0]
+        o = sel.iloc[0] if len(sel) else None
+        row = {"table": PAPER_TABLES.get(p["table"], p["table"]), "arch": p["arch"], "method": p["method"],
+               "per_channel": p["per_channel"], "bits": f"w{p['w_bits']}a{p['a_bits']}"}
+        for m in ("fid", "qfid"):
+            mine = None if o is None else o[m]
+            row[f"paper_{m}"] = p[m]
+            row[f"ours_{m}"] = mine
+            row[f"ours_{m}_std"] = None if o is None else o.get(f"{m}_std")
+            row[f"diff_{m}"] = None if mine is None or pd.isna(p[m]) else mine - p[m]
+        row["feature_space"] = None if o is None else o["feature_space"]
+        row["note"] = p["note"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paper_comparison_md(cmp: pd.DataFrame) -> str:
+    spaces = sorted({s for s in cmp["feature_space"] if isinstance(s, str)})
+    head = ["Table", "Arch", "Method", "Per-channel", "Bits", "FID paper", "FID ours", "Δ FID", "qFID paper", "qFID ours", "Δ qFID", "Note"]
+    lines = [
+        "Paper: pytorch-fid Inception features, 50000 images, paper-scale models. Ours: feature space "
+        f"{', '.join(spaces) or '–'}. Only a paper-profile run (Inception) makes the differences meaningful; "
+        "tiny-profile numbers live in another feature space and at another scale.", "",
+        "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in cmp.iterrows():
+        pc = "–" if r["per_channel"] is None else ("✓" if r["per_channel"] else "✗")
+        cells = [r["table"], ARCH_TITLES.get(r["arch"], r["arch"]), METHOD_TITLES.get(r["method"], r["method"]), pc, r["bits"]]
+        for m in ("fid", "qfid"):
+            ours = {m: r[f"ours_{m}"], f"{m}_std": r[f"ours_{m}_std"]}
+            cells += [_fmt(r[f"paper_{m}"]), "–" if r[f"ours_{m}"] is None else _pm(ours, m), _fmt(r[f"diff_{m}"])]
+        cells.append(r["note"] or "")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _spread_note(cfg: Dict[str, Any]) -> str:
+    b = int(cfg["eval"].get("bootstrap", 0))
+    if b < 2:
+        return ""
+    return (f"± is the standard deviation over {b} bootstrap resamples of the {cfg['eval']['n_samples']} generated images "
+            "(FID: against the fixed real statistics; qFID: quantized and FP features resampled in pairs, same inputs).\n\n")
+
+
 def build(cfg: Dict[str, Any], metric_files: List[str], samples_dir: str, out_dir: str) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,8 +206,11 @@ def build(cfg: Dict[str, Any], metric_files: List[str], samples_dir: str, out_di
     with atomic_path(out / "results.csv") as tmp:
         csv_df.to_csv(tmp, index=False, float_format="%.4f")
     t4 = table4(df, cfg)
-    atomic_write_text(out / "table4.md", "# Table 4 layout (paper: Performance of quantization techniques)\n\n" + t4)
-    atomic_write_text(out / "table3.md", "# Table 3 layout (paper: post-training quantization), one table per arch\n\n"
+    cmp = paper_comparison(df, cfg)
+    atomic_write_text(out / "paper_comparison.md", "# The paper's numbers beside ours\n\n" + paper_comparison_md(cmp))
+    note = _spread_note(cfg)
+    atomic_write_text(out / "table4.md", "# Table 4 layout (paper: Performance of quantization techniques)\n\n" + note + t4)
+    atomic_write_text(out / "table3.md", "# Table 3 layout (paper: post-training quantization), one table per arch\n\n" + note
                       + "\n".join(table3(df, a) for a in sorted(set(df["arch"]))))
     sections = []
     for arch in sorted(set(df["arch"])):
@@ -154,8 +233,13 @@ def build(cfg: Dict[str, Any], metric_files: List[str], samples_dir: str, out_di
         f"<p>FID: generated vs real test images; qFID: quantized vs full-precision generator on the same inputs. "
         f"Feature space: {html.escape(', '.join(sorted(set(df['feature_space']))))}. Activations 8-bit asymmetric static; weights symmetric.</p>"
         "<h2>Results</h2>" + csv_df.to_html(index=False, float_format=lambda x: f"{x:.2f}")
+        + "<h2>The paper's numbers beside ours</h2><p>Paper: Inception features, 50000 images, paper-scale models; "
+        "differences are meaningful only for a paper-profile run.</p>"
+        + cmp.drop(columns=[c for c in cmp.columns if c.endswith("_std")]).to_html(index=False, float_format=lambda x: f"{x:.2f}", na_rep="–")
         + ("<h2>Figure 1: quantile sweep</h2><img src='fig1_quantile_sweep.png' alt='quantile sweep'>"
            if (out / "fig1_quantile_sweep.png").exists() else "")
+        + "".join(f"<h2>Samples by method: {ARCH_TITLES.get(a, a)}</h2><img src='fig_samples_{a}.png' alt='{a} samples by method'>"
+                  for a in sorted(set(df["arch"])) if (out / f"fig_samples_{a}.png").exists())
         + "".join(sections)
     )
     atomic_write_text(out / "index.html", page)

@@ -184,7 +184,7 @@ def evaluate(cfg: Dict[str, Any], arch: str, variant: str, model_path: str, inpu
     with tracking.run("evaluate", cfg, {**tags, "feature_space": fs.name}, {"eval": cfg["eval"]}) as run:
         metrics = _evaluate(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out)
         write_json(out, {**tags, **metrics, "feature_space": fs.name, "profile": cfg["profile"]})
-        run.log_metrics({k: metrics[k] for k in ("fid", "qfid", "generate_seconds")})
+        run.log_metrics({k: metrics[k] for k in ("fid", "qfid", "fid_std", "qfid_std", "generate_seconds")})
         run.log_artifact(out)
         run.log_artifact(samples_out)
 
@@ -202,16 +202,21 @@ def _evaluate(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_sta
     gen_seconds = time.time() - t0
     feats = fs.extract(images.split(bs), total=(len(images) + bs - 1) // bs)
     stats = fid.statistics(feats)
-    fid_real = fid.frechet_distance(stats, fid.load_stats(real_stats_path, fs.name))
+    real = fid.load_stats(real_stats_path, fs.name)
+    fid_real = fid.frechet_distance(stats, real)
+    n_boot, seed = int(cfg["eval"].get("bootstrap", 0)), cfg["seed"] + 404
+    fid_std = fid.bootstrap_std(feats, real, n_boot, seed)
     if v is None:
-        fid.save_stats(fp_stats_path, feats, fs.name)
-        qfid = 0.0
+        fid.save_stats(fp_stats_path, feats, fs.name, keep_features=n_boot > 1)
+        qfid, qfid_std = 0.0, 0.0
     else:
         qfid = fid.frechet_distance(stats, fid.load_stats(fp_stats_path, fs.name))
+        qfid_std = fid.bootstrap_std(feats, fid.load_features(fp_stats_path), n_boot, seed) if n_boot > 1 else float("nan")
     from .report import save_grid
 
     save_grid(images[: cfg["eval"]["grid"]], samples_out)
-    return {"fid": fid_real, "qfid": qfid, "n_samples": int(len(images)), "generate_seconds": gen_seconds}
+    return {"fid": fid_real, "qfid": qfid, "fid_std": fid_std, "qfid_std": qfid_std, "bootstrap": n_boot,
+            "n_samples": int(len(images)), "generate_seconds": gen_seconds}
 
 
 # ------------------------------------------------------------------ paper profile: FID Inception weights

@@ -170,5 +170,6 @@ def results_from_mlflow(profile: str) -> "Any":
         "per_channel": df["tags.per_channel"].map(lambda s: None if s == "None" else s == "True"),
         "w_bits": df["tags.w_bits"].astype(int), "a_bits": df["tags.a_bits"].astype(int),
         "fid": df["metrics.fid"], "qfid": df["metrics.qfid"], "feature_space": df["tags.feature_space"],
+        "fid_std": df.get("metrics.fid_std"), "qfid_std": df.get("metrics.qfid_std"),
     })
     return sort_results(out)

@@ -77,11 +77,41 @@ def frechet_distance(stats_a: Tuple[np.ndarray, np.ndarray], stats_b: Tuple[np.n
     return float(calculate_frechet_distance(stats_a[0], stats_a[1], stats_b[0], stats_b[1]))
 
 
-def save_stats(path: str | Path, features: np.ndarray, feature_space: str) -> None:
+def save_stats(path: str | Path, features: np.ndarray, feature_space: str, keep_features: bool = False) -> None:
+    """Mean and covariance of ``features`` (and, with ``keep_features``, the features themselves,
+    float32: the paired bootstrap of qFID resamples them)."""
     mu, sigma = statistics(features)
+    extra = {"features": features.astype(np.float32)} if keep_features else {}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, mu=mu, sigma=sigma, n=features.shape[0], feature_space=feature_space)
+            np.savez(fh, mu=mu, sigma=sigma, n=features.shape[0], feature_space=feature_space, **extra)
+
+
+def load_features(path: str | Path) -> np.ndarray:
+    with np.load(path) as f:
+        if "features" not in f:
+            raise ValueError(f"{str(path)!r} holds statistics only, no features (rerun evaluate_fp)")
+        return f["features"].astype(np.float64)
+
+
+def bootstrap_std(features: np.ndarray, reference: Tuple[np.ndarray, np.ndarray] | np.ndarray, n_boot: int, seed: int) -> float:
+    """Standard deviation of the Frechet distance over ``n_boot`` bootstrap resamples (with
+    replacement, same size) of the generated set ``features``.  ``reference`` is either fixed
+    statistics (FID against real images) or features paired row by row with ``features`` (qFID:
+    the FP generator on the same inputs), resampled with the same indices."""
+    if n_boot < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    n = features.shape[0]
+    paired = isinstance(reference, np.ndarray)
+    if paired and reference.shape != features.shape:
+        raise ValueError(f"paired features differ in shape: {features.shape} vs {reference.shape}")
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        ref = statistics(reference[idx]) if paired else reference
+        values.append(frechet_distance(statistics(features[idx]), ref))
+    return float(np.std(values, ddof=1))
 
 
 def load_stats(path: str | Path, feature_space: str | None = None) -> Tuple[np.ndarray, np.ndarray]:

@@ -87,6 +87,17 @@ class GANArch(ABC):
         """``n`` generator inputs drawn with ``generator`` (latent archs only)."""
         raise NotImplementedError(f"{self.name} takes images as input, not latents")
 
+    # -- display (figures only; never FID) ---------------------------------------------------
+    truncation_doc = "no truncation"  # how display() truncates, ``{t}`` the configured value
+    def display_inputs(self, n: int, generator: torch.Generator, truncation: float) -> torch.Tensor:
+        """Inputs for sample figures; latent archs truncate here or in :meth:`display`."""
+        return self.sample_inputs(n, generator)
+
+    @torch.no_grad()
+    def display(self, model: nn.Module, inputs: torch.Tensor, truncation: float) -> torch.Tensor:
+        """Images for a sample figure (the truncation trick where the arch has one)."""
+        return model(inputs)
+
 
 class LatentEMAGAN(GANArch):
     """An unconditional latent -> image GAN: one generator and one discriminator, each with Adam,
@@ -113,6 +124,21 @@ class LatentEMAGAN(GANArch):
 
     def sample_inputs(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(n, self.latent_dim, generator=generator)
+
+    truncation_doc = "latents truncated to |z| <= {t}"
+
+    def display_inputs(self, n: int, generator: torch.Generator, truncation: float) -> torch.Tensor:
+        """Latents from a normal truncated to ``|z| <= truncation`` (BigGAN's truncation trick:
+        entries outside are redrawn); no truncation when ``truncation >= 10``."""
+        z = torch.randn(n, self.latent_dim, generator=generator)
+        if truncation < 10:
+            for _ in range(100):
+                bad = z.abs() > truncation
+                if not bad.any():
+                    break
+                z[bad] = torch.randn(int(bad.sum()), generator=generator)
+            z = z.clamp(-truncation, truncation)
+        return z
 
     def generator(self, state: Dict[str, Any]) -> nn.Module:
         return state["G_ema"]

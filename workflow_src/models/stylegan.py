@@ -138,8 +138,11 @@ class StyleGenerator(nn.Module):
         self.to_rgb = EqualConv2d(channels[-1], 3, 1)
 
     def forward(self, z):
-        w = self.mapping(z)
-        x = self.const(z.shape[0])
+        return self.synthesis(self.mapping(z))
+
+    def synthesis(self, w):
+        """The synthesis network on styles ``w`` (what the truncation trick edits)."""
+        x = self.const(w.shape[0])
         for block in self.blocks:
             x = block(x, w)
         out = self.to_rgb(x)
@@ -199,6 +202,22 @@ class StyleGAN(LatentEMAGAN):
     def build_generator(self) -> nn.Module:
         m = self.model_cfg
         return StyleGenerator(self.latent_dim, int(m["n_mlp"]), list(m["channels"]))
+
+    truncation_doc = "truncation psi = {t} in W"
+
+    def display_inputs(self, n: int, generator: torch.Generator, truncation: float) -> torch.Tensor:
+        return self.sample_inputs(n, generator)  # StyleGAN truncates in W (display), not in z
+
+    @torch.no_grad()
+    def display(self, model: nn.Module, inputs: torch.Tensor, truncation: float) -> torch.Tensor:
+        """StyleGAN's truncation trick in W: ``w_avg + psi (w - w_avg)``, ``w_avg`` the mean style
+        of 4096 seeded latents under the same (FP or quantized) mapping network."""
+        if truncation >= 1.0:
+            return model(inputs)
+        z_avg = torch.randn(4096, self.latent_dim, generator=torch.Generator().manual_seed(4096))
+        w_avg = model.mapping(z_avg).mean(dim=0, keepdim=True)
+        w = model.mapping(inputs)
+        return model.synthesis(w_avg + truncation * (w - w_avg))
 
     def build_discriminator(self) -> nn.Module:
         return StyleDiscriminator(list(self.model_cfg["d_channels"]), bool(self.model_cfg.get("mbstd", True)))

@@ -1,0 +1,90 @@
+"""Sample figures in the layout of the paper's Figures 2-4: one row per method, samples at 8-bit
+and 4-bit weights (8-bit activations, per-tensor weights where the matrix has them) on the same
+inputs, FID in each row's caption.
+
+Display only: latent archs use the truncation trick (``figures.truncation``: StyleGAN's psi in W,
+SAGAN's bound on |z|) to avoid sampling from extreme regions, as the paper's figures do; FID and
+qFID are always computed without it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+from .config import FP, Variant
+from .utils import atomic_path, torch_load
+
+
+def figure_variants(cfg: Dict[str, Any]) -> List[Variant]:
+    """The variants a sample figure shows: every method x every weight width, a8 (per-tensor if
+    the matrix has it, else per-channel)."""
+    m = cfg["matrix"]
+    pc = False if False in m["per_channel"] else True
+    a = 8 if 8 in m["a_bits"] else max(m["a_bits"])
+    return [Variant(meth, pc, w, a) for meth in m["methods"] for w in sorted(m["w_bits"], reverse=True)]
+
+
+def _caption(metrics: Dict[str, Any]) -> str:
+    std = metrics.get("fid_std")
+    return f"{metrics['fid']:.2f}" + (f" ± {std:.2f}" if isinstance(std, (int, float)) and std == std else "")
+
+
+def _strip(images: torch.Tensor) -> torch.Tensor:
+    x = ((images.detach().float().clamp(-1, 1) + 1) / 2)
+    return torch.cat(list(x), dim=2).permute(1, 2, 0)  # H x (N W) x 3
+
+
+@torch.no_grad()
+def sample_figure(cfg: Dict[str, Any], arch_name: str, fp_path: str, inputs_path: str, models_dir: str, metrics_dir: str, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import ARCH_TITLES, METHOD_TITLES
+    from .stages import load_quantized
+    from .train import load_generator, make_arch
+
+    fcfg = cfg["figures"]
+    n, trunc = int(fcfg["samples"]), float(fcfg["truncation"])
+    arch = make_arch(cfg, arch_name)
+    if arch.input_kind == "latent":
+        inputs = arch.display_inputs(n, torch.Generator().manual_seed(cfg["seed"] + 505), trunc)
+    else:
+        inputs = torch_load(inputs_path)["inputs"][:n]
+    fp_metrics = json.loads((Path(metrics_dir) / f"{FP}.json").read_text())
+    rows: List[Tuple[str, List[torch.Tensor]]] = [
+        (f"{METHOD_TITLES[FP]}: FID {_caption(fp_metrics)}", [_strip(arch.display(load_generator(cfg, arch_name, fp_path), inputs, trunc))])]
+    by_method: Dict[str, List[Variant]] = {}
+    for v in figure_variants(cfg):
+        by_method.setdefault(v.method, []).append(v)
+    for method, vs in by_method.items():
+        strips, fids = [], []
+        for v in vs:
+            model = load_quantized(cfg, arch_name, str(Path(models_dir) / f"{v.name}.pt"))
+            strips.append(_strip(arch.display(model, inputs, trunc)))
+            fids.append(f"w{v.w_bits}: {_caption(json.loads((Path(metrics_dir) / f'{v.name}.json').read_text()))}")
+        gran = "per-channel" if vs[0].per_channel else "per-tensor"
+        rows.append((f"{METHOD_TITLES.get(method, method)} ({gran}, a{vs[0].a_bits}) FID " + " / ".join(fids), strips))
+    width = max(len(s) for _, s in rows)
+    h, w = rows[0][1][0].shape[:2]
+    fig, axes = plt.subplots(len(rows), width, figsize=(max(6, width * w / 28), 0.5 + len(rows) * max(0.9, h / 28)), squeeze=False)
+    for r, (label, strips) in enumerate(rows):
+        for c in range(width):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if c < len(strips):
+                ax.imshow(strips[c].numpy(), interpolation="nearest")
+            else:
+                ax.axis("off")
+        axes[r, 0].set_title(label, fontsize=7, loc="left", pad=2)
+    how = arch.truncation_doc.format(t=trunc)
+    fig.suptitle(f"{ARCH_TITLES.get(arch_name, arch_name)}: samples by method, weights 8-bit (left) and 4-bit (right); "
+                 f"display only: {how} (FID without)", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
