@@ -91,3 +91,14 @@ def perceptual_net(wildcards):
     from workflow_src.methods.qat import qat_params
 
     return PERCEPTUAL if qat_params(config, wildcards.arch)["distill_loss"] == "perceptual" else []
+
+
+def figure_models(wildcards):
+    """The models and metrics a sample figure shows (workflow_src.figures.figure_variants)."""
+    from workflow_src.figures import figure_variants
+
+    vs = [v.name for v in figure_variants(config)]
+    return {
+        "models": [f"models/q/{wildcards.arch}/{v}.pt" for v in vs],
+        "metrics": [f"metrics/{wildcards.arch}/{v}.json" for v in ["fp"] + vs],
+    }

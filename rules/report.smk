@@ -1,16 +1,6 @@
 # Tables, figures and the HTML report.
 
 
-def figure_models(wildcards):
-    from workflow_src.figures import figure_variants
-
-    vs = [v.name for v in figure_variants(config)]
-    return {
-        "models": [f"models/q/{wildcards.arch}/{v}.pt" for v in vs],
-        "metrics": [f"metrics/{wildcards.arch}/{v}.json" for v in ["fp"] + vs],
-    }
-
-
 rule sample_figure:
     input:
         unpack(figure_models),
