@@ -15,8 +15,9 @@ initialised at the profile's sizes (timing does not depend on trained weights).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
-import os
+import io
 import statistics
 import sys
 import time
@@ -26,7 +27,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TQDM_DISABLE", "1")  # calibration progress bars would interleave with the table
 
 from workflow_src import config as qcfg  # noqa: E402
 from workflow_src.config import Variant  # noqa: E402
@@ -67,7 +67,8 @@ def bench_arch(cfg, arch_name: str, steps: int, per_channel: bool, w_bits: int, 
     models["fp"] = bake(copy.deepcopy(G)).eval()
     for mode in ("ma-qat", "lsq-qat"):
         qm = quantize_model(G, spec)
-        calibrate(qm, [x])
+        with contextlib.redirect_stderr(io.StringIO()):  # no calibration progress bar in the table
+            calibrate(qm, [x])
         if mode == "lsq-qat":
             map_quantizers(qm, _to_lsq)
         else:

@@ -104,25 +104,8 @@ def test_bootstrap_spread_closed_forms():
 def random_fid_inception(tmp_path_factory):
     """A random-weight stand-in for pytorch-fid's FID Inception weights (the real file cannot be
     downloaded here), saved where both pytorch-fid and our loader look: <dir>/checkpoints/<file>."""
-    import pytorch_fid.inception as pi
-
     root = tmp_path_factory.mktemp("torchhub")
-    torch.manual_seed(0)
-    real_loader = pi.load_state_dict_from_url
-    pi.load_state_dict_from_url = lambda *a, **k: captured.state_dict()
-    try:
-        captured = pi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-        for name, cls, args in (("Mixed_5b", pi.FIDInceptionA, (192, 32)), ("Mixed_5c", pi.FIDInceptionA, (256, 64)),
-                                ("Mixed_5d", pi.FIDInceptionA, (288, 64)), ("Mixed_6b", pi.FIDInceptionC, (768, 128)),
-                                ("Mixed_6c", pi.FIDInceptionC, (768, 160)), ("Mixed_6d", pi.FIDInceptionC, (768, 160)),
-                                ("Mixed_6e", pi.FIDInceptionC, (768, 192)), ("Mixed_7b", pi.FIDInceptionE_1, (1280,)),
-                                ("Mixed_7c", pi.FIDInceptionE_2, (2048,))):
-            setattr(captured, name, cls(*args))
-        state = pi.fid_inception_v3().state_dict()
-    finally:
-        pi.load_state_dict_from_url = real_loader
-    (root / "checkpoints").mkdir()
-    torch.save(state, root / "checkpoints" / fid.INCEPTION_FILE)
+    fid.save_random_fid_inception(root)
     return root
 
 

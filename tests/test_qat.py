@@ -29,6 +29,7 @@ class Killed(Exception):
 def cfg():
     c = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
     c["qat"].update(epochs=3, ma_epochs=1, batch_size=4, lr_weights=1e-3, lr_qparams=1e-3, lr_d=1e-3)
+    c["qat"]["loss_weights"]["adversarial"] = 0.01  # micro.yaml turns it off for its workflow run; exercised here
     return c
 
 
@@ -212,7 +213,10 @@ def test_qat_lowers_the_distillation_loss(cfg):
     c["qat"].update(epochs=6, ma_epochs=6, lr_weights=1e-4, lr_qparams=1e-5)
     for mode in ("ma-qat", "lsq-qat"):
         qm, D, x, y, loss = _setup(c, "stylegan", mode)
+        d0 = copy.deepcopy(D.state_dict())
         info = qat_mod.train_qat(qm, D, x, y, mode, qat_mod.qat_params(c, "stylegan"), loss, seed=0)
+        assert qat_mod.qat_params(c, "stylegan")["loss_weights"]["adversarial"] > 0
+        assert "loss_d" in info["epoch_losses"][0] and any(not torch.equal(d0[k], v) for k, v in D.state_dict().items())
         first, last = info["epoch_losses"][0], info["epoch_losses"][-1]
         assert last["distill"] < 0.9 * first["distill"], (mode, first, last)
 

@@ -64,6 +64,29 @@ def load_feature_space(kind: str, path: str | Path, device: torch.device | None 
     raise ValueError(f"features.kind = {kind!r}: known feature spaces are 'tinycnn' and 'inception'")
 
 
+def save_random_fid_inception(root: str | Path, seed: int = 0) -> Path:
+    """A random-weight stand-in for pytorch-fid's FID Inception weights, in the torch-hub layout
+    both pytorch-fid (``$TORCH_HOME/hub/checkpoints``) and :func:`load_feature_space` read
+    (``root/checkpoints``).  For tests and benchmarks where the real file cannot be downloaded:
+    the same architecture and code path, meaningless features."""
+    import pytorch_fid.inception as pi
+
+    root = Path(root)
+    torch.manual_seed(seed)
+    built = []
+    real_build, real_loader = pi._inception_v3, pi.load_state_dict_from_url
+    pi._inception_v3 = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
+    pi.load_state_dict_from_url = lambda *a, **k: built[-1].state_dict()  # its own random init
+    try:
+        net = pi.fid_inception_v3()
+    finally:
+        pi._inception_v3, pi.load_state_dict_from_url = real_build, real_loader
+    (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+    dest = root / "checkpoints" / INCEPTION_FILE
+    torch.save(net.state_dict(), dest)
+    return dest
+
+
 def statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Mean and covariance as pytorch-fid computes them."""
     if features.ndim != 2 or features.shape[0] < 2:
