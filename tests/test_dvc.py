@@ -50,7 +50,12 @@ def test_params_name_exactly_what_each_stage_reads(jobs):
     m = doc["quantize.stylegan.ptq-minmax-tensor-w4a8"]["params"]
     assert "archs.stylegan.quantiles" in q and "archs.stylegan.quantiles" not in m
     assert not any("sagan" in p or "cyclegan" in p for p in q)
-    assert doc["report"]["params"] == ["matrix"]
+    # the report reads the matrix, the bootstrap size and sample count (its caption), and which QAT
+    # loss ran (the appendix B comparison)
+    assert doc["report"]["params"] == ["matrix", "eval.bootstrap", "eval.n_samples", "qat.distill_loss"]
+    qat = doc["qat.sagan.lsq-qat-tensor-w4a8"]["params"]
+    assert {"qat", "archs.sagan.qat", "perceptual"} <= set(qat) and "brecq" not in qat
+    assert "resources/perceptual/tinyvgg.pt" in doc["qat.sagan.lsq-qat-tensor-w4a8"]["deps"]
 
 
 def _dvc(args, cwd, check=True):
