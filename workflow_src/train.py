@@ -76,10 +76,10 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
                 rows = []
         _append_losses(log_path, rows)
         run.log_step_metrics(rows)
+        torch_save({"arch": arch_name, "steps": tcfg["steps"], "state": _state_dicts(state)}, out)
         final_log = out.with_suffix(".losses.csv")
         if log_path.exists():
             log_path.replace(final_log)
-        torch_save({"arch": arch_name, "steps": tcfg["steps"], "state": _state_dicts(state)}, out)
         run.log_artifact(final_log)
     ckpt.unlink(missing_ok=True)
     return out
@@ -99,6 +99,7 @@ def _append_losses(path: Path, rows) -> None:
     if not rows:
         return
     new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         if new:

@@ -120,6 +120,7 @@ def _append_losses(path: Path, rows: List[Dict[str, Any]]) -> None:
     if not rows:
         return
     new = not path.exists() or path.stat().st_size == 0
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         if new:
