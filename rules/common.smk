@@ -48,6 +48,18 @@ wildcard_constraints:
     split="[A-Za-z]+",
 
 
+def threads_of(rule):
+    """The rule's threads: params `resources` (cpus), the same on a workstation and on SLURM."""
+    return qcfg.rule_resources(config, rule)["cpus"]
+
+
+def resources_of(rule):
+    """What one job of the rule asks a cluster for besides GPUs (params `resources`)."""
+    r = qcfg.rule_resources(config, rule)
+    # cpus_per_task repeats threads for sbatch, and shows in a dry run (which caps threads at --cores)
+    return {"cpus_per_task": r["cpus"], "mem_mb": r["mem_mb"], "runtime": r["runtime"]}
+
+
 def arch_dataset(arch):
     return config["archs"][arch]["dataset"]
 

@@ -25,9 +25,10 @@ rule train_features:
         section=lambda w: dag.param_values(config, "train_features", w),
     log:
         "logs/train_features.log",
-    threads: 1
+    threads: threads_of("train_features")
     resources:
         gpu=1,
+        **resources_of("train_features"),
     conda:
         ENV
     shell:
@@ -62,9 +63,10 @@ rule real_stats:
         section=lambda w: dag.param_values(config, "real_stats", w),
     log:
         "logs/real_stats/{dataset}/{split}.log",
-    threads: 1
+    threads: threads_of("real_stats")
     resources:
         gpu=1,
+        **resources_of("real_stats"),
     conda:
         ENV
     shell:

@@ -12,9 +12,10 @@ rule distill:
         section=lambda w: dag.param_values(config, "distill", w),
     log:
         "logs/distill/{arch}.log",
-    threads: 1
+    threads: threads_of("distill")
     resources:
         gpu=1,
+        **resources_of("distill"),
     conda:
         ENV
     shell:
@@ -31,6 +32,9 @@ rule eval_inputs:
         section=lambda w: dag.param_values(config, "eval_inputs", w),
     log:
         "logs/eval_inputs/{arch}.log",
+    threads: threads_of("eval_inputs")
+    resources:
+        **resources_of("eval_inputs"),
     conda:
         ENV
     shell:

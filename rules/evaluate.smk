@@ -16,9 +16,10 @@ rule evaluate_fp:
         section=lambda w: dag.param_values(config, "evaluate_fp", w),
     log:
         "logs/evaluate_fp/{arch}.log",
-    threads: 1
+    threads: threads_of("evaluate_fp")
     resources:
         gpu=1,
+        **resources_of("evaluate_fp"),
     conda:
         ENV
     shell:
@@ -42,9 +43,10 @@ rule evaluate:
         section=lambda w: dag.param_values(config, "evaluate", w),
     log:
         "logs/evaluate/{arch}/{variant}.log",
-    threads: 1
+    threads: threads_of("evaluate")
     resources:
         gpu=1,
+        **resources_of("evaluate"),
     conda:
         ENV
     shell:

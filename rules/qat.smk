@@ -12,9 +12,10 @@ rule train_perceptual:
         section=lambda w: dag.param_values(config, "train_perceptual", w),
     log:
         "logs/train_perceptual.log",
-    threads: 1
+    threads: threads_of("train_perceptual")
     resources:
         gpu=1,
+        **resources_of("train_perceptual"),
     conda:
         ENV
     shell:
@@ -57,9 +58,10 @@ rule qat:
         section=lambda w: dag.param_values(config, "qat", w),
     log:
         "logs/qat/{arch}/{variant}.log",
-    threads: 1
+    threads: threads_of("qat")
     resources:
         gpu=1,
+        **resources_of("qat"),
     conda:
         ENV
     shell:

@@ -15,9 +15,10 @@ rule quantize:
         section=lambda w: dag.param_values(config, "quantize", w),
     log:
         "logs/quantize/{arch}/{variant}.log",
-    threads: 1
+    threads: threads_of("quantize")
     resources:
         gpu=1,
+        **resources_of("quantize"),
     conda:
         ENV
     shell:

@@ -13,7 +13,9 @@ rule sample_figure:
         section=lambda w: dag.param_values(config, "sample_figure", w),
     log:
         "logs/sample_figure/{arch}.log",
-    threads: 1
+    threads: threads_of("sample_figure")
+    resources:
+        **resources_of("sample_figure"),
     conda:
         ENV
     shell:
@@ -38,6 +40,9 @@ rule report:
         section=lambda w: dag.param_values(config, "report", w),
     log:
         "logs/report.log",
+    threads: threads_of("report")
+    resources:
+        **resources_of("report"),
     conda:
         ENV
     shell:

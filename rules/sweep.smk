@@ -16,9 +16,10 @@ rule quantile_sweep:
         section=lambda w: dag.param_values(config, "quantile_sweep", w),
     log:
         "logs/quantile_sweep/{arch}.log",
-    threads: 1
+    threads: threads_of("quantile_sweep")
     resources:
         gpu=1,
+        **resources_of("quantile_sweep"),
     conda:
         ENV
     shell:
@@ -38,6 +39,9 @@ rule fig1:
         section=lambda w: dag.param_values(config, "fig1", w),
     log:
         "logs/fig1.log",
+    threads: threads_of("fig1")
+    resources:
+        **resources_of("fig1"),
     conda:
         ENV
     shell:

@@ -13,9 +13,10 @@ rule train_fp:
         ckpt="models/fp/{arch}.ckpt.pt",
     log:
         "logs/train_fp/{arch}.log",
-    threads: 1
+    threads: threads_of("train_fp")
     resources:
         gpu=1,
+        **resources_of("train_fp"),
     conda:
         ENV
     shell:

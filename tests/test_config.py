@@ -118,3 +118,22 @@ def test_snakemake_rejects_bad_params_before_any_job(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0
     assert "archs.stylegan.quantiles.activation" in proc.stdout + proc.stderr
+
+
+def test_job_resources_are_the_default_overridden_per_rule():
+    tiny = qcfg.load([ROOT / "params.yaml"])
+    assert qcfg.rule_resources(tiny, "report") == tiny["resources"]["default"]
+    paper = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"])
+    assert qcfg.rule_resources(paper, "train_fp") == {"cpus": 8, "mem_mb": 32000, "runtime": 1440}
+    assert qcfg.rule_resources(paper, "distill") == {"cpus": 4, "mem_mb": 16000, "runtime": 120}
+
+
+def test_bad_job_resources_are_named(base):
+    with pytest.raises(qcfg.ConfigError, match=r"resources\.rules\.train_fp\.mem_mb.*lots"):
+        qcfg.validate(_mutated(base, ("resources", "rules", "train_fp"), {"mem_mb": "lots"}))
+    with pytest.raises(qcfg.ConfigError, match=r"'gpus'.*resources\.rules\.qat"):
+        qcfg.validate(_mutated(base, ("resources", "rules", "qat"), {"gpus": 2}))
+    with pytest.raises(qcfg.ConfigError, match=r"resources\.rules\.trian_fp.*no such rule"):
+        qcfg.validate(_mutated(base, ("resources", "rules", "trian_fp"), {"runtime": 5}))
+    with pytest.raises(qcfg.ConfigError, match=r"resources\.default.*runtime"):
+        qcfg.validate(_mutated(base, ("resources", "default"), {"cpus": 1, "mem_mb": 1000}))

@@ -243,6 +243,7 @@ def test_killed_qat_resumes_to_the_same_weights(cfg, tmp_path, kill_after):
     with pytest.raises(Killed):
         qat_mod.train_qat(qm, D, x, y, "lsq-qat", q, loss, seed=0, ckpt=ckpt, losses_out=log, epoch_hook=die)
     assert int(torch_load(ckpt)["epoch"]) == kill_after + 1
+    log.unlink(missing_ok=True)  # Snakemake deletes a job's outputs before it reruns the job (requeue, retry)
     qm, D, x, y, loss = _setup(c, "sagan", "lsq-qat")  # a fresh process: PTQ init again, then the checkpoint
     info = qat_mod.train_qat(qm, D, x, y, "lsq-qat", q, loss, seed=0, ckpt=ckpt, losses_out=log)
     assert info["resumed_at_epoch"] == kill_after + 1

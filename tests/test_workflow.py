@@ -1,6 +1,7 @@
 """The workflow, run for real: the whole DAG on the micro config in a temporary directory."""
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,28 @@ def test_paper_plan_is_complete(tmp_path):
     n_qat = sum(v.method in ("ma-qat", "lsq-qat") for v in vs)
     assert n_qat and f"quantize {3 * (len(vs) - n_qat)}" in " ".join(out.split())
     assert f"qat {3 * n_qat}" in " ".join(out.split())
+
+
+def test_slurm_profile_plans_the_paper_matrix_with_the_params_resources(tmp_path):
+    """profiles/slurm's dry run of the paper matrix: GPU rules ask for one GPU, CPU rules for none,
+    every submitted job for the partition and the cpus/mem/runtime of the params' `resources`."""
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "--workflow-profile", str(ROOT / "profiles" / "slurm"), "-n",
+                                       "report", "--configfile", str(ROOT / "configs" / "paper.yaml")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"])
+    gpu_rules = {"train_fp", "distill", "quantize", "qat", "evaluate", "evaluate_fp", "real_stats", "quantile_sweep"}
+    cpu_rules = {"eval_inputs", "fig1", "sample_figure", "report"}
+    seen = set()
+    for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", proc.stdout, re.M):
+        res = dict(kv.split("=", 1) for kv in resources.split(", "))
+        want = qcfg.rule_resources(cfg, rule)
+        if rule in ("prepare_data", "fetch_inception", "fetch_vgg16"):
+            continue  # local rules: they run on the login node
+        seen.add(rule)
+        assert res.get("gpu") == ("1" if rule in gpu_rules else None), (rule, res)
+        assert res["slurm_partition"] == "gpu", (rule, res)
+        assert (int(res["cpus_per_task"]), int(res["mem_mb"]), int(res["runtime"])) == (want["cpus"], want["mem_mb"], want["runtime"]), (rule, res)
+    assert seen == gpu_rules | cpu_rules
 
 
 def test_lint_is_clean():

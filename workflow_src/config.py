@@ -127,6 +127,10 @@ def _semantic_problems(cfg: Dict[str, Any]) -> List[str]:
         elif cfg["brecq"]["calib_images"] > cfg["distill"]["size"]:
             problems.append(f"key 'brecq.calib_images' = {cfg['brecq']['calib_images']} exceeds 'distill.size' = {cfg['distill']['size']}")
     problems += _qat_problems(cfg)
+    from .dag import STAGES
+
+    for rule in sorted((cfg["resources"].get("rules") or {}).keys() - STAGES.keys()):
+        problems.append(f"key 'resources.rules.{rule}': no such rule (rules: {sorted(STAGES)})")
     if cfg["eval"]["n_samples"] < cfg["eval"]["grid"]:
         problems.append(f"key 'eval.grid' = {cfg['eval']['grid']} exceeds 'eval.n_samples' = {cfg['eval']['n_samples']}")
     if cfg["calibration"]["images"] > cfg["distill"]["size"]:
@@ -156,6 +160,13 @@ def _qat_problems(cfg: Dict[str, Any]) -> List[str]:
         if layer not in names:
             problems.append(f"key 'perceptual.{key}' = {layer!r}: the {p['kind']} network has {sorted(names)}")
     return problems
+
+
+def rule_resources(cfg: Dict[str, Any], rule: str) -> Dict[str, int]:
+    """What one job of ``rule`` asks a cluster for: ``cpus`` (the rule's threads), ``mem_mb`` and
+    ``runtime`` (minutes); ``resources.default`` overridden key by key by ``resources.rules.<rule>``."""
+    res = cfg["resources"]
+    return {**res["default"], **(res.get("rules") or {}).get(rule, {})}
 
 
 # ---------------------------------------------------------------- the experiment matrix

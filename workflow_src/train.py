@@ -43,7 +43,9 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
     seed_everything(cfg["seed"])
     state = arch.init_state(device)
     step = 0
-    log_path = out.with_suffix(".losses.csv")
+    # The loss log grows beside the checkpoint and becomes out's .losses.csv at the end: a workflow
+    # manager deletes a job's outputs before rerunning it (a SLURM requeue, a retry), never this.
+    log_path = ckpt.with_suffix(".losses.csv")
     if not ckpt.exists():
         log_path.unlink(missing_ok=True)  # a fresh run starts a fresh loss log
     else:
@@ -51,6 +53,7 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
         _load_state_dicts(state, saved["state"])
         step = int(saved["step"])
         torch.set_rng_state(saved["rng"])
+        _truncate_losses(log_path, step)  # rows a killed run logged after its last checkpoint
         print(f"resuming {arch_name} from {ckpt} at step {step}")
     kind = arch_dataset(cfg, arch_name)["kind"]
     batches = datasets.train_batches(data_dir, kind, tcfg["batch_size"], seed=cfg["seed"] * 1_000_003 + step)
@@ -67,22 +70,36 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
             if step % 10 == 0:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             if (step + 1) % every == 0 and step + 1 < tcfg["steps"]:
-                torch_save({"state": _state_dicts(state), "step": step + 1, "rng": torch.get_rng_state()}, ckpt)
                 _append_losses(log_path, rows)
+                torch_save({"state": _state_dicts(state), "step": step + 1, "rng": torch.get_rng_state()}, ckpt)
                 run.log_step_metrics(rows)
                 rows = []
         _append_losses(log_path, rows)
         run.log_step_metrics(rows)
         torch_save({"arch": arch_name, "steps": tcfg["steps"], "state": _state_dicts(state)}, out)
-        run.log_artifact(log_path)
+        final_log = out.with_suffix(".losses.csv")
+        if log_path.exists():
+            log_path.replace(final_log)
+        run.log_artifact(final_log)
     ckpt.unlink(missing_ok=True)
     return out
+
+
+def _truncate_losses(path: Path, step: int) -> None:
+    """Drop the rows of steps >= ``step`` from the loss log at ``path``."""
+    if not path.exists():
+        return
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["step"]) < step]
+    path.unlink()
+    _append_losses(path, rows)
 
 
 def _append_losses(path: Path, rows) -> None:
     if not rows:
         return
     new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         if new:

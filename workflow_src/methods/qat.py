@@ -120,6 +120,7 @@ def _append_losses(path: Path, rows: List[Dict[str, Any]]) -> None:
     if not rows:
         return
     new = not path.exists() or path.stat().st_size == 0
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         if new:
@@ -204,6 +205,9 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
     for g in opt_d.param_groups:
         g["base_lr"] = g["lr"]
     start = 0
+    # The loss log grows beside the checkpoint and becomes losses_out at the end: a workflow manager
+    # deletes a job's outputs before rerunning it (a SLURM requeue, a retry), never this.
+    log = None if losses_out is None else Path(ckpt).with_suffix(".losses.csv") if ckpt is not None else Path(losses_out)
     if ckpt is not None and Path(ckpt).exists():
         saved = torch_load(ckpt)
         start = int(saved["epoch"])
@@ -215,10 +219,10 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
         opt_g.load_state_dict(saved["opt_g"])
         opt_d.load_state_dict(saved["opt_d"])
         print(f"resuming {mode} at epoch {start}/{epochs}")
-    elif losses_out is not None:
-        Path(losses_out).unlink(missing_ok=True)
-    if losses_out is not None:
-        _truncate_losses(Path(losses_out), start)
+    elif log is not None:
+        log.unlink(missing_ok=True)
+    if log is not None:
+        _truncate_losses(log, start)
 
     qmodel.eval()  # fixed noise, frozen BN statistics: outputs comparable with the FP targets
     D.train()
@@ -251,8 +255,8 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
                 bar.set_postfix(epoch=epoch, loss_g=f"{row['loss_g']:.3g}")
         set_tracking(qmodel, False)
         epoch_means.append({"epoch": epoch, **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k not in ("epoch", "step")}})
-        if losses_out is not None:
-            _append_losses(Path(losses_out), rows)
+        if log is not None:
+            _append_losses(log, rows)
         if tracker is not None:
             tracker.log_step_metrics([{k: v for k, v in r.items() if k != "epoch"} for r in rows])
         if ckpt is not None and epoch + 1 < epochs:
@@ -261,6 +265,8 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
         if epoch_hook is not None:
             epoch_hook(epoch, qmodel)
     bar.close()
+    if log is not None and log != Path(losses_out) and log.exists():
+        log.replace(losses_out)
     if lsq:
         map_quantizers(qmodel, _to_static)
     qmodel.requires_grad_(False)
