@@ -105,9 +105,11 @@ def test_changing_one_quantile_reruns_only_its_readers(dvc_project):
     import json
 
     changed = set(json.loads(status))
-    readers = ("ptq-quantile", "ar-brecq", "ste-brecq")  # BRECQ starts from the quantile ranges; min-max does not read them
+    # BRECQ and QAT start from the quantile ranges; min-max does not read them
+    readers = {"quantize": ("ptq-quantile", "ar-brecq", "ste-brecq"), "qat": ("ma-qat", "lsq-qat")}
     grans = ["channel" if pc else "tensor" for pc in params["matrix"]["per_channel"]]
-    assert changed == {f"quantize.sagan.{m}-{g}-w{w}a8" for m in readers for g in grans for w in params["matrix"]["w_bits"]}
+    assert changed == {f"{rule}.sagan.{m}-{g}-w{w}a8" for rule, ms in readers.items() for m in ms for g in grans
+                       for w in params["matrix"]["w_bits"]}
     dry = _dvc(["repro", "--dry"], dvc_project)
     ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert ran and not any("ptq-minmax" in s or "train" in s or "distill" in s for s in ran), ran
