@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 import pandas as pd
 import torch
 
-from .config import FP, Variant, variants
+from .config import FP, variants
 from .utils import atomic_path, atomic_write_text
 
 COLUMNS = ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space", "fid_std", "qfid_std"]

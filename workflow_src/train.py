@@ -2,7 +2,6 @@
 periodic checkpoints written atomically, and resumption from the last checkpoint after a kill."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Dict
 
@@ -14,7 +13,7 @@ from . import data as datasets
 from .config import arch_dataset
 from .models import get_arch
 from . import tracking
-from .utils import seed_everything, torch_load, torch_save
+from .utils import append_rows, seed_everything, torch_load, torch_save, truncate_rows
 
 
 def make_arch(cfg: Dict[str, Any], arch: str):
@@ -53,7 +52,7 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
         _load_state_dicts(state, saved["state"])
         step = int(saved["step"])
         torch.set_rng_state(saved["rng"])
-        _truncate_losses(log_path, step)  # rows a killed run logged after its last checkpoint
+        truncate_rows(log_path, "step", step)  # rows a killed run logged after its last checkpoint
         print(f"resuming {arch_name} from {ckpt} at step {step}")
     kind = arch_dataset(cfg, arch_name)["kind"]
     batches = datasets.train_batches(data_dir, kind, tcfg["batch_size"], seed=cfg["seed"] * 1_000_003 + step)
@@ -70,11 +69,11 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
             if step % 10 == 0:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             if (step + 1) % every == 0 and step + 1 < tcfg["steps"]:
-                _append_losses(log_path, rows)
+                append_rows(log_path, rows)
                 torch_save({"state": _state_dicts(state), "step": step + 1, "rng": torch.get_rng_state()}, ckpt)
                 run.log_step_metrics(rows)
                 rows = []
-        _append_losses(log_path, rows)
+        append_rows(log_path, rows)
         run.log_step_metrics(rows)
         torch_save({"arch": arch_name, "steps": tcfg["steps"], "state": _state_dicts(state)}, out)
         final_log = out.with_suffix(".losses.csv")
@@ -83,28 +82,6 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
         run.log_artifact(final_log)
     ckpt.unlink(missing_ok=True)
     return out
-
-
-def _truncate_losses(path: Path, step: int) -> None:
-    """Drop the rows of steps >= ``step`` from the loss log at ``path``."""
-    if not path.exists():
-        return
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["step"]) < step]
-    path.unlink()
-    _append_losses(path, rows)
-
-
-def _append_losses(path: Path, rows) -> None:
-    if not rows:
-        return
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
 
 
 def load_fp_state(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path) -> Dict[str, Any]:

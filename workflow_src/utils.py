@@ -40,6 +40,36 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
 
 
+def append_rows(path: str | Path, rows) -> None:
+    """Append dict rows to the CSV at ``path`` (header from the first row when the file is new)."""
+    import csv
+
+    if not rows:
+        return
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def truncate_rows(path: str | Path, column: str, below: int) -> None:
+    """Keep only the rows of the CSV at ``path`` whose integer ``column`` is below ``below`` (a
+    resumed run drops what a killed run logged after its last checkpoint)."""
+    import csv
+
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r[column]) < below]
+    path.unlink()
+    append_rows(path, rows)
+
+
 def torch_save(obj: Any, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

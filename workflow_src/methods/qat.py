@@ -27,7 +27,6 @@ epoch) makes a killed run resume to exactly the weights an uninterrupted run rea
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from ..config import Variant, deep_merge
 from ..quant import calibrate, map_quantizers, quantize_model
 from ..quant.lsq import LSQQuantizer
 from ..quant.quantizer import FakeQuantizer
-from ..utils import torch_load, torch_save
+from ..utils import append_rows, torch_load, torch_save, truncate_rows
 from .ptq import spec_for
 
 
@@ -100,32 +99,6 @@ def _lr_factor(step: int, total: int, schedule: str) -> float:
     if schedule == "constant":
         return 1.0
     return 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
-
-
-def _truncate_losses(path: Path, epoch: int) -> None:
-    """Drop rows of epochs >= ``epoch`` (written by a run killed before its checkpoint)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    keep = [r for r in rows if int(r["epoch"]) < epoch]
-    with open(path, "w", newline="") as fh:
-        if keep:
-            w = csv.DictWriter(fh, fieldnames=list(keep[0]))
-            w.writeheader()
-            w.writerows(keep)
-
-
-def _append_losses(path: Path, rows: List[Dict[str, Any]]) -> None:
-    if not rows:
-        return
-    new = not path.exists() or path.stat().st_size == 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
 
 
 def distill_step(G: nn.Module, D: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: DistillLoss, w_adv: float,
@@ -222,7 +195,7 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
     elif log is not None:
         log.unlink(missing_ok=True)
     if log is not None:
-        _truncate_losses(log, start)
+        truncate_rows(log, "epoch", start)
 
     qmodel.eval()  # fixed noise, frozen BN statistics: outputs comparable with the FP targets
     D.train()
@@ -256,7 +229,7 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
         set_tracking(qmodel, False)
         epoch_means.append({"epoch": epoch, **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k not in ("epoch", "step")}})
         if log is not None:
-            _append_losses(log, rows)
+            append_rows(log, rows)
         if tracker is not None:
             tracker.log_step_metrics([{k: v for k, v in r.items() if k != "epoch"} for r in rows])
         if ckpt is not None and epoch + 1 < epochs:
