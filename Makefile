@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): requirements.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --upgrade-strategy only-if-needed -r requirements.txt
-	$(VENV)/bin/python -c "import torch, torchvision, snakemake, pytorch_fid, dvc, mlflow; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	$(VENV)/bin/python -c "import torch, torchvision, snakemake, pytorch_fid, dvc, mlflow, onnxruntime, torchao; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	@touch $(STAMP)
 
 report: setup
@@ -32,4 +32,4 @@ lint: setup
 	snakemake --lint
 
 clean:
-	rm -rf .qgan .snakemake data downloads resources stats models distill eval metrics samples reports logs
+	rm -rf .qgan .snakemake data downloads resources stats models distill eval metrics samples reports logs exports

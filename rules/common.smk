@@ -35,6 +35,7 @@ onstart:
 
 ARCHS = config["matrix"]["archs"]
 VARIANTS = [v.name for v in qcfg.variants(config)]
+EXPORT_VARIANTS = [v.name for v in qcfg.variants(config) if v.w_bits in config["export"]["w_bits"]]
 FEATURE_KIND = config["features"]["kind"]
 FEATURES = "resources/features/tinycnn.pt" if FEATURE_KIND == "tinycnn" else "resources/inception"
 PERCEPTUAL = {"tinyvgg": "resources/perceptual/tinyvgg.pt", "vgg16": "resources/perceptual/vgg16.pth"}[config["perceptual"]["kind"]]

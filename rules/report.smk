@@ -29,11 +29,13 @@ rule report:
         samples=expand("samples/{arch}/{variant}.png", arch=ARCHS, variant=["fp"] + VARIANTS),
         fig1=rules.fig1.output.png,
         figures=expand("reports/fig_samples_{arch}.png", arch=ARCHS),
+        exports=expand("metrics/{arch}/{variant}.export.json", arch=ARCHS, variant=EXPORT_VARIANTS),
     output:
         results=report("reports/results.csv", caption="../report/results.rst", category="Tables"),
         table4=report("reports/table4.md", caption="../report/table4.rst", category="Tables"),
         table3=report("reports/table3.md", caption="../report/table3.rst", category="Tables"),
         paper=report("reports/paper_comparison.md", caption="../report/paper_comparison.rst", category="Tables"),
+        export=report("reports/export.md", caption="../report/export.rst", category="Tables"),
         html="reports/index.html",
     params:
         cfg=PARAMS,
@@ -46,4 +48,4 @@ rule report:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} report --metrics {input.metrics} --samples samples --out reports > {log} 2>&1"
+        "python -m workflow_src --config {params.cfg} report --metrics {input.metrics} --exports {input.exports} --samples samples --out reports > {log} 2>&1"

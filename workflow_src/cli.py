@@ -44,9 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     sp = stage("fig1", "the quantile-sweep figure and table", "png", "out")
     sp.add_argument("--sweeps", nargs="+", required=True)
     stage("evaluate", "FID and qFID of one variant (or fp)", "arch", "variant", "model", "inputs", "features", "real-stats", "fp-stats", "out", "samples")
+    stage("export-fp", "FP32 exports of a generator (baselines of rule export)", "arch", "fp", "inputs", "out")
+    stage("export", "integer exports of one variant, checked and timed against FP32", "arch", "variant", "model", "fp-exports", "inputs",
+          "features", "out-dir", "out")
     stage("sample-figure", "samples by method at w8/w4 with FID captions (paper Figures 2-4)", "arch", "fp", "inputs", "models", "metrics", "out")
     sp = stage("report", "tables, figures and the HTML report", "samples", "out")
     sp.add_argument("--metrics", nargs="+", required=True)
+    sp.add_argument("--exports", nargs="*", default=[], help="export summaries (rule export)")
     return p
 
 
@@ -105,6 +109,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         figure(args.sweeps, args.png, args.out)
     elif s == "evaluate":
         stages.evaluate(cfg, args.arch, args.variant, args.model, args.inputs, args.features, args.real_stats, args.fp_stats, args.out, args.samples)
+    elif s == "export-fp":
+        from .export.stage import export_fp
+
+        export_fp(cfg, args.arch, args.fp, args.inputs, args.out)
+    elif s == "export":
+        from .export.stage import export_variant
+
+        export_variant(cfg, args.arch, args.variant, args.model, args.fp_exports, args.inputs, args.features, args.out_dir, args.out)
     elif s == "sample-figure":
         from .figures import sample_figure
 
@@ -112,5 +124,5 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif s == "report":
         from . import report
 
-        report.build(cfg, args.metrics, args.samples, args.out)
+        report.build(cfg, args.metrics, args.samples, args.out, args.exports)
     return 0

@@ -133,6 +133,10 @@ def _semantic_problems(cfg: Dict[str, Any]) -> List[str]:
         problems.append(f"key 'resources.rules.{rule}': no such rule (rules: {sorted(STAGES)})")
     if cfg["eval"]["n_samples"] < cfg["eval"]["grid"]:
         problems.append(f"key 'eval.grid' = {cfg['eval']['grid']} exceeds 'eval.n_samples' = {cfg['eval']['n_samples']}")
+    ex = cfg["export"]
+    if ex["check_samples"] < max(ex["batch_sizes"]) or ex["check_samples"] > cfg["eval"]["n_samples"]:
+        problems.append(f"key 'export.check_samples' = {ex['check_samples']}: must lie between the largest 'export.batch_sizes' "
+                        f"({max(ex['batch_sizes'])}) and 'eval.n_samples' ({cfg['eval']['n_samples']})")
     if cfg["calibration"]["images"] > cfg["distill"]["size"]:
         problems.append(
             f"key 'calibration.images' = {cfg['calibration']['images']} exceeds 'distill.size' = {cfg['distill']['size']} (calibration draws from the distillation set)"

@@ -34,6 +34,8 @@ STAGES: Dict[str, tuple] = {
     "evaluate": (("arch", "variant"), ["seed", "eval"]),
     "quantile_sweep": (("arch",), ["seed", "sweep", "calibration", "distill.batch_size", "eval", "archs.{arch}.model", "archs.{arch}.resolution"]),
     "fig1": ((), ["sweep"]),
+    "export_fp": (("arch",), ["export.runtimes", "export.batch_sizes", "archs.{arch}.model", "archs.{arch}.resolution"]),
+    "export": (("arch", "variant"), ["export", "eval.batch_size"]),
     "sample_figure": (("arch",), ["seed", "matrix", "figures"]),
     "report": ((), ["matrix", "eval.bootstrap", "eval.n_samples", "qat.distill_loss"]),
 }

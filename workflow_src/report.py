@@ -14,6 +14,10 @@ from .config import FP, variants
 from .utils import atomic_path, atomic_write_text
 
 COLUMNS = ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space", "fid_std", "qfid_std"]
+# Integer export (rule export): the fastest runtime's ratios against FP32 at the largest batch, plus each runtime's.
+EXPORT_COLUMNS = ["runtime", "size_ratio", "latency_ratio", "latency_ratio_b1", "export_within_step", "export_qfid",
+                  "onnxruntime_latency_ratio", "onnxruntime_size_ratio", "pt2e_latency_ratio", "pt2e_size_ratio"]
+KEY = ["arch", "method", "per_channel", "w_bits", "a_bits"]
 ARCH_TITLES = {"cyclegan": "CycleGAN", "sagan": "SAGAN", "stylegan": "StyleGAN"}
 METHOD_TITLES = {FP: "full-precision", "ptq-minmax": "vanilla PTQ (min-max)", "ptq-quantile": "vanilla PTQ (quantile)",
                  "ar-brecq": "AR-BRECQ", "ste-brecq": "STE-BRECQ", "ma-qat": "MA-QAT", "lsq-qat": "LSQ-QAT"}
@@ -47,8 +51,10 @@ def sort_results(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def results_csv_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """The ``results.csv`` contract: COLUMNS, ``per_channel`` as True/False (empty for FP)."""
-    out = sort_results(df)[COLUMNS].copy()
+    """The ``results.csv`` contract: COLUMNS (then EXPORT_COLUMNS where exports exist),
+    ``per_channel`` as True/False (empty for FP)."""
+    cols = COLUMNS + [c for c in EXPORT_COLUMNS if c in df.columns]
+    out = sort_results(df)[cols].copy()
     out["per_channel"] = out["per_channel"].map(lambda x: "" if x is None or pd.isna(x) else str(bool(x)))
     return out
 
@@ -195,10 +201,65 @@ def _spread_note(cfg: Dict[str, Any]) -> str:
             "(FID: against the fixed real statistics; qFID: quantized and FP features resampled in pairs, same inputs).\n\n")
 
 
-def build(cfg: Dict[str, Any], metric_files: List[str], samples_dir: str, out_dir: str) -> None:
+def merge_exports(df: pd.DataFrame, export_files: List[str]) -> pd.DataFrame:
+    """``df`` with the EXPORT_COLUMNS of each variant's export summary (FP rows stay empty)."""
+    from .export.stage import summary_row
+
+    if not export_files:
+        return df
+    ex = pd.DataFrame([summary_row(p) for p in export_files])
+    for c in EXPORT_COLUMNS:
+        if c not in ex.columns:
+            ex[c] = float("nan")
+    key = lambda d: d[KEY].astype(str).agg("|".join, axis=1)  # noqa: E731  per_channel True/False/None as text
+    ex = ex.assign(_k=key(ex))[["_k"] + EXPORT_COLUMNS]
+    return df.assign(_k=key(df)).merge(ex, on="_k", how="left").drop(columns="_k")
+
+
+def export_tables(export_files: List[str]) -> str:
+    """Markdown: per arch, each variant's size and latency ratios, output agreement with the
+    fake-quant model per runtime; then the layers each runtime leaves in float, and where
+    onnxruntime's time goes (per-op-type profile of one w8a8 variant at the largest batch)."""
+    summaries = [json.loads(Path(p).read_text()) for p in export_files]
+    out = ["Ratios are integer export / FP32 export of the same generator, same runtime, same process and thread count "
+           "(median of interleaved runs after warm-up). *within step*: share of output pixels within one 8-bit level (2/255) "
+           "of the fake-quant model; *qFID int*: qFID between the integer runtime's and the fake-quant model's outputs on the "
+           "same inputs. 4-bit weights are stored packed two per byte (ONNX INT4) but no runtime here has an int4 kernel: "
+           "they are dequantized to float and run as float convolutions.\n"]
+    for arch in sorted({s["arch"] for s in summaries}):
+        rows = sorted((s for s in summaries if s["arch"] == arch), key=lambda s: (s["method"], not s["per_channel"], -s["w_bits"]))
+        if not rows:
+            continue
+        bs = [str(b) for b in rows[0]["batch_sizes"]]
+        out.append(f"\n## {ARCH_TITLES.get(arch, arch)}\n")
+        head = ["variant", "runtime", "size ratio"] + [f"latency ratio b{b}" for b in bs] + [f"FP32 ms b{bs[-1]}", f"int ms b{bs[-1]}", "within step", "qFID int"]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for s in rows:
+            for rt, r in s["runtimes"].items():
+                cells = [s["variant"], rt, f"{r['size_ratio']:.3f}"] + [f"{r['latency_ratio'][b]:.2f}" for b in bs] + [
+                    f"{r['fp_latency_ms'][bs[-1]]:.2f}", f"{r['latency_ms'][bs[-1]]:.2f}", f"{r['within_step']:.3f}", f"{r['qfid_vs_fakequant']:.4f}"]
+                out.append("| " + " | ".join(cells) + " |")
+        rep = next((s for s in rows if s["w_bits"] == 8), rows[0])
+        out.append(f"\n### Layers left in float ({rep['variant']})\n")
+        for rt, r in rep["runtimes"].items():
+            fb = r.get("float_fallbacks", {})
+            ints = r.get("int_kernels")
+            out.append(f"- **{rt}**" + (f" (integer kernels: {', '.join(f'{k} x{n}' for k, n in ints.items())})" if ints else "") + ":")
+            out += [f"  - `{op}`: {', '.join(f'`{l}`' for l in layers)}" for op, layers in fb.items()] or ["  - none"]
+        prof = rep["runtimes"].get("onnxruntime", {}).get("profile")
+        if prof:
+            share = rep["runtimes"]["onnxruntime"]["profile_share"]
+            out.append(f"\n### onnxruntime profile ({rep['variant']}, batch {bs[-1]}): "
+                       + ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(share.items(), key=lambda kv: -kv[1])) + "\n")
+            out += ["| op | kind | ms per call | share |", "|---|---|---|---|"]
+            out += [f"| {r['op']} | {r['kind']} | {r['ms']:.3f} | {100 * r['share']:.1f}% |" for r in prof[:10]]
+    return "\n".join(out) + "\n"
+
+
+def build(cfg: Dict[str, Any], metric_files: List[str], samples_dir: str, out_dir: str, export_files: List[str] = ()) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    df = load_results(metric_files)
+    df = merge_exports(load_results(metric_files), list(export_files))
     bad = df[~df[["fid", "qfid"]].map(lambda x: pd.notna(x) and abs(x) != float("inf")).all(axis=1)]
     if len(bad):
         raise ValueError(f"non-finite metrics for {bad[['arch', 'variant']].values.tolist()}")
@@ -209,6 +270,8 @@ def build(cfg: Dict[str, Any], metric_files: List[str], samples_dir: str, out_di
     cmp = paper_comparison(df, cfg)
     atomic_write_text(out / "paper_comparison.md", "# The paper's numbers beside ours\n\n" + paper_comparison_md(cmp))
     note = _spread_note(cfg)
+    if export_files:
+        atomic_write_text(out / "export.md", "# Integer exports: size and latency against FP32\n\n" + export_tables(list(export_files)))
     atomic_write_text(out / "table4.md", "# Table 4 layout (paper: Performance of quantization techniques)\n\n" + note + t4)
     atomic_write_text(out / "table3.md", "# Table 3 layout (paper: post-training quantization), one table per arch\n\n" + note
                       + "\n".join(table3(df, a) for a in sorted(set(df["arch"]))))
@@ -241,5 +304,6 @@ def build(cfg: Dict[str, Any], metric_files: List[str], samples_dir: str, out_di
         + "".join(f"<h2>Samples by method: {ARCH_TITLES.get(a, a)}</h2><img src='fig_samples_{a}.png' alt='{a} samples by method'>"
                   for a in sorted(set(df["arch"])) if (out / f"fig_samples_{a}.png").exists())
         + "".join(sections)
+        + (f"<h2>Integer exports</h2><pre>{html.escape((out / 'export.md').read_text())}</pre>" if export_files else "")
     )
     atomic_write_text(out / "index.html", page)

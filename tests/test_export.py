@@ -1,0 +1,170 @@
+"""Integer export (issue 9): exactness of the exported files against the fake-quant model, the
+integer runtimes within one quantization step, packed int4 storage, and clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from workflow_src.export import onnx_qdq, pt2
+from workflow_src.export import runtime as rt
+from workflow_src.quant import QuantSpec, quantize_model
+from workflow_src.quant.modules import QuantConv2d
+from workflow_src.quant.transform import calibrate
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+def small_net(w_bits: int = 8, per_channel: bool = True, norm: bool = False, seed: int = 0):
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(3, 16, 3, padding=1)]
+    if norm:  # conv -> instance norm -> activation: the conv's output is not requantized
+        layers += [nn.InstanceNorm2d(16), nn.LeakyReLU(0.2)]
+    layers += [nn.Conv2d(16, 4, 3, padding=1)]
+    q = quantize_model(nn.Sequential(*layers).eval(), QuantSpec(w_bits=w_bits, a_bits=8, per_channel=per_channel))
+    x = torch.randn(32, 3, 12, 12, generator=torch.Generator().manual_seed(seed + 1))
+    calibrate(q, x.split(8))
+    return q, x
+
+
+def last_conv_step_bound(q) -> torch.Tensor:
+    """Per output channel, the largest change of the output when every input of the last conv moves
+    by one step of its input quantizer: ``s_in * sum |W_q|`` (the closed-form 'one step' at the output)."""
+    conv = [m for m in q.modules() if isinstance(m, QuantConv2d)][-1]
+    w = conv.weight_quant(conv.weight).detach()
+    return float(conv.input_quant.scale) * w.abs().flatten(1).sum(1)
+
+
+def unoptimized(path):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_onnx_export_is_exact_and_the_integer_runtime_is_within_one_step(tmp_path, per_channel):
+    q, x = small_net(per_channel=per_channel)
+    path = tmp_path / "q.onnx"
+    info = onnx_qdq.export_qdq(q, x[:8], path)
+    assert info["folded_weights"] == 2 and info["opset"] == 17
+    with torch.no_grad():
+        ref = q(x[:8]).numpy()
+    # the file's own semantics (QDQ evaluated op by op) are the fake-quant model's
+    y0 = unoptimized(path).run(None, {"input": x[:8].numpy()})[0]
+    np.testing.assert_allclose(y0, ref, atol=1e-5, rtol=0)
+    # onnxruntime's integer kernels (QLinearConv) may round differently at grid boundaries: at most one step
+    sess = rt.session(path, threads=1, optimized_out=tmp_path / "opt.onnx")
+    y = sess.run(None, {"input": x[:8].numpy()})[0]
+    bound = last_conv_step_bound(q).numpy()[None, :, None, None]
+    assert np.all(np.abs(y - ref) <= bound + 1e-5)
+    kinds = rt.kernel_kinds(tmp_path / "opt.onnx")
+    assert "QLinearConv" in kinds  # the first conv, whose output is quantized again, runs on integers
+
+
+def test_folded_weights_equal_pytorch_quantize_per_channel(tmp_path):
+    q, x = small_net(per_channel=True)
+    onnx_qdq.export_qdq(q, x[:2], tmp_path / "q.onnx")
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    ints = sorted((onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims and len(i.dims) == 4),
+                  key=lambda a: a.shape[0], reverse=True)
+    convs = [m for m in q.modules() if isinstance(m, QuantConv2d)]
+    for conv, got in zip(convs, ints):
+        wq = conv.weight_quant
+        fq = torch.fake_quantize_per_channel_affine(conv.weight.detach(), wq.scale, wq.zero_point, 0, -128, 127)
+        expected = torch.round(fq / wq.scale[:, None, None, None])  # PyTorch's own integers, ties included
+        np.testing.assert_array_equal(got, expected.numpy())
+    assert not any(i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 4 for i in model.graph.initializer)  # no float weights left
+
+
+def test_int4_weights_are_packed_two_per_byte_and_exact(tmp_path):
+    q, x = small_net(w_bits=4)
+    path = tmp_path / "q4.onnx"
+    info = onnx_qdq.export_qdq(q, x[:4], path)
+    assert info["opset"] == onnx_qdq.INT4_OPSET and info["weight_storage"].startswith("int4")
+    model = onnx.load(str(path))
+    int4 = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT4 and len(i.dims) == 4]
+    assert len(int4) == 2
+    for t in int4:
+        assert len(t.raw_data) == (int(np.prod(t.dims)) + 1) // 2
+    with torch.no_grad():
+        ref = q(x[:4]).numpy()
+    np.testing.assert_allclose(unoptimized(path).run(None, {"input": x[:4].numpy()})[0], ref, atol=1e-5, rtol=0)
+    y = rt.session(path, threads=1).run(None, {"input": x[:4].numpy()})[0]
+    assert np.all(np.abs(y - ref) <= last_conv_step_bound(q).numpy()[None, :, None, None] + 1e-5)
+
+
+def test_pt2_export_runs_on_onednn_int8_kernels_within_one_step(tmp_path):
+    q, x = small_net(per_channel=False)
+    with torch.no_grad():
+        q(x[:1])
+    pt2.export_program(pt2.decompose(q), x[:8].clone(), tmp_path / "q.pt2")
+    lowered = pt2.load_lowered(tmp_path / "q.pt2", x[:8].clone())
+    kinds = pt2.kernel_kinds(lowered)
+    assert len(kinds.get("onednn.qconv_pointwise.default", [])) == 2
+    assert "aten.convolution.default" not in kinds
+    with torch.no_grad():
+        diff = (lowered(x[:8]) - q(x[:8])).abs()
+    assert torch.all(diff <= last_conv_step_bound(q)[None, :, None, None] + 1e-5)
+
+
+def test_asymmetric_weights_are_rejected_with_the_layer_named(tmp_path):
+    q, x = small_net()
+    conv = [m for m in q.modules() if isinstance(m, QuantConv2d)][1]
+    conv.weight_quant.zero_point[3] = 5
+    with pytest.raises(onnx_qdq.ExportError, match=r"^1: weight zero points must all be 0.*1 of 4 are nonzero"):
+        onnx_qdq.export_qdq(q, x[:2], tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()
+    with pytest.raises(onnx_qdq.ExportError, match="weight zero points"):
+        pt2.decompose(q)
+
+
+def test_uncalibrated_or_non_8bit_activations_are_rejected(tmp_path):
+    q = quantize_model(nn.Sequential(nn.Conv2d(3, 4, 1)).eval(), QuantSpec())
+    with pytest.raises(onnx_qdq.ExportError, match="not calibrated"):
+        onnx_qdq.export_qdq(q, torch.zeros(1, 3, 4, 4), tmp_path / "q.onnx")
+    q6, x = small_net()
+    q6 = quantize_model(nn.Sequential(nn.Conv2d(3, 4, 1)).eval(), QuantSpec(a_bits=6))
+    with pytest.raises(onnx_qdq.ExportError, match=r"8-bit unsigned activations only"):
+        onnx_qdq.check_exportable(q6)
+
+
+def test_corrupted_export_files_fail_to_load_with_a_clear_error(tmp_path):
+    q, x = small_net()
+    path = tmp_path / "q.onnx"
+    onnx_qdq.export_qdq(q, x[:2], path)
+    digest = rt.sha256(path)
+    rt.check_file(path, digest)  # intact
+    data = bytearray(path.read_bytes())
+    path.write_bytes(bytes(data[: len(data) // 2]))  # truncated
+    with pytest.raises(rt.ExportFileError, match=r"q\.onnx.*not a valid ONNX model"):
+        rt.session(path, threads=1)
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))  # one flipped byte: caught by the recorded digest
+    with pytest.raises(rt.ExportFileError, match=r"q\.onnx.*sha256"):
+        rt.check_file(path, digest)
+    with pytest.raises(rt.ExportFileError, match="does not exist"):
+        rt.check_file(tmp_path / "missing.onnx")
+    p2 = tmp_path / "q.pt2"
+    pt2.export_program(pt2.decompose(q), x[:2].clone(), p2)
+    p2.write_bytes(p2.read_bytes()[:1000])
+    with pytest.raises(RuntimeError, match=r"q\.pt2.*cannot be loaded"):
+        pt2.load_lowered(p2, x[:2].clone())
+
+
+def test_float_fallbacks_name_the_layers_that_stay_in_float(tmp_path):
+    q, x = small_net(norm=True)
+    onnx_qdq.export_qdq(q, x[:2], tmp_path / "q.onnx")
+    rt.session(tmp_path / "q.onnx", threads=1, optimized_out=tmp_path / "opt.onnx")
+    fb = rt.float_fallbacks(tmp_path / "opt.onnx")
+    assert fb["InstanceNormalization"] == ["1"]  # module path of the norm layer in the Sequential
+    assert any("0" in layers for op, layers in fb.items() if "Conv" in op)  # conv -> instance norm: no requantized output
+    rows = rt.profile(tmp_path / "q.onnx", x[:2].numpy(), threads=1, runs=2)
+    assert abs(sum(r["share"] for r in rows) - 1.0) < 1e-6 and {r["kind"] for r in rows} >= {"float", "qdq"}
+
+
+def test_latency_is_a_median_of_interleaved_calls():
+    calls = []
+    lat = rt.latency({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4 and set(lat) == {"a", "b"} and all(v >= 0 for v in lat.values())

@@ -1,0 +1,228 @@
+"""Exact ONNX export of a fake-quantized generator: QuantizeLinear/DequantizeLinear pairs with the
+scales and zero points the method learned, and integer weights folded in.
+
+How a quantized model (:func:`workflow_src.quant.quantize_model`) becomes an integer ONNX model:
+
+1. every weight quantizer must be symmetric (all zero points 0): nonzero weight zero points are
+   rejected (:class:`ExportError`), because compiled integer kernels may silently mishandle them;
+2. the model is traced by PyTorch's TorchScript ONNX exporter, which writes each fused fake-quant op
+   as a ``QuantizeLinear -> DequantizeLinear`` pair with the same scale and zero point (uint8 for
+   the unsigned activation grid ``[0, 255]``, int8 for signed weights).  Weights narrower than 8 bits
+   are first snapped to their grid and exported on the int8 grid: the integers are the same;
+3. :func:`fold_weights` replaces every ``QuantizeLinear`` of a constant weight by the integer tensor
+   itself, so the file holds int8 weights that feed ``DequantizeLinear`` directly; 4-bit weights are
+   stored as ONNX ``INT4`` (packed two per byte, which needs opset 21: the graph is converted with
+   ``onnx.version_converter``).  No runtime here has an int4 convolution: those weights are
+   dequantized to float at load or run time (the report says so);
+4. the file is checked (``onnx.checker``) and written atomically.
+
+Nothing is recalibrated: the integers and scales in the file are exactly the quantizers' own.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..quant.modules import QuantConv2d, QuantLinear
+from ..quant.quantizer import FakeQuantizer, fake_quantize
+from ..quant.transform import activation_quantizers, weight_quantizers
+from ..utils import atomic_path
+
+OPSET = 17  # opset of the traced graph; INT4 weights need 21 (converted after folding)
+INT4_OPSET = 21
+
+
+class ExportError(ValueError):
+    """A model that cannot be exported exactly (the message names the layer and the value)."""
+
+
+def _named_weight_quantizers(model: nn.Module) -> List[Tuple[str, FakeQuantizer]]:
+    return [(name, m.weight_quant) for name, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+
+
+def check_exportable(model: nn.Module) -> Dict[str, int]:
+    """Raise :class:`ExportError` unless every quantizer can be written as ONNX Q/DQ exactly.
+
+    Weights: symmetric, zero point 0, 2..8 bits.  Activations: 8-bit unsigned (ONNX uint8).
+    Returns the weight bit width (``{"w_bits": b}``; a model has one)."""
+    bits = set()
+    for name, q in _named_weight_quantizers(model):
+        if not isinstance(q, FakeQuantizer):
+            raise ExportError(f"{name}.weight_quant is a {type(q).__name__}: export needs static quantizers (FakeQuantizer)")
+        zp = q.zero_point
+        if not q.symmetric or bool((zp != 0).any()):
+            bad = int(zp.ne(0).sum())
+            raise ExportError(f"{name}: weight zero points must all be 0 (symmetric weights); {bad} of {zp.numel()} are nonzero "
+                              f"(e.g. {int(zp[zp.ne(0)][0]) if bad else 0}) -- integer kernels can silently mishandle them")
+        if not 2 <= q.bits <= 8:
+            raise ExportError(f"{name}: {q.bits}-bit weights cannot be stored in int8")
+        bits.add(q.bits)
+    for i, q in enumerate(activation_quantizers(model)):
+        if not isinstance(q, FakeQuantizer):
+            raise ExportError(f"activation quantizer {i} is a {type(q).__name__}: export needs static quantizers")
+        if q.symmetric or (q.qmin, q.qmax) != (0, 255):
+            raise ExportError(f"activation quantizer {i}: {q.bits}-bit {'symmetric' if q.symmetric else 'affine'} grid "
+                              f"[{q.qmin}, {q.qmax}]; ONNX export supports 8-bit unsigned activations only")
+        if not bool(q.calibrated):
+            raise ExportError(f"activation quantizer {i} is not calibrated")
+    if len(bits) > 1:
+        raise ExportError(f"mixed weight bit widths {sorted(bits)}: one width per model")
+    return {"w_bits": bits.pop() if bits else 8}
+
+
+@torch.no_grad()
+def _on_int8_grid(model: nn.Module) -> nn.Module:
+    """A copy whose sub-8-bit weights are snapped to their grid and re-expressed on the int8 grid
+    (same integers, same scales): what the TorchScript exporter can write."""
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, (QuantConv2d, QuantLinear)) and m.weight_quant.bits < 8:
+            q = m.weight_quant
+            m.weight.copy_(fake_quantize(m.weight, q.scale, q.zero_point, q.qmin, q.qmax, q.axis))
+            q.qmin, q.qmax = -128, 127
+    return model
+
+
+def _trace(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Trace at the batch size of ``example``.  The batch size is static: with a symbolic batch the
+    TorchScript exporter loses the channel count of StyleGAN's broadcast noise and constant input
+    and cannot write instance norm, and the dynamo exporter cannot trace fused fake-quant ops."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=OPSET, input_names=["input"],
+                          output_names=["output"], do_constant_folding=True)
+
+
+def _constants(graph) -> Dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in values:  # the exporter shares constants this way
+            values[node.output[0]] = values[node.input[0]]
+    return values
+
+
+def fold_weights(model_proto, w_bits: int) -> int:
+    """Replace each ``QuantizeLinear`` whose input is a constant by its integer tensor (constant
+    folding of the quantization: weights, and constant operands such as StyleGAN's noise strengths).
+
+    Signed (int8 zero point) nodes are weights: ``clamp(round(w * (1/s)), -2^(b-1), 2^(b-1) - 1)``,
+    stored as INT4 when ``w_bits`` is 4; unsigned ones ``clamp(round(w * (1/s)) + z, 0, 255)`` as
+    uint8 (float32, round half to even: exactly the integers PyTorch's fake-quant kernels use, also
+    at ties such as the symmetric range's end ``amax / s = 127.5``).  Returns the number folded."""
+    from onnx import numpy_helper
+
+    g = model_proto.graph
+    consts = _constants(g)
+    consumers: Dict[str, int] = {}
+    for node in g.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    lo, hi = -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1
+    keep, new_inits, dropped, folded, int4 = [], [], set(), 0, set()
+    for node in g.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in consts:
+            keep.append(node)
+            continue
+        w, scale = consts[node.input[0]].astype(np.float32), consts[node.input[1]].astype(np.float32)
+        zp = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
+        signed = zp.dtype == np.int8  # weights are signed; constant activation operands (e.g. noise strengths) uint8
+        if signed and np.any(zp != 0):
+            raise ExportError(f"{node.name}: weight zero point {zp.ravel()[:4]} is not 0")
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and scale.size > 1:
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        name = node.output[0]  # the DequantizeLinear keeps reading this name: now an initializer
+        inv = np.float32(1.0) / scale  # float32 x * (1 / s): PyTorch's fake-quant kernels, so ties round alike
+        if signed:
+            ints = np.clip(np.rint(w * inv), lo, hi)
+        else:
+            ints = np.clip(np.rint(w * inv) + zp.astype(np.float32), 0, 255)
+        if signed and w_bits == 4:
+            import ml_dtypes  # onnx's own dependency: numpy int4, packed two per byte by from_array
+
+            t = numpy_helper.from_array(ints.astype(ml_dtypes.int4), name)
+            int4.add(name)
+        else:
+            t = numpy_helper.from_array(ints.astype(zp.dtype), name)
+        new_inits.append(t)
+        folded += 1
+        for src in node.input:  # drop the float weight when nothing else reads it
+            consumers[src] -= 1
+            if consumers[src] == 0:
+                dropped.add(src)
+    del g.node[:]
+    g.node.extend(n for n in keep if not (n.op_type == "Constant" and n.output[0] in dropped))
+    inits = [i for i in g.initializer if i.name not in dropped]
+    del g.initializer[:]
+    g.initializer.extend(inits + new_inits)
+    folded_names = {t.name for t in new_inits}  # now initializers: drop stale inferred types (int8 vs INT4)
+    infos = [vi for vi in g.value_info if vi.name not in folded_names]
+    del g.value_info[:]
+    g.value_info.extend(infos)
+    if int4:  # DequantizeLinear wants its zero point in the type of its input
+        _int4_zero_points(model_proto, int4)
+    return folded
+
+
+def _int4_zero_points(model_proto, int4_names) -> None:
+    """DequantizeLinear needs its zero point in the input's type: rewrite the zero points of the
+    nodes that read INT4 weights as INT4 zeros."""
+    import ml_dtypes
+    from onnx import numpy_helper
+
+    g = model_proto.graph
+    consts = _constants(g)
+    for node in g.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in int4_names and len(node.input) > 2 and node.input[2]:
+            zp = consts[node.input[2]]
+            name = node.input[2] + "_int4"
+            g.initializer.append(numpy_helper.from_array(np.zeros(zp.shape, ml_dtypes.int4), name))
+            node.input[2] = name
+
+
+def export_qdq(model: nn.Module, example: torch.Tensor, out: str | Path) -> Dict[str, object]:
+    """Export the fake-quantized ``model`` to ``out`` (ONNX, QDQ, integer weights).  Returns what
+    was written: opset, weight bits, number of folded weights and Q/DQ pairs."""
+    import onnx
+
+    info = check_exportable(model)
+    w_bits = int(info["w_bits"])
+    with atomic_path(out) as tmp:
+        _trace(_on_int8_grid(model), example, tmp)
+        proto = onnx.load(str(tmp))
+        opset = OPSET
+        if w_bits == 4:  # INT4 tensors exist from opset 21 on: convert while the weights are still float
+            proto = _convert_opset(proto, INT4_OPSET)
+            opset = INT4_OPSET
+        folded = fold_weights(proto, 4 if w_bits == 4 else 8)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+    n_q = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    return {"opset": opset, "w_bits": w_bits, "folded_weights": folded, "activation_qdq": n_q,
+            "weight_storage": "int4 packed (2 per byte)" if w_bits == 4 else "int8"}
+
+
+def _convert_opset(proto, opset: int):
+    """Upgrade the graph's default-domain opset (the INT4 weights are already in place)."""
+    from onnx import version_converter
+
+    return version_converter.convert_version(proto, opset)
+
+
+def export_float(model: nn.Module, example: torch.Tensor, out: str | Path) -> None:
+    """The FP32 baseline through the same exporter and opset."""
+    with atomic_path(out) as tmp:
+        _trace(copy.deepcopy(model).eval(), example, tmp)

@@ -1,0 +1,184 @@
+"""The PyTorch 2 integer path: the fake-quantized generator rewritten with PyTorch's
+``quantized_decomposed`` ops, captured by ``torch.export`` and lowered for x86 CPUs by torchao
+(``lower_pt2e_quantized_to_x86``: freezing passes that turn ``dequantize -> conv/linear`` groups
+into oneDNN int8 kernels with float output, ``onednn.qconv_pointwise``/``qlinear_pointwise``).
+
+The rewrite is exact: each activation quantizer becomes ``quantize_per_tensor`` then
+``dequantize_per_tensor`` with its own scale and zero point, each weight its integer tensor (int8
+storage; 4-bit weights keep the 4-bit range ``[-8, 7]`` in int8 bytes) and ``dequantize_per_channel``
+(or ``_per_tensor``) with zero point 0.  Nothing is recalibrated.  The file written is the exported
+program (``torch.export.save``) of the rewritten model; lowering happens at load time because
+oneDNN's prepacked weights are machine-specific.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from ..quant.modules import QuantConv2d, QuantLinear, QuantOp
+from ..quant.quantizer import FakeQuantizer
+from ..utils import atomic_path
+from .onnx_qdq import check_exportable
+
+RUNTIME = "pt2e-x86"
+# Float kernels left in a lowered graph that an all-integer deployment would run on integers.
+FLOAT_COMPUTE = {
+    "aten.convolution.default", "aten.addmm.default", "aten.mm.default", "aten.bmm.default",
+    "aten._native_batch_norm_legit.no_stats", "aten._native_batch_norm_legit_no_training.default",
+    "aten._softmax.default", "aten.add.Tensor", "aten.mul.Tensor", "aten.cat.default",
+}
+
+
+def _ops():
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401  registers the x86 lowering patterns
+
+    return torch.ops.quantized_decomposed
+
+
+class ActQDQ(nn.Module):
+    """``dequantize(quantize(x))`` on the unsigned 8-bit grid with fixed Python-scalar qparams."""
+
+    def __init__(self, q: FakeQuantizer):
+        super().__init__()
+        self.scale, self.zero_point = float(q.scale.reshape(())), int(q.zero_point.reshape(()))
+        self.qmin, self.qmax = q.qmin, q.qmax
+
+    def forward(self, x):
+        qd = _ops()
+        xq = qd.quantize_per_tensor.default(x, self.scale, self.zero_point, self.qmin, self.qmax, torch.uint8)
+        return qd.dequantize_per_tensor.default(xq, self.scale, self.zero_point, self.qmin, self.qmax, torch.uint8)
+
+
+class IntWeight(nn.Module):
+    """The integer weight and its dequantization; ignores the (removed) float weight it is given.
+    A per-tensor scale is written per channel (the same value repeated: exact), because the x86
+    lowering only recognises per-channel weight dequantization."""
+
+    def __init__(self, q: FakeQuantizer, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("int_weight", q.integer(weight.detach()).to(torch.int8))
+        self.qmin, self.qmax = q.qmin, q.qmax
+        self.register_buffer("scales", q.scale.detach().float().reshape(-1).expand(weight.shape[0]).clone())
+        self.register_buffer("zero_points", torch.zeros(weight.shape[0], dtype=torch.int64))
+
+    def forward(self, _unused=None):
+        return _ops().dequantize_per_channel.default(self.int_weight, self.scales, self.zero_points, 0, self.qmin, self.qmax, torch.int8)
+
+
+class _IntConv(nn.Module):
+    def __init__(self, m: QuantConv2d):
+        super().__init__()
+        self.input_quant, self.weight = ActQDQ(m.input_quant), IntWeight(m.weight_quant, m.weight)
+        self.bias = None if m.bias is None else nn.Parameter(m.bias.detach().clone(), requires_grad=False)
+        self.stride, self.padding, self.dilation, self.groups = m.stride, m.padding, m.dilation, m.groups
+        if m.padding_mode != "zeros":
+            self.pad = (m._reversed_padding_repeated_twice, m.padding_mode)
+            self.padding = 0
+        else:
+            self.pad = None
+
+    def forward(self, x):
+        if self.pad is not None:  # reflect/replicate padding copies values, so it commutes with quantization:
+            x = nn.functional.pad(x, self.pad[0], mode=self.pad[1])  # pad first, so dequant feeds the conv
+        x = self.input_quant(x)
+        return nn.functional.conv2d(x, self.weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class _IntLinear(nn.Module):
+    def __init__(self, m: QuantLinear):
+        super().__init__()
+        self.input_quant, self.weight = ActQDQ(m.input_quant), IntWeight(m.weight_quant, m.weight)
+        self.bias = None if m.bias is None else nn.Parameter(m.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x):
+        return nn.functional.linear(self.input_quant(x), self.weight(), self.bias)
+
+
+class _IntOp(nn.Module):
+    def __init__(self, m: QuantOp):
+        super().__init__()
+        self.op = m.op
+        self.operand_quant = nn.ModuleList(ActQDQ(q) for q in m.operand_quant)
+
+    def forward(self, *xs):
+        return self.op.compute(*(q(x) for q, x in zip(self.operand_quant, xs)))
+
+
+def decompose(model: nn.Module) -> nn.Module:
+    """A copy of the fake-quantized ``model`` on ``quantized_decomposed`` ops, integer weights only."""
+    check_exportable(model)
+    model = copy.deepcopy(model).eval()
+    _swap(model)
+    return model
+
+
+def _swap(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, QuantConv2d):
+            setattr(module, name, _IntConv(child))
+        elif isinstance(child, QuantLinear):
+            setattr(module, name, _IntLinear(child))
+        elif isinstance(child, QuantOp):
+            setattr(module, name, _IntOp(child))
+        else:
+            _swap(child)
+
+
+def export_program(model: nn.Module, example: torch.Tensor, out: str | Path) -> None:
+    """``torch.export`` of ``model`` (decomposed int8 or FP32) saved to ``out`` (``.pt2``)."""
+    with torch.no_grad():
+        ep = torch.export.export(model.eval(), (example,))
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        torch.export.save(ep, fh)
+
+
+def lower_x86(ep: "torch.export.ExportedProgram", example: torch.Tensor) -> torch.fx.GraphModule:
+    """Lower an exported program for x86: decompose to the core ATen set, then run Inductor's
+    freezing passes with torchao's x86 patterns registered (int8 weight prepack, ``dequant ->
+    conv/linear`` to oneDNN int8 kernels) and fold constants -- the steps of torchao's
+    ``lower_pt2e_quantized_to_x86``, applied to the saved program itself instead of a re-export."""
+    from torch._inductor.constant_folding import constant_fold
+    from torch._inductor.fx_passes.freezing_patterns import freezing_passes
+
+    _ops()
+    with torch.no_grad():
+        table = {k: v for k, v in torch.export.default_decompositions().items() if torch._export.utils._is_cia_op(k)}
+        gm = ep.run_decompositions(table).module()
+        for node in list(gm.graph.nodes):
+            if node.target == torch.ops.aten.view.default:  # oneDNN may hand back channels-last outputs
+                node.target = torch.ops.aten.reshape.default
+            if node.target == torch.ops.aten.t.default:  # aten.t -> permute, which the linear patterns expect
+                with gm.graph.inserting_before(node):
+                    perm = gm.graph.call_function(torch.ops.aten.permute.default, args=(node.args[0], [1, 0]))
+                node.replace_all_uses_with(perm)
+                gm.graph.erase_node(node)
+        gm.recompile()
+        freezing_passes(gm, (example,))
+        constant_fold(gm)
+    return gm
+
+
+def load_lowered(path: str | Path, example: torch.Tensor) -> torch.nn.Module:
+    """Load a saved program and lower it for x86 (oneDNN int8 kernels where the graph is quantized)."""
+    _ops()
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as e:
+        raise RuntimeError(f"export file {str(path)!r} cannot be loaded as a torch.export program: {type(e).__name__}: {str(e)[:200]}") from None
+    return lower_x86(ep, example)
+
+
+def kernel_kinds(lowered: torch.nn.Module) -> Dict[str, List[str]]:
+    """Call targets of the lowered graph (``onednn.qconv_pointwise`` = integer kernel), each with
+    the module paths (from ``torch.export``'s ``nn_module_stack``) of the nodes that call it."""
+    kinds: Dict[str, List[str]] = {}
+    for n in lowered.graph.nodes:
+        if n.op == "call_function":
+            stack = n.meta.get("nn_module_stack") or {}
+            path = list(stack.values())[-1][0] if stack else n.name
+            kinds.setdefault(str(n.target), []).append(path)
+    return kinds

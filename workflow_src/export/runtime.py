@@ -1,0 +1,168 @@
+"""Running exported generators on onnxruntime's CPU provider: loading (checked), latency, the
+per-layer profile, and which layers stay in float.
+
+onnxruntime turns a ``DequantizeLinear -> op -> QuantizeLinear`` group into one integer kernel
+(``QLinearConv``, ``QLinearMul``, ``QLinearAdd``, ...) only when the op's output is quantized again.
+An op whose output stays float (a convolution followed by instance norm, say) keeps running in float
+on dequantized inputs: :func:`float_fallbacks` names those layers from the graph onnxruntime actually
+runs, and :func:`profile` measures how the time splits between integer and float kernels.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+
+# Kernels that compute on integers (onnxruntime CPU, default and com.microsoft domains).
+INT_KERNELS = {
+    "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearLeakyRelu", "QLinearSigmoid",
+    "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSoftmax", "QLinearConvTranspose",
+    "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearReduceMean",
+    "QLinearWhere", "NhwcQLinearConv",
+}
+# Float kernels that a full int8 deployment would run on integers (what the report must name).
+FLOAT_COMPUTE = {
+    "Conv", "FusedConv", "NchwcConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul",
+    "InstanceNormalization", "BatchNormalization", "Softmax", "Add", "Mul", "Sum", "Concat", "Resize", "Upsample",
+}
+# Data movement between domains: not compute, but time.
+QDQ = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+
+RUNTIME = "onnxruntime"
+
+
+class ExportFileError(RuntimeError):
+    """An export file that is missing, corrupted or not the one the metadata describes."""
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def runtime_name() -> str:
+    import onnxruntime as ort
+
+    return f"{RUNTIME}-{ort.__version__}-cpu"
+
+
+def check_file(path: str | Path, expected_sha256: str | None = None) -> None:
+    """Raise :class:`ExportFileError` naming ``path`` unless it is a valid ONNX model (and, when
+    given, has the expected sha256)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportFileError(f"export file {str(path)!r} does not exist")
+    if expected_sha256 and sha256(path) != expected_sha256:
+        raise ExportFileError(f"export file {str(path)!r}: sha256 {sha256(path)[:12]}... differs from the recorded {expected_sha256[:12]}... (corrupted or replaced)")
+    try:
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    except Exception as e:  # onnx raises DecodeError, ValidationError, ...: one clear message
+        raise ExportFileError(f"export file {str(path)!r} is not a valid ONNX model: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+
+
+def session(path: str | Path, threads: int, optimized_out: str | Path | None = None, profile_prefix: str | None = None,
+            expected_sha256: str | None = None):
+    """An onnxruntime CPU session with every graph optimisation on and ``threads`` intra-op threads
+    (inter-op 1: the same thread budget as PyTorch with ``torch.set_num_threads``)."""
+    import onnxruntime as ort
+
+    check_file(path, expected_sha256)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if optimized_out:
+        so.optimized_model_filepath = str(optimized_out)
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run(sess, x: np.ndarray, batch: int) -> np.ndarray:
+    """Outputs for ``x`` in chunks of ``batch`` (the graph takes any batch size)."""
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def latency(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int) -> Dict[str, float]:
+    """Median seconds of each callable, measured interleaved (one call of each per round) after
+    ``warmup`` rounds, so that drifting machine load hits every candidate alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _layer(node_name: str) -> str:
+    """``/blocks.0/conv1/Conv`` -> ``blocks.0.conv1`` (the module path the exporter encodes)."""
+    parts = [p for p in node_name.split("/") if p]
+    return ".".join(parts[:-1]) if len(parts) > 1 else node_name
+
+
+def kernel_kinds(optimized_path: str | Path) -> Dict[str, List[str]]:
+    """Op types of the graph onnxruntime runs, each with the layers (module paths) that use it."""
+    import onnx
+
+    kinds: Dict[str, List[str]] = defaultdict(list)
+    for node in onnx.load(str(optimized_path)).graph.node:
+        kinds[node.op_type].append(_layer(node.name))
+    return dict(kinds)
+
+
+def float_fallbacks(optimized_path: str | Path) -> Dict[str, List[str]]:
+    """Float compute kernels left in the optimised graph, by op type, with their layers."""
+    return {op: sorted(set(layers)) for op, layers in kernel_kinds(optimized_path).items() if op in FLOAT_COMPUTE}
+
+
+def profile(path: str | Path, x: np.ndarray, threads: int, runs: int) -> List[Dict[str, object]]:
+    """onnxruntime's per-node profile over ``runs`` calls on ``x``, summed by op type: rows of
+    ``op``, ``kind`` (int / float / qdq / other), ``ms`` (mean per call) and ``share``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = session(path, threads, profile_prefix=str(Path(tmp) / "ort"))
+        name = sess.get_inputs()[0].name
+        sess.run(None, {name: x})  # warm-up (also profiled: excluded below by taking the last `runs`)
+        for _ in range(runs):
+            sess.run(None, {name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_run: Dict[str, List[float]] = defaultdict(list)
+    node_events = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")]
+    for e in node_events:
+        per_run[e["args"].get("op_name", "?")].append(float(e["dur"]) / 1000.0)
+    total_calls = runs + 1
+    rows = []
+    for op, durs in per_run.items():
+        ms = sum(durs) / total_calls
+        kind = "int" if op in INT_KERNELS else "float" if op in FLOAT_COMPUTE else "qdq" if op in QDQ else "other"
+        rows.append({"op": op, "kind": kind, "ms": ms})
+    total = sum(r["ms"] for r in rows) or 1.0
+    for r in rows:
+        r["share"] = r["ms"] / total
+    return sorted(rows, key=lambda r: -r["ms"])
+
+
+def summarize_profile(rows: Sequence[Dict[str, object]]) -> Dict[str, float]:
+    """Share of kernel time by kind (int, float, qdq, other)."""
+    out: Dict[str, float] = defaultdict(float)
+    for r in rows:
+        out[str(r["kind"])] += float(r["share"])
+    return dict(out)

@@ -1,0 +1,188 @@
+"""The ``export`` stages: FP32 and integer exports of each generator, checked against the
+fake-quantized model and timed against FP32 in the same process.
+
+Runtimes (``export.runtimes``):
+
+* ``onnxruntime``: ONNX QDQ file (:mod:`.onnx_qdq`) on onnxruntime's CPU provider;
+* ``pt2e-x86``: ``torch.export`` program on ``quantized_decomposed`` ops (:mod:`.pt2`), lowered to
+  oneDNN int8 kernels by Inductor's freezing passes with torchao's x86 patterns.
+
+Files: ``exports/{arch}/fp/b{B}.{onnx,pt2}`` and ``exports/{arch}/{variant}/b{B}.{onnx,pt2}``, one
+per batch size in ``export.batch_sizes`` (the graphs have a static batch size: see
+:func:`.onnx_qdq._trace`).  The summary JSON holds, per runtime: file size and size ratio, median
+latency of FP32 and int8 and their ratio per batch size (interleaved runs after warm-up, the
+job's thread count), the integer runtime's outputs against the fake-quant model's on the saved
+evaluation inputs (max |diff|, share of pixels within one 8-bit output step 2/255, and qFID between
+the two), the float-fallback layers and the per-op-type profile.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from .. import tracking
+from ..metrics import fid
+from ..utils import torch_load, write_json
+from . import onnx_qdq, pt2, runtime as ort_rt
+
+OUTPUT_STEP = 2.0 / 255.0  # one level of an 8-bit image in [-1, 1]
+EXTENSIONS = {"onnxruntime": "onnx", "pt2e-x86": "pt2"}
+
+
+def _example(inputs: torch.Tensor, b: int) -> torch.Tensor:
+    """``b`` inputs in their own storage (a slice would carry the whole input tensor into an export)."""
+    return inputs[torch.arange(b) % len(inputs)].clone()
+
+
+def _write(model: torch.nn.Module, runtime: str, example: torch.Tensor, out: Path, quantized: bool) -> Dict[str, Any]:
+    if runtime == "onnxruntime":
+        if quantized:
+            return onnx_qdq.export_qdq(model, example, out)
+        onnx_qdq.export_float(model, example, out)
+        return {}
+    if runtime == "pt2e-x86":
+        pt2.export_program(pt2.decompose(model) if quantized else model, example, out)
+        return {}
+    raise ValueError(f"export.runtimes: unknown runtime {runtime!r}; known: {sorted(EXTENSIONS)}")
+
+
+@torch.no_grad()
+def write_exports(cfg: Dict[str, Any], model: torch.nn.Module, inputs: torch.Tensor, out_dir: str | Path, quantized: bool) -> Dict[str, Any]:
+    """One file per runtime and batch size under ``out_dir``; returns what each export wrote."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ecfg = cfg["export"]
+    model = model.eval()
+    if quantized:
+        model(_example(inputs, 1))  # reads each quantizer's `calibrated` flag once, outside tracing
+    info: Dict[str, Any] = {}
+    for rt in ecfg["runtimes"]:
+        for b in ecfg["batch_sizes"]:
+            info[f"{rt}/b{b}"] = _write(model, rt, _example(inputs, b), out_dir / f"b{b}.{EXTENSIONS[rt]}", quantized)
+    return info
+
+
+def export_fp(cfg: Dict[str, Any], arch: str, fp_path: str, inputs_path: str, out_dir: str) -> None:
+    from ..models.layers import bake
+    from ..train import load_generator
+
+    g = bake(load_generator(cfg, arch, fp_path))
+    write_exports(cfg, g, torch_load(inputs_path)["inputs"], out_dir, quantized=False)
+
+
+class _Runner:
+    """Load one exported file and call it on numpy/torch batches."""
+
+    def __init__(self, runtime: str, path: Path, example: torch.Tensor, threads: int, optimized_out: Path | None = None):
+        self.runtime, self.path = runtime, path
+        if runtime == "onnxruntime":
+            self.sess = ort_rt.session(path, threads, optimized_out=optimized_out)
+            self.name = self.sess.get_inputs()[0].name
+        else:
+            self.module = pt2.load_lowered(path, example)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.runtime == "onnxruntime":
+            return torch.from_numpy(self.sess.run(None, {self.name: x.numpy()})[0])
+        with torch.no_grad():
+            return self.module(x)
+
+
+def _run_all(fn, inputs: torch.Tensor, b: int) -> torch.Tensor:
+    n = (len(inputs) // b) * b
+    return torch.cat([fn(inputs[i:i + b]) for i in range(0, n, b)])
+
+
+def _kernels(runtime: str, runner: _Runner, optimized: Path | None) -> Dict[str, Any]:
+    if runtime == "onnxruntime":
+        return {"float_fallbacks": ort_rt.float_fallbacks(optimized)}
+    kinds = pt2.kernel_kinds(runner.module)
+    return {"int_kernels": {t: len(p) for t, p in sorted(kinds.items()) if t.startswith("onednn.q")},
+            "float_fallbacks": {t: sorted(set(p)) for t, p in sorted(kinds.items()) if t in pt2.FLOAT_COMPUTE}}
+
+
+@torch.no_grad()
+def export_variant(cfg: Dict[str, Any], arch: str, variant: str, model_path: str, fp_dir: str, inputs_path: str,
+                   features_path: str, out_dir: str, out: str) -> None:
+    from ..config import Variant
+    from ..stages import _variant_tags, feature_space, load_quantized
+
+    ecfg = cfg["export"]
+    v = Variant.parse(variant)
+    q = load_quantized(cfg, arch, model_path)
+    inputs = torch_load(inputs_path)["inputs"]
+    threads = torch.get_num_threads()
+    with tracking.run("export", cfg, _variant_tags(arch, v), {"export": ecfg}) as run:
+        t0 = time.time()
+        written = write_exports(cfg, q, inputs, out_dir, quantized=True)
+        export_seconds = time.time() - t0
+        check = inputs[: ecfg["check_samples"]]
+        b_max = max(ecfg["batch_sizes"])
+        ref = _run_all(q, check, b_max)
+        fs = feature_space(cfg, features_path)
+        ref_stats = fid.statistics(fs.extract(ref.split(cfg["eval"]["batch_size"])))
+        results: Dict[str, Any] = {}
+        tmp = Path(tempfile.mkdtemp(prefix="ort-"))
+        for rt in ecfg["runtimes"]:
+            ext = EXTENSIONS[rt]
+            res: Dict[str, Any] = {"latency_ms": {}, "fp_latency_ms": {}, "latency_ratio": {}}
+            for b in ecfg["batch_sizes"]:
+                x = _example(inputs, b)
+                opt = tmp / f"b{b}.optimized.onnx" if rt == "onnxruntime" and b == b_max else None
+                qr = _Runner(rt, Path(out_dir) / f"b{b}.{ext}", x, threads, optimized_out=opt)
+                fr = _Runner(rt, Path(fp_dir) / f"b{b}.{ext}", x, threads)
+                lat = ort_rt.latency({"fp": lambda: fr(x), "int": lambda: qr(x)}, ecfg["repeats"], ecfg["warmup"])
+                res["latency_ms"][b], res["fp_latency_ms"][b] = 1e3 * lat["int"], 1e3 * lat["fp"]
+                res["latency_ratio"][b] = lat["int"] / lat["fp"]
+                if b == b_max:
+                    y = _run_all(qr, check, b)
+                    diff = (y - ref).abs()
+                    res["max_abs_diff"] = float(diff.max())
+                    res["within_step"] = float((diff <= OUTPUT_STEP + 1e-6).float().mean())
+                    res["qfid_vs_fakequant"] = fid.frechet_distance(fid.statistics(fs.extract(y.split(cfg["eval"]["batch_size"]))), ref_stats)
+                    res.update(_kernels(rt, qr, opt))
+                    if rt == "onnxruntime":
+                        rows = ort_rt.profile(Path(out_dir) / f"b{b}.{ext}", x.numpy(), threads, ecfg["profile_runs"])
+                        res["profile"] = rows
+                        res["profile_share"] = ort_rt.summarize_profile(rows)
+                    size, fp_size = (Path(out_dir) / f"b{b}.{ext}").stat().st_size, (Path(fp_dir) / f"b{b}.{ext}").stat().st_size
+                    res.update(size_bytes=size, fp_size_bytes=fp_size, size_ratio=size / fp_size,
+                               sha256=ort_rt.sha256(Path(out_dir) / f"b{b}.{ext}"))
+            res["runtime"] = ort_rt.runtime_name() if rt == "onnxruntime" else f"{pt2.RUNTIME}-torch{torch.__version__.split('+')[0]}"
+            results[rt] = res
+        shutil.rmtree(tmp, ignore_errors=True)
+        best = min(results, key=lambda r: results[r]["latency_ratio"][b_max])
+        summary = {**_variant_tags(arch, v), "threads": threads, "batch_sizes": ecfg["batch_sizes"], "check_samples": int(len(ref)),
+                   "export_seconds": export_seconds, "written": written, "runtimes": results, "best_runtime": best,
+                   "weight_storage": "int4 packed (2 per byte) in ONNX; int8 bytes in the PT2 program" if v.w_bits == 4 else "int8"}
+        write_json(out, summary)
+        for rt, res in results.items():
+            run.log_metrics({f"{rt}.latency_ratio_b{b}": r for b, r in res["latency_ratio"].items()})
+            run.log_metrics({f"{rt}.size_ratio": res["size_ratio"], f"{rt}.within_step": res["within_step"],
+                             f"{rt}.qfid_vs_fakequant": res["qfid_vs_fakequant"]})
+        run.log_artifact(out)
+
+
+def summary_row(path: str | Path) -> Dict[str, Any]:
+    """The ``results.csv`` columns of one export summary: the fastest runtime at the largest batch."""
+    import json
+
+    s = json.loads(Path(path).read_text())
+    b_max = str(max(s["batch_sizes"]))
+    best = s["runtimes"][s["best_runtime"]]
+    row = {"arch": s["arch"], "method": s["method"], "per_channel": s["per_channel"], "w_bits": s["w_bits"], "a_bits": s["a_bits"],
+           "runtime": best["runtime"], "size_ratio": best["size_ratio"], "latency_ratio": best["latency_ratio"][b_max],
+           "export_within_step": best["within_step"], "export_qfid": best["qfid_vs_fakequant"]}
+    b_min = str(min(s["batch_sizes"]))
+    row["latency_ratio_b1" if b_min == "1" else f"latency_ratio_b{b_min}"] = best["latency_ratio"][b_min]
+    for rt, res in s["runtimes"].items():
+        key = rt.split("-")[0]
+        row[f"{key}_latency_ratio"] = res["latency_ratio"][b_max]
+        row[f"{key}_size_ratio"] = res["size_ratio"]
+    return row
