@@ -38,7 +38,10 @@ def test_every_artifact_and_finite_metrics(micro_run):
                 assert (micro_run / p).stat().st_size > 0, p
         assert (micro_run / "reports" / f"samples_{arch}.png").exists()
     df = pd.read_csv(micro_run / "reports" / "results.csv")
-    assert list(df.columns) == ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space", "fid_std", "qfid_std"]
+    # the contract's columns first and unchanged, then the integer-export columns (issue 9)
+    assert list(df.columns) == ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space", "fid_std", "qfid_std",
+                                "runtime", "size_ratio", "latency_ratio", "latency_ratio_b1", "export_within_step", "export_qfid",
+                                "onnxruntime_latency_ratio", "onnxruntime_size_ratio", "pt2e_latency_ratio", "pt2e_size_ratio"]
     assert (df["fid_std"] > 0).all() and (df[df["method"] != "fp"]["qfid_std"] > 0).all()
     assert len(df) == len(archs) * (1 + len(variants))
     assert df[["fid", "qfid"]].map(math.isfinite).all().all()
@@ -51,6 +54,21 @@ def test_every_artifact_and_finite_metrics(micro_run):
     sweep = pd.read_csv(micro_run / "reports" / "quantile_sweep.csv")
     assert set(sweep["arch"]) == set(archs) and sweep["qfid"].map(math.isfinite).all()
     assert (micro_run / "reports" / "fig1_quantile_sweep.png").stat().st_size > 0
+    # integer exports of every exported variant: both runtimes, ratios measured, outputs close to the fake-quant model
+    exported = df[df["w_bits"].isin(cfg["export"]["w_bits"]) & (df["method"] != "fp")]
+    assert len(exported) == len(archs) * len([v for v in qcfg.variants(cfg) if v.w_bits in cfg["export"]["w_bits"]])
+    assert exported[["size_ratio", "latency_ratio", "latency_ratio_b1"]].map(lambda x: 0 < x < math.inf).all().all()
+    assert exported["runtime"].str.match(r"^(onnxruntime|pt2e-x86)").all()
+    assert (exported["size_ratio"] < 1).all()
+    assert (exported["export_within_step"] > 0.5).all() and (exported["export_qfid"] < 0.5 * exported["qfid"] + 1e-3).all()
+    assert df[df["method"] == "fp"]["runtime"].isna().all()
+    for arch in archs:
+        summary = json.loads((micro_run / "metrics" / arch / f"{exported['method'].iloc[0]}-tensor-w8a8.export.json").read_text())
+        assert set(summary["runtimes"]) == set(cfg["export"]["runtimes"])
+        for p in (micro_run / "exports" / arch / "fp").iterdir():
+            assert p.suffix in (".onnx", ".pt2") and p.stat().st_size > 0
+    export_md = (micro_run / "reports" / "export.md").read_text()
+    assert "Layers left in float" in export_md and "InstanceNormalization" in export_md and "onednn.qconv_pointwise" in export_md
     # no temporary files left behind
     assert not list(micro_run.rglob("*.tmp"))
 

@@ -211,7 +211,7 @@ def merge_exports(df: pd.DataFrame, export_files: List[str]) -> pd.DataFrame:
     for c in EXPORT_COLUMNS:
         if c not in ex.columns:
             ex[c] = float("nan")
-    key = lambda d: d[KEY].astype(str).agg("|".join, axis=1)  # noqa: E731  per_channel True/False/None as text
+    key = lambda d: d[KEY].apply(lambda r: "|".join(str(x) for x in r), axis=1)  # noqa: E731  variant key as text
     ex = ex.assign(_k=key(ex))[["_k"] + EXPORT_COLUMNS]
     return df.assign(_k=key(df)).merge(ex, on="_k", how="left").drop(columns="_k")
 
