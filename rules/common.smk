@@ -34,6 +34,17 @@ onstart:
 
 
 ARCHS = config["matrix"]["archs"]
+# FP networks: imported from a published checkpoint (rule import_fp) or trained (rule train_fp).
+IMPORTED_ARCHS = qcfg.imported_archs(config)
+TRAINED_ARCHS = [a for a in ARCHS if a not in IMPORTED_ARCHS]
+for _arch in IMPORTED_ARCHS:
+    _path = config["archs"][_arch]["fp_checkpoint"]["path"]
+    if not os.path.exists(_path):
+        raise WorkflowError(
+            f"key 'archs.{_arch}.fp_checkpoint.path' = {_path!r}: no such file (relative to the working directory "
+            f"{os.getcwd()!r}). Put the published checkpoint there (README: 'Published checkpoints'), or set "
+            f"'archs.{_arch}.fp_checkpoint: null' to train {_arch} instead."
+        )
 VARIANTS = [v.name for v in qcfg.variants(config)]
 EXPORT_VARIANTS = [v.name for v in qcfg.variants(config) if v.w_bits in config["export"]["w_bits"]]
 FEATURE_KIND = config["features"]["kind"]
@@ -59,6 +70,15 @@ def resources_of(rule):
     r = qcfg.rule_resources(config, rule)
     # cpus_per_task repeats threads for sbatch, and shows in a dry run (which caps threads at --cores)
     return {"cpus_per_task": r["cpus"], "mem_mb": r["mem_mb"], "runtime": r["runtime"]}
+
+
+def arch_pattern(archs):
+    """A wildcard constraint matching exactly ``archs`` (nothing when empty)."""
+    return "|".join(archs) if archs else "(?!)"
+
+
+def fp_checkpoint(wildcards):
+    return config["archs"][wildcards.arch]["fp_checkpoint"]["path"]
 
 
 def arch_dataset(arch):

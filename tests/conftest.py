@@ -11,3 +11,16 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def published_stylegan_checkpoint(tmp_path_factory):
+    """A full-size checkpoint in rosinality's published layout (random values), written once."""
+    from rosinality_layout import write_published_checkpoint
+
+    path = tmp_path_factory.mktemp("published") / "stylegan-ffhq-128.model"
+    write_published_checkpoint(path)
+    return path

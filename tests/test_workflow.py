@@ -1,6 +1,7 @@
 """The workflow, run for real: the whole DAG on the micro config in a temporary directory."""
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -89,7 +90,17 @@ def test_second_run_is_a_no_op(micro_run):
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
 
 
-def test_paper_plan_is_complete(tmp_path):
+def _with_published_checkpoint(wd, checkpoint):
+    """The paper profile imports StyleGAN from rosinality's checkpoint (configs/paper.yaml); put a
+    fabricated one in the published layout where it expects it."""
+    from rosinality_layout import PAPER_CHECKPOINT
+
+    (wd / PAPER_CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(checkpoint, wd / PAPER_CHECKPOINT)
+
+
+def test_paper_plan_is_complete(tmp_path, published_stylegan_checkpoint):
+    _with_published_checkpoint(tmp_path, published_stylegan_checkpoint)
     proc = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "-n", "--cores", "1", "report", "--configfile", str(ROOT / "configs" / "paper.yaml")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -102,15 +113,16 @@ def test_paper_plan_is_complete(tmp_path):
     assert f"qat {3 * n_qat}" in " ".join(out.split())
 
 
-def test_slurm_profile_plans_the_paper_matrix_with_the_params_resources(tmp_path):
+def test_slurm_profile_plans_the_paper_matrix_with_the_params_resources(tmp_path, published_stylegan_checkpoint):
     """profiles/slurm's dry run of the paper matrix: GPU rules ask for one GPU, CPU rules for none,
     every submitted job for the partition and the cpus/mem/runtime of the params' `resources`."""
+    _with_published_checkpoint(tmp_path, published_stylegan_checkpoint)
     proc = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "--workflow-profile", str(ROOT / "profiles" / "slurm"), "-n",
                                        "report", "--configfile", str(ROOT / "configs" / "paper.yaml")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"])
     gpu_rules = {"train_fp", "distill", "quantize", "qat", "evaluate", "evaluate_fp", "real_stats", "quantile_sweep"}
-    cpu_rules = {"eval_inputs", "fig1", "sample_figure", "report"}
+    cpu_rules = {"eval_inputs", "fig1", "sample_figure", "report", "import_fp", "export_fp", "export"}  # export: CPU runtimes
     seen = set()
     for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", proc.stdout, re.M):
         res = dict(kv.split("=", 1) for kv in resources.split(", "))

@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", nargs="+", required=True)
     stage("real-stats", "feature statistics of real images", "data", "split", "features", "out")
     stage("train", "train a full-precision GAN (resumes from --ckpt)", "arch", "data", "out", "ckpt")
+    stage("import-fp", "import the FP networks from a published checkpoint (archs.<arch>.fp_checkpoint)", "arch", "checkpoint", "out")
     stage("distill", "generate the distillation set", "arch", "data", "fp", "out")
     stage("eval-inputs", "draw the seeded evaluation inputs", "arch", "data", "out")
     sp = stage("quantize", "quantize a generator with one method/variant", "arch", "variant", "fp", "distill", "out", "info")
@@ -93,6 +94,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         stages.real_stats(cfg, args.data, args.split, args.features, args.out)
     elif s == "train":
         stages.train_fp(cfg, args.arch, args.data, args.out, args.ckpt, device())
+    elif s == "import-fp":
+        from .models.importers import import_fp
+
+        import_fp(cfg, args.arch, args.checkpoint, args.out)
     elif s == "distill":
         stages.distill(cfg, args.arch, args.data, args.fp, args.out)
     elif s == "eval-inputs":

@@ -114,6 +114,7 @@ def _semantic_problems(cfg: Dict[str, Any]) -> List[str]:
             problems.append(
                 f"key 'archs.{arch}.model.channels' has {len(ch)} entries; resolution {res} needs {res.bit_length() - 2} (one per level 4..{res})"
             )
+    problems += _checkpoint_problems(cfg)
     for which in ("activation", "weight"):
         for i, (upper, lower) in enumerate(cfg["sweep"][which]):
             if lower >= upper:
@@ -142,6 +143,38 @@ def _semantic_problems(cfg: Dict[str, Any]) -> List[str]:
             f"key 'calibration.images' = {cfg['calibration']['images']} exceeds 'distill.size' = {cfg['distill']['size']} (calibration draws from the distillation set)"
         )
     return problems
+
+
+def _checkpoint_problems(cfg: Dict[str, Any]) -> List[str]:
+    """Published checkpoints (``archs.<arch>.fp_checkpoint``) and the layouts they need."""
+    from .models.importers import UNSUPPORTED
+
+    problems: List[str] = []
+    qat = [m for m in cfg["matrix"]["methods"] if m.endswith("-qat")]
+    for arch, acfg in cfg["archs"].items():
+        layout = acfg["model"].get("layout", "default")
+        if layout != "default" and arch != "stylegan":
+            problems.append(f"key 'archs.{arch}.model.layout' = {layout!r}: only stylegan has layouts")
+        ck = acfg.get("fp_checkpoint")
+        if not ck:
+            continue
+        key = f"archs.{arch}.fp_checkpoint"
+        if ck["format"] in UNSUPPORTED:
+            problems.append(f"key '{key}.format' = {ck['format']!r}: cannot be imported. " + UNSUPPORTED[ck["format"]])
+            continue
+        if arch != "stylegan" or layout != "rosinality":
+            problems.append(f"key '{key}.format' = {ck['format']!r} needs arch stylegan with 'archs.{arch}.model.layout: rosinality' "
+                            f"(got arch {arch!r}, layout {layout!r})")
+        if ck.get("discriminator") is None and qat and arch in cfg["matrix"]["archs"]:
+            problems.append(f"key '{key}.discriminator' is null but 'matrix.methods' lists {qat}: QAT's adversarial loss starts "
+                            "from the FP discriminator; import a checkpoint that holds one (rosinality's 'Model & Optimizer' "
+                            "files: discriminator: discriminator) or drop the QAT methods")
+    return problems
+
+
+def imported_archs(cfg: Dict[str, Any]) -> List[str]:
+    """Archs of the matrix whose FP networks come from a published checkpoint (rule import_fp)."""
+    return [a for a in cfg["matrix"]["archs"] if cfg["archs"][a].get("fp_checkpoint")]
 
 
 def _qat_problems(cfg: Dict[str, Any]) -> List[str]:

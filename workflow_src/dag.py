@@ -24,6 +24,7 @@ STAGES: Dict[str, tuple] = {
     "fetch_inception": ((), ["features.inception"]),
     "real_stats": (("dataset", "split"), ["features", "eval.batch_size"]),
     "train_fp": (("arch",), ["seed", "train", "archs.{arch}.dataset", "archs.{arch}.resolution", "archs.{arch}.model", "archs.{arch}.train"]),
+    "import_fp": (("arch",), ["seed", "archs.{arch}.fp_checkpoint", "archs.{arch}.model", "archs.{arch}.resolution"]),
     "distill": (("arch",), ["seed", "distill", "archs.{arch}.model", "archs.{arch}.resolution"]),
     "eval_inputs": (("arch",), ["seed", "eval.n_samples", "eval.real_split", "archs.{arch}.model"]),
     "quantize": (("arch", "variant"), None),  # depends on the method: see methods.METHOD_PARAMS

@@ -92,6 +92,8 @@ def load_fp_state(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path) -> D
         raise ValueError(f"{str(fp_path)!r} holds a {saved.get('arch')!r} model, expected {arch_name!r}")
     state = arch.init_state(torch.device("cpu"))
     _load_state_dicts(state, saved["state"])
+    if saved.get("imported"):  # a published checkpoint (workflow_src.models.importers.import_fp)
+        state["imported"] = saved["imported"]
     return state
 
 
@@ -102,4 +104,8 @@ def load_generator(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path) -> 
 
 def load_discriminator(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path) -> nn.Module:
     """The trained FP discriminator that judges the generator's outputs."""
-    return make_arch(cfg, arch_name).discriminator(load_fp_state(cfg, arch_name, fp_path))
+    state = load_fp_state(cfg, arch_name, fp_path)
+    if "imported" in state and state["imported"].get("discriminator") is None:
+        raise ValueError(f"{str(fp_path)!r} was imported from {state['imported']['file']!r} without a discriminator "
+                         f"(archs.{arch_name}.fp_checkpoint.discriminator is null): QAT cannot start its adversarial loss")
+    return make_arch(cfg, arch_name).discriminator(state)

@@ -101,3 +101,82 @@ def _replace_plain(module: nn.Module) -> None:
             setattr(module, name, child.to_plain())
         else:
             _replace_plain(child)
+
+
+# -- resampling with fixed filters (rosinality's StyleGAN layout, :mod:`.rosinality`) --------------
+def blur_kernel() -> torch.Tensor:
+    """The fixed ``[1, 2, 1] x [1, 2, 1] / 16`` low-pass filter, shape ``(1, 1, 3, 3)``."""
+    k = torch.tensor([1.0, 2.0, 1.0])
+    return (k[:, None] * k[None, :] / 16.0).view(1, 1, 3, 3)
+
+
+class Blur(nn.Module):
+    """Depthwise 3x3 ``[1, 2, 1] x [1, 2, 1] / 16`` filter (padding 1) after StyleGAN's upsampling.
+
+    A fixed resampling filter, not a learned layer: it is not an ``nn.Conv2d``, so quantization
+    leaves it in float like every other resampling step (an int8 runtime would run it as a
+    depthwise conv with exact power-of-two weights on the dequantized values).  The kernel is a
+    non-persistent buffer: it is never part of a state dict."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("kernel", blur_kernel().repeat(channels, 1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        return F.conv2d(x, self.kernel.to(x.dtype), padding=1, groups=self.channels)
+
+
+class ZeroInsert2d(nn.Module):
+    """Stride-2 zero insertion: ``(N, C, H, W) -> (N, C, 2H-1, 2W-1)`` with ``x`` at the even
+    positions and zeros between.  Followed by a plain convolution it computes a stride-2 transposed
+    convolution exactly, as a layer the quantization transform handles (the zeros are exact in any
+    asymmetric activation grid, whose zero point represents 0).  Built from stack/reshape/slice,
+    so it exports to ONNX without scatter ops."""
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        z = torch.zeros_like(x)
+        x = torch.stack((x, z), dim=3).reshape(n, c, 2 * h, w)[:, :, : 2 * h - 1]
+        z = torch.zeros_like(x)
+        return torch.stack((x, z), dim=4).reshape(n, c, 2 * h - 1, 2 * w)[..., : 2 * w - 1]
+
+
+def blur_average(weight: torch.Tensor) -> torch.Tensor:
+    """rosinality's fused-resampling kernel: the 3x3 kernel zero-padded to 5x5 and averaged over
+    its four 4x4 windows, i.e. the 3x3 kernel convolved with a 2x2 box filter (4x4)."""
+    w = F.pad(weight, [1, 1, 1, 1])
+    return (w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]) / 4
+
+
+class FusedUpConv2d(nn.Module):
+    """rosinality's ``FusedUpsample`` (2x upsampling fused with a 3x3 conv: a stride-2 transposed
+    convolution whose 4x4 kernel is the 3x3 kernel averaged over its four shifts), written as the
+    exactly equivalent zero insertion + 4x4 convolution with padding 2.
+
+    ``weight`` ``(out, in, 3, 3)`` is in ordinary-convolution orientation: the published transposed
+    weight ``W_t`` ``(in, out, 3, 3)`` corresponds to ``flip(W_t, [2, 3]).transpose(0, 1)``
+    (flipping commutes with the shift average).  Equalized learning rate: scaled by
+    ``1/sqrt(in * 9)`` at run time.  :meth:`to_plain` gives ``ZeroInsert2d`` + a plain
+    ``nn.Conv2d`` holding the effective 4x4 kernel, which quantization treats like any conv."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.scale = 1.0 / math.sqrt(in_ch * 9)
+        self.zero_insert = ZeroInsert2d()
+
+    def kernel(self) -> torch.Tensor:
+        return blur_average(self.weight * self.scale)
+
+    def forward(self, x):
+        return F.conv2d(self.zero_insert(x), self.kernel(), self.bias, padding=2)
+
+    def to_plain(self) -> nn.Module:
+        out_ch, in_ch = self.weight.shape[:2]
+        conv = nn.Conv2d(in_ch, out_ch, 4, padding=2)
+        with torch.no_grad():
+            conv.weight.copy_(self.kernel())
+            conv.bias.copy_(self.bias)
+        return nn.Sequential(ZeroInsert2d(), conv)

@@ -186,7 +186,9 @@ class StyleDiscriminator(nn.Module):
 # -- architecture ---------------------------------------------------------------------------------
 @register("stylegan")
 class StyleGAN(LatentEMAGAN):
-    """model_cfg: latent_dim, n_mlp, channels, d_channels (optional mbstd: bool = True).
+    """model_cfg: latent_dim, n_mlp, channels, d_channels (optional mbstd: bool = True; layout:
+    ``default`` (this module's networks) or ``rosinality`` (:mod:`.rosinality`, the layout of the
+    published checkpoint the paper quantizes, with ``from_rgb_activate``)).
     train_cfg: steps, batch_size, lr_g, lr_d, betas, r1_gamma, ema_beta (optional r1_every: int = 1,
     lazy R1 every k steps with the penalty scaled by k, as in StyleGAN2)."""
     block_containers = ("mapping", "blocks", "to_rgb")  # BRECQ reconstruction blocks (workflow_src.quant.blocks)
@@ -201,6 +203,10 @@ class StyleGAN(LatentEMAGAN):
 
     def build_generator(self) -> nn.Module:
         m = self.model_cfg
+        if m.get("layout", "default") == "rosinality":  # published checkpoints (workflow_src.models.rosinality)
+            from .rosinality import RosinalityGenerator
+
+            return RosinalityGenerator(self.latent_dim, int(m["n_mlp"]), list(m["channels"]))
         return StyleGenerator(self.latent_dim, int(m["n_mlp"]), list(m["channels"]))
 
     truncation_doc = "truncation psi = {t} in W"
@@ -220,6 +226,10 @@ class StyleGAN(LatentEMAGAN):
         return model.synthesis(w_avg + truncation * (w - w_avg))
 
     def build_discriminator(self) -> nn.Module:
+        if self.model_cfg.get("layout", "default") == "rosinality":
+            from .rosinality import RosinalityDiscriminator
+
+            return RosinalityDiscriminator(list(self.model_cfg["d_channels"]), bool(self.model_cfg.get("from_rgb_activate", False)))
         return StyleDiscriminator(list(self.model_cfg["d_channels"]), bool(self.model_cfg.get("mbstd", True)))
 
     def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, float]:
