@@ -25,7 +25,7 @@ STAGES: Dict[str, tuple] = {
     "real_stats": (("dataset", "split"), ["features", "eval.batch_size"]),
     "train_fp": (("arch",), ["seed", "train", "archs.{arch}.dataset", "archs.{arch}.resolution", "archs.{arch}.model", "archs.{arch}.train"]),
     "distill": (("arch",), ["seed", "distill", "archs.{arch}.model", "archs.{arch}.resolution"]),
-    "eval_inputs": (("arch",), ["seed", "eval.n_samples", "eval.real_split", "archs.{arch}.model"]),
+    "eval_inputs": (("arch",), ["seed", "eval.n_samples", "eval.real_split", "archs.{arch}.model", "archs.{arch}.resolution"]),
     "quantize": (("arch", "variant"), None),  # depends on the method: see methods.METHOD_PARAMS
     "qat": (("arch", "variant"), None),
     "train_perceptual": ((), ["seed", "perceptual.tinyvgg"]),
