@@ -234,3 +234,116 @@ def test_display_truncation_closed_forms():
     sa = make_arch(cfg, "sagan")
     zt = sa.display_inputs(64, torch.Generator().manual_seed(2), 0.5)
     assert zt.abs().max() <= 0.5 and zt.std() > 0.1
+
+
+# -- per-sample eval noise (StyleGAN) -------------------------------------------------------------
+def _stylegan_with_noise_that_matters(seed=0):
+    from workflow_src.models.stylegan import noise_layers
+
+    torch.manual_seed(seed)
+    arch = make("stylegan")
+    G = arch.build_generator().eval()
+    for _, m in noise_layers(G):
+        nn.init.constant_(m.weight, 0.5)
+    return arch, G
+
+
+def test_stylegan_noise_layers_follow_the_architecture():
+    from workflow_src.models.stylegan import noise_layers, sample_noise
+
+    arch, G = _stylegan_with_noise_that_matters()
+    n_levels = len(CFG["stylegan"][0]["channels"])  # levels 4, 8, 16: two noise layers each
+    expected = [(4 * 2**i, 4 * 2**i) for i in range(n_levels) for _ in range(2)]
+    assert [tuple(m.noise.shape[-2:]) for _, m in noise_layers(G)] == expected
+    noise = sample_noise(G, 5, torch.Generator().manual_seed(0))
+    assert [tuple(t.shape) for t in noise] == [(5, 1, h, w) for h, w in expected]
+
+
+def test_stylegan_fixed_noise_is_per_sample_and_restored():
+    from workflow_src.models.stylegan import fixed_noise, noise_layers, sample_noise
+
+    arch, G = _stylegan_with_noise_that_matters()
+    z = inputs(arch, 1).repeat(2, 1)  # two samples, the same latent
+    with torch.no_grad():
+        buffered = G(z)
+        noise = sample_noise(G, 2, torch.Generator().manual_seed(3))
+        with fixed_noise(G, noise):
+            a = G(z)
+        same = [t[:1].repeat(2, 1, 1, 1) for t in noise]  # sample 1 gets sample 0's noise
+        with fixed_noise(G, same):
+            b = G(z)
+        # the buffer, given explicitly as every sample's noise, is the default eval path
+        with fixed_noise(G, [m.noise.expand(2, -1, -1, -1) for _, m in noise_layers(G)]):
+            c = G(z)
+        after = G(z)
+    assert (a[0] - a[1]).abs().max() > 1e-3  # same latent, different saved noise: different images
+    assert torch.equal(b[0], b[1])  # same latent, same noise: the same image
+    torch.testing.assert_close(b[0], a[0], atol=1e-6, rtol=0)  # sample 0 kept its noise
+    torch.testing.assert_close(c, buffered, atol=1e-6, rtol=0)
+    assert torch.equal(after, buffered) and all(m.fixed is None for _, m in noise_layers(G))
+
+
+def test_stylegan_generate_slices_extras_per_batch():
+    arch, G = _stylegan_with_noise_that_matters()
+    z = inputs(arch, 5)
+    extras = arch.sample_extras(5, torch.Generator().manual_seed(4))
+    assert all(t.dtype == torch.float16 for t in extras["noise"])
+    whole = arch.generate(G, z, 5, extras)
+    batched = arch.generate(G, z, 2, extras)  # batches of 2, 2, 1: each with its own slice
+    torch.testing.assert_close(batched, whole, atol=1e-4, rtol=0)
+    from workflow_src.models.stylegan import fixed_noise
+
+    with torch.no_grad(), fixed_noise(G, [t[3:4].float() for t in extras["noise"]]):
+        alone = G(z[3:4])
+    torch.testing.assert_close(whole[3:4], alone, atol=1e-4, rtol=0)
+    assert not torch.allclose(whole, arch.generate(G, z, 5))  # extras=None: the shared buffers
+
+
+def test_stylegan_fixed_noise_on_a_quantized_model():
+    from workflow_src.models.stylegan import noise_layers
+    from workflow_src.quant import QuantSpec, calibrate, quantize_model, set_quant
+
+    arch, G = _stylegan_with_noise_that_matters()
+    q = quantize_model(G, QuantSpec(w_bits=4, a_bits=8)).eval()
+    calibrate(q, [inputs(arch, 8, seed=7)])
+    assert len(noise_layers(q)) == len(noise_layers(G))
+    z = inputs(arch, 1).repeat(3, 1)
+    extras = arch.sample_extras(3, torch.Generator().manual_seed(5))
+    first, second = arch.generate(q, z, 2, extras), arch.generate(q, z, 3, extras)
+    assert torch.equal(first, second)  # same inputs and noise: identical, batch or not
+    assert (first[0] - first[1]).abs().max() > 1e-3  # per-sample noise reaches the quantized model
+    set_quant(q, weights=False, activations=False)  # the quantized copy, quantizers off, is the FP model:
+    torch.testing.assert_close(arch.generate(q, z, 3, extras), arch.generate(G, z, 3, extras), atol=1e-5, rtol=0)
+
+
+def test_stylegan_noise_count_and_shape_mismatch_are_clear_errors():
+    from workflow_src.models.stylegan import fixed_noise, sample_noise
+
+    arch, G = _stylegan_with_noise_that_matters()
+    noise = sample_noise(G, 2, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"got 5 noise tensors for a model with 6 noise layers \(blocks.0.noise1: \(N, 1, 4, 4\)"):
+        with fixed_noise(G, noise[:5]):
+            pass
+    bad = list(noise)
+    bad[2] = torch.randn(2, 1, 4, 4)  # layer 2 is at 8x8
+    with pytest.raises(ValueError, match=r"noise layer 'blocks.1.noise1': .*\(N, 1, 8, 8\), got \(2, 1, 4, 4\)"):
+        with fixed_noise(G, bad):
+            pass
+    assert all(m.fixed is None for m in G.modules() if hasattr(m, "fixed"))  # a failed set restores
+    bad = [noise[0][:1]] + list(noise[1:])
+    with pytest.raises(ValueError, match=r"disagree on the number of samples: \[1, 2\]"):
+        with fixed_noise(G, bad):
+            pass
+    with pytest.raises(ValueError, match="gave noise for 2 samples, the batch has 3"):
+        with torch.no_grad(), fixed_noise(G, noise):
+            G(inputs(arch, 3))
+    with pytest.raises(ValueError, match=r"rerun eval_inputs"):
+        arch.use_extras(G, {}, slice(None))
+
+
+@pytest.mark.parametrize("name", ["sagan", "cyclegan"])
+def test_archs_without_extras(name):
+    arch = make(name)
+    assert arch.sample_extras(3, torch.Generator().manual_seed(0)) == {}
+    with pytest.raises(ValueError, match=f"{name} takes no extra inputs, got \\['noise'\\]"):
+        arch.use_extras(nn.Identity(), {"noise": []})

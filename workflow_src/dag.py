@@ -26,7 +26,7 @@ STAGES: Dict[str, tuple] = {
     "train_fp": (("arch",), ["seed", "train", "archs.{arch}.dataset", "archs.{arch}.resolution", "archs.{arch}.model", "archs.{arch}.train"]),
     "import_fp": (("arch",), ["seed", "archs.{arch}.fp_checkpoint", "archs.{arch}.model", "archs.{arch}.resolution"]),
     "distill": (("arch",), ["seed", "distill", "archs.{arch}.model", "archs.{arch}.resolution"]),
-    "eval_inputs": (("arch",), ["seed", "eval.n_samples", "eval.real_split", "archs.{arch}.model"]),
+    "eval_inputs": (("arch",), ["seed", "eval.n_samples", "eval.real_split", "archs.{arch}.model", "archs.{arch}.resolution"]),
     "quantize": (("arch", "variant"), None),  # depends on the method: see methods.METHOD_PARAMS
     "qat": (("arch", "variant"), None),
     "train_perceptual": ((), ["seed", "perceptual.tinyvgg"]),

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from .config import FP, Variant
-from .utils import atomic_path, torch_load
+from .utils import atomic_path
 
 
 def figure_variants(cfg: Dict[str, Any]) -> List[Variant]:
@@ -45,19 +45,27 @@ def sample_figure(cfg: Dict[str, Any], arch_name: str, fp_path: str, inputs_path
     import matplotlib.pyplot as plt
 
     from .report import ARCH_TITLES, METHOD_TITLES
-    from .stages import load_quantized
+    from .stages import load_eval_inputs, load_quantized
     from .train import load_generator, make_arch
 
     fcfg = cfg["figures"]
     n, trunc = int(fcfg["samples"]), float(fcfg["truncation"])
     arch = make_arch(cfg, arch_name)
-    if arch.input_kind == "latent":
-        inputs = arch.display_inputs(n, torch.Generator().manual_seed(cfg["seed"] + 505), trunc)
-    else:
-        inputs = torch_load(inputs_path)["inputs"][:n]
+    if arch.input_kind == "latent":  # display latents (truncated), and their own per-sample extras
+        g = torch.Generator().manual_seed(cfg["seed"] + 505)
+        inputs = arch.display_inputs(n, g, trunc)
+        extras = arch.sample_extras(n, g)
+    else:  # the first eval inputs, with their saved extras
+        inputs, extras = load_eval_inputs(inputs_path, arch_name)
+        inputs = inputs[:n]
+
+    def show(model) -> torch.Tensor:  # the same inputs and extras for FP and every variant
+        with arch.use_extras(model, extras, slice(0, len(inputs))):
+            return _strip(arch.display(model, inputs, trunc))
+
     fp_metrics = json.loads((Path(metrics_dir) / f"{FP}.json").read_text())
     rows: List[Tuple[str, List[torch.Tensor]]] = [
-        (f"{METHOD_TITLES[FP]}: FID {_caption(fp_metrics)}", [_strip(arch.display(load_generator(cfg, arch_name, fp_path), inputs, trunc))])]
+        (f"{METHOD_TITLES[FP]}: FID {_caption(fp_metrics)}", [show(load_generator(cfg, arch_name, fp_path))])]
     by_method: Dict[str, List[Variant]] = {}
     for v in figure_variants(cfg):
         by_method.setdefault(v.method, []).append(v)
@@ -65,7 +73,7 @@ def sample_figure(cfg: Dict[str, Any], arch_name: str, fp_path: str, inputs_path
         strips, fids = [], []
         for v in vs:
             model = load_quantized(cfg, arch_name, str(Path(models_dir) / f"{v.name}.pt"))
-            strips.append(_strip(arch.display(model, inputs, trunc)))
+            strips.append(show(model))
             fids.append(f"w{v.w_bits}: {_caption(json.loads((Path(metrics_dir) / f'{v.name}.json').read_text()))}")
         gran = "per-channel" if vs[0].per_channel else "per-tensor"
         rows.append((f"{METHOD_TITLES.get(method, method)} ({gran}, a{vs[0].a_bits}) FID " + " / ".join(fids), strips))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -64,38 +64,45 @@ def train_fp(cfg, arch, data_dir, out, ckpt, device) -> None:
     train(cfg, arch, data_dir, out, ckpt, device)
 
 
-def _inputs(cfg: Dict[str, Any], arch: str, data_dir: str, n: int, seed: int, split: str) -> torch.Tensor:
+def _inputs(cfg: Dict[str, Any], arch: str, data_dir: str, n: int, generator: torch.Generator, split: str) -> torch.Tensor:
     """``n`` generator inputs: seeded latents, or the first ``n`` images of a shuffled source split."""
     a = make_arch(cfg, arch)
-    g = torch.Generator().manual_seed(seed)
     if a.input_kind == "latent":
-        return a.sample_inputs(n, g)
+        return a.sample_inputs(n, generator)
     images = datasets.load_split(data_dir, split)
-    idx = torch.randperm(len(images), generator=g)[:n].sort().values.numpy()
+    idx = torch.randperm(len(images), generator=generator)[:n].sort().values.numpy()
     return datasets.to_tensor(np.asarray(images[idx]))
 
 
-@torch.no_grad()
-def _generate(model, inputs: torch.Tensor, bs: int) -> torch.Tensor:
-    return torch.cat([model(x) for x in inputs.split(bs)])
-
-
 def distill(cfg: Dict[str, Any], arch: str, data_dir: str, fp_path: str, out: str) -> None:
-    """The distillation set: inputs (latents or source images) and the FP generator's outputs."""
-    inputs = _inputs(cfg, arch, data_dir, cfg["distill"]["size"], cfg["seed"] + 101, "train" + ("A" if _two_domain(cfg, arch) else ""))
-    g = load_generator(cfg, arch, fp_path)
-    outputs = _generate(g, inputs, cfg["distill"]["batch_size"])
+    """The distillation set: inputs (latents or source images) and the FP generator's outputs
+    (with the generator's own default extras, e.g. StyleGAN's fixed per-layer noise buffers)."""
+    g = torch.Generator().manual_seed(cfg["seed"] + 101)
+    inputs = _inputs(cfg, arch, data_dir, cfg["distill"]["size"], g, "train" + ("A" if _two_domain(cfg, arch) else ""))
+    outputs = make_arch(cfg, arch).generate(load_generator(cfg, arch, fp_path), inputs, cfg["distill"]["batch_size"])
     torch_save({"arch": arch, "inputs": inputs, "outputs": outputs.half()}, out)
 
 
 def eval_inputs(cfg: Dict[str, Any], arch: str, data_dir: str, out: str) -> None:
-    """The seeded evaluation inputs shared by FP and every quantized variant (for qFID)."""
+    """The seeded evaluation inputs shared by FP and every quantized variant (for qFID): latents or
+    source images (``inputs``) and the arch's per-sample extras (``extras``, drawn after the
+    latents from the same generator; StyleGAN: one noise tensor per noise layer)."""
     two = _two_domain(cfg, arch)
     n = cfg["eval"]["n_samples"]
     if two:
         n = min(n, datasets.read_manifest(data_dir)["splits"][cfg["eval"]["real_split"] + "A"])
-    inputs = _inputs(cfg, arch, data_dir, n, cfg["seed"] + 202, cfg["eval"]["real_split"] + "A" if two else "")
-    torch_save({"arch": arch, "inputs": inputs}, out)
+    g = torch.Generator().manual_seed(cfg["seed"] + 202)
+    inputs = _inputs(cfg, arch, data_dir, n, g, cfg["eval"]["real_split"] + "A" if two else "")
+    extras = make_arch(cfg, arch).sample_extras(len(inputs), g)
+    torch_save({"arch": arch, "inputs": inputs, "extras": extras}, out)
+
+
+def load_eval_inputs(path: str, arch: str) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """``(inputs, extras)`` of an eval inputs file written by :func:`eval_inputs` for ``arch``."""
+    saved = torch_load(path)
+    if saved.get("arch") != arch:
+        raise ValueError(f"{path!r} holds eval inputs of arch {saved.get('arch')!r}, expected {arch!r}")
+    return saved["inputs"], saved.get("extras", {})
 
 
 def _two_domain(cfg, arch) -> bool:
@@ -194,11 +201,10 @@ def _evaluate(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_sta
         model = load_generator(cfg, arch, model_path)
     else:
         model = load_quantized(cfg, arch, model_path)
-    inputs = torch_load(inputs_path)["inputs"]
+    inputs, extras = load_eval_inputs(inputs_path, arch)
     bs = cfg["eval"]["batch_size"]
     t0 = time.time()
-    with torch.no_grad():
-        images = _generate(model, inputs, bs)
+    images = make_arch(cfg, arch).generate(model, inputs, bs, extras)
     gen_seconds = time.time() - t0
     feats = fs.extract(images.split(bs), total=(len(images) + bs - 1) // bs)
     stats = fid.statistics(feats)

@@ -28,12 +28,14 @@ def pair_label(pair) -> str:
 
 def run_sweep(cfg: Dict[str, Any], arch: str, fp_path: str, distill_path: str, inputs_path: str, features_path: str,
               fp_stats_path: str, out_csv: str, out_best: str) -> List[Dict[str, Any]]:
-    from .stages import _generate, feature_space
+    from .stages import feature_space, load_eval_inputs
+    from .train import make_arch
 
     scfg = cfg["sweep"]
     g = load_generator(cfg, arch, fp_path)
     calib = torch_load(distill_path)["inputs"]
-    inputs = torch_load(inputs_path)["inputs"]
+    inputs, extras = load_eval_inputs(inputs_path, arch)
+    a = make_arch(cfg, arch)
     fs = feature_space(cfg, features_path)
     fp_stats = fid.load_stats(fp_stats_path, fs.name)
     bs = cfg["eval"]["batch_size"]
@@ -44,8 +46,7 @@ def run_sweep(cfg: Dict[str, Any], arch: str, fp_path: str, distill_path: str, i
                                                          "weight": {"upper": w_pair[0], "lower": w_pair[1]}}}
         v = Variant("ptq-quantile", bool(scfg["per_channel"]), int(bits), 8)
         q, _, _ = ptq_quantile(g, calib, v, arch_cfg, cfg)
-        with torch.no_grad():
-            images = _generate(q, inputs, bs)
+        images = a.generate(q, inputs, bs, extras)
         stats = fid.statistics(fs.extract(images.split(bs)))
         rows.append({"arch": arch, "act_upper": a_pair[0], "act_lower": a_pair[1], "weight_upper": w_pair[0],
                      "weight_lower": w_pair[1], "w_bits": int(bits), "a_bits": 8, "per_channel": bool(scfg["per_channel"]),

@@ -7,9 +7,10 @@ gets the generator to quantize from ``generator``, and draws generator inputs fr
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable, ContextManager, Dict, Iterator
 
 import torch
 from torch import nn
@@ -86,6 +87,33 @@ class GANArch(ABC):
     def sample_inputs(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` generator inputs drawn with ``generator`` (latent archs only)."""
         raise NotImplementedError(f"{self.name} takes images as input, not latents")
+
+    # -- extra inputs that evaluation fixes ---------------------------------------------------
+    def sample_extras(self, n: int, generator: torch.Generator) -> Dict[str, Any]:
+        """Per-sample inputs besides the generator's argument that evaluation fixes for ``n``
+        samples, drawn with ``generator`` and saved beside the eval inputs, so that FP and every
+        quantized variant see exactly the same ones (StyleGAN: one noise tensor per noise layer).
+        Tensors have the samples on dim 0.  None by default."""
+        return {}
+
+    def use_extras(self, model: nn.Module, extras: Dict[str, Any] | None, index: slice = slice(None)) -> ContextManager:
+        """A context in which ``model`` uses samples ``index`` of ``extras`` (as drawn by
+        :meth:`sample_extras`).  ``None``: the model's own defaults (distillation, calibration,
+        training)."""
+        if extras:
+            raise ValueError(f"{self.name} takes no extra inputs, got {sorted(extras)}")
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def generate(self, model: nn.Module, inputs: torch.Tensor, batch_size: int, extras: Dict[str, Any] | None = None) -> torch.Tensor:
+        """``model`` on ``inputs`` in batches of ``batch_size``, each batch with its slice of
+        ``extras`` (see :meth:`use_extras`)."""
+        out = []
+        for start in range(0, len(inputs), batch_size):
+            index = slice(start, start + batch_size)
+            with self.use_extras(model, extras, index):
+                out.append(model(inputs[index]))
+        return torch.cat(out)
 
     # -- display (figures only; never FID) ---------------------------------------------------
     truncation_doc = "no truncation"  # how display() truncates, ``{t}`` the configured value

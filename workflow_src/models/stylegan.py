@@ -6,6 +6,8 @@ LeakyReLU 0.2) -> w.  Synthesis starts from a learned 4x4 constant; every resolu
 styled convolutions (bilinear upsample + 3x3 conv, except at 4x4 where the constant takes the place
 of the first conv), each followed by noise injection, LeakyReLU and AdaIN; a 1x1 conv maps to RGB.
 The noise, AdaIN modulation and all additions go through :mod:`workflow_src.quant.ops` modules.
+Evaluation feeds per-sample noise saved with the eval inputs (:func:`fixed_noise`, through
+:meth:`StyleGAN.use_extras`); elsewhere eval mode uses each layer's fixed noise map.
 
 The RGB output is linear as in StyleGAN; in eval mode it is clamped to [-1, 1] so that evaluated
 images follow the project's image convention.
@@ -16,8 +18,9 @@ shared with the SAGAN module.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Dict, Iterator, Sequence
+from typing import Any, ContextManager, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -68,23 +71,78 @@ class ConstantInput(nn.Module):
 
 
 class NoiseInjection(nn.Module):
-    """``x + weight * noise`` with a learned per-channel weight; fresh noise in training, a fixed
-    noise map (buffer) in eval mode."""
+    """``x + weight * noise`` with a learned per-channel weight.
+
+    Which noise: fresh ``randn`` in training mode; in eval mode the tensor given to
+    :meth:`set_noise` (one map per sample, what evaluation uses: the per-sample noise saved with
+    the eval inputs, see :func:`fixed_noise`), else the layer's fixed noise map (the ``noise``
+    buffer, seeded by ``NOISE_SEED``, shared by every sample; what distillation, calibration,
+    BRECQ and QAT see)."""
 
     def __init__(self, channels: int, size: int, gen: torch.Generator):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("noise", torch.randn(1, 1, size, size, generator=gen))
+        self.fixed: torch.Tensor | None = None  # set_noise(); not state: never saved, never trained
         self.mul = ops.Mul()
         self.add = ops.Add()
+
+    def set_noise(self, noise: torch.Tensor | None) -> None:
+        """Use ``noise`` of shape ``(N, 1, H, W)`` (``H, W`` the layer's) in eval mode, sample ``i``
+        of every batch of ``N`` getting ``noise[i]``; ``None`` restores the fixed buffer."""
+        if noise is not None:
+            h, w = self.noise.shape[-2:]
+            if noise.dim() != 4 or noise.shape[1] != 1 or tuple(noise.shape[-2:]) != (h, w):
+                raise ValueError(f"noise for this layer must have shape (N, 1, {h}, {w}), got {tuple(noise.shape)}")
+        self.fixed = noise
 
     def forward(self, x):
         n, _, h, w = x.shape
         if self.training:
             noise = torch.randn(n, 1, h, w, device=x.device, dtype=x.dtype)
+        elif self.fixed is not None:
+            if self.fixed.shape[0] != n:
+                raise ValueError(f"set_noise() gave noise for {self.fixed.shape[0]} samples, the batch has {n}")
+            noise = self.fixed.to(device=x.device, dtype=x.dtype)
         else:
             noise = self.noise.expand(n, -1, -1, -1)
         return self.add(x, self.mul(noise, self.weight))
+
+
+def noise_layers(model: nn.Module) -> List[Tuple[str, NoiseInjection]]:
+    """The model's noise injections ``(name, module)`` in module order (quantized copies included:
+    the quantization transform swaps their Mul/Add, not them)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, NoiseInjection)]
+
+
+def sample_noise(model: nn.Module, n: int, generator: torch.Generator) -> List[torch.Tensor]:
+    """One standard normal tensor ``(n, 1, H, W)`` per noise layer of ``model``, in module order."""
+    return [torch.randn(n, 1, *m.noise.shape[-2:], generator=generator) for _, m in noise_layers(model)]
+
+
+@contextlib.contextmanager
+def fixed_noise(model: nn.Module, noises: Sequence[torch.Tensor]) -> Iterator[nn.Module]:
+    """Within the context, ``model`` (FP or quantized) in eval mode injects ``noises[k]`` at its
+    ``k``-th noise layer (:func:`noise_layers` order): per-sample noise, ``noises[k][i]`` for
+    sample ``i`` of the batch.  Every layer's previous setting is restored on exit."""
+    layers = noise_layers(model)
+    if len(noises) != len(layers):
+        shapes = ", ".join(f"{name}: (N, 1, {m.noise.shape[-2]}, {m.noise.shape[-1]})" for name, m in layers)
+        raise ValueError(f"got {len(noises)} noise tensors for a model with {len(layers)} noise layers ({shapes})")
+    sizes = {int(t.shape[0]) for t in noises}
+    if len(sizes) > 1:
+        raise ValueError(f"noise tensors disagree on the number of samples: {sorted(sizes)}")
+    before = [m.fixed for _, m in layers]
+    try:
+        for (name, m), t in zip(layers, noises):
+            try:
+                m.set_noise(t)
+            except ValueError as e:
+                raise ValueError(f"noise layer {name!r}: {e}") from None
+        yield model
+    finally:
+        for (_, m), t in zip(layers, before):
+            m.fixed = t
 
 
 class AdaIN(nn.Module):
@@ -208,6 +266,24 @@ class StyleGAN(LatentEMAGAN):
 
             return RosinalityGenerator(self.latent_dim, int(m["n_mlp"]), list(m["channels"]))
         return StyleGenerator(self.latent_dim, int(m["n_mlp"]), list(m["channels"]))
+
+    def sample_extras(self, n: int, generator: torch.Generator) -> Dict[str, Any]:
+        """Per-sample noise: one tensor ``(n, 1, H, W)`` per noise layer of the generator, in module
+        order, rounded once to float16 (FP and every variant read the same values; it halves the
+        file: ~4.4 GB for 50000 samples at 128x128)."""
+        with torch.random.fork_rng(devices=[]):  # building the generator draws its init from the global RNG
+            model = self.build_generator()
+        return {"noise": [t.half() for t in sample_noise(model, n, generator)]}
+
+    def use_extras(self, model: nn.Module, extras: Dict[str, Any] | None, index: slice = slice(None)) -> ContextManager:
+        """Eval-mode noise from ``extras["noise"]`` (samples ``index``); ``None``: each layer's
+        fixed buffer, shared by all samples (distillation, calibration, BRECQ, QAT)."""
+        if extras is None:
+            return contextlib.nullcontext()
+        if set(extras) != {"noise"}:
+            raise ValueError(f"stylegan extra inputs must be {{'noise': [...]}}, got keys {sorted(extras)} "
+                             "(eval inputs written before per-sample noise? rerun eval_inputs)")
+        return fixed_noise(model, [t[index] for t in extras["noise"]])
 
     truncation_doc = "truncation psi = {t} in W"
 
