@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..quant import ops
 from .layers import Blur, EqualConv2d, EqualLinear, FusedUpConv2d, blur_average
-from .stylegan import NOISE_SEED, AdaIN, ConstantInput, NoiseInjection, PixelNorm
+from .stylegan import AdaIN, NoiseInjection, StyleGenerator
 
 FUSED_FROM = 128  # rosinality fuses up/downsampling with the conv at resolutions >= 128
 
@@ -101,32 +101,13 @@ class RosinalityStyledBlock(nn.Module):
         return self.adain2(self.act2(self.noise2(x, noise)), w)
 
 
-class RosinalityGenerator(nn.Module):
-    """Same interface as :class:`~.stylegan.StyleGenerator` (``mapping``, ``synthesis``, ``blocks``,
+class RosinalityGenerator(StyleGenerator):
+    """:class:`~.stylegan.StyleGenerator` with rosinality's blocks and a mapping network without a
+    learning-rate multiplier: the same interface (``mapping``, ``synthesis``, ``blocks``,
     ``to_rgb``), so display, BRECQ and QAT treat both layouts alike."""
 
-    def __init__(self, latent_dim: int, n_mlp: int, channels: Sequence[int], noise_seed: int = NOISE_SEED):
-        super().__init__()
-        mapping = [PixelNorm()]
-        for _ in range(n_mlp):
-            mapping += [EqualLinear(latent_dim, latent_dim), nn.LeakyReLU(0.2)]
-        self.mapping = nn.Sequential(*mapping)
-        self.const = ConstantInput(channels[0])
-        gen = torch.Generator().manual_seed(noise_seed)
-        self.blocks = nn.ModuleList(
-            RosinalityStyledBlock(channels[max(i - 1, 0)], c, 4 * 2**i, latent_dim, gen, first=(i == 0)) for i, c in enumerate(channels)
-        )
-        self.to_rgb = EqualConv2d(channels[-1], 3, 1)
-
-    def forward(self, z):
-        return self.synthesis(self.mapping(z))
-
-    def synthesis(self, w):
-        x = self.const(w.shape[0])
-        for block in self.blocks:
-            x = block(x, w)
-        out = self.to_rgb(x)
-        return out if self.training else out.clamp(-1.0, 1.0)
+    block_class = RosinalityStyledBlock
+    mapping_lr_mul = 1.0
 
 
 # -- discriminator ------------------------------------------------------------------------------

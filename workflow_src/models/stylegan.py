@@ -182,16 +182,20 @@ class StyledBlock(nn.Module):
 
 
 class StyleGenerator(nn.Module):
+    block_class: type = None  # StyledBlock (set below); layouts such as rosinality's swap the block
+    mapping_lr_mul = 0.01
+
     def __init__(self, latent_dim: int, n_mlp: int, channels: Sequence[int], noise_seed: int = NOISE_SEED):
         super().__init__()
         mapping = [PixelNorm()]
         for _ in range(n_mlp):
-            mapping += [EqualLinear(latent_dim, latent_dim, lr_mul=0.01), nn.LeakyReLU(0.2)]
+            mapping += [EqualLinear(latent_dim, latent_dim, lr_mul=self.mapping_lr_mul), nn.LeakyReLU(0.2)]
         self.mapping = nn.Sequential(*mapping)
         self.const = ConstantInput(channels[0])
         gen = torch.Generator().manual_seed(noise_seed)
+        block = self.block_class or StyledBlock
         self.blocks = nn.ModuleList(
-            StyledBlock(channels[max(i - 1, 0)], c, 4 * 2**i, latent_dim, gen, first=(i == 0)) for i, c in enumerate(channels)
+            block(channels[max(i - 1, 0)], c, 4 * 2**i, latent_dim, gen, first=(i == 0)) for i, c in enumerate(channels)
         )
         self.to_rgb = EqualConv2d(channels[-1], 3, 1)
 
