@@ -116,7 +116,7 @@ def latency(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int) -> 
 
 def _layer(node_name: str) -> str:
     """``/blocks.0/conv1/Conv`` -> ``blocks.0.conv1`` (the module path the exporter encodes)."""
-    parts = [p for p in node_name.split("/") if p]
+    parts = [p.strip() for p in node_name.removeprefix("fused ").split("/") if p.strip()]
     return ".".join(parts[:-1]) if len(parts) > 1 else node_name
 
 
@@ -141,7 +141,7 @@ def profile(path: str | Path, x: np.ndarray, threads: int, runs: int) -> List[Di
     with tempfile.TemporaryDirectory() as tmp:
         sess = session(path, threads, profile_prefix=str(Path(tmp) / "ort"))
         name = sess.get_inputs()[0].name
-        sess.run(None, {name: x})  # warm-up (also profiled: excluded below by taking the last `runs`)
+        sess.run(None, {name: x})  # warm-up: profiled too, and part of the mean below
         for _ in range(runs):
             sess.run(None, {name: x})
         events = json.loads(Path(sess.end_profiling()).read_text())
