@@ -60,7 +60,7 @@ def test_every_artifact_and_finite_metrics(micro_run):
     assert len(exported) == len(archs) * len([v for v in qcfg.variants(cfg) if v.w_bits in cfg["export"]["w_bits"]])
     assert exported[["size_ratio", "latency_ratio", "latency_ratio_b1"]].map(lambda x: 0 < x < math.inf).all().all()
     assert exported["runtime"].str.match(r"^(onnxruntime|pt2e-x86)").all()
-    assert (exported["size_ratio"] < 1).all()
+    assert (exported["onnxruntime_size_ratio"] < 0.5).all()  # int8 weights; the torch.export graph JSON can outweigh micro weights
     # the files as written equal the fake-quant model (float rounding aside); the runtimes' integer kernels
     # round differently at grid boundaries, which moves some pixels but leaves qFID far below quantization's own
     for p in (micro_run / "metrics").rglob("*.export.json"):
@@ -156,12 +156,15 @@ def test_results_rebuilt_from_mlflow_equal_the_metrics_files(micro_run, monkeypa
     from_mlflow = report.results_csv_frame(tracking.results_from_mlflow("micro"))
     from_files = pd.read_csv(micro_run / "reports" / "results.csv", keep_default_na=False)
     from_mlflow.to_csv(micro_run / "from_mlflow.csv", index=False, float_format="%.4f")
-    assert (micro_run / "from_mlflow.csv").read_text() == (micro_run / "reports" / "results.csv").read_text()
+    # the evaluation columns are rebuilt from MLflow; the export columns come from the export summaries
+    lines = (micro_run / "reports" / "results.csv").read_text().splitlines()
+    evaluation = "".join(",".join(line.split(",")[: len(report.COLUMNS)]) + "\n" for line in lines)
+    assert (micro_run / "from_mlflow.csv").read_text() == evaluation
     assert len(from_files) == len(from_mlflow)
     import mlflow
 
     runs = mlflow.search_runs(experiment_names=["qgan-bench-micro"])
-    assert set(runs["tags.stage"]) == {"train", "quantize", "evaluate"}
+    assert set(runs["tags.stage"]) == {"train", "quantize", "evaluate", "export"}
     assert runs["tags.workflow_id"].nunique() == 1
     train = runs[runs["tags.stage"] == "train"]
     history = mlflow.tracking.MlflowClient().get_metric_history(train.iloc[0]["run_id"], "loss_g")
