@@ -3,7 +3,8 @@
 (``lower_pt2e_quantized_to_x86``: freezing passes that turn ``dequantize -> conv/linear`` groups
 into oneDNN int8 kernels with float output, ``onednn.qconv_pointwise``/``qlinear_pointwise``).
 
-The rewrite is exact: each activation quantizer becomes ``quantize_per_tensor`` then
+The rewrite keeps the fake-quant arithmetic (up to activations at exact rounding ties: the decomposed
+ops multiply by a double-precision reciprocal of the scale): each activation quantizer becomes ``quantize_per_tensor`` then
 ``dequantize_per_tensor`` with its own scale and zero point, each weight its integer tensor (int8
 storage; 4-bit weights keep the 4-bit range ``[-8, 7]`` in int8 bytes) and ``dequantize_per_channel``
 (or ``_per_tensor``) with zero point 0.  Nothing is recalibrated.  The file written is the exported
