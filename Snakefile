@@ -5,7 +5,7 @@
 # rules/*.smk, the science in workflow_src/.
 import os
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -14,7 +14,7 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "params.yaml")
 
 
-report: "report/workflow.rst"
+report: "rules/captions/workflow.rst"
 
 
 include: "rules/common.smk"

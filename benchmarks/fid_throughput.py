@@ -32,8 +32,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the random Inception stand-in is a test helper
 
-from workflow_src.metrics import fid  # noqa: E402
+from inception_standin import save_random_fid_inception  # noqa: E402
+from workflow_src.quality import fid  # noqa: E402
 
 
 def main() -> int:
@@ -55,7 +57,7 @@ def main() -> int:
         tmp = Path(tmp)
         hub = Path(args.inception) if args.inception else tmp / "hub"
         if not args.inception:
-            fid.save_random_fid_inception(hub)
+            save_random_fid_inception(hub)
         os.environ["TORCH_HOME"] = str(hub.parent)
         if hub.name != "hub":
             (hub.parent / "hub").symlink_to(hub, target_is_directory=True)

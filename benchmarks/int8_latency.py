@@ -4,7 +4,7 @@ generator, in one process, printing the ratios (issue 9 target: w8a8 <= 0.5x FP3
 
 Generators are freshly initialised at the chosen profile's sizes (latency does not depend on
 trained weights), quantized with vanilla min-max PTQ w8a8 calibrated on a few of their own inputs,
-then exported exactly as the workflow's ``export`` rule does (:mod:`workflow_src.export`).  FP32 and
+then exported exactly as the workflow's ``export`` rule does (:mod:`workflow_src.deploy`).  FP32 and
 int8 are timed interleaved on the same runtime with the same thread count.
 
     python benchmarks/int8_latency.py                                   # tiny profile, every arch
@@ -24,12 +24,12 @@ sys.path.insert(0, str(ROOT))
 
 from workflow_src import config as qcfg  # noqa: E402
 from workflow_src.config import Variant  # noqa: E402
-from workflow_src.export import runtime as rt  # noqa: E402
-from workflow_src.export.stage import EXTENSIONS, _Runner, write_exports  # noqa: E402
-from workflow_src.models.layers import bake  # noqa: E402
+from workflow_src.deploy import runtime as rt  # noqa: E402
+from workflow_src.workflow.export import EXTENSIONS, _Runner, write_exports  # noqa: E402
+from workflow_src.archs.layers import bake  # noqa: E402
 from workflow_src.quant import QuantSpec, quantize_model  # noqa: E402
 from workflow_src.quant.transform import calibrate  # noqa: E402
-from workflow_src.train import make_arch  # noqa: E402
+from workflow_src.workflow.artifacts import make_arch  # noqa: E402
 
 
 def inputs_for(arch, n: int, res: int) -> torch.Tensor:

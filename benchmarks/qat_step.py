@@ -32,9 +32,9 @@ from workflow_src import config as qcfg  # noqa: E402
 from workflow_src.config import Variant  # noqa: E402
 from workflow_src.methods.ptq import spec_for  # noqa: E402
 from workflow_src.methods.qat import _quant_params, _to_lsq, _weight_params, make_loss, qat_params, set_tracking, distill_step  # noqa: E402
-from workflow_src.metrics.perceptual import VGG16_CFG, VGGFeatures  # noqa: E402
+from workflow_src.methods.perceptual import VGG16_CFG, VGGFeatures  # noqa: E402
 from workflow_src.quant import calibrate, map_quantizers, quantize_model  # noqa: E402
-from workflow_src.train import make_arch  # noqa: E402
+from workflow_src.workflow.artifacts import make_arch  # noqa: E402
 
 
 def _opt(params_groups, betas):
@@ -62,7 +62,7 @@ def bench_arch(cfg, arch_name: str, steps: int, per_channel: bool, w_bits: int, 
     acfg["quantiles"] = {"activation": {"upper": 0.999, "lower": 0.001}, "weight": {"upper": 0.9999, "lower": 0.0001}}
     spec = spec_for(Variant("lsq-qat", per_channel, w_bits, 8), "quantile", acfg, cfg)
     models = {}
-    from workflow_src.models.layers import bake
+    from workflow_src.archs.layers import bake
 
     models["fp"] = bake(copy.deepcopy(G)).eval()
     for mode in ("ma-qat", "lsq-qat"):

@@ -1,5 +1,6 @@
-# Config handling and path helpers shared by every rule file.  The experiment matrix comes from
-# workflow_src.config.variants(), the same function the CLI and the report use.
+# Config handling and the stage declarations every rule file uses.  What each rule reads and
+# writes, its params keys and its command are declared once, in workflow_src/workflow/stages.py;
+# the rules add what only Snakemake knows: threads, resources, GPUs, local rules, rule order.
 import os
 import sys
 import uuid
@@ -7,13 +8,13 @@ import uuid
 sys.path.insert(0, workflow.basedir)
 
 from workflow_src import config as qcfg
-from workflow_src import dag
-from workflow_src.methods import METHOD_PARAMS, QAT_METHODS
+from workflow_src import registry
+from workflow_src.workflow import stages as S
+from workflow_src.workflow import tracking
 
-# The schema rejects bad params before any job starts; the CLI checks the same schema again.
-validate(config, str(qcfg.SCHEMA_PATH))
+# Bad params are rejected before any job starts (the CLI checks them again).
 try:
-    qcfg.validate(config)
+    qcfg.validate(config, extra_checks=[S.resources_problems])
 except qcfg.ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -28,8 +29,6 @@ os.environ.setdefault("QGAN_WORKFLOW_ID", uuid.uuid4().hex[:12])
 
 
 onstart:
-    from workflow_src import tracking
-
     tracking.init_store(config["profile"])
 
 
@@ -45,12 +44,8 @@ for _arch in IMPORTED_ARCHS:
             f"{os.getcwd()!r}). Put the published checkpoint there (README: 'Published checkpoints'), or set "
             f"'archs.{_arch}.fp_checkpoint: null' to train {_arch} instead."
         )
-VARIANTS = [v.name for v in qcfg.variants(config)]
-EXPORT_VARIANTS = [v.name for v in qcfg.variants(config) if v.w_bits in config["export"]["w_bits"]]
-FEATURE_KIND = config["features"]["kind"]
-FEATURES = "resources/features/tinycnn.pt" if FEATURE_KIND == "tinycnn" else "resources/inception"
-PERCEPTUAL = {"tinyvgg": "resources/perceptual/tinyvgg.pt", "vgg16": "resources/perceptual/vgg16.pth"}[config["perceptual"]["kind"]]
-QAT_VARIANT = "(%s)-[a-z0-9-]+" % "|".join(QAT_METHODS)
+# Variants built by rule qat (methods that train against the FP generator); the others by quantize.
+QAT_VARIANT = "(%s)-[a-z0-9-]+" % "|".join(registry.trained_methods())
 
 
 wildcard_constraints:
@@ -77,31 +72,42 @@ def arch_pattern(archs):
     return "|".join(archs) if archs else "(?!)"
 
 
-def fp_checkpoint(wildcards):
-    return config["archs"][wildcards.arch]["fp_checkpoint"]["path"]
+def _with_config(path):
+    """A declared path: a pattern as it is, a function of (params, wildcards) as an input function."""
+    return (lambda wildcards: path(config, wildcards)) if callable(path) else path
 
 
-def arch_dataset(arch):
-    return config["archs"][arch]["dataset"]
+def stage_input(rule):
+    return {name: _with_config(a.path) for name, a in S.stage(rule).inputs.items()}
 
 
-def data_dir(wildcards):
-    return f"data/{arch_dataset(wildcards.arch)}"
+def stage_output(rule):
+    out = {}
+    for name, a in S.stage(rule).outputs.items():
+        path = directory(a.path) if a.directory else a.path
+        out[name] = report(path, **a.report) if a.report else path
+    return out
 
 
-def real_split(arch):
-    from workflow_src.data import is_two_domain
-
-    split = config["eval"]["real_split"]
-    return f"{split}B" if is_two_domain(config["datasets"][arch_dataset(arch)]["kind"]) else split
+def _optional_option(name):
+    """``--name path`` when the optional input is there, else nothing."""
+    return lambda wildcards, input: f"{S.option(name)} {input[name]}" if input[name] else ""
 
 
-def real_stats(wildcards):
-    return f"stats/{arch_dataset(wildcards.arch)}-{real_split(wildcards.arch)}.npz"
+def stage_params(rule):
+    st = S.stage(rule)
+    params = {"cfg": PARAMS, "section": lambda wildcards: S.param_values(config, rule, wildcards)}
+    params.update({name: a.path for name, a in st.extra.items()})
+    params.update({S.OPTIONAL_PREFIX + name: _optional_option(name) for name, a in st.inputs.items() if a.optional and not a.many})
+    return params
 
 
-def used_datasets():
-    return sorted({arch_dataset(a) for a in ARCHS})
+def stage_log(rule):
+    return S.stage(rule).log
+
+
+def stage_shell(rule):
+    return S.stage(rule).shell()
 
 
 # Jobs import workflow_src from this checkout, whatever the working directory (-d) is; progress
@@ -109,29 +115,3 @@ def used_datasets():
 shell.prefix(
     "export PYTHONPATH='%s':$PYTHONPATH; export TQDM_MININTERVAL=${{TQDM_MININTERVAL:-3}}; " % workflow.basedir
 )
-
-
-def sweep_best(wildcards):
-    """The sweep's best pair, for methods that read quantiles when the arch asks for `sweep`."""
-    reads = "archs.{arch}.quantiles" in METHOD_PARAMS[qcfg.Variant.parse(wildcards.variant).method]
-    if reads and config["archs"][wildcards.arch]["quantiles"] == "sweep":
-        return f"sweeps/{wildcards.arch}/best.json"
-    return []
-
-
-def perceptual_net(wildcards):
-    """QAT's perceptual network, unless the arch's QAT uses the pixel MSE ablation."""
-    from workflow_src.methods.qat import qat_params
-
-    return PERCEPTUAL if qat_params(config, wildcards.arch)["distill_loss"] == "perceptual" else []
-
-
-def figure_models(wildcards):
-    """The models and metrics a sample figure shows (workflow_src.figures.figure_variants)."""
-    from workflow_src.figures import figure_variants
-
-    vs = [v.name for v in figure_variants(config)]
-    return {
-        "models": [f"models/q/{wildcards.arch}/{v}.pt" for v in vs],
-        "metrics": [f"metrics/{wildcards.arch}/{v}.json" for v in ["fp"] + vs],
-    }

@@ -3,28 +3,26 @@
 
 rule prepare_data:
     output:
-        directory("data/{dataset}"),
+        **stage_output("prepare_data"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "prepare_data", w),
+        **stage_params("prepare_data"),
     log:
-        "logs/prepare_data/{dataset}.log",
+        stage_log("prepare_data"),
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} prepare-data --dataset {wildcards.dataset} --out {output} --downloads downloads > {log} 2>&1"
+        stage_shell("prepare_data")
 
 
 rule train_features:
     input:
-        expand("data/{dataset}", dataset=used_datasets()),
+        **stage_input("train_features"),
     output:
-        "resources/features/tinycnn.pt",
+        **stage_output("train_features"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "train_features", w),
+        **stage_params("train_features"),
     log:
-        "logs/train_features.log",
+        stage_log("train_features"),
     threads: threads_of("train_features")
     resources:
         gpu=1,
@@ -32,37 +30,31 @@ rule train_features:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} train-features --data {input} --out {output} > {log} 2>&1"
+        stage_shell("train_features")
 
 
 rule fetch_inception:
     output:
-        directory("resources/inception"),
+        **stage_output("fetch_inception"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "fetch_inception", w),
+        **stage_params("fetch_inception"),
     log:
-        "logs/fetch_inception.log",
+        stage_log("fetch_inception"),
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} fetch-inception --out {output} > {log} 2>&1"
-
-
-localrules: prepare_data, fetch_inception
+        stage_shell("fetch_inception")
 
 
 rule real_stats:
     input:
-        data="data/{dataset}",
-        features=FEATURES,
+        **stage_input("real_stats"),
     output:
-        "stats/{dataset}-{split}.npz",
+        **stage_output("real_stats"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "real_stats", w),
+        **stage_params("real_stats"),
     log:
-        "logs/real_stats/{dataset}/{split}.log",
+        stage_log("real_stats"),
     threads: threads_of("real_stats")
     resources:
         gpu=1,
@@ -70,4 +62,7 @@ rule real_stats:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} real-stats --data {input.data} --split {wildcards.split} --features {input.features} --out {output} > {log} 2>&1"
+        stage_shell("real_stats")
+
+
+localrules: prepare_data, fetch_inception

@@ -3,15 +3,13 @@
 
 rule distill:
     input:
-        data=data_dir,
-        fp="models/fp/{arch}.pt",
+        **stage_input("distill"),
     output:
-        "distill/{arch}.pt",
+        **stage_output("distill"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "distill", w),
+        **stage_params("distill"),
     log:
-        "logs/distill/{arch}.log",
+        stage_log("distill"),
     threads: threads_of("distill")
     resources:
         gpu=1,
@@ -19,23 +17,22 @@ rule distill:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} distill --arch {wildcards.arch} --data {input.data} --fp {input.fp} --out {output} > {log} 2>&1"
+        stage_shell("distill")
 
 
 rule eval_inputs:
     input:
-        data_dir,
+        **stage_input("eval_inputs"),
     output:
-        "eval/{arch}/inputs.pt",
+        **stage_output("eval_inputs"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "eval_inputs", w),
+        **stage_params("eval_inputs"),
     log:
-        "logs/eval_inputs/{arch}.log",
+        stage_log("eval_inputs"),
     threads: threads_of("eval_inputs")
     resources:
         **resources_of("eval_inputs"),
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} eval-inputs --arch {wildcards.arch} --data {input} --out {output} > {log} 2>&1"
+        stage_shell("eval_inputs")

@@ -3,19 +3,13 @@
 
 rule evaluate_fp:
     input:
-        model="models/fp/{arch}.pt",
-        inputs="eval/{arch}/inputs.pt",
-        features=FEATURES,
-        real=real_stats,
+        **stage_input("evaluate_fp"),
     output:
-        metrics="metrics/{arch}/fp.json",
-        stats="eval/{arch}/fp_stats.npz",
-        samples="samples/{arch}/fp.png",
+        **stage_output("evaluate_fp"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "evaluate_fp", w),
+        **stage_params("evaluate_fp"),
     log:
-        "logs/evaluate_fp/{arch}.log",
+        stage_log("evaluate_fp"),
     threads: threads_of("evaluate_fp")
     resources:
         gpu=1,
@@ -23,26 +17,18 @@ rule evaluate_fp:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} evaluate --arch {wildcards.arch} --variant fp --model {input.model} --inputs {input.inputs}"
-        " --features {input.features} --real-stats {input.real} --fp-stats {output.stats} --out {output.metrics}"
-        " --samples {output.samples} > {log} 2>&1"
+        stage_shell("evaluate_fp")
 
 
 rule evaluate:
     input:
-        model="models/q/{arch}/{variant}.pt",
-        inputs="eval/{arch}/inputs.pt",
-        features=FEATURES,
-        real=real_stats,
-        fp_stats="eval/{arch}/fp_stats.npz",
+        **stage_input("evaluate"),
     output:
-        metrics="metrics/{arch}/{variant}.json",
-        samples="samples/{arch}/{variant}.png",
+        **stage_output("evaluate"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "evaluate", w),
+        **stage_params("evaluate"),
     log:
-        "logs/evaluate/{arch}/{variant}.log",
+        stage_log("evaluate"),
     threads: threads_of("evaluate")
     resources:
         gpu=1,
@@ -50,9 +36,7 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} evaluate --arch {wildcards.arch} --variant {wildcards.variant} --model {input.model} --inputs {input.inputs}"
-        " --features {input.features} --real-stats {input.real} --fp-stats {input.fp_stats} --out {output.metrics}"
-        " --samples {output.samples} > {log} 2>&1"
+        stage_shell("evaluate")
 
 
 ruleorder: evaluate_fp > evaluate

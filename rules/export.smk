@@ -4,48 +4,38 @@
 
 rule export_fp:
     input:
-        model="models/fp/{arch}.pt",
-        inputs="eval/{arch}/inputs.pt",
+        **stage_input("export_fp"),
     output:
-        directory("exports/{arch}/fp"),
+        **stage_output("export_fp"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "export_fp", w),
+        **stage_params("export_fp"),
     log:
-        "logs/export_fp/{arch}.log",
+        stage_log("export_fp"),
     threads: threads_of("export_fp")
     resources:
         **resources_of("export_fp"),
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} export-fp --arch {wildcards.arch} --fp {input.model}"
-        " --inputs {input.inputs} --out {output} > {log} 2>&1"
+        stage_shell("export_fp")
 
 
 rule export:
     input:
-        model="models/q/{arch}/{variant}.pt",
-        fp="exports/{arch}/fp",
-        inputs="eval/{arch}/inputs.pt",
-        features=FEATURES,
+        **stage_input("export"),
     output:
-        files=directory("exports/{arch}/{variant}"),
-        summary="metrics/{arch}/{variant}.export.json",
+        **stage_output("export"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "export", w),
+        **stage_params("export"),
     log:
-        "logs/export/{arch}/{variant}.log",
+        stage_log("export"),
     threads: threads_of("export")
     resources:
         **resources_of("export"),
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} export --arch {wildcards.arch} --variant {wildcards.variant}"
-        " --model {input.model} --fp-exports {input.fp} --inputs {input.inputs} --features {input.features}"
-        " --out-dir {output.files} --out {output.summary} > {log} 2>&1"
+        stage_shell("export")
 
 
 ruleorder: export_fp > export

@@ -1,17 +1,16 @@
-# Quantization-aware training (MA-QAT, LSQ-QAT) and the perceptual network of its distillation loss.
-# QAT variants are built by `qat` (ruleorder below); every other method by `quantize`.
+# Quantization-aware training (MA-QAT, LSQ-QAT, any method of kind qat) and the perceptual network of
+# its distillation loss.  Variants of those methods are built by `qat` (ruleorder below); every other by `quantize`.
 
 
 rule train_perceptual:
     input:
-        expand("data/{dataset}", dataset=used_datasets()),
+        **stage_input("train_perceptual"),
     output:
-        "resources/perceptual/tinyvgg.pt",
+        **stage_output("train_perceptual"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "train_perceptual", w),
+        **stage_params("train_perceptual"),
     log:
-        "logs/train_perceptual.log",
+        stage_log("train_perceptual"),
     threads: threads_of("train_perceptual")
     resources:
         gpu=1,
@@ -19,45 +18,33 @@ rule train_perceptual:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} train-perceptual --data {input} --out {output} > {log} 2>&1"
+        stage_shell("train_perceptual")
 
 
 rule fetch_vgg16:
     output:
-        "resources/perceptual/vgg16.pth",
+        **stage_output("fetch_vgg16"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "fetch_vgg16", w),
+        **stage_params("fetch_vgg16"),
     log:
-        "logs/fetch_vgg16.log",
+        stage_log("fetch_vgg16"),
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} fetch-vgg16 --out {output} > {log} 2>&1"
-
-
-localrules: fetch_vgg16
+        stage_shell("fetch_vgg16")
 
 
 rule qat:
     input:
-        fp="models/fp/{arch}.pt",
-        distill="distill/{arch}.pt",
-        quantiles=sweep_best,
-        perceptual=perceptual_net,
+        **stage_input("qat"),
     output:
-        model="models/q/{arch}/{variant}.pt",
-        info="models/q/{arch}/{variant}.json",
-        losses="models/q/{arch}/{variant}.losses.csv",
+        **stage_output("qat"),
+    params:
+        **stage_params("qat"),
+    log:
+        stage_log("qat"),
     wildcard_constraints:
         variant=QAT_VARIANT,
-    params:
-        cfg=PARAMS,
-        quantiles=lambda w, input: f"--quantiles {input.quantiles}" if input.quantiles else "",
-        perceptual=lambda w, input: f"--perceptual {input.perceptual}" if input.perceptual else "",
-        section=lambda w: dag.param_values(config, "qat", w),
-    log:
-        "logs/qat/{arch}/{variant}.log",
     threads: threads_of("qat")
     resources:
         gpu=1,
@@ -65,7 +52,10 @@ rule qat:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} quantize --arch {wildcards.arch} --variant {wildcards.variant} --fp {input.fp} --distill {input.distill} --out {output.model} --info {output.info} --losses {output.losses} {params.quantiles} {params.perceptual} > {log} 2>&1"
+        stage_shell("qat")
+
+
+localrules: fetch_vgg16
 
 
 ruleorder: qat > quantize

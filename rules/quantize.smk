@@ -1,20 +1,16 @@
 # One quantized generator per (arch, variant); variant = {method}-{channel|tensor}-w{W}a{A}.
+# Methods that train against the FP generator are built by rule qat (rules/qat.smk).
 
 
 rule quantize:
     input:
-        fp="models/fp/{arch}.pt",
-        distill="distill/{arch}.pt",
-        quantiles=sweep_best,
+        **stage_input("quantize"),
     output:
-        model="models/q/{arch}/{variant}.pt",
-        info="models/q/{arch}/{variant}.json",
+        **stage_output("quantize"),
     params:
-        cfg=PARAMS,
-        quantiles=lambda w, input: f"--quantiles {input.quantiles}" if input.quantiles else "",
-        section=lambda w: dag.param_values(config, "quantize", w),
+        **stage_params("quantize"),
     log:
-        "logs/quantize/{arch}/{variant}.log",
+        stage_log("quantize"),
     threads: threads_of("quantize")
     resources:
         gpu=1,
@@ -22,4 +18,4 @@ rule quantize:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} quantize --arch {wildcards.arch} --variant {wildcards.variant} --fp {input.fp} --distill {input.distill} --out {output.model} --info {output.info} {params.quantiles} > {log} 2>&1"
+        stage_shell("quantize")

@@ -3,19 +3,13 @@
 
 rule quantile_sweep:
     input:
-        fp="models/fp/{arch}.pt",
-        distill="distill/{arch}.pt",
-        inputs="eval/{arch}/inputs.pt",
-        features=FEATURES,
-        fp_stats="eval/{arch}/fp_stats.npz",
+        **stage_input("quantile_sweep"),
     output:
-        csv="sweeps/{arch}/quantile_sweep.csv",
-        best="sweeps/{arch}/best.json",
+        **stage_output("quantile_sweep"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "quantile_sweep", w),
+        **stage_params("quantile_sweep"),
     log:
-        "logs/quantile_sweep/{arch}.log",
+        stage_log("quantile_sweep"),
     threads: threads_of("quantile_sweep")
     resources:
         gpu=1,
@@ -23,26 +17,22 @@ rule quantile_sweep:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} quantile-sweep --arch {wildcards.arch} --fp {input.fp}"
-        " --distill {input.distill} --inputs {input.inputs} --features {input.features} --fp-stats {input.fp_stats}"
-        " --out {output.csv} --best {output.best} > {log} 2>&1"
+        stage_shell("quantile_sweep")
 
 
 rule fig1:
     input:
-        expand("sweeps/{arch}/quantile_sweep.csv", arch=ARCHS),
+        **stage_input("fig1"),
     output:
-        png=report("reports/fig1_quantile_sweep.png", caption="../report/fig1.rst", category="Figures"),
-        csv="reports/quantile_sweep.csv",
+        **stage_output("fig1"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "fig1", w),
+        **stage_params("fig1"),
     log:
-        "logs/fig1.log",
+        stage_log("fig1"),
     threads: threads_of("fig1")
     resources:
         **resources_of("fig1"),
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} fig1 --sweeps {input} --png {output.png} --out {output.csv} > {log} 2>&1"
+        stage_shell("fig1")

@@ -1,19 +1,16 @@
 # Full-precision GANs: trained (resumes from models/fp/{arch}.ckpt.pt after a kill), or imported
-# from a published checkpoint for archs with `archs.<arch>.fp_checkpoint` (workflow_src.models.importers).
+# from a published checkpoint for archs with `archs.<arch>.fp_checkpoint` (workflow_src.archs.importers).
 
 
 rule train_fp:
     input:
-        data_dir,
+        **stage_input("train_fp"),
     output:
-        model="models/fp/{arch}.pt",
-        losses="models/fp/{arch}.losses.csv",
+        **stage_output("train_fp"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "train_fp", w),
-        ckpt="models/fp/{arch}.ckpt.pt",
+        **stage_params("train_fp"),
     log:
-        "logs/train_fp/{arch}.log",
+        stage_log("train_fp"),
     wildcard_constraints:
         arch=arch_pattern(TRAINED_ARCHS),
     threads: threads_of("train_fp")
@@ -23,19 +20,18 @@ rule train_fp:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} train --arch {wildcards.arch} --data {input} --out {output.model} --ckpt {params.ckpt} > {log} 2>&1"
+        stage_shell("train_fp")
 
 
 rule import_fp:
     input:
-        fp_checkpoint,
+        **stage_input("import_fp"),
     output:
-        model="models/fp/{arch}.pt",
+        **stage_output("import_fp"),
     params:
-        cfg=PARAMS,
-        section=lambda w: dag.param_values(config, "import_fp", w),
+        **stage_params("import_fp"),
     log:
-        "logs/import_fp/{arch}.log",
+        stage_log("import_fp"),
     wildcard_constraints:
         arch=arch_pattern(IMPORTED_ARCHS),
     threads: threads_of("import_fp")
@@ -44,4 +40,4 @@ rule import_fp:
     conda:
         ENV
     shell:
-        "python -m workflow_src --config {params.cfg} --threads {threads} import-fp --arch {wildcards.arch} --checkpoint {input} --out {output.model} > {log} 2>&1"
+        stage_shell("import_fp")

@@ -9,10 +9,10 @@ from torch import nn
 from workflow_src import config as qcfg
 from workflow_src.config import Variant
 from workflow_src.methods import brecq as brecq_mod
-from workflow_src.models import bake
+from workflow_src.archs.layers import bake
 from workflow_src.quant import QuantConv2d, QuantLinear, QuantOp, weight_quantizers
 from workflow_src.quant.blocks import split_blocks
-from workflow_src.train import make_arch
+from workflow_src.workflow.artifacts import make_arch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from workflow_src import config as qcfg
-from workflow_src.methods import METHODS
-from workflow_src.models import ARCHS
+from workflow_src import registry
+from workflow_src.workflow.stages import resources_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,10 +83,18 @@ def test_cross_references(base):
         qcfg.validate(_mutated(base, ("archs", "stylegan", "model", "channels"), [8, 8]))
 
 
-def test_schema_enums_match_registries():
-    schema = yaml.safe_load(qcfg.SCHEMA_PATH.read_text())
-    assert set(schema["$defs"]["method_name"]["enum"]) == set(METHODS)
-    assert set(schema["$defs"]["arch_name"]["enum"]) == set(ARCHS)
+def test_schema_names_what_the_registry_declares(base):
+    """The schema's enums and arch entries come from the registry: a method or arch that its file
+    declares is accepted, any other name is refused naming the key."""
+    schema = qcfg.schema()
+    assert schema["$defs"]["method_name"]["enum"] == list(registry.methods())
+    assert set(schema["properties"]["archs"]["properties"]) == set(registry.archs())
+    for name, a in registry.archs().items():  # each arch's own model keys, and only those
+        assert set(schema["properties"]["archs"]["properties"][name]["properties"]["model"]["properties"]) == set(a.model)
+    for f in registry.method_files():  # the sections methods own
+        assert set(f.sections) <= set(schema["properties"])
+    with pytest.raises(qcfg.ConfigError, match=r"'channels'.*'archs\.cyclegan\.model'"):
+        qcfg.validate(_mutated(base, ("archs", "cyclegan", "model", "channels"), [8]))
 
 
 def test_variant_names_round_trip(base):
@@ -134,6 +142,6 @@ def test_bad_job_resources_are_named(base):
     with pytest.raises(qcfg.ConfigError, match=r"'gpus'.*resources\.rules\.qat"):
         qcfg.validate(_mutated(base, ("resources", "rules", "qat"), {"gpus": 2}))
     with pytest.raises(qcfg.ConfigError, match=r"resources\.rules\.trian_fp.*no such rule"):
-        qcfg.validate(_mutated(base, ("resources", "rules", "trian_fp"), {"runtime": 5}))
+        qcfg.validate(_mutated(base, ("resources", "rules", "trian_fp"), {"runtime": 5}), extra_checks=[resources_problems])
     with pytest.raises(qcfg.ConfigError, match=r"resources\.default.*runtime"):
         qcfg.validate(_mutated(base, ("resources", "default"), {"cpus": 1, "mem_mb": 1000}))

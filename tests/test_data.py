@@ -1,4 +1,4 @@
-"""Tests for workflow_src.data: offline generators, prepared format, real-dataset plumbing.
+"""Tests for workflow_src.datasets: offline generators, prepared format, real-dataset plumbing.
 
 Real-dataset tests build tiny archives in tmp_path and serve them via file:// URLs.
 """
@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from workflow_src import data
-from workflow_src.data import download
+from workflow_src.datasets import prepared as data
+from workflow_src.datasets import download
 
 DIGITS = {"kind": "digits", "resolution": 16, "seed": 0, "test_fraction": 0.1}
 H2Z = {"kind": "horse2zebra-synthetic", "resolution": 32, "seed": 0, "n_train": 40, "n_test": 10}

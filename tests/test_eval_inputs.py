@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from workflow_src import config as qcfg
-from workflow_src import stages
-from workflow_src.train import make_arch
+from workflow_src.workflow.artifacts import load_eval_inputs
+from workflow_src.workflow.distill import eval_inputs
+from workflow_src.workflow.artifacts import make_arch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,8 +23,8 @@ def cfg():
 
 def test_stylegan_eval_inputs_round_trip(cfg, tmp_path):
     out = tmp_path / "inputs.pt"
-    stages.eval_inputs(cfg, "stylegan", str(tmp_path / "no-data-needed"), str(out))
-    inputs, extras = stages.load_eval_inputs(str(out), "stylegan")
+    eval_inputs(cfg, arch="stylegan", data=str(tmp_path / "no-data-needed"), out=str(out))
+    inputs, extras = load_eval_inputs(str(out), "stylegan")
 
     # reference: the documented draw order from one generator seeded with seed + 202: the latents,
     # then one (n, 1, H, W) normal tensor per noise layer, two per resolution level 4 .. resolution
@@ -48,11 +49,11 @@ def test_stylegan_eval_inputs_round_trip(cfg, tmp_path):
 
 def test_eval_inputs_file_names_its_arch(cfg, tmp_path):
     out = tmp_path / "inputs.pt"
-    stages.eval_inputs(cfg, "sagan", str(tmp_path), str(out))
-    inputs, extras = stages.load_eval_inputs(str(out), "sagan")
+    eval_inputs(cfg, arch="sagan", data=str(tmp_path), out=str(out))
+    inputs, extras = load_eval_inputs(str(out), "sagan")
     assert extras == {} and inputs.shape == (7, int(cfg["archs"]["sagan"]["model"]["latent_dim"]))
     with pytest.raises(ValueError, match=r"holds eval inputs of arch 'sagan', expected 'stylegan'"):
-        stages.load_eval_inputs(str(out), "stylegan")
+        load_eval_inputs(str(out), "stylegan")
 
 
 def test_noise_for_another_generator_is_a_clear_error(cfg, tmp_path):
@@ -60,8 +61,8 @@ def test_noise_for_another_generator_is_a_clear_error(cfg, tmp_path):
     small = dict(cfg, archs=dict(cfg["archs"], stylegan=dict(cfg["archs"]["stylegan"], resolution=8,
                  model=dict(cfg["archs"]["stylegan"]["model"], channels=[8, 8], d_channels=[8, 8]))))
     out = tmp_path / "inputs.pt"
-    stages.eval_inputs(small, "stylegan", str(tmp_path), str(out))
-    inputs, extras = stages.load_eval_inputs(str(out), "stylegan")
+    eval_inputs(small, arch="stylegan", data=str(tmp_path), out=str(out))
+    inputs, extras = load_eval_inputs(str(out), "stylegan")
     arch = make_arch(cfg, "stylegan")
     with pytest.raises(ValueError, match=r"got 4 noise tensors for a model with \d+ noise layers"):
         arch.generate(arch.build_generator().eval(), inputs, 7, extras)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from workflow_src.export import onnx_qdq, pt2
-from workflow_src.export import runtime as rt
+from workflow_src.deploy import onnx_qdq, pt2
+from workflow_src.deploy import runtime as rt
 from workflow_src.quant import QuantSpec, quantize_model
 from workflow_src.quant.modules import QuantConv2d
 from workflow_src.quant.transform import calibrate

@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from workflow_src.metrics import fid
-from workflow_src.metrics.featurenet import TinyFeatureNet
+from inception_standin import save_random_fid_inception
+from workflow_src.quality import fid
+from workflow_src.quality.featurenet import TinyFeatureNet
 
 
 def test_frechet_distance_closed_form_diagonal():
@@ -105,7 +106,7 @@ def random_fid_inception(tmp_path_factory):
     """A random-weight stand-in for pytorch-fid's FID Inception weights (the real file cannot be
     downloaded here), saved where both pytorch-fid and our loader look: <dir>/checkpoints/<file>."""
     root = tmp_path_factory.mktemp("torchhub")
-    fid.save_random_fid_inception(root)
+    save_random_fid_inception(root)
     return root
 
 

@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from rosinality_layout import (PAPER_CHECKPOINT, published_discriminator, published_generator, reference_discriminator,
                                reference_generator, write_published_checkpoint)
 from workflow_src import config as qcfg
-from workflow_src.models import get_arch
-from workflow_src.models.importers import (CheckpointMismatch, heykeetae_sagan, import_fp, junyanz_cyclegan,
+from workflow_src import registry
+from workflow_src.archs.importers import (CheckpointMismatch, heykeetae_sagan, junyanz_cyclegan,
                                            rosinality_discriminator, rosinality_generator)
-from workflow_src.models.layers import Blur, FusedUpConv2d
+from workflow_src.archs.layers import Blur, FusedUpConv2d
 from workflow_src.quant.modules import QuantConv2d, QuantSpec
+from workflow_src.workflow.fp import import_fp
 from workflow_src.quant.transform import calibrate, quantize_model, set_quant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ SMALL = {"layout": "rosinality", "latent_dim": 16, "n_mlp": 3, "channels": WIDTH
 
 
 def small_stylegan(**over):
-    return get_arch("stylegan")({**SMALL, **over}, {}, 128)
+    return registry.arch("stylegan").implementation()({**SMALL, **over}, {}, 128)
 
 
 def test_fused_upsample_is_the_blurred_transposed_conv():
@@ -96,7 +97,7 @@ def test_rosinality_mismatches_name_the_key():
     with pytest.raises(CheckpointMismatch, match=r"unexpected key.*'generator\.progression\.2\.extra'"):
         rosinality_generator({**good, "generator.progression.2.extra": torch.zeros(1)}, G)
     with pytest.raises(CheckpointMismatch, match=r"'generator\.progression\.5\.conv1\.0\.weight' has shape \(4, 4, 3, 3\); .* needs \(4, 5, 3, 3\)"):
-        rosinality_generator(good, get_arch("stylegan")({**SMALL, "channels": WIDTHS[:5] + [5]}, {}, 128).build_generator())
+        rosinality_generator(good, registry.arch("stylegan").implementation()({**SMALL, "channels": WIDTHS[:5] + [5]}, {}, 128).build_generator())
     blurred = dict(good, **{"generator.progression.2.conv1.2.weight": torch.ones(6, 1, 3, 3) / 9})
     with pytest.raises(CheckpointMismatch, match=r"progression\.2\.conv1\.2\.weight.*not the \[1, 2, 1\]"):
         rosinality_generator(blurred, G)
@@ -144,11 +145,11 @@ def _cfg(tmp_path, methods=None, **ck):
 
 
 def test_import_fp_writes_what_the_workflow_loads(tmp_path):
-    from workflow_src.train import load_discriminator, load_generator
+    from workflow_src.workflow.training import load_discriminator, load_generator
 
     write_published_checkpoint(tmp_path / "ck.model", WIDTHS, 16, 3)
     cfg = _cfg(tmp_path)
-    out = import_fp(cfg, "stylegan", tmp_path / "ck.model", tmp_path / "stylegan.pt")
+    out = import_fp(cfg, arch="stylegan", checkpoint=tmp_path / "ck.model", model=tmp_path / "stylegan.pt")
     G = load_generator(cfg, "stylegan", out).double()
     sd = {k: v.double() for k, v in published_generator(WIDTHS, 16, 3).items()}
     z = torch.randn(2, 16, dtype=torch.float64)
@@ -161,15 +162,15 @@ def test_import_fp_writes_what_the_workflow_loads(tmp_path):
     # a bare generator state dict (rosinality's "running average" files): no discriminator for QAT
     torch.save(published_generator(WIDTHS, 16, 3), tmp_path / "g.model")
     cfg_g = _cfg(tmp_path, methods=["ptq-minmax"], path=str(tmp_path / "g.model"), generator=None, discriminator=None)
-    out_g = import_fp(cfg_g, "stylegan", tmp_path / "g.model", tmp_path / "g.pt")
+    out_g = import_fp(cfg_g, arch="stylegan", checkpoint=tmp_path / "g.model", model=tmp_path / "g.pt")
     torch.testing.assert_close(load_generator(cfg_g, "stylegan", out_g)(z.float()), G.float()(z.float()))
     with pytest.raises(ValueError, match="without a discriminator"):
         load_discriminator(cfg_g, "stylegan", out_g)
 
     with pytest.raises(CheckpointMismatch, match=r"fp_checkpoint\.generator = 'ema': the file has no such entry .*'g_running'"):
-        import_fp(_cfg(tmp_path, generator="ema"), "stylegan", tmp_path / "ck.model", tmp_path / "x.pt")
+        import_fp(_cfg(tmp_path, generator="ema"), arch="stylegan", checkpoint=tmp_path / "ck.model", model=tmp_path / "x.pt")
     with pytest.raises(CheckpointMismatch, match=r"fp_checkpoint\.sha256: .* expected 0{64}"):
-        import_fp(_cfg(tmp_path, sha256="0" * 64), "stylegan", tmp_path / "ck.model", tmp_path / "x.pt")
+        import_fp(_cfg(tmp_path, sha256="0" * 64), arch="stylegan", checkpoint=tmp_path / "ck.model", model=tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -194,7 +195,7 @@ def test_config_checks_for_published_checkpoints(tmp_path):
     msg = problems(lambda c: c["archs"]["cyclegan"].update(fp_checkpoint={**ck, "format": "junyanz"}))
     assert "model.19, model.22" in msg
     msg = problems(lambda c: c["archs"]["sagan"]["model"].update(layout="rosinality"))
-    assert "'archs.sagan.model.layout' = 'rosinality': only stylegan has layouts" in msg
+    assert "unknown key(s) 'layout' under 'archs.sagan.model'" in msg  # each arch's model keys are its own (registry)
 
 
 # ---------------------------------------------------------------------------- SAGAN, CycleGAN
@@ -210,7 +211,7 @@ def test_heykeetae_sagan_checkpoint_is_refused_naming_its_transposed_convs():
         for n, co in (("query_conv", c // 8), ("key_conv", c // 8), ("value_conv", c)):
             sd[f"{a}.{n}.weight"], sd[f"{a}.{n}.bias"] = torch.randn(co, c, 1, 1), torch.randn(co)
         sd[f"{a}.gamma"] = torch.zeros(1)
-    G = get_arch("sagan")({"latent_dim": 128, "channels": [64, 32, 16, 8, 8], "d_channels": [64, 32, 16, 8, 8], "attn_res": 32}, {}, 64).build_generator()
+    G = registry.arch("sagan").implementation()({"latent_dim": 128, "channels": [64, 32, 16, 8, 8], "d_channels": [64, 32, 16, 8, 8], "attn_res": 32}, {}, 64).build_generator()
     with pytest.raises(CheckpointMismatch, match=r"\['l1', 'l2', 'l3', 'l4', 'last'\] have no counterpart.*retrained"):
         heykeetae_sagan(sd, G)
     with pytest.raises(CheckpointMismatch, match="not a heykeetae"):
@@ -249,7 +250,7 @@ def junyanz_encoder_reference(sd, x, n_blocks=2):
 
 
 def test_junyanz_cyclegan_matches_up_to_the_decoder_and_is_refused_whole():
-    G = get_arch("cyclegan")({"ngf": 4, "ndf": 4, "n_blocks": 2, "n_downsampling": 2, "d_layers": 3}, {}, 32).build_generator()
+    G = registry.arch("cyclegan").implementation()({"ngf": 4, "ndf": 4, "n_blocks": 2, "n_downsampling": 2, "d_layers": 3}, {}, 32).build_generator()
     sd = junyanz_resnet_generator()
     with pytest.raises(CheckpointMismatch, match=r"decoder layers \['model.12', 'model.15'\] are transposed convolutions"):
         junyanz_cyclegan(sd, G)
@@ -265,10 +266,10 @@ def test_junyanz_cyclegan_matches_up_to_the_decoder_and_is_refused_whole():
 # ---------------------------------------------------------------------------- the paper profile
 def test_paper_checkpoint_imports_at_full_size(tmp_path, published_stylegan_checkpoint):
     """The paper profile's StyleGAN config fits rosinality's published 128px tensors."""
-    from workflow_src.train import load_generator
+    from workflow_src.workflow.training import load_generator
 
     cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"])
-    out = import_fp(cfg, "stylegan", published_stylegan_checkpoint, tmp_path / "stylegan.pt")
+    out = import_fp(cfg, arch="stylegan", checkpoint=published_stylegan_checkpoint, model=tmp_path / "stylegan.pt")
     G = load_generator(cfg, "stylegan", out)
     assert sum(p.numel() for p in G.parameters()) > 20e6
     with torch.no_grad():

@@ -8,9 +8,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from workflow_src.models import ARCHS, GANArch, bake, get_arch
-from workflow_src.models.layers import EqualConv2d, EqualLinear
-from workflow_src.quant.ops import FloatOp
+from workflow_src import registry
+from workflow_src.archs.base import GANArch
+from workflow_src.archs.layers import bake
+from workflow_src.archs.layers import EqualConv2d, EqualLinear
+from workflow_src.archs.ops import FloatOp
 
 RES = 16
 CFG = {
@@ -33,7 +35,7 @@ NAMES = sorted(CFG)
 
 def make(name):
     model_cfg, train_cfg = CFG[name]
-    return get_arch(name)(model_cfg, train_cfg, RES)
+    return registry.arch(name).implementation()(model_cfg, train_cfg, RES)
 
 
 def inputs(arch, n=3, seed=0):
@@ -57,7 +59,8 @@ def op_modules(model):
 
 
 def test_registry_lists_the_three_archs():
-    assert {"stylegan", "sagan", "cyclegan"} <= set(ARCHS)
+    assert {"stylegan", "sagan", "cyclegan"} <= set(registry.archs())
+    get_arch = lambda name: registry.arch(name).implementation()  # noqa: E731
     for name in NAMES:
         assert issubclass(get_arch(name), GANArch) and get_arch(name).name == name
     assert get_arch("cyclegan").input_kind == "image" and get_arch("stylegan").input_kind == "latent"
@@ -219,7 +222,7 @@ def test_display_truncation_closed_forms():
     from pathlib import Path
 
     from workflow_src import config as qcfg
-    from workflow_src.train import make_arch
+    from workflow_src.workflow.artifacts import make_arch
 
     root = Path(__file__).resolve().parents[1]
     cfg = qcfg.load([root / "params.yaml", root / "configs" / "micro.yaml"])
@@ -238,7 +241,7 @@ def test_display_truncation_closed_forms():
 
 # -- per-sample eval noise (StyleGAN) -------------------------------------------------------------
 def _stylegan_with_noise_that_matters(seed=0):
-    from workflow_src.models.stylegan import noise_layers
+    from workflow_src.archs.stylegan import noise_layers
 
     torch.manual_seed(seed)
     arch = make("stylegan")
@@ -249,7 +252,7 @@ def _stylegan_with_noise_that_matters(seed=0):
 
 
 def test_stylegan_noise_layers_follow_the_architecture():
-    from workflow_src.models.stylegan import noise_layers, sample_noise
+    from workflow_src.archs.stylegan import noise_layers, sample_noise
 
     arch, G = _stylegan_with_noise_that_matters()
     n_levels = len(CFG["stylegan"][0]["channels"])  # levels 4, 8, 16: two noise layers each
@@ -260,7 +263,7 @@ def test_stylegan_noise_layers_follow_the_architecture():
 
 
 def test_stylegan_fixed_noise_is_per_sample_and_restored():
-    from workflow_src.models.stylegan import fixed_noise, noise_layers, sample_noise
+    from workflow_src.archs.stylegan import fixed_noise, noise_layers, sample_noise
 
     arch, G = _stylegan_with_noise_that_matters()
     z = inputs(arch, 1).repeat(2, 1)  # two samples, the same latent
@@ -291,7 +294,7 @@ def test_stylegan_generate_slices_extras_per_batch():
     whole = arch.generate(G, z, 5, extras)
     batched = arch.generate(G, z, 2, extras)  # batches of 2, 2, 1: each with its own slice
     torch.testing.assert_close(batched, whole, atol=1e-4, rtol=0)
-    from workflow_src.models.stylegan import fixed_noise
+    from workflow_src.archs.stylegan import fixed_noise
 
     with torch.no_grad(), fixed_noise(G, [t[3:4].float() for t in extras["noise"]]):
         alone = G(z[3:4])
@@ -300,7 +303,7 @@ def test_stylegan_generate_slices_extras_per_batch():
 
 
 def test_stylegan_fixed_noise_on_a_quantized_model():
-    from workflow_src.models.stylegan import noise_layers
+    from workflow_src.archs.stylegan import noise_layers
     from workflow_src.quant import QuantSpec, calibrate, quantize_model, set_quant
 
     arch, G = _stylegan_with_noise_that_matters()
@@ -317,7 +320,7 @@ def test_stylegan_fixed_noise_on_a_quantized_model():
 
 
 def test_stylegan_noise_count_and_shape_mismatch_are_clear_errors():
-    from workflow_src.models.stylegan import fixed_noise, sample_noise
+    from workflow_src.archs.stylegan import fixed_noise, sample_noise
 
     arch, G = _stylegan_with_noise_that_matters()
     noise = sample_noise(G, 2, torch.Generator().manual_seed(0))

@@ -11,10 +11,10 @@ from workflow_src import config as qcfg
 from workflow_src.config import Variant
 from workflow_src.methods import qat as qat_mod
 from workflow_src.methods.ptq import spec_for
-from workflow_src.metrics import perceptual as P
+from workflow_src.methods import perceptual as P
 from workflow_src.quant import FakeQuantizer, QuantileObserver, calibrate, map_quantizers, qparams, quantize_model
 from workflow_src.quant.lsq import LSQQuantizer
-from workflow_src.train import make_arch
+from workflow_src.workflow.artifacts import make_arch
 from workflow_src.utils import torch_load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,17 +122,17 @@ def test_perceptual_loss_is_zero_on_equal_images_and_positive_otherwise():
 
 
 def test_fetch_vgg16_checks_the_sha256_prefix_of_the_file_name(tmp_path):
-    from workflow_src import stages
+    from workflow_src.workflow.networks import fetch_vgg16
 
     src = tmp_path / "vgg16.pth"
     src.write_bytes(b"not the published weights")
     c = {"perceptual": {"vgg16": {"path": str(src)}}}
     with pytest.raises(ValueError, match="397923af"):
-        stages.fetch_vgg16(c, str(tmp_path / "out" / "vgg16.pth"))
+        fetch_vgg16(c, out=str(tmp_path / "out" / "vgg16.pth"))
     assert not (tmp_path / "out" / "vgg16.pth").exists(), "a file that fails the check is not left behind"
     c["perceptual"]["vgg16"]["path"] = str(tmp_path / "missing.pth")
     with pytest.raises(FileNotFoundError, match="perceptual.vgg16.path"):
-        stages.fetch_vgg16(c, str(tmp_path / "out" / "vgg16.pth"))
+        fetch_vgg16(c, out=str(tmp_path / "out" / "vgg16.pth"))
 
 
 def test_config_rejects_unknown_perceptual_layers_and_bad_epochs():

@@ -9,7 +9,7 @@ from workflow_src.quant import (
     FakeQuantizer, MinMaxObserver, QuantConv2d, QuantLinear, QuantOp, QuantSpec, QuantileObserver,
     activation_quantizers, calibrate, fake_quantize, qparams, qrange, quantize_model, weight_quantizers,
 )
-from workflow_src.quant import ops
+from workflow_src.archs import ops
 from workflow_src.quant.modules import weight_quantizer
 
 torch.manual_seed(0)

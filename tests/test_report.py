@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from workflow_src import config as qcfg
-from workflow_src import report
+from workflow_src.reporting import paper as report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from workflow_src import config as qcfg
-from workflow_src import dag
-from workflow_src.stages import arch_params
+from workflow_src.workflow import dvc_yaml
+from workflow_src.workflow.artifacts import arch_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_quantile_readers_wait_for_the_sweep_when_asked(tmp_path):
     override = tmp_path / "sweep.yaml"
     pairs = {"activation": {"upper": 0.999, "lower": 0.001}, "weight": {"upper": 1.0, "lower": 0.0}}
     override.write_text(yaml.safe_dump({"archs": {"sagan": {"quantiles": "sweep"}, "stylegan": {"quantiles": pairs}}}))
-    jobs = {j["name"]: j for j in dag.snakemake_jobs(ROOT, [str(override)])}
+    jobs = {j["name"]: j for j in dvc_yaml.snakemake_jobs(ROOT, [str(override)])}
     assert "sweeps/sagan/best.json" in jobs["quantize.sagan.ptq-quantile-tensor-w4a8"]["inputs"]
     assert "sweeps/sagan/best.json" in jobs["quantize.sagan.ar-brecq-tensor-w4a8"]["inputs"]
     assert "sweeps/sagan/best.json" not in jobs["quantize.sagan.ptq-minmax-tensor-w4a8"]["inputs"]

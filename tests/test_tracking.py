@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from workflow_src import tracking
+from workflow_src.workflow import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 
 WRITER = """
 import sys
 sys.path.insert(0, {root!r})
-from workflow_src import tracking
+from workflow_src.workflow import tracking
 cfg = {{"profile": "conc"}}
 for i in range(3):
     with tracking.run("evaluate", cfg, {{"arch": "w{{}}".format(sys.argv[1]), "variant": str(i)}}, {{"i": i, "writer": sys.argv[1]}}) as r:

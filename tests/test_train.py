@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from workflow_src import config as qcfg
-from workflow_src import data as datasets
-from workflow_src import train as train_mod
+from workflow_src.datasets import prepared as datasets
+from workflow_src.workflow import training as train_mod
+from workflow_src.workflow.artifacts import make_arch
 from workflow_src.utils import torch_load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def test_training_resumes_from_last_checkpoint(tmp_path, monkeypatch):
     datasets.prepare("digits", cfg["datasets"]["digits"], data_dir)
     out, ckpt = tmp_path / "sagan.pt", tmp_path / "sagan.ckpt.pt"
 
-    arch_cls = type(train_mod.make_arch(cfg, "sagan"))
+    arch_cls = type(make_arch(cfg, "sagan"))
     real_step = arch_cls.train_step
     calls = []
 

@@ -114,7 +114,9 @@ def test_paper_plan_is_complete(tmp_path, published_stylegan_checkpoint):
     assert "fetch_inception" in out and "train_features" not in out
     assert "fetch_vgg16" in out and "train_perceptual" not in out
     vs = qcfg.variants(qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"]))
-    n_qat = sum(v.method in ("ma-qat", "lsq-qat") for v in vs)
+    from workflow_src import registry
+
+    n_qat = sum(v.method in registry.trained_methods() for v in vs)
     assert n_qat and f"quantize {3 * (len(vs) - n_qat)}" in " ".join(out.split())
     assert f"qat {3 * n_qat}" in " ".join(out.split())
 
@@ -149,11 +151,11 @@ def test_lint_is_clean():
 
 @pytest.mark.workflow
 def test_results_rebuilt_from_mlflow_equal_the_metrics_files(micro_run, monkeypatch):
-    from workflow_src import report, tracking
+    from workflow_src.reporting import tables as report
 
     monkeypatch.chdir(micro_run)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from_mlflow = report.results_csv_frame(tracking.results_from_mlflow("micro"))
+    from_mlflow = report.results_csv_frame(report.results_from_mlflow("micro"))
     from_files = pd.read_csv(micro_run / "reports" / "results.csv", keep_default_na=False)
     from_mlflow.to_csv(micro_run / "from_mlflow.csv", index=False, float_format="%.4f")
     # the evaluation columns are rebuilt from MLflow; the export columns come from the export summaries

@@ -1,6 +1,3 @@
-"""GAN architectures.  Importing this package registers ``stylegan``, ``sagan`` and ``cyclegan``."""
-from . import cyclegan, sagan, stylegan  # noqa: F401  (registration side effects)
-from .base import ARCHS, GANArch, get_arch, register
-from .layers import bake
-
-__all__ = ["ARCHS", "GANArch", "get_arch", "register", "bake"]
+"""GAN architectures, one file each (stylegan.py, sagan.py, cyclegan.py), each declaring itself
+with an ``ARCH`` literal that :mod:`workflow_src.registry` reads; the contract they fulfil is
+:class:`.base.GANArch`.  No torch here: the registry's readers import this package."""

@@ -1,38 +1,20 @@
-"""The contract every GAN architecture fulfils, and the registry that finds one by name.
+"""The contract every GAN architecture fulfils.
 
-An architecture is a class derived from :class:`GANArch`, registered with :func:`register`.  The
-workflow never special-cases an architecture: it trains through ``init_state``/``train_step``,
-gets the generator to quantize from ``generator``, and draws generator inputs from
-``sample_inputs``.  Adding an architecture touches one file plus one import in ``__init__``.
+An architecture is a class derived from :class:`GANArch` in its own file of this package, which
+declares it to :mod:`workflow_src.registry` with an ``ARCH`` literal (name, class, title, its
+``model`` params).  The workflow never special-cases an architecture: it trains through
+``init_state``/``train_step``, gets the generator to quantize from ``generator``, and draws
+generator inputs from ``sample_inputs``.  Adding an architecture is one file and its test.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ContextManager, Dict, Iterator
+from typing import Any, ContextManager, Dict, Iterator
 
 import torch
 from torch import nn
-
-ARCHS: Dict[str, type] = {}
-
-
-def register(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        cls.name = name
-        ARCHS[name] = cls
-        return cls
-
-    return deco
-
-
-def get_arch(name: str) -> type:
-    try:
-        return ARCHS[name]
-    except KeyError:
-        raise KeyError(f"unknown arch {name!r}; known: {sorted(ARCHS)}") from None
-
 
 class GANArch(ABC):
     """One GAN family.
@@ -46,7 +28,7 @@ class GANArch(ABC):
       * ``"image"``: an image batch from the source domain of the dataset (CycleGAN).
     """
 
-    name: str = ""
+    name: str = ""  # set from the ARCH literal when the registry loads the class
     input_kind: str = "latent"
     # Where BRECQ's reconstruction blocks come from, in execution order: generator submodule paths,
     # split into blocks by workflow_src.quant.blocks.split_blocks.

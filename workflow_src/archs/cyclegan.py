@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quant import ops
-from .base import GANArch, register
+from . import ops
+from .base import GANArch
 
 
 class ResnetBlock(nn.Module):
@@ -77,7 +77,6 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-@register("cyclegan")
 class CycleGAN(GANArch):
     """model_cfg: ngf, ndf, n_blocks, n_downsampling, d_layers.
     train_cfg: steps, batch_size, lr_g, lr_d, betas, lambda_cycle, lambda_identity (optional
@@ -174,3 +173,23 @@ class CycleGAN(GANArch):
         state["opt_d"].step()
         return {"loss_g": loss_g.item(), "loss_gan": loss_gan.item(), "loss_cycle": loss_cyc.item(),
                 "loss_idt": loss_idt.item(), "loss_d_A": loss_d_A.item(), "loss_d_B": loss_d_B.item()}
+
+
+# What this arch is (workflow_src/registry.py reads this literal without importing this file).
+ARCH = {
+    "name": "cyclegan",
+    "class": "CycleGAN",
+    "title": "CycleGAN",
+    "model": {
+        "ngf": {"$ref": "#/$defs/pos_int"},
+        "ndf": {"$ref": "#/$defs/pos_int"},
+        "n_blocks": {"$ref": "#/$defs/pos_int"},
+        "n_downsampling": {"$ref": "#/$defs/pos_int"},
+        "d_layers": {"$ref": "#/$defs/pos_int"},
+    },
+    "checkpoint_formats": {"junyanz": {"refused": (
+        "junyanz/pytorch-CycleGAN-and-pix2pix's ResnetGenerator matches this project's CycleGAN generator in its stem, "
+        "downsampling convs and residual blocks, but its decoder is two ConvTranspose2d (model.19, model.22) where the "
+        "paper uses Upsample + Conv and retrained (appendix A.3); its released generators also come without "
+        "discriminators, which QAT needs. Remove archs.cyclegan.fp_checkpoint to train it.")}},
+}

@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from .. import registry
 from .layers import blur_kernel
 
 SQRT2 = math.sqrt(2.0)
@@ -221,20 +222,8 @@ def rosinality_discriminator(published: Mapping[str, torch.Tensor], model: nn.Mo
 
 
 # -------------------------------------------------------------------------------- SAGAN, CycleGAN
-UNSUPPORTED = {
-    "heykeetae": (
-        "heykeetae/Self-Attention-GAN's generator is a stack of ConvTranspose2d layers (l1..l4, last) with two "
-        "attention layers; the paper replaced every transposed convolution by Upsample + Conv and retrained (appendix "
-        "A.2), and this project's SAGAN is that retrained residual generator: no published SAGAN checkpoint matches it. "
-        "Remove archs.sagan.fp_checkpoint to train it."
-    ),
-    "junyanz": (
-        "junyanz/pytorch-CycleGAN-and-pix2pix's ResnetGenerator matches this project's CycleGAN generator in its stem, "
-        "downsampling convs and residual blocks, but its decoder is two ConvTranspose2d (model.19, model.22) where the "
-        "paper uses Upsample + Conv and retrained (appendix A.3); its released generators also come without "
-        "discriminators, which QAT needs. Remove archs.cyclegan.fp_checkpoint to train it."
-    ),
-}
+# published formats that cannot be imported, and why (each arch's ARCH literal says)
+UNSUPPORTED = registry.refused_checkpoint_formats()
 
 
 def heykeetae_sagan(published: Mapping[str, torch.Tensor], model: nn.Module) -> nn.Module:
@@ -281,36 +270,3 @@ def junyanz_cyclegan(published: Mapping[str, torch.Tensor], model: nn.Module, pa
     _apply(published, model, plan, ignored, "generator", "archs.cyclegan.model: ngf, n_blocks, n_downsampling", complete=False)
     done = {ours for ours, *_ in plan}
     return sorted({k.rsplit(".", 1)[0] for k in model.state_dict() if k not in done})
-
-
-# -------------------------------------------------------------------------------- the stage
-def import_fp(cfg: Dict[str, Any], arch_name: str, src: str | Path, out: str | Path) -> Path:
-    """Write ``out`` (the format of :func:`workflow_src.train.train`'s output, so every later stage
-    loads it with ``load_generator``/``load_discriminator``) from the published checkpoint ``src``
-    described by ``archs.<arch_name>.fp_checkpoint``."""
-    from ..data.download import sha256_file
-    from ..train import _state_dicts, make_arch
-    from ..utils import seed_everything, torch_load, torch_save
-
-    ck = cfg["archs"][arch_name]["fp_checkpoint"]
-    key = f"archs.{arch_name}.fp_checkpoint"
-    fmt = ck["format"]
-    if fmt in UNSUPPORTED:
-        raise CheckpointMismatch(f"{key}.format = {fmt!r}: " + UNSUPPORTED[fmt])
-    digest = sha256_file(src)
-    if ck.get("sha256") and digest != ck["sha256"]:
-        raise CheckpointMismatch(f"{key}.sha256: {str(src)!r} has sha256 {digest}, expected {ck['sha256']}")
-    obj = torch_load(src)
-    seed_everything(cfg["seed"])
-    arch = make_arch(cfg, arch_name)
-    state = arch.init_state(torch.device("cpu"))
-    g_entry, d_entry = ck.get("generator"), ck.get("discriminator")
-    rosinality_generator(select(obj, g_entry, "generator", f"{key}.generator"), state["G_ema"])
-    state["G"].load_state_dict(state["G_ema"].state_dict())
-    if d_entry is not None:
-        rosinality_discriminator(select(obj, d_entry, "discriminator", f"{key}.discriminator"), state["D"])
-    source = {"format": fmt, "file": Path(src).name, "sha256": digest, "generator": g_entry, "discriminator": d_entry}
-    torch_save({"arch": arch_name, "steps": 0, "state": _state_dicts(state), "imported": source}, out)
-    print(f"imported {arch_name} from {src} (sha256 {digest}): generator {g_entry or '<file>'}, "
-          f"discriminator {d_entry or 'none (QAT unavailable)'}")
-    return Path(out)

@@ -4,7 +4,7 @@ Generators are trained with layers that reparametrise their weights (equalized l
 spectral normalisation).  Quantization must see the weight that is actually used in the forward
 pass, so :func:`bake` turns every such layer into a plain ``nn.Conv2d``/``nn.Linear`` holding its
 effective weight before the model is quantized or exported.  After ``bake`` a generator contains
-only ``nn.Conv2d``, ``nn.Linear``, the operation modules of :mod:`workflow_src.quant.ops`,
+only ``nn.Conv2d``, ``nn.Linear``, the operation modules of :mod:`workflow_src.archs.ops`,
 normalisations, activations and resampling.
 """
 from __future__ import annotations

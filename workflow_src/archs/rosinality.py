@@ -37,7 +37,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..quant import ops
+from . import ops
 from .layers import Blur, EqualConv2d, EqualLinear, FusedUpConv2d, blur_average
 from .stylegan import AdaIN, NoiseInjection, StyleGenerator
 

@@ -4,7 +4,7 @@ convolution to nearest upsampling + convolution.
 Generator: z -> spectral-norm linear to a 4x4 map -> residual up-blocks (BN, ReLU, upsample, SN 3x3,
 BN, ReLU, SN 3x3; skip: upsample + SN 1x1) with one self-attention block at ``attn_res`` -> BN, ReLU,
 SN 3x3 to RGB, tanh.  Residual sums, the attention matrix products and the gamma-scaled attention
-residual go through :mod:`workflow_src.quant.ops` modules.
+residual go through :mod:`workflow_src.archs.ops` modules.
 
 Discriminator: SN residual down-blocks with self-attention, hinge loss; TTUR Adam; generator EMA
 whose BatchNorm statistics and spectral-norm vectors are kept up to date by running the EMA copy in
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ..quant import ops
-from .base import LatentEMAGAN, register
+from . import ops
+from .base import LatentEMAGAN
 from .stylegan import check_levels, ema_beta, update_ema
 
 
@@ -121,7 +121,6 @@ class SADiscriminator(nn.Module):
         return self.fc(F.relu(self.blocks(x)).sum(dim=(2, 3))).flatten()
 
 
-@register("sagan")
 class SAGAN(LatentEMAGAN):
     """model_cfg: latent_dim, channels, d_channels, attn_res (null disables attention).
     train_cfg: steps, batch_size, lr_g, lr_d, betas, ema_beta."""
@@ -173,3 +172,23 @@ class SAGAN(LatentEMAGAN):
             G_ema(z)
             G_ema.eval()
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+
+
+# What this arch is (workflow_src/registry.py reads this literal without importing this file).
+ARCH = {
+    "name": "sagan",
+    "class": "SAGAN",
+    "title": "SAGAN",
+    "model": {
+        "latent_dim": {"$ref": "#/$defs/pos_int"},
+        "channels": {"$ref": "#/$defs/channels"},
+        "d_channels": {"$ref": "#/$defs/channels"},
+        "attn_res": {"type": ["integer", "null"], "minimum": 4},
+    },
+    "per_level": ["channels"],
+    "checkpoint_formats": {"heykeetae": {"refused": (
+        "heykeetae/Self-Attention-GAN's generator is a stack of ConvTranspose2d layers (l1..l4, last) with two "
+        "attention layers; the paper replaced every transposed convolution by Upsample + Conv and retrained (appendix "
+        "A.2), and this project's SAGAN is that retrained residual generator: no published SAGAN checkpoint matches it. "
+        "Remove archs.sagan.fp_checkpoint to train it.")}},
+}

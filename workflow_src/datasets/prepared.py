@@ -22,6 +22,7 @@ import torch
 
 from . import offline, real
 from .download import sha256_file
+from .kinds import check_kind, is_two_domain, splits_for
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -33,24 +34,9 @@ DATASET_KINDS: dict[str, Callable[[dict, Path], dict]] = {
     "celeba": real.build_celeba,
     "horse2zebra": real.build_horse2zebra,
 }
-TWO_DOMAIN_KINDS = frozenset({"horse2zebra-synthetic", "horse2zebra"})
 
 __all__ = ["DATASET_KINDS", "prepare", "is_two_domain", "splits_for", "load_split",
            "to_tensor", "train_batches", "read_manifest"]
-
-
-def _check_kind(kind: str) -> str:
-    if kind not in DATASET_KINDS:
-        raise ValueError(f"unknown dataset kind {kind!r}; known kinds: {', '.join(sorted(DATASET_KINDS))}")
-    return kind
-
-
-def is_two_domain(kind: str) -> bool:
-    return _check_kind(kind) in TWO_DOMAIN_KINDS
-
-
-def splits_for(kind: str) -> list[str]:
-    return ["trainA", "trainB", "testA", "testB"] if is_two_domain(kind) else ["train", "test"]
 
 
 def _canonical(cfg: dict) -> str:
@@ -115,7 +101,7 @@ def prepare(name: str, cfg: dict, out_dir: str | Path, download_dir: str | Path 
     """
     if "kind" not in cfg or "resolution" not in cfg:
         raise ValueError(f"dataset {name!r}: config needs 'kind' and 'resolution', got keys {sorted(cfg)}")
-    kind, res = _check_kind(cfg["kind"]), int(cfg["resolution"])
+    kind, res = check_kind(cfg["kind"]), int(cfg["resolution"])
     if res < 1:
         raise ValueError(f"dataset {name!r}: resolution must be positive, got {res}")
     out_dir = Path(out_dir)

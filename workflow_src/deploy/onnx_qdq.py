@@ -31,7 +31,7 @@ from torch import nn
 from ..quant.modules import QuantConv2d, QuantLinear
 from ..quant.quantizer import FakeQuantizer, fake_quantize
 from ..quant.transform import activation_quantizers, weight_quantizers
-from ..utils import atomic_path
+from ..files import atomic_path
 
 OPSET = 17  # opset of the traced graph; INT4 weights need 21 (converted after folding)
 INT4_OPSET = 21

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..quant.modules import QuantConv2d, QuantLinear, QuantOp
 from ..quant.quantizer import FakeQuantizer
-from ..utils import atomic_path
+from ..files import atomic_path
 from .onnx_qdq import check_exportable
 
 RUNTIME = "pt2e-x86"

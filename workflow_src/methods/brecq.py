@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import Variant
-from ..models.layers import bake
+from ..archs.layers import bake
 from ..quant import QuantConv2d, QuantLinear, QuantOp, calibrate, quantize_model
 from ..quant.adaround import AdaRoundQuantizer, LinearTempDecay
 from ..quant.blocks import Block, capture, index_record, record_len, split_blocks
@@ -205,3 +205,37 @@ def brecq(mode: str):
 
 ar_brecq = brecq("ar-brecq")
 ste_brecq = brecq("ste-brecq")
+
+
+# What these methods are and the params section they own (workflow_src/registry.py reads these
+# literals without importing this file).
+METHODS = [
+    {"name": "ar-brecq", "kind": "reconstruction", "title": "AR-BRECQ", "run": "ar_brecq", "needs": ["quantiles"],
+     "reads": ["seed", "brecq"], "requires": ["brecq.ar_steps"]},
+    {"name": "ste-brecq", "kind": "reconstruction", "title": "STE-BRECQ", "run": "ste_brecq", "needs": ["quantiles"],
+     "reads": ["seed", "brecq"], "requires": ["brecq.ste_steps"]},
+]
+PARAMS = {
+    "sections": {"brecq": {
+        "description": "block-reconstruction PTQ hyperparameters (paper section 3.5, appendix A)",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "calib_images": {"$ref": "#/$defs/pos_int"},
+            "batch_size": {"$ref": "#/$defs/pos_int"},
+            "ar_steps": {"$ref": "#/$defs/pos_int"},
+            "ar_warmup": {"type": "integer", "minimum": 0},
+            "ste_steps": {"$ref": "#/$defs/pos_int"},
+            "lr_weights": {"$ref": "#/$defs/pos_num"},
+            "lr_qparams": {"type": "number", "minimum": 0},
+            "betas": {"$ref": "#/$defs/betas"},
+            "zeta": {"type": "number"},
+            "gamma": {"type": "number"},
+            "reg_weight": {"type": "number", "minimum": 0},
+            "lr_rounding": {"$ref": "#/$defs/pos_num"},
+            "beta_range": {"type": "array", "items": {"$ref": "#/$defs/pos_num"}, "minItems": 2, "maxItems": 2},
+        },
+    }},
+    "requires": ["brecq.calib_images", "brecq.batch_size", "brecq.lr_weights", "brecq.lr_qparams"],
+    "at_most": [["brecq.calib_images", "distill.size", "reconstruction draws from the distillation set"]],
+}

@@ -25,24 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+from ..config.vgg import VGG16_CFG, layer_names  # noqa: F401  (the layouts and their layer names)
+
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's file name: the sha256 prefix follows the dash
 VGG16_URL = "https://download.pytorch.org/models/" + VGG16_FILE
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def layer_names(cfg: Sequence) -> Dict[str, int]:
-    """``{"relu1_1": index, ...}``: the index in ``features`` of each ReLU, by stage and conv."""
-    names, stage, conv, i = {}, 1, 0, 0
-    for c in cfg:
-        if c == "M":
-            stage, conv, i = stage + 1, 0, i + 1
-        else:
-            conv += 1
-            names[f"relu{stage}_{conv}"] = i + 1
-            i += 2
-    return names
 
 
 class VGGFeatures(nn.Module):

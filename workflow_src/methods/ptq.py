@@ -46,3 +46,11 @@ def _ptq(observer: str):
 
 ptq_minmax = _ptq("minmax")
 ptq_quantile = _ptq("quantile")
+
+
+# What these methods are (workflow_src/registry.py reads these literals without importing this file).
+METHODS = [
+    {"name": "ptq-minmax", "kind": "ptq", "title": "vanilla PTQ (min-max)", "run": "ptq_minmax"},
+    {"name": "ptq-quantile", "kind": "ptq", "title": "vanilla PTQ (quantile)", "run": "ptq_quantile", "needs": ["quantiles"],
+     "sweep": True},
+]

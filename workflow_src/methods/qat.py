@@ -9,7 +9,7 @@ the FP outputs ``y = f(x)``):
     L_D = 1/2 (D(y) - 1)^2 + 1/2 D(f_q(x))^2                                      (LSGAN)
 
 ``D`` starts from the FP training's discriminator and sees FP outputs as real; ``phi`` is the
-perceptual network (:mod:`workflow_src.metrics.perceptual`).  ``distill_loss: mse`` replaces the two
+perceptual network (:mod:`workflow_src.methods.perceptual`).  ``distill_loss: mse`` replaces the two
 perceptual terms with ``w_mse * ||f_q(x) - y||^2`` (the appendix B ablation).
 
 * ``ma-qat``: weights (and biases) through the straight-through estimator; every range (weights
@@ -41,7 +41,8 @@ from ..config import Variant, deep_merge
 from ..quant import calibrate, map_quantizers, quantize_model
 from ..quant.lsq import LSQQuantizer
 from ..quant.quantizer import FakeQuantizer
-from ..utils import append_rows, torch_load, torch_save, truncate_rows
+from ..files import append_rows, truncate_rows
+from ..utils import torch_load, torch_save
 from .ptq import spec_for
 
 
@@ -134,7 +135,7 @@ def make_loss(cfg: Dict[str, Any], qcfg: Dict[str, Any], perceptual: Optional[nn
     kind = qcfg.get("distill_loss", "perceptual")
     pl = None
     if kind == "perceptual":
-        from ..metrics.perceptual import PerceptualLoss
+        from .perceptual import PerceptualLoss
 
         if perceptual is None:
             raise ValueError("qat.distill_loss = 'perceptual' needs the perceptual network (--perceptual)")
@@ -273,3 +274,45 @@ def qat(mode: str):
 
 ma_qat = qat("ma-qat")
 lsq_qat = qat("lsq-qat")
+
+
+# What these methods are and the params section they own (workflow_src/registry.py reads these
+# literals without importing this file).  The perceptual network is needed unless the arch's QAT
+# uses the pixel MSE ablation (appendix B).
+METHODS = [
+    {"name": "ma-qat", "kind": "qat", "title": "MA-QAT", "run": "ma_qat", "reads": ["seed", "qat", "archs.{arch}.qat"],
+     "needs": ["quantiles", "discriminator", "distill", {"need": "perceptual", "when": {"qat.distill_loss": "perceptual"}}]},
+    {"name": "lsq-qat", "kind": "qat", "title": "LSQ-QAT", "run": "lsq_qat", "reads": ["seed", "qat", "archs.{arch}.qat"],
+     "needs": ["quantiles", "discriminator", "distill", {"need": "perceptual", "when": {"qat.distill_loss": "perceptual"}}]},
+]
+PARAMS = {
+    "sections": {"qat": {
+        "description": "quantization-aware training (paper section 3.6, 4.2, appendix A); archs.<arch>.qat overrides keys",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["epochs", "ma_epochs", "batch_size", "lr_weights", "lr_qparams", "lr_d", "betas", "schedule", "momentum",
+                     "distill_loss", "loss_weights"],
+        "properties": {
+            "epochs": {"$ref": "#/$defs/pos_int"},
+            "ma_epochs": {"description": "MA-QAT: ranges follow the moving average during the first ma_epochs epochs",
+                          "type": "integer", "minimum": 0},
+            "lsq_epochs": {"description": "LSQ-QAT: LSQ in the last lsq_epochs epochs, MA-QAT before (default: all)",
+                           "type": "integer", "minimum": 0},
+            "batch_size": {"$ref": "#/$defs/pos_int"},
+            "lr_weights": {"$ref": "#/$defs/pos_num"},
+            "lr_qparams": {"type": "number", "minimum": 0},
+            "lr_d": {"type": "number", "minimum": 0},
+            "betas": {"$ref": "#/$defs/betas"},
+            "schedule": {"enum": ["cosine", "constant"]},
+            "momentum": {"$ref": "#/$defs/prob"},
+            "distill_loss": {"enum": ["perceptual", "mse"]},
+            "loss_weights": {"type": "object", "additionalProperties": False, "properties": {
+                "adversarial": {"type": "number", "minimum": 0}, "content": {"type": "number", "minimum": 0},
+                "style": {"type": "number", "minimum": 0}, "mse": {"type": "number", "minimum": 0}}},
+        },
+    }},
+    "always": ["qat"],  # the report reads qat.distill_loss (which paper rows compare)
+    "per_arch": ["qat"],
+    "at_most": [["qat.lsq_epochs", "qat.epochs", ""],
+                ["qat.batch_size", "distill.size", "QAT trains on the distillation set"]],
+}

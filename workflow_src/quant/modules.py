@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, asdict
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .observers import MinMaxObserver, Observer, QuantileObserver
-from .ops import Cat, FloatOp
+from ..archs.ops import Cat, FloatOp
 from .quantizer import FakeQuantizer
 
 
@@ -26,7 +26,7 @@ class QuantSpec:
     w_bits: int = 8
     a_bits: int = 8
     per_channel: bool = True
-    w_observer: str = "minmax"  # "minmax" | "quantile"
+    w_observer: str = "minmax"  # a kind of OBSERVERS: "minmax", "quantile", or one a method registered
     a_observer: str = "minmax"
     w_quantiles: Tuple[float, float] = (1.0, 0.0)  # (upper, lower)
     a_quantiles: Tuple[float, float] = (1.0, 0.0)
@@ -44,13 +44,29 @@ class QuantSpec:
         return cls(**d)
 
 
+# Observer kinds by the name a QuantSpec records: factory(quantiles, momentum, channels=, axis=, per_sample=).
+# A method that brings its own observer registers it (register_observer) in its file, so a saved
+# model names it and loads back with it.
+ObserverFactory = Callable[..., Observer]
+OBSERVERS: Dict[str, ObserverFactory] = {
+    "minmax": lambda quantiles, momentum, **kw: MinMaxObserver(**kw),
+    "quantile": lambda quantiles, momentum, **kw: QuantileObserver(upper=quantiles[0], lower=quantiles[1], momentum=momentum, **kw),
+}
+
+
+def register_observer(kind: str, factory: ObserverFactory) -> None:
+    """Make ``kind`` usable as ``QuantSpec.w_observer``/``a_observer``."""
+    if OBSERVERS.get(kind, factory) is not factory:
+        raise ValueError(f"observer {kind!r} is already registered")
+    OBSERVERS[kind] = factory
+
+
 def _observer(kind: str, quantiles: Tuple[float, float], momentum: float, **kw) -> Observer:
-    if kind == "minmax":
-        return MinMaxObserver(**kw)
-    if kind == "quantile":
-        upper, lower = quantiles
-        return QuantileObserver(upper=upper, lower=lower, momentum=momentum, **kw)
-    raise ValueError(f"observer {kind!r}: known observers are 'minmax' and 'quantile'")
+    try:
+        factory = OBSERVERS[kind]
+    except KeyError:
+        raise ValueError(f"observer {kind!r}: known observers are {sorted(OBSERVERS)}") from None
+    return factory(quantiles, momentum, **kw)
 
 
 def weight_quantizer(weight: torch.Tensor, spec: QuantSpec) -> FakeQuantizer:
@@ -113,4 +129,4 @@ class QuantOp(nn.Module):
         return self.op.compute(*(q(x) for q, x in zip(self.operand_quant, xs)))
 
 
-__all__ = ["QuantSpec", "QuantConv2d", "QuantLinear", "QuantOp", "Cat", "weight_quantizer", "activation_quantizer"]
+__all__ = ["QuantSpec", "QuantConv2d", "QuantLinear", "QuantOp", "Cat", "weight_quantizer", "activation_quantizer", "register_observer"]

@@ -1,6 +1,6 @@
 """The model transform: a float generator in, a fake-quantized generator out.
 
-``quantize_model`` bakes reparametrised layers (:func:`workflow_src.models.layers.bake`), then swaps
+``quantize_model`` bakes reparametrised layers (:func:`workflow_src.archs.layers.bake`), then swaps
 every ``nn.Conv2d``/``nn.Linear`` for its quantized version and every operation module of
 :mod:`.ops` for a :class:`~.modules.QuantOp`.  Weight quantizers are calibrated immediately;
 activation quantizers are calibrated by :func:`calibrate`.  One switch (:func:`set_quant`) turns
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..models.layers import bake
+from ..archs.layers import bake
 from .modules import QuantConv2d, QuantLinear, QuantOp, QuantSpec
-from .ops import FloatOp
+from ..archs.ops import FloatOp
 from .quantizer import FakeQuantizer
 
 

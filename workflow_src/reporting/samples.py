@@ -14,17 +14,12 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from .config import FP, Variant
-from .utils import atomic_path
-
-
-def figure_variants(cfg: Dict[str, Any]) -> List[Variant]:
-    """The variants a sample figure shows: every method x every weight width, a8 (per-tensor if
-    the matrix has it, else per-channel)."""
-    m = cfg["matrix"]
-    pc = False if False in m["per_channel"] else True
-    a = 8 if 8 in m["a_bits"] else max(m["a_bits"])
-    return [Variant(meth, pc, w, a) for meth in m["methods"] for w in sorted(m["w_bits"], reverse=True)]
+from ..config import FP, Variant
+from ..files import atomic_path
+from ..workflow.artifacts import load_eval_inputs, load_quantized, make_arch
+from ..workflow.stages import figure_variants
+from ..workflow.training import load_generator
+from .tables import FP_TITLE, arch_title, method_title
 
 
 def _caption(metrics: Dict[str, Any]) -> str:
@@ -38,16 +33,17 @@ def _strip(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_figure(cfg: Dict[str, Any], arch_name: str, fp_path: str, inputs_path: str, models_dir: str, metrics_dir: str, out: str) -> None:
+def sample_figure(cfg: Dict[str, Any], *, arch: str, models: List[str], metrics: List[str], fp: str, inputs: str, out: str) -> None:
+    """One row per method (``figure_variants``): the quantized ``models`` beside the FP generator
+    ``fp`` on the same display inputs, FID from ``metrics`` in the captions."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import ARCH_TITLES, METHOD_TITLES
-    from .stages import load_eval_inputs, load_quantized
-    from .train import load_generator, make_arch
-
+    arch_name, fp_path, inputs_path = arch, fp, inputs
+    model_of = {Path(p).stem: p for p in models}
+    metrics_of = {Path(p).stem: p for p in metrics}
     fcfg = cfg["figures"]
     n, trunc = int(fcfg["samples"]), float(fcfg["truncation"])
     arch = make_arch(cfg, arch_name)
@@ -63,20 +59,20 @@ def sample_figure(cfg: Dict[str, Any], arch_name: str, fp_path: str, inputs_path
         with arch.use_extras(model, extras, slice(0, len(inputs))):
             return _strip(arch.display(model, inputs, trunc))
 
-    fp_metrics = json.loads((Path(metrics_dir) / f"{FP}.json").read_text())
+    fp_metrics = json.loads(Path(metrics_of[FP]).read_text())
     rows: List[Tuple[str, List[torch.Tensor]]] = [
-        (f"{METHOD_TITLES[FP]}: FID {_caption(fp_metrics)}", [show(load_generator(cfg, arch_name, fp_path))])]
+        (f"{FP_TITLE}: FID {_caption(fp_metrics)}", [show(load_generator(cfg, arch_name, fp_path))])]
     by_method: Dict[str, List[Variant]] = {}
     for v in figure_variants(cfg):
         by_method.setdefault(v.method, []).append(v)
     for method, vs in by_method.items():
         strips, fids = [], []
         for v in vs:
-            model = load_quantized(cfg, arch_name, str(Path(models_dir) / f"{v.name}.pt"))
+            model = load_quantized(cfg, arch_name, model_of[v.name])
             strips.append(show(model))
-            fids.append(f"w{v.w_bits}: {_caption(json.loads((Path(metrics_dir) / f'{v.name}.json').read_text()))}")
+            fids.append(f"w{v.w_bits}: {_caption(json.loads(Path(metrics_of[v.name]).read_text()))}")
         gran = "per-channel" if vs[0].per_channel else "per-tensor"
-        rows.append((f"{METHOD_TITLES.get(method, method)} ({gran}, a{vs[0].a_bits}) FID " + " / ".join(fids), strips))
+        rows.append((f"{method_title(method)} ({gran}, a{vs[0].a_bits}) FID " + " / ".join(fids), strips))
     width = max(len(s) for _, s in rows)
     h, w = rows[0][1][0].shape[:2]
     fig, axes = plt.subplots(len(rows), width, figsize=(max(6, width * w / 28), 0.5 + len(rows) * max(0.9, h / 28)), squeeze=False)
@@ -90,7 +86,7 @@ def sample_figure(cfg: Dict[str, Any], arch_name: str, fp_path: str, inputs_path
                 ax.axis("off")
         axes[r, 0].set_title(label, fontsize=7, loc="left", pad=2)
     how = arch.truncation_doc.format(t=trunc)
-    fig.suptitle(f"{ARCH_TITLES.get(arch_name, arch_name)}: samples by method, weights 8-bit (left) and 4-bit (right); "
+    fig.suptitle(f"{arch_title(arch_name)}: samples by method, weights 8-bit (left) and 4-bit (right); "
                  f"display only: {how} (FID without)", fontsize=8)
     fig.tight_layout()
     with atomic_path(out) as tmp:

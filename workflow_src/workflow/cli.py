@@ -1,133 +1,63 @@
-"""``python -m workflow_src STAGE --config params.yaml [--config override.yaml] ...``
+"""``python -m workflow_src [--config params.yaml ...] [--threads N] COMMAND --option value ...``
 
-One subcommand per workflow stage; Snakemake rules and DVC stages call exactly these.  Every
-invocation validates the merged params against the schema before doing anything."""
+One command per workflow stage, built from the stage declarations (:mod:`.stages`): Snakemake
+rules and DVC stages call exactly these.  Every invocation validates the merged params before
+doing anything; the stage's module (and torch with it) is imported only then."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
-from . import config as config_mod
+from .. import config as config_mod
+from .stages import COMMANDS, WILDCARDS, Stage, option, resources_problems
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m workflow_src", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m workflow_src", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", action="append", default=None, help="params YAML; repeat to merge overrides (default: params.yaml)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    sub = p.add_subparsers(dest="stage", required=True)
-
-    def stage(name, help, *args):
-        sp = sub.add_parser(name, help=help)
-        for a in args:
-            sp.add_argument(f"--{a}", required=True)
-        return sp
-
-    stage("validate", "validate the params and print the experiment matrix")
-    stage("dvc-yaml", "regenerate dvc.yaml from the Snakemake DAG", "out")
-    stage("prepare-data", "download or generate a dataset", "dataset", "out", "downloads")
-    stage("fetch-inception", "download pytorch-fid's FID Inception weights (sha256-verified)", "out")
-    sp = stage("train-features", "train the tiny profile's FID feature network", "out")
-    sp.add_argument("--data", nargs="+", required=True)
-    stage("fetch-vgg16", "download torchvision's VGG16 weights for the perceptual loss (sha256-verified)", "out")
-    sp = stage("train-perceptual", "train the tiny profile's perceptual network (QAT's distillation loss)", "out")
-    sp.add_argument("--data", nargs="+", required=True)
-    stage("real-stats", "feature statistics of real images", "data", "split", "features", "out")
-    stage("train", "train a full-precision GAN (resumes from --ckpt)", "arch", "data", "out", "ckpt")
-    stage("import-fp", "import the FP networks from a published checkpoint (archs.<arch>.fp_checkpoint)", "arch", "checkpoint", "out")
-    stage("distill", "generate the distillation set", "arch", "data", "fp", "out")
-    stage("eval-inputs", "draw the seeded evaluation inputs", "arch", "data", "out")
-    sp = stage("quantize", "quantize a generator with one method/variant", "arch", "variant", "fp", "distill", "out", "info")
-    sp.add_argument("--quantiles", default=None, help="best.json of the quantile sweep (archs.<arch>.quantiles: sweep)")
-    sp.add_argument("--perceptual", default=None, help="QAT: the perceptual network (perceptual.kind)")
-    sp.add_argument("--losses", default=None, help="QAT: per-step losses CSV")
-    stage("quantile-sweep", "qFID over activation/weight quantile pairs (Figure 1)", "arch", "fp", "distill", "inputs", "features", "fp-stats", "out", "best")
-    sp = stage("fig1", "the quantile-sweep figure and table", "png", "out")
-    sp.add_argument("--sweeps", nargs="+", required=True)
-    stage("evaluate", "FID and qFID of one variant (or fp)", "arch", "variant", "model", "inputs", "features", "real-stats", "fp-stats", "out", "samples")
-    stage("export-fp", "FP32 exports of a generator (baselines of rule export)", "arch", "fp", "inputs", "out")
-    stage("export", "integer exports of one variant, checked and timed against FP32", "arch", "variant", "model", "fp-exports", "inputs",
-          "features", "out-dir", "out")
-    stage("sample-figure", "samples by method at w8/w4 with FID captions (paper Figures 2-4)", "arch", "fp", "inputs", "models", "metrics", "out")
-    sp = stage("report", "tables, figures and the HTML report", "samples", "out")
-    sp.add_argument("--metrics", nargs="+", required=True)
-    sp.add_argument("--exports", nargs="*", default=[], help="export summaries (rule export)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (Snakemake's {threads})")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for st in COMMANDS.values():
+        sp = sub.add_parser(st.command, help=st.help, description=f"{st.help} (rule {st.name})" if st.rule else st.help)
+        for name, (kind, a) in st.arguments().items():
+            if a is None:
+                sp.add_argument(option(name), dest=name, required=True, help=WILDCARDS[name])
+            elif a.many:
+                sp.add_argument(option(name), dest=name, nargs="*" if a.optional else "+", default=[], required=not a.optional,
+                                help=f"{kind}: {a.help}")
+            else:
+                sp.add_argument(option(name), dest=name, required=not a.optional, default=None, help=f"{kind}: {a.help}")
     return p
 
 
+def run(st: Stage, cfg: Dict[str, Any], args: Dict[str, Any]) -> Any:
+    """Call the stage's function with the params and its named artifacts."""
+    module, function = st.run.split(":")
+    fn = getattr(importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.{module}"), function)
+    return fn(cfg, **{name: args[name] for name in st.arguments()})
+
+
+def validate(cfg: Dict[str, Any]) -> None:
+    """The ``validate`` command: the params passed; print the experiment matrix."""
+    print(f"params OK: profile {cfg['profile']}, archs {cfg['matrix']['archs']}")
+    for v in config_mod.variants(cfg):
+        print("  ", v.name)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = vars(_parser().parse_args(argv))
     try:
-        cfg = config_mod.load(args.config or ["params.yaml"])
+        cfg = config_mod.load(args["config"] or ["params.yaml"], extra_checks=[resources_problems])
     except config_mod.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from . import stages
-    from .utils import device, set_threads
+    st = COMMANDS[args["command"]]
+    if st.rule:  # a stage: torch is imported only now, never for --help, bad params, validate or dvc-yaml
+        from ..utils import set_threads
 
-    set_threads(args.threads)
-    s = args.stage
-    if s == "validate":
-        print(f"params OK: profile {cfg['profile']}, archs {cfg['matrix']['archs']}")
-        for v in config_mod.variants(cfg):
-            print("  ", v.name)
-    elif s == "dvc-yaml":
-        from pathlib import Path
-
-        from .dag import render_dvc_yaml
-        from .utils import atomic_write_text
-
-        atomic_write_text(args.out, render_dvc_yaml(Path(__file__).resolve().parents[1]))
-    elif s == "prepare-data":
-        from . import data
-
-        data.prepare(args.dataset, cfg["datasets"][args.dataset], args.out, download_dir=args.downloads)
-    elif s == "fetch-inception":
-        stages.fetch_inception(cfg, args.out)
-    elif s == "fetch-vgg16":
-        stages.fetch_vgg16(cfg, args.out)
-    elif s == "train-perceptual":
-        stages.train_perceptual(cfg, args.data, args.out)
-    elif s == "train-features":
-        stages.train_features(cfg, args.data, args.out)
-    elif s == "real-stats":
-        stages.real_stats(cfg, args.data, args.split, args.features, args.out)
-    elif s == "train":
-        stages.train_fp(cfg, args.arch, args.data, args.out, args.ckpt, device())
-    elif s == "import-fp":
-        from .models.importers import import_fp
-
-        import_fp(cfg, args.arch, args.checkpoint, args.out)
-    elif s == "distill":
-        stages.distill(cfg, args.arch, args.data, args.fp, args.out)
-    elif s == "eval-inputs":
-        stages.eval_inputs(cfg, args.arch, args.data, args.out)
-    elif s == "quantize":
-        stages.quantize(cfg, args.arch, args.variant, args.fp, args.distill, args.out, args.info, args.quantiles, args.perceptual, args.losses)
-    elif s == "quantile-sweep":
-        from .sweep import run_sweep
-
-        run_sweep(cfg, args.arch, args.fp, args.distill, args.inputs, args.features, args.fp_stats, args.out, args.best)
-    elif s == "fig1":
-        from .sweep import figure
-
-        figure(args.sweeps, args.png, args.out)
-    elif s == "evaluate":
-        stages.evaluate(cfg, args.arch, args.variant, args.model, args.inputs, args.features, args.real_stats, args.fp_stats, args.out, args.samples)
-    elif s == "export-fp":
-        from .export.stage import export_fp
-
-        export_fp(cfg, args.arch, args.fp, args.inputs, args.out)
-    elif s == "export":
-        from .export.stage import export_variant
-
-        export_variant(cfg, args.arch, args.variant, args.model, args.fp_exports, args.inputs, args.features, args.out_dir, args.out)
-    elif s == "sample-figure":
-        from .figures import sample_figure
-
-        sample_figure(cfg, args.arch, args.fp, args.inputs, args.models, args.metrics, args.out)
-    elif s == "report":
-        from . import report
-
-        report.build(cfg, args.metrics, args.samples, args.out, args.exports)
+        set_threads(args["threads"])
+    run(st, cfg, args)
     return 0

@@ -1,71 +1,25 @@
-"""What each workflow stage reads from the params, and the DVC pipeline derived from the Snakemake DAG.
+"""The DVC pipeline, derived from the Snakemake DAG.
 
-One source of truth: the Snakemake rules define the DAG (inputs, outputs, commands); this module
-defines which params keys each stage reads.  Snakemake passes the values of those keys as the rule's
-``params.section`` (so a changed key reruns exactly the jobs that read it), and :func:`dvc_stages`
-turns Snakemake's own job list into ``dvc.yaml`` with the same keys under ``params:``.  Nothing is
-written twice, and ``tests/test_dvc.py`` fails if the committed ``dvc.yaml`` is stale.
+One source of truth: the stage declarations (:mod:`.stages`) give the rules their inputs, outputs,
+commands and the params keys each job reads; :func:`dvc_stages` turns Snakemake's own plan of jobs
+into ``dvc.yaml`` with the same commands, files and keys (under ``params:``).  Nothing is written
+twice, and ``tests/test_dvc.py`` fails if the committed ``dvc.yaml`` is stale.
 """
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List
 
-from .config import Variant
+import yaml
 
-# rule -> (its wildcards, in the order they appear in the rule's log path logs/<rule>/<w1>/<w2>.log,
-#          the dotted params keys it reads; "{name}" is filled from the wildcards)
-STAGES: Dict[str, tuple] = {
-    "prepare_data": (("dataset",), ["datasets.{dataset}"]),
-    "train_features": ((), ["seed", "features.tinycnn"]),
-    "fetch_inception": ((), ["features.inception"]),
-    "real_stats": (("dataset", "split"), ["features", "eval.batch_size"]),
-    "train_fp": (("arch",), ["seed", "train", "archs.{arch}.dataset", "archs.{arch}.resolution", "archs.{arch}.model", "archs.{arch}.train"]),
-    "import_fp": (("arch",), ["seed", "archs.{arch}.fp_checkpoint", "archs.{arch}.model", "archs.{arch}.resolution"]),
-    "distill": (("arch",), ["seed", "distill", "archs.{arch}.model", "archs.{arch}.resolution"]),
-    "eval_inputs": (("arch",), ["seed", "eval.n_samples", "eval.real_split", "archs.{arch}.model", "archs.{arch}.resolution"]),
-    "quantize": (("arch", "variant"), None),  # depends on the method: see methods.METHOD_PARAMS
-    "qat": (("arch", "variant"), None),
-    "train_perceptual": ((), ["seed", "perceptual.tinyvgg"]),
-    "fetch_vgg16": ((), ["perceptual.vgg16"]),
-    "evaluate_fp": (("arch",), ["seed", "eval"]),
-    "evaluate": (("arch", "variant"), ["seed", "eval"]),
-    "quantile_sweep": (("arch",), ["seed", "sweep", "calibration", "distill.batch_size", "eval", "archs.{arch}.model", "archs.{arch}.resolution"]),
-    "fig1": ((), ["sweep"]),
-    "export_fp": (("arch",), ["export.runtimes", "export.batch_sizes", "archs.{arch}.model", "archs.{arch}.resolution"]),
-    "export": (("arch", "variant"), ["export", "eval.batch_size"]),
-    "sample_figure": (("arch",), ["seed", "matrix", "figures"]),
-    "report": ((), ["matrix", "eval.bootstrap", "eval.n_samples", "qat.distill_loss"]),
-}
+from ..files import atomic_write_text
+from .stages import param_keys, stage
 
-
-def param_keys(rule: str, wildcards: Mapping[str, str]) -> List[str]:
-    """The params keys job ``rule`` with ``wildcards`` reads."""
-    if rule not in STAGES:
-        raise KeyError(f"rule {rule!r} has no entry in workflow_src.dag.STAGES")
-    _, keys = STAGES[rule]
-    if keys is None:  # quantize, qat: each method declares what it reads
-        from .methods import METHOD_PARAMS
-
-        keys = METHOD_PARAMS[Variant.parse(wildcards["variant"]).method]
-    return [k.format(**dict(wildcards)) for k in keys]
-
-
-def lookup(cfg: Mapping[str, Any], key: str) -> Any:
-    cur: Any = cfg
-    for part in key.split("."):
-        cur = cur[part]
-    return cur
-
-
-def param_values(cfg: Mapping[str, Any], rule: str, wildcards: Mapping[str, str]) -> Dict[str, Any]:
-    """``{key: value}`` of what the job reads (Snakemake's ``params.section``, a rerun trigger)."""
-    return {k: lookup(cfg, k) for k in param_keys(rule, wildcards)}
-
-
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: Snakefile, rules/, params.yaml
 # ------------------------------------------------------------------------------- DVC
 _REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1\s*$")
 _CONFIG = re.compile(r"--config\s+\S+")
@@ -74,8 +28,6 @@ _CONFIG = re.compile(r"--config\s+\S+")
 def snakemake_jobs(root: Path, configfiles: List[str] = (), target: str = "report") -> List[Dict[str, Any]]:
     """Every job of the DAG for ``target`` as Snakemake plans it: a dry run (``-n -p``) in an empty
     working directory, parsed into rule, wildcards, inputs, outputs, log and shell command."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as wd:
         cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", wd, "-n", "-p", "--cores", "1", target]
         if configfiles:
@@ -102,7 +54,7 @@ def snakemake_jobs(root: Path, configfiles: List[str] = (), target: str = "repor
             job["cmd"] = line[len("Shell command: "):]
             job = None
     for job in jobs:
-        names, _ = STAGES[job["rule"]]
+        names = stage(job["rule"]).wildcards
         parts = Path(job["log"]).with_suffix("").parts[2:]  # logs/<rule>/<w1>/<w2>.log
         if tuple(job["wildcards"].get(n) for n in names) != tuple(parts):
             raise ValueError(f"rule {job['rule']!r}: log {job['log']!r} must be logs/{job['rule']}/" + "/".join(f"{{{n}}}" for n in names) + ".log")
@@ -137,12 +89,15 @@ def dvc_stages(root: Path) -> Dict[str, Any]:
     return {"stages": stages}
 
 
-def render_dvc_yaml(root: Path) -> str:
-    import yaml
-
+def render_dvc_yaml(root: Path = ROOT) -> str:
     header = (
-        "# GENERATED by `python -m workflow_src dvc-yaml` from the Snakemake DAG and workflow_src/dag.py:\n"
+        "# GENERATED by `python -m workflow_src dvc-yaml` from the Snakemake DAG and workflow_src/workflow/stages.py:\n"
         "# do not edit by hand (tests/test_dvc.py fails when this file is stale).  `dvc repro` builds the\n"
         "# same artifacts as `snakemake --cores all report` with the params in params.yaml.\n"
     )
     return header + yaml.safe_dump(dvc_stages(root), sort_keys=False, width=1000)
+
+
+def write_dvc_yaml(cfg: Dict[str, Any], *, out: str) -> None:
+    """Write ``dvc.yaml`` (for the params in params.yaml beside the Snakefile, whatever ``cfg`` is)."""
+    atomic_write_text(out, render_dvc_yaml(ROOT))

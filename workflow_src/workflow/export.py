@@ -3,13 +3,13 @@ fake-quantized model and timed against FP32 in the same process.
 
 Runtimes (``export.runtimes``):
 
-* ``onnxruntime``: ONNX QDQ file (:mod:`.onnx_qdq`) on onnxruntime's CPU provider;
-* ``pt2e-x86``: ``torch.export`` program on ``quantized_decomposed`` ops (:mod:`.pt2`), lowered to
+* ``onnxruntime``: ONNX QDQ file (:mod:`workflow_src.deploy.onnx_qdq`) on onnxruntime's CPU provider;
+* ``pt2e-x86``: ``torch.export`` program on ``quantized_decomposed`` ops (:mod:`workflow_src.deploy.pt2`), lowered to
   oneDNN int8 kernels by Inductor's freezing passes with torchao's x86 patterns.
 
 Files: ``exports/{arch}/fp/b{B}.{onnx,pt2}`` and ``exports/{arch}/{variant}/b{B}.{onnx,pt2}``, one
 per batch size in ``export.batch_sizes`` (the graphs have a static batch size: see
-:func:`.onnx_qdq._trace`).  The summary JSON holds, per runtime: file size and size ratio, median
+:func:`workflow_src.deploy.onnx_qdq._trace`).  The summary JSON holds, per runtime: file size and size ratio, median
 latency of FP32 and int8 and their ratio per batch size (interleaved runs after warm-up, the
 job's thread count), the integer runtime's outputs against the fake-quant model's on the saved
 evaluation inputs (max |diff|, share of pixels within one 8-bit output step 2/255, and qFID between
@@ -17,6 +17,7 @@ the two), the float-fallback layers and the per-op-type profile.
 """
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -25,10 +26,15 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from .. import tracking
-from ..metrics import fid
-from ..utils import torch_load, write_json
-from . import onnx_qdq, pt2, runtime as ort_rt
+from ..archs.layers import bake
+from ..config import Variant
+from ..deploy import onnx_qdq, pt2, runtime as ort_rt
+from ..files import write_json
+from ..quality import fid
+from ..utils import torch_load
+from . import tracking
+from .artifacts import feature_space, load_quantized, variant_tags
+from .training import load_generator
 
 OUTPUT_STEP = 2.0 / 255.0  # one level of an 8-bit image in [-1, 1]
 EXTENSIONS = {"onnxruntime": "onnx", "pt2e-x86": "pt2"}
@@ -67,12 +73,10 @@ def write_exports(cfg: Dict[str, Any], model: torch.nn.Module, inputs: torch.Ten
     return info
 
 
-def export_fp(cfg: Dict[str, Any], arch: str, fp_path: str, inputs_path: str, out_dir: str) -> None:
-    from ..models.layers import bake
-    from ..train import load_generator
-
-    g = bake(load_generator(cfg, arch, fp_path))
-    write_exports(cfg, g, torch_load(inputs_path)["inputs"], out_dir, quantized=False)
+def export_fp(cfg: Dict[str, Any], *, arch: str, model: str, inputs: str, out: str) -> None:
+    """FP32 exports of ``arch``'s generator: the baselines every variant's exports are timed against."""
+    g = bake(load_generator(cfg, arch, model))
+    write_exports(cfg, g, torch_load(inputs)["inputs"], out, quantized=False)
 
 
 class _Runner:
@@ -118,17 +122,17 @@ def _kernels(runtime: str, runner: _Runner, optimized: Path | None) -> Dict[str,
 
 
 @torch.no_grad()
-def export_variant(cfg: Dict[str, Any], arch: str, variant: str, model_path: str, fp_dir: str, inputs_path: str,
-                   features_path: str, out_dir: str, out: str) -> None:
-    from ..config import Variant
-    from ..stages import _variant_tags, feature_space, load_quantized
-
+def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, fp: str, inputs: str, features: str,
+                   files: str, summary: str) -> None:
+    """Integer exports of one variant (``files``), checked against the fake-quant model and timed
+    against the FP32 exports ``fp``; the record (``summary``) feeds results.csv and export.md."""
+    model_path, fp_dir, inputs_path, features_path, out_dir, out = model, fp, inputs, features, files, summary
     ecfg = cfg["export"]
     v = Variant.parse(variant)
     q = load_quantized(cfg, arch, model_path)
     inputs = torch_load(inputs_path)["inputs"]
     threads = torch.get_num_threads()
-    with tracking.run("export", cfg, _variant_tags(arch, v), {"export": ecfg}) as run:
+    with tracking.run("export", cfg, variant_tags(arch, v), {"export": ecfg}) as run:
         t0 = time.time()
         written = write_exports(cfg, q, inputs, out_dir, quantized=True)
         export_seconds = time.time() - t0
@@ -172,7 +176,7 @@ def export_variant(cfg: Dict[str, Any], arch: str, variant: str, model_path: str
             results[rt] = res
         tmp_dir.cleanup()
         best = min(results, key=lambda r: results[r]["latency_ratio"][b_max])
-        summary = {**_variant_tags(arch, v), "threads": threads, "batch_sizes": ecfg["batch_sizes"], "check_samples": int(len(ref)),
+        summary = {**variant_tags(arch, v), "threads": threads, "batch_sizes": ecfg["batch_sizes"], "check_samples": int(len(ref)),
                    "export_seconds": export_seconds, "written": written, "runtimes": results, "best_runtime": best,
                    "weight_storage": "int4 packed (2 per byte) in ONNX; int8 bytes in the PT2 program" if v.w_bits == 4 else "int8"}
         write_json(out, summary)
@@ -186,8 +190,6 @@ def export_variant(cfg: Dict[str, Any], arch: str, variant: str, model_path: str
 def summary_row(path: str | Path) -> Dict[str, Any]:
     """The ``results.csv`` columns of one export summary: the runtime with the lowest int8/FP32
     latency ratio at the largest batch, and each runtime's own ratios."""
-    import json
-
     s = json.loads(Path(path).read_text())
     b_max = str(max(s["batch_sizes"]))
     best = s["runtimes"][s["best_runtime"]]

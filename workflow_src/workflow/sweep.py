@@ -8,44 +8,48 @@ evaluation inputs.  The best pair (lowest mean qFID over the swept bit widths) i
 """
 from __future__ import annotations
 
-import csv
+import csv as csv_module
 from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
 from tqdm import tqdm
 
-from .config import Variant
-from .methods.ptq import ptq_quantile
-from .metrics import fid
-from .train import load_generator
-from .utils import atomic_path, torch_load, write_json
+from .. import registry
+from ..config import Variant
+from ..files import atomic_path, write_json
+from ..quality import fid
+from ..utils import torch_load
+from .artifacts import feature_space, load_eval_inputs, make_arch
+from .training import load_generator
 
 
 def pair_label(pair) -> str:
     return f"{pair[0]:g}/{pair[1]:g}"
 
 
-def run_sweep(cfg: Dict[str, Any], arch: str, fp_path: str, distill_path: str, inputs_path: str, features_path: str,
-              fp_stats_path: str, out_csv: str, out_best: str) -> List[Dict[str, Any]]:
-    from .stages import feature_space, load_eval_inputs
-    from .train import make_arch
-
+def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, inputs: str, features: str, fp_stats: str,
+              csv: str, best: str) -> List[Dict[str, Any]]:
+    """Quantize ``arch``'s FP generator with the swept method (the registry's ``sweep`` method:
+    vanilla quantile PTQ) for every pair; qFID of each on the evaluation inputs; the best pair."""
+    out_csv, out_best = csv, best
     scfg = cfg["sweep"]
-    g = load_generator(cfg, arch, fp_path)
-    calib = torch_load(distill_path)["inputs"]
-    inputs, extras = load_eval_inputs(inputs_path, arch)
+    method = registry.swept_method()
+    run_method = method.implementation()
+    g = load_generator(cfg, arch, fp)
+    calib = torch_load(distill)["inputs"]
+    inputs, extras = load_eval_inputs(inputs, arch)
     a = make_arch(cfg, arch)
-    fs = feature_space(cfg, features_path)
-    fp_stats = fid.load_stats(fp_stats_path, fs.name)
+    fs = feature_space(cfg, features)
+    fp_stats = fid.load_stats(fp_stats, fs.name)
     bs = cfg["eval"]["batch_size"]
     rows = []
     grid = [(a, w, b) for a in scfg["activation"] for w in scfg["weight"] for b in scfg["w_bits"]]
     for a_pair, w_pair, bits in tqdm(grid, desc=f"quantile sweep {arch}", unit="variant"):
         arch_cfg = {**cfg["archs"][arch], "quantiles": {"activation": {"upper": a_pair[0], "lower": a_pair[1]},
                                                          "weight": {"upper": w_pair[0], "lower": w_pair[1]}}}
-        v = Variant("ptq-quantile", bool(scfg["per_channel"]), int(bits), 8)
-        q, _, _ = ptq_quantile(g, calib, v, arch_cfg, cfg)
+        v = Variant(method.name, bool(scfg["per_channel"]), int(bits), 8)
+        q, _, _ = run_method(g, calib, v, arch_cfg, cfg)
         images = a.generate(q, inputs, bs, extras)
         stats = fid.statistics(fs.extract(images.split(bs)))
         rows.append({"arch": arch, "act_upper": a_pair[0], "act_lower": a_pair[1], "weight_upper": w_pair[0],
@@ -53,7 +57,7 @@ def run_sweep(cfg: Dict[str, Any], arch: str, fp_path: str, distill_path: str, i
                      "qfid": fid.frechet_distance(stats, fp_stats), "feature_space": fs.name})
     with atomic_path(out_csv) as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w = csv_module.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
     # best pair: the lowest qFID averaged over the swept weight bit widths
@@ -66,9 +70,10 @@ def run_sweep(cfg: Dict[str, Any], arch: str, fp_path: str, distill_path: str, i
     return rows
 
 
-def figure(csv_paths: List[str], out_png: str, out_csv: str) -> None:
+def figure(cfg: Dict[str, Any], *, sweeps: List[str], png: str, csv: str) -> None:
     """Figure 1: qFID vs the upper activation quantile, one panel per arch, one line per weight pair
     and bit width; also the concatenated table."""
+    csv_paths, out_png, out_csv = sweeps, png, csv
     import matplotlib
 
     matplotlib.use("Agg")

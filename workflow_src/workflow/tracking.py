@@ -150,26 +150,3 @@ def run(stage: str, cfg: Mapping[str, Any], tags: Mapping[str, Any], params: Opt
                 mlflow.end_run(status=status)
             except Exception as exc:  # noqa: BLE001
                 warnings.warn(f"MLflow could not close the run: {exc}")
-
-
-def results_from_mlflow(profile: str) -> "Any":
-    """The newest evaluation run of every (arch, variant), as the rows of ``results.csv``."""
-    import mlflow
-    import pandas as pd
-
-    mlflow.set_tracking_uri(tracking_uri())
-    df = mlflow.search_runs(experiment_names=[experiment_name(profile)], filter_string="tags.stage = 'evaluate'",
-                            order_by=["attributes.start_time DESC"])
-    if df.empty:
-        return pd.DataFrame()
-    df = df.drop_duplicates(subset=["tags.arch", "tags.variant"], keep="first")
-    from .report import sort_results
-
-    out = pd.DataFrame({
-        "arch": df["tags.arch"], "variant": df["tags.variant"], "method": df["tags.method"],
-        "per_channel": df["tags.per_channel"].map(lambda s: None if s == "None" else s == "True"),
-        "w_bits": df["tags.w_bits"].astype(int), "a_bits": df["tags.a_bits"].astype(int),
-        "fid": df["metrics.fid"], "qfid": df["metrics.qfid"], "feature_space": df["tags.feature_space"],
-        "fid_std": df.get("metrics.fid_std"), "qfid_std": df.get("metrics.qfid_std"),
-    })
-    return sort_results(out)

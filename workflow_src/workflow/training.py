@@ -9,16 +9,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import data as datasets
-from .config import arch_dataset
-from .models import get_arch
+from ..datasets import prepared as datasets
+from ..config import arch_dataset
 from . import tracking
-from .utils import append_rows, seed_everything, torch_load, torch_save, truncate_rows
-
-
-def make_arch(cfg: Dict[str, Any], arch: str):
-    acfg = cfg["archs"][arch]
-    return get_arch(arch)(acfg["model"], acfg["train"], acfg["resolution"])
+from ..files import append_rows, truncate_rows
+from ..utils import seed_everything, torch_load, torch_save
+from .artifacts import make_arch
 
 
 def _state_dicts(state: Dict[str, Any]) -> Dict[str, Any]:
@@ -92,7 +88,7 @@ def load_fp_state(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path) -> D
         raise ValueError(f"{str(fp_path)!r} holds a {saved.get('arch')!r} model, expected {arch_name!r}")
     state = arch.init_state(torch.device("cpu"))
     _load_state_dicts(state, saved["state"])
-    if saved.get("imported"):  # a published checkpoint (workflow_src.models.importers.import_fp)
+    if saved.get("imported"):  # a published checkpoint (workflow_src.workflow.fp.import_fp)
         state["imported"] = saved["imported"]
     return state
 

@@ -1,0 +1,87 @@
+"""Stages are declared once (workflow_src/workflow/stages.py): every rule of the Snakefile is a
+declared stage, every stage function takes exactly its declared artifacts by name, and the CLI is
+built from the declarations (help for every command and option, options in any order)."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workflow_src.workflow import cli, stages
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_rule_is_a_declared_stage():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--list-rules"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rules = {line.strip() for line in proc.stdout.splitlines() if re.fullmatch(r"\s*\w+\s*", line)} - {"all"}
+    assert rules == set(stages.STAGES)
+
+
+@pytest.mark.parametrize("command", sorted(stages.COMMANDS))
+def test_stage_functions_take_the_declared_artifacts(command):
+    st = stages.COMMANDS[command]
+    module, function = st.run.split(":")
+    fn = getattr(importlib.import_module(f"workflow_src.{module}"), function)
+    sig = inspect.signature(fn)
+    names = list(sig.parameters)
+    assert names[0] == "cfg", command
+    keyword = {n: p for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
+    declared = st.arguments()
+    assert set(declared) <= set(keyword), (command, set(declared) - set(keyword))
+    # what the declaration leaves out the function must not need (quantize and qat share one function)
+    assert all(p.default is not inspect.Parameter.empty for n, p in keyword.items() if n not in declared), command
+    for name, (kind, a) in declared.items():
+        if a is not None and a.optional and not a.many:  # an optional input may be left out of the command
+            assert keyword[name].default is None, (command, name)
+
+
+def test_every_command_and_option_has_help():
+    parser = cli._parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(stages.COMMANDS)
+    for name, sp in sub.choices.items():
+        assert stages.COMMANDS[name].help
+        for action in sp._actions:
+            assert action.help, f"{name} {action.option_strings}: no help"
+
+
+def test_options_come_in_any_order():
+    st = stages.COMMANDS["quantize"]
+    pairs = [[stages.option(n), f"v-{n}"] for n in st.arguments() if n != "quantiles"]
+    orders = [list(pairs), list(reversed(pairs))] + [random.Random(seed).sample(pairs, len(pairs)) for seed in range(3)]
+    parsed = [vars(cli._parser().parse_args(["quantize"] + [x for p in order for x in p])) for order in orders]
+    assert all(p == parsed[0] for p in parsed) and parsed[0]["quantiles"] is None and parsed[0]["model"] == "v-model"
+
+
+def test_shell_lines_pass_every_artifact_by_name():
+    st = stages.stage("qat")
+    line = st.shell()
+    assert line.startswith("python -m workflow_src --config {params.cfg} --threads {threads} qat ")
+    assert "--arch {wildcards.arch}" in line and "--fp {input.fp}" in line and "--losses {output.losses}" in line
+    assert "{params.opt_quantiles}" in line and "{params.opt_perceptual}" in line and line.endswith("> {log} 2>&1")
+    assert stages.stage("train_fp").log == "logs/train_fp/{arch}.log" and stages.stage("report").log == "logs/report.log"
+    assert "--losses" not in stages.stage("train_fp").shell()  # written beside the model, not an option
+
+
+def test_paths_that_depend_on_the_params():
+    from workflow_src import config as qcfg
+
+    cfg = qcfg.load([ROOT / "params.yaml"])
+    w = {"arch": "cyclegan", "variant": "ptq-minmax-tensor-w4a8"}
+    assert stages.real_statistics(cfg, w) == "stats/h2z-synthetic-testB.npz"
+    assert stages.arch_data(cfg, w) == "data/h2z-synthetic"
+    assert stages.sweep_best(cfg, w) == [] and stages.perceptual_network(cfg, w) == []
+    w["variant"] = "lsq-qat-tensor-w4a8"
+    assert stages.sweep_best(cfg, w) == "sweeps/cyclegan/best.json"
+    assert stages.perceptual_network(cfg, w) == "resources/perceptual/tinyvgg.pt"
+    cfg["archs"]["cyclegan"]["qat"]["distill_loss"] = "mse"  # the appendix B ablation needs no perceptual network
+    assert stages.perceptual_network(cfg, w) == []

@@ -1,0 +1,132 @@
+"""The semantic checks a JSON schema cannot state; each problem names the key and the value.
+
+Method- and arch-specific checks come from the registry (each method file's ``requires`` and
+``at_most``, each arch's ``per_level`` keys and checkpoint formats), so nothing here names a
+method or an arch."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from .. import registry
+from .vgg import VGG16_CFG, layer_names
+
+
+def problems(cfg: Dict[str, Any]) -> List[str]:
+    """Every semantic problem of a schema-valid ``cfg``."""
+    found: List[str] = []
+    for check in (_archs, _checkpoints, _sweep, _methods, _perceptual, _counts):
+        found += check(cfg)
+    return list(dict.fromkeys(found))
+
+
+def _archs(cfg: Dict[str, Any]) -> List[str]:
+    found: List[str] = []
+    for arch in cfg["matrix"]["archs"]:
+        if arch not in cfg["archs"]:
+            found.append(f"key 'matrix.archs' names {arch!r} but 'archs.{arch}' is not configured")
+    for arch, acfg in cfg["archs"].items():
+        ds = acfg["dataset"]
+        if ds not in cfg["datasets"]:
+            found.append(f"key 'archs.{arch}.dataset' = {ds!r}: no such entry under 'datasets' (known: {sorted(cfg['datasets'])})")
+        for which, pair in (acfg["quantiles"].items() if isinstance(acfg["quantiles"], dict) else ()):
+            if pair["lower"] >= pair["upper"]:
+                found.append(f"key 'archs.{arch}.quantiles.{which}': lower = {pair['lower']} must be < upper = {pair['upper']}")
+        res = acfg["resolution"]
+        if res & (res - 1):
+            found.append(f"key 'archs.{arch}.resolution' = {res}: must be a power of two")
+        for key in registry.arch(arch).per_level:
+            widths = acfg["model"].get(key)
+            if widths is not None and len(widths) != res.bit_length() - 2:
+                found.append(f"key 'archs.{arch}.model.{key}' has {len(widths)} entries; resolution {res} needs "
+                             f"{res.bit_length() - 2} (one per level 4..{res})")
+    return found
+
+
+def _checkpoints(cfg: Dict[str, Any]) -> List[str]:
+    """Published checkpoints (``archs.<arch>.fp_checkpoint``): the format must be one the arch
+    imports into its configured layout, and methods that need the FP discriminator need one."""
+    found: List[str] = []
+    need_d = [m for m in cfg["matrix"]["methods"] if registry.method(m).may_need("discriminator")]
+    for arch, acfg in cfg["archs"].items():
+        ck = acfg.get("fp_checkpoint")
+        if not ck:
+            continue
+        key, fmt = f"archs.{arch}.fp_checkpoint", ck["format"]
+        how = registry.arch(arch).checkpoint_formats[fmt]
+        if "refused" in how:
+            found.append(f"key '{key}.format' = {fmt!r}: cannot be imported. " + how["refused"])
+            continue
+        layout = acfg["model"].get("layout", "default")
+        if layout != how["layout"]:
+            found.append(f"key '{key}.format' = {fmt!r} needs arch {arch} with 'archs.{arch}.model.layout: {how['layout']}' "
+                         f"(got arch {arch!r}, layout {layout!r})")
+        if ck.get("discriminator") is None and need_d and arch in cfg["matrix"]["archs"]:
+            found.append(f"key '{key}.discriminator' is null but 'matrix.methods' lists {need_d}, which start from the FP "
+                         "discriminator; import a checkpoint that holds one (rosinality's 'Model & Optimizer' files: "
+                         "discriminator: discriminator) or drop those methods")
+    return found
+
+
+def _sweep(cfg: Dict[str, Any]) -> List[str]:
+    return [f"key 'sweep.{which}.{i}' = [{upper}, {lower}]: lower must be < upper"
+            for which in ("activation", "weight") for i, (upper, lower) in enumerate(cfg["sweep"][which]) if lower >= upper]
+
+
+def _lookup(cfg: Dict[str, Any], key: str) -> Any:
+    cur: Any = cfg
+    for part in key.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _methods(cfg: Dict[str, Any]) -> List[str]:
+    """Each method file's own checks, for the files whose methods the matrix lists."""
+    found: List[str] = []
+    listed = cfg["matrix"]["methods"]
+    for f in registry.method_files():
+        used = [m for m in listed if m in f.methods]
+        if not used:
+            continue
+        missing: Dict[str, List[str]] = {}
+        for m in used:
+            for key in f.requires + registry.method(m).requires:
+                if _lookup(cfg, key) is None:
+                    missing.setdefault(key, []).append(m)
+        found += [f"key 'matrix.methods' lists {ms} but {key!r} is not set" for key, ms in missing.items()]
+        for key, bound, why in f.at_most:
+            section = key.split(".")[0]
+            for arch in (cfg["archs"] if section in f.per_arch else [None]):
+                value = registry.section_value(cfg, arch, key, f.per_arch) if arch else _lookup(cfg, key)
+                limit = registry.section_value(cfg, arch, bound, f.per_arch) if arch else _lookup(cfg, bound)
+                if value is None or limit is None or value <= limit:
+                    continue
+                overridden = arch and _lookup(cfg["archs"][arch], key) is not None
+                where = f"archs.{arch}.{key}" if overridden else key
+                found.append(f"key {where!r} = {value} exceeds {bound!r} = {limit}" + (f" ({why})" if why else ""))
+    return found
+
+
+def _perceptual(cfg: Dict[str, Any]) -> List[str]:
+    p = cfg["perceptual"]
+    if p["kind"] == "tinyvgg" and "layers" not in p.get("tinyvgg", {}):
+        return ["'perceptual.tinyvgg' lacks 'layers' (perceptual.kind is 'tinyvgg')"]
+    names = layer_names(VGG16_CFG if p["kind"] == "vgg16" else p["tinyvgg"]["layers"])
+    return [f"key 'perceptual.{key}' = {layer!r}: the {p['kind']} network has {sorted(names)}"
+            for key, layer in [("content_layer", p["content_layer"])] + [(f"style_layers.{i}", l) for i, l in enumerate(p["style_layers"])]
+            if layer not in names]
+
+
+def _counts(cfg: Dict[str, Any]) -> List[str]:
+    found: List[str] = []
+    if cfg["eval"]["n_samples"] < cfg["eval"]["grid"]:
+        found.append(f"key 'eval.grid' = {cfg['eval']['grid']} exceeds 'eval.n_samples' = {cfg['eval']['n_samples']}")
+    ex = cfg["export"]
+    if ex["check_samples"] < max(ex["batch_sizes"]) or ex["check_samples"] > cfg["eval"]["n_samples"]:
+        found.append(f"key 'export.check_samples' = {ex['check_samples']}: must lie between the largest 'export.batch_sizes' "
+                     f"({max(ex['batch_sizes'])}) and 'eval.n_samples' ({cfg['eval']['n_samples']})")
+    if cfg["calibration"]["images"] > cfg["distill"]["size"]:
+        found.append(f"key 'calibration.images' = {cfg['calibration']['images']} exceeds 'distill.size' = {cfg['distill']['size']} "
+                     "(calibration draws from the distillation set)")
+    return found

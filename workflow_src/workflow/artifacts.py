@@ -1,0 +1,63 @@
+"""Reading the workflow's artifacts back: the arch object of the params, the evaluation inputs,
+quantized generators, the FID feature space, the sweep's quantile pair, and the tags every
+tracked run of a variant carries.  (The FP networks' file is :mod:`.training`'s.)"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+
+from .. import registry
+from ..config import FP, Variant
+from ..quality import fid
+from ..quant import QuantSpec, quantize_model
+from ..utils import torch_load
+
+
+def make_arch(cfg: Dict[str, Any], arch: str):
+    """The GANArch of ``arch`` built from its params (``archs.<arch>``)."""
+    acfg = cfg["archs"][arch]
+    return registry.arch(arch).implementation()(acfg["model"], acfg["train"], acfg["resolution"])
+
+
+def load_eval_inputs(path: str, arch: str) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """``(inputs, extras)`` of an eval inputs file written by rule eval_inputs for ``arch``."""
+    saved = torch_load(path)
+    if saved.get("arch") != arch:
+        raise ValueError(f"{path!r} holds eval inputs of arch {saved.get('arch')!r}, expected {arch!r}")
+    return saved["inputs"], saved.get("extras", {})
+
+
+def load_quantized(cfg: Dict[str, Any], arch: str, path: str) -> torch.nn.Module:
+    """A quantized generator written by rule quantize or qat."""
+    saved = torch_load(path)
+    if saved.get("arch") != arch:
+        raise ValueError(f"{path!r} holds a quantized {saved.get('arch')!r} model, expected {arch!r}")
+    registry.method(Variant.parse(saved["variant"]).method).implementation()  # its file may register its observers
+    qmodel = quantize_model(make_arch(cfg, arch).build_generator().eval(), QuantSpec.from_dict(saved["spec"]))
+    qmodel.load_state_dict(saved["state_dict"])
+    return qmodel.eval()
+
+
+def feature_space(cfg: Dict[str, Any], features_path: str) -> fid.FeatureSpace:
+    return fid.load_feature_space(cfg["features"]["kind"], features_path)
+
+
+def arch_params(cfg: Dict[str, Any], arch: str, sweep_best: str | None = None) -> Dict[str, Any]:
+    """``archs.<arch>`` with ``quantiles: sweep`` replaced by the sweep's best pair."""
+    acfg = dict(cfg["archs"][arch])
+    if acfg["quantiles"] == "sweep":
+        if not sweep_best:
+            raise ValueError(f"archs.{arch}.quantiles is 'sweep': pass the quantile sweep's best.json (--quantiles)")
+        best = json.loads(Path(sweep_best).read_text())
+        acfg["quantiles"] = {"activation": best["activation"], "weight": best["weight"]}
+    return acfg
+
+
+def variant_tags(arch: str, v: Variant | None) -> Dict[str, Any]:
+    """What identifies a variant's row in results.csv and its runs in MLflow (``None``: FP)."""
+    if v is None:
+        return {"arch": arch, "variant": FP, "method": FP, "per_channel": None, "w_bits": 32, "a_bits": 32}
+    return {"arch": arch, "variant": v.name, "method": v.method, "per_channel": v.per_channel, "w_bits": v.w_bits, "a_bits": v.a_bits}

@@ -1,0 +1,80 @@
+"""Stages of rules/evaluate.smk: FID against real test images and qFID against the FP generator
+on the same saved inputs."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from PIL import Image
+
+from ..config import Variant
+from ..files import atomic_path, write_json
+from ..quality import fid
+from ..utils import seed_everything
+from . import tracking
+from .artifacts import feature_space, load_eval_inputs, load_quantized, make_arch, variant_tags
+from .training import load_generator
+
+
+def save_grid(images: torch.Tensor, out: str | Path) -> None:
+    """One row of [-1, 1] images as a PNG."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    row = torch.cat(list(x), dim=2).permute(1, 2, 0).numpy()  # H x (N W) x 3
+    with atomic_path(out) as tmp:
+        Image.fromarray(row).save(tmp, format="PNG")
+
+
+def evaluate_fp(cfg: Dict[str, Any], *, arch: str, model: str, inputs: str, features: str, real_stats: str, metrics: str,
+                stats: str, samples: str) -> None:
+    """FID of the FP generator; its feature statistics (``stats``) are every variant's qFID reference."""
+    _evaluate(cfg, arch, None, model, inputs, features, real_stats, stats, metrics, samples)
+
+
+def evaluate(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, inputs: str, features: str, real_stats: str,
+             fp_stats: str, metrics: str, samples: str) -> None:
+    """FID and qFID (against the FP statistics ``fp_stats``) of one quantized variant."""
+    _evaluate(cfg, arch, Variant.parse(variant), model, inputs, features, real_stats, fp_stats, metrics, samples)
+
+
+def _evaluate(cfg: Dict[str, Any], arch: str, v: Optional[Variant], model_path: str, inputs_path: str, features_path: str,
+              real_stats_path: str, fp_stats_path: str, out: str, samples_out: str) -> None:
+    """For the FP generator (``v`` None) the FP feature statistics are written to
+    ``fp_stats_path``; for a quantized variant they are read from it."""
+    seed_everything(cfg["seed"])
+    fs = feature_space(cfg, features_path)
+    tags = variant_tags(arch, v)
+    with tracking.run("evaluate", cfg, {**tags, "feature_space": fs.name}, {"eval": cfg["eval"]}) as run:
+        metrics = _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out)
+        write_json(out, {**tags, **metrics, "feature_space": fs.name, "profile": cfg["profile"]})
+        run.log_metrics({k: metrics[k] for k in ("fid", "qfid", "fid_std", "qfid_std", "generate_seconds")})
+        run.log_artifact(out)
+        run.log_artifact(samples_out)
+
+
+def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out) -> Dict[str, Any]:
+    if v is None:
+        model = load_generator(cfg, arch, model_path)
+    else:
+        model = load_quantized(cfg, arch, model_path)
+    inputs, extras = load_eval_inputs(inputs_path, arch)
+    bs = cfg["eval"]["batch_size"]
+    t0 = time.time()
+    images = make_arch(cfg, arch).generate(model, inputs, bs, extras)
+    gen_seconds = time.time() - t0
+    feats = fs.extract(images.split(bs), total=(len(images) + bs - 1) // bs)
+    stats = fid.statistics(feats)
+    real = fid.load_stats(real_stats_path, fs.name)
+    fid_real = fid.frechet_distance(stats, real)
+    n_boot, seed = int(cfg["eval"].get("bootstrap", 0)), cfg["seed"] + 404
+    fid_std = fid.bootstrap_std(feats, real, n_boot, seed)
+    if v is None:
+        fid.save_stats(fp_stats_path, feats, fs.name, keep_features=n_boot > 1)
+        qfid, qfid_std = 0.0, 0.0
+    else:
+        qfid = fid.frechet_distance(stats, fid.load_stats(fp_stats_path, fs.name))
+        qfid_std = fid.bootstrap_std(feats, fid.load_features(fp_stats_path), n_boot, seed) if n_boot > 1 else float("nan")
+    save_grid(images[: cfg["eval"]["grid"]], samples_out)
+    return {"fid": fid_real, "qfid": qfid, "fid_std": fid_std, "qfid_std": qfid_std, "bootstrap": n_boot,
+            "n_samples": int(len(images)), "generate_seconds": gen_seconds}

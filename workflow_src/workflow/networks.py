@@ -1,0 +1,82 @@
+"""Stages that provide the helper networks: the FID feature network (trained offline for the tiny
+profile, pytorch-fid's Inception weights for the paper) and QAT's perceptual network (trained
+offline, or torchvision's VGG16 weights).  Rules in rules/data.smk and rules/qat.smk."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+from ..datasets import prepared
+from ..datasets.download import download, sha256_file
+from ..files import atomic_path
+from ..methods.perceptual import VGG16_FILE, VGG16_URL, train_tiny_vgg
+from ..quality import fid
+from ..quality.featurenet import train_featurenet
+from ..utils import torch_save
+
+FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + fid.INCEPTION_FILE
+
+
+def _train_domains(data_dirs: List[str]) -> List[torch.Tensor]:
+    """Every training split (one per dataset, two for unpaired datasets) as a float tensor."""
+    domains = []
+    for d in data_dirs:
+        manifest = prepared.read_manifest(d)
+        for split in manifest["splits"]:
+            if split.startswith("train"):
+                domains.append(prepared.to_tensor(prepared.load_split(d, split)))
+    return domains
+
+
+def train_features(cfg: Dict[str, Any], *, data: List[str], out: str) -> None:
+    """Train the tiny feature network on the training splits of the prepared datasets ``data``."""
+    domains = _train_domains(data)
+    fcfg = dict(cfg["features"].get("tinycnn", {}))
+    net = train_featurenet(domains, fcfg, seed=cfg["seed"])
+    hparams = {"n_classes": 4 * len(domains), "input_size": net.input_size, "width": fcfg.get("width", 32), "dim": fcfg.get("dim", 64)}
+    torch_save({"hparams": hparams, "state_dict": net.state_dict()}, out)
+
+
+def train_perceptual(cfg: Dict[str, Any], *, data: List[str], out: str) -> None:
+    """Train the tiny profile's perceptual network on the training splits of ``data``."""
+    net = train_tiny_vgg(_train_domains(data), cfg["perceptual"]["tinyvgg"], seed=cfg["seed"] + 303)
+    torch_save({"cfg": net.cfg, "state_dict": net.state_dict()}, out)
+
+
+def fetch_weights(section: Dict[str, Any], key: str, default_url: str, file_name: str, dest: Path) -> None:
+    """Put a published weight file at ``dest``: copied from ``section["path"]`` when set (offline
+    compute nodes), else downloaded from ``section["url"]`` (default ``default_url``).  Verified
+    by sha256: the configured digest, or the lock file, and always the 8-hex-digit sha256 prefix in
+    the published file name (``name-<prefix>.pth``), as torch.hub checks it.  ``key`` names the
+    params section in errors."""
+    if section.get("path"):
+        src = Path(section["path"])
+        src = src / file_name if src.is_dir() else src
+        if not src.exists():
+            raise FileNotFoundError(f"{key}.path: {str(src)!r} does not exist")
+        digest = sha256_file(src)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(src, tmp)
+    else:
+        path, digest = download(section.get("url") or default_url, dest.parent, section.get("sha256"))
+        if path != dest:
+            path.replace(dest)
+    prefix = file_name.rsplit("-", 1)[1].split(".")[0]
+    expected = section.get("sha256")
+    if (expected and digest != expected) or not digest.startswith(prefix):
+        dest.unlink(missing_ok=True)
+        raise ValueError(f"{str(dest)!r} ({key}): sha256 {digest} does not match {expected or prefix + '...'}")
+
+
+def fetch_inception(cfg: Dict[str, Any], *, out: str) -> None:
+    """pytorch-fid's FID Inception weights at ``out/checkpoints/`` (the torch hub layout it loads from)."""
+    fetch_weights(cfg["features"].get("inception", {}), "features.inception", FID_WEIGHTS_URL, fid.INCEPTION_FILE,
+                  Path(out) / "checkpoints" / fid.INCEPTION_FILE)
+
+
+def fetch_vgg16(cfg: Dict[str, Any], *, out: str) -> None:
+    """torchvision's ImageNet VGG16 weights (the paper profile's perceptual network) at ``out``."""
+    fetch_weights(cfg["perceptual"].get("vgg16", {}), "perceptual.vgg16", VGG16_URL, VGG16_FILE, Path(out))

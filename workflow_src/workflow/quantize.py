@@ -1,0 +1,60 @@
+"""Stages of rules/quantize.smk and rules/qat.smk: one quantized generator per (arch, variant).
+
+The method comes from the registry; what it needs (the sweep's quantile pair, the distillation
+set, the FP discriminator, the perceptual network) is given to it because its file declares so."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .. import registry
+from ..config import Variant
+from ..files import write_json
+from ..methods.perceptual import load_perceptual
+from ..utils import torch_load, torch_save
+from . import tracking
+from .artifacts import arch_params, make_arch, variant_tags
+from .training import load_discriminator, load_generator
+
+
+def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: str, model: str, info: str,
+             quantiles: Optional[str] = None, perceptual: Optional[str] = None, losses: Optional[str] = None) -> None:
+    """Quantize one variant.  ``info`` (JSON next to the model) records calibration size, time and,
+    for block reconstruction, each block's error before/after.  Methods that train (QAT) write
+    their per-step losses to ``losses``."""
+    v = Variant.parse(variant)
+    method = registry.method(v.method)
+    needs = method.needs_for(cfg, arch)
+    acfg = arch_params(cfg, arch, quantiles) if "quantiles" in needs else cfg["archs"][arch]
+    g = load_generator(cfg, arch, fp)
+    distill_set = torch_load(distill)
+    ckpt = Path(str(model) + ".ckpt.pt")
+    extra: Dict[str, Any] = {}
+    if "distill" in needs:
+        extra["distill"] = distill_set
+    if "discriminator" in needs:
+        extra["discriminator"] = load_discriminator(cfg, arch, fp)
+    if "perceptual" in needs:
+        if not perceptual:
+            raise ValueError(f"{v.method} needs --perceptual (the perceptual network, perceptual.kind)")
+        extra["perceptual"] = load_perceptual(cfg["perceptual"]["kind"], perceptual)
+    if method.trains:
+        if not losses:
+            raise ValueError(f"{v.method} writes per-step losses: pass --losses")
+        extra["losses_out"] = Path(losses)
+    run_method = method.implementation()
+    with tracking.run("quantize", cfg, variant_tags(arch, v)) as run:
+        t0 = time.time()
+        qmodel, spec, record = run_method(g, distill_set["inputs"], v, acfg, cfg, arch=make_arch(cfg, arch), ckpt=ckpt, tracker=run, **extra)
+        record["seconds"] = time.time() - t0
+        torch_save({"arch": arch, "variant": v.name, "spec": spec.to_dict(), "state_dict": qmodel.state_dict(), "info": record}, model)
+        write_json(info, {"arch": arch, "variant": v.name, **record})
+        run.log_params(spec.to_dict())
+        run.log_metrics({k: x for k, x in record.items() if isinstance(x, (int, float)) and not isinstance(x, bool)})
+        if losses:
+            run.log_artifact(losses)
+        for rec in record.get("recon", []):
+            run.log_metrics({"block_mse_before": rec["mse_before"], "block_mse_after": rec["mse_after"]}, step=rec["block"])
+        run.log_artifact(info)
+    ckpt.unlink(missing_ok=True)

@@ -1,0 +1,338 @@
+"""Every workflow stage, declared once: the rule it is, the command of ``python -m workflow_src``
+that runs it, the artifacts it reads and writes (by name, with their paths), the params keys it
+reads (a change reruns its jobs), and the function that runs it.
+
+The rules (``rules/*.smk``) take their inputs, outputs, log, params and shell command from here
+(``rules/common.smk``: ``stage_input`` ...), the CLI builds its parser from here
+(:mod:`.cli`), DVC's stages get their ``params:`` from here (:mod:`.dvc_yaml`), and every stage
+function takes its artifacts as keyword arguments named as here.  No torch: the Snakefile parses
+this module, and the CLI reads it before it imports the one stage it runs.
+
+A path is a pattern whose ``{wildcards}`` Snakemake fills, or a function ``(cfg, wildcards) ->
+path or list of paths`` for what depends on the params (which dataset an arch trains on, which
+feature network the profile uses, the variants of the matrix).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+from .. import registry
+from ..config import Variant, variants
+from ..datasets.kinds import is_two_domain
+
+Path_ = Union[str, Callable[[Mapping[str, Any], Mapping[str, str]], Union[str, List[str]]]]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file or directory a stage reads or writes."""
+
+    path: Path_
+    help: str
+    many: bool = False  # a list of paths (the option takes several)
+    optional: bool = False  # may be absent ([]): the option is left out (or, with many, given no paths)
+    directory: bool = False  # an output directory
+    implicit: bool = False  # an output the stage writes beside another; not an option of the command
+    report: Optional[Mapping[str, str]] = None  # caption and category in `snakemake --report`
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One rule of the workflow = one command of ``python -m workflow_src`` = one function."""
+
+    name: str  # the rule; the command is the same with dashes
+    help: str
+    run: str  # "module:function" under workflow_src (imported only when the command runs)
+    wildcards: Tuple[str, ...] = ()  # in the order of the log path logs/<rule>/<w1>/<w2>.log
+    inputs: Mapping[str, Artifact] = field(default_factory=dict)
+    outputs: Mapping[str, Artifact] = field(default_factory=dict)
+    extra: Mapping[str, Artifact] = field(default_factory=dict)  # paths given to the command that are neither
+    params: Union[Tuple[str, ...], Callable[[Mapping[str, str]], List[str]]] = ()  # the params keys it reads
+    threads: bool = True  # passes Snakemake's {threads} as --threads
+    rule: bool = True  # False: a command without a rule (validate, dvc-yaml)
+
+    @property
+    def command(self) -> str:
+        return self.name.replace("_", "-")
+
+    @property
+    def log(self) -> str:
+        if not self.wildcards:
+            return f"logs/{self.name}.log"
+        return f"logs/{self.name}/" + "/".join(f"{{{w}}}" for w in self.wildcards) + ".log"
+
+    def arguments(self) -> Dict[str, Tuple[str, Optional[Artifact]]]:
+        """Every option of the command: ``{name: (kind, artifact)}``, kind one of wildcard, input,
+        output, extra (artifact None for wildcards), in command-line order."""
+        args: Dict[str, Tuple[str, Optional[Artifact]]] = {w: ("wildcard", None) for w in self.wildcards}
+        for kind, group in (("input", self.inputs), ("output", self.outputs), ("extra", self.extra)):
+            args.update({name: (kind, a) for name, a in group.items() if not a.implicit})
+        return args
+
+    def shell(self) -> str:
+        """The rule's shell command (Snakemake placeholders), the same line DVC runs."""
+        parts = ["python -m workflow_src --config {params.cfg}"] + (["--threads {threads}"] if self.threads else []) + [self.command]
+        where = {"wildcard": "wildcards", "input": "input", "output": "output", "extra": "params"}
+        for name, (kind, a) in self.arguments().items():
+            if a is not None and a.optional and not a.many:
+                parts.append(f"{{params.{OPTIONAL_PREFIX}{name}}}")
+            else:
+                parts.append(f"{option(name)} {{{where[kind]}.{name}}}")
+        return " ".join(parts) + " > {log} 2>&1"
+
+
+OPTIONAL_PREFIX = "opt_"  # the rule's params entry that holds "--name path" or "" for an optional input
+
+WILDCARDS = {
+    "arch": "the GAN (matrix.archs)",
+    "variant": "the quantized variant, METHOD-(channel|tensor)-wWaA",
+    "dataset": "the dataset's key under datasets:",
+    "split": "the dataset split (train, test, trainA, testB, ...)",
+}
+
+
+def option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# ---------------------------------------------------------------- paths that depend on the params
+def arch_data(cfg: Mapping[str, Any], w: Mapping[str, str]) -> str:
+    """The prepared dataset the arch trains on."""
+    return f"data/{cfg['archs'][w['arch']]['dataset']}"
+
+
+def used_data(cfg: Mapping[str, Any], w: Mapping[str, str] = None) -> List[str]:
+    """Every prepared dataset some arch of the matrix uses."""
+    return [f"data/{d}" for d in sorted({cfg["archs"][a]["dataset"] for a in cfg["matrix"]["archs"]})]
+
+
+def feature_network(cfg: Mapping[str, Any], w: Mapping[str, str] = None) -> str:
+    """The FID feature network: trained offline (tinycnn), or pytorch-fid's Inception weights."""
+    return "resources/features/tinycnn.pt" if cfg["features"]["kind"] == "tinycnn" else "resources/inception"
+
+
+def real_split(cfg: Mapping[str, Any], arch: str) -> str:
+    """The split of real images FID compares with (two-domain datasets: the target domain B)."""
+    split = cfg["eval"]["real_split"]
+    return f"{split}B" if is_two_domain(cfg["datasets"][cfg["archs"][arch]["dataset"]]["kind"]) else split
+
+
+def real_statistics(cfg: Mapping[str, Any], w: Mapping[str, str]) -> str:
+    return f"stats/{cfg['archs'][w['arch']]['dataset']}-{real_split(cfg, w['arch'])}.npz"
+
+
+def sweep_best(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
+    """The quantile sweep's best pair, for methods that need quantiles when the arch asks for `sweep`."""
+    m = registry.method(Variant.parse(w["variant"]).method)
+    if "quantiles" in m.needs_for(cfg, w["arch"]) and cfg["archs"][w["arch"]]["quantiles"] == "sweep":
+        return f"sweeps/{w['arch']}/best.json"
+    return []
+
+
+PERCEPTUAL_NETWORKS = {"tinyvgg": "resources/perceptual/tinyvgg.pt", "vgg16": "resources/perceptual/vgg16.pth"}
+
+
+def perceptual_network(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
+    """The perceptual network, for methods that need it for this arch."""
+    m = registry.method(Variant.parse(w["variant"]).method)
+    return PERCEPTUAL_NETWORKS[cfg["perceptual"]["kind"]] if "perceptual" in m.needs_for(cfg, w["arch"]) else []
+
+
+def published_checkpoint(cfg: Mapping[str, Any], w: Mapping[str, str]) -> str:
+    return cfg["archs"][w["arch"]]["fp_checkpoint"]["path"]
+
+
+def figure_variants(cfg: Mapping[str, Any]) -> List[Variant]:
+    """The variants a sample figure shows: every method x every weight width, a8 (per-tensor if
+    the matrix has it, else per-channel)."""
+    m = cfg["matrix"]
+    pc = False if False in m["per_channel"] else True
+    a = 8 if 8 in m["a_bits"] else max(m["a_bits"])
+    return [Variant(meth, pc, w, a) for meth in m["methods"] for w in sorted(m["w_bits"], reverse=True)]
+
+
+def exported_variants(cfg: Mapping[str, Any]) -> List[Variant]:
+    """The variants rule export turns into integer runtimes (weight widths in export.w_bits)."""
+    return [v for v in variants(cfg) if v.w_bits in cfg["export"]["w_bits"]]
+
+
+def _every(pattern: str, which: Callable[[Mapping[str, Any]], List[str]]) -> Callable:
+    """``pattern`` for every arch of the matrix and every name ``which(cfg)`` lists."""
+    return lambda cfg, w=None: [pattern.format(arch=a, variant=v) for a in cfg["matrix"]["archs"] for v in which(cfg)]
+
+
+def _quantize_keys(w: Mapping[str, str]) -> List[str]:
+    """A quantized variant's job reads what its method reads (registry)."""
+    return registry.method(Variant.parse(w["variant"]).method).params_keys
+
+
+_ALL_VARIANTS = lambda cfg: ["fp"] + [v.name for v in variants(cfg)]  # noqa: E731
+_ARCH = ("archs.{arch}.model", "archs.{arch}.resolution")
+
+# ------------------------------------------------------------------------------ the stages
+_STAGES = [
+    # datasets, the FID feature space, real-image statistics (rules/data.smk)
+    Stage("prepare_data", "download (sha256-checked) or generate a dataset", "workflow.data:prepare_data",
+          wildcards=("dataset",), outputs={"out": Artifact("data/{dataset}", "the prepared dataset", directory=True)},
+          extra={"downloads": Artifact("downloads", "where downloads are kept (and their sha256 lock)")},
+          params=("datasets.{dataset}",), threads=False),
+    Stage("train_features", "train the tiny profile's FID feature network", "workflow.networks:train_features",
+          inputs={"data": Artifact(used_data, "the prepared datasets (their training splits)", many=True)},
+          outputs={"out": Artifact("resources/features/tinycnn.pt", "the feature network")}, params=("seed", "features.tinycnn")),
+    Stage("fetch_inception", "download pytorch-fid's FID Inception weights (sha256-verified)", "workflow.networks:fetch_inception",
+          outputs={"out": Artifact("resources/inception", "the weights, in torch hub's layout", directory=True)},
+          params=("features.inception",), threads=False),
+    Stage("real_stats", "feature statistics of real images", "workflow.data:real_stats", wildcards=("dataset", "split"),
+          inputs={"data": Artifact("data/{dataset}", "the prepared dataset"), "features": Artifact(feature_network, "the FID feature network")},
+          outputs={"out": Artifact("stats/{dataset}-{split}.npz", "mean and covariance of the split's features")},
+          params=("features", "eval.batch_size")),
+    # full-precision GANs (rules/train.smk)
+    Stage("train_fp", "train a full-precision GAN (resumes from --ckpt)", "workflow.fp:train_fp", wildcards=("arch",),
+          inputs={"data": Artifact(arch_data, "the prepared dataset")},
+          outputs={"model": Artifact("models/fp/{arch}.pt", "every network of the trained GAN"),
+                   "losses": Artifact("models/fp/{arch}.losses.csv", "per-step losses (written beside the model)", implicit=True)},
+          extra={"ckpt": Artifact("models/fp/{arch}.ckpt.pt", "the resumable checkpoint (deleted at the end)")},
+          params=("seed", "train", "archs.{arch}.dataset", *_ARCH, "archs.{arch}.train")),
+    Stage("import_fp", "import the FP networks from a published checkpoint (archs.<arch>.fp_checkpoint)",
+          "workflow.fp:import_fp", wildcards=("arch",),
+          inputs={"checkpoint": Artifact(published_checkpoint, "the published checkpoint file")},
+          outputs={"model": Artifact("models/fp/{arch}.pt", "the networks, in the format training writes")},
+          params=("seed", "archs.{arch}.fp_checkpoint", *_ARCH)),
+    # the distillation set and the evaluation inputs (rules/distill.smk)
+    Stage("distill", "generate the distillation set", "workflow.distill:distill", wildcards=("arch",),
+          inputs={"data": Artifact(arch_data, "the prepared dataset (CycleGAN: the source images)"),
+                  "fp": Artifact("models/fp/{arch}.pt", "the FP networks")},
+          outputs={"out": Artifact("distill/{arch}.pt", "inputs and the FP generator's outputs")}, params=("seed", "distill", *_ARCH)),
+    Stage("eval_inputs", "draw the seeded evaluation inputs", "workflow.distill:eval_inputs", wildcards=("arch",),
+          inputs={"data": Artifact(arch_data, "the prepared dataset (CycleGAN: the source images)")},
+          outputs={"out": Artifact("eval/{arch}/inputs.pt", "latents or source images, and per-sample extras")},
+          params=("seed", "eval.n_samples", "eval.real_split", *_ARCH), threads=False),
+    # quantization (rules/quantize.smk, rules/qat.smk): the method's own file says what it reads
+    Stage("quantize", "quantize a generator with one method/variant", "workflow.quantize:quantize", wildcards=("arch", "variant"),
+          inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "distill": Artifact("distill/{arch}.pt", "the distillation set"),
+                  "quantiles": Artifact(sweep_best, "the quantile sweep's best.json (archs.<arch>.quantiles: sweep)", optional=True)},
+          outputs={"model": Artifact("models/q/{arch}/{variant}.pt", "the quantized generator"),
+                   "info": Artifact("models/q/{arch}/{variant}.json", "calibration size, time, per-block losses")},
+          params=_quantize_keys),
+    Stage("qat", "quantization-aware training of one variant", "workflow.quantize:quantize", wildcards=("arch", "variant"),
+          inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks (generator and discriminator)"),
+                  "distill": Artifact("distill/{arch}.pt", "the distillation set"),
+                  "quantiles": Artifact(sweep_best, "the quantile sweep's best.json (archs.<arch>.quantiles: sweep)", optional=True),
+                  "perceptual": Artifact(perceptual_network, "the perceptual network (perceptual.kind)", optional=True)},
+          outputs={"model": Artifact("models/q/{arch}/{variant}.pt", "the quantized generator"),
+                   "info": Artifact("models/q/{arch}/{variant}.json", "calibration and training record"),
+                   "losses": Artifact("models/q/{arch}/{variant}.losses.csv", "per-step losses")},
+          params=_quantize_keys),
+    Stage("train_perceptual", "train the tiny profile's perceptual network (QAT's distillation loss)", "workflow.networks:train_perceptual",
+          inputs={"data": Artifact(used_data, "the prepared datasets (their training splits)", many=True)},
+          outputs={"out": Artifact(PERCEPTUAL_NETWORKS["tinyvgg"], "the perceptual network")}, params=("seed", "perceptual.tinyvgg")),
+    Stage("fetch_vgg16", "download torchvision's VGG16 weights for the perceptual loss (sha256-verified)", "workflow.networks:fetch_vgg16",
+          outputs={"out": Artifact(PERCEPTUAL_NETWORKS["vgg16"], "the weights")}, params=("perceptual.vgg16",), threads=False),
+    # FID and qFID (rules/evaluate.smk)
+    Stage("evaluate_fp", "FID of the FP generator; its feature statistics for qFID", "workflow.evaluate:evaluate_fp", wildcards=("arch",),
+          inputs={"model": Artifact("models/fp/{arch}.pt", "the FP networks"), "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs"),
+                  "features": Artifact(feature_network, "the FID feature network"), "real_stats": Artifact(real_statistics, "the real images' statistics")},
+          outputs={"metrics": Artifact("metrics/{arch}/fp.json", "FID and its bootstrap spread"),
+                   "stats": Artifact("eval/{arch}/fp_stats.npz", "the FP generator's feature statistics"),
+                   "samples": Artifact("samples/{arch}/fp.png", "a row of samples")},
+          params=("seed", "eval")),
+    Stage("evaluate", "FID and qFID of one quantized variant", "workflow.evaluate:evaluate", wildcards=("arch", "variant"),
+          inputs={"model": Artifact("models/q/{arch}/{variant}.pt", "the quantized generator"),
+                  "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs"),
+                  "features": Artifact(feature_network, "the FID feature network"), "real_stats": Artifact(real_statistics, "the real images' statistics"),
+                  "fp_stats": Artifact("eval/{arch}/fp_stats.npz", "the FP generator's feature statistics")},
+          outputs={"metrics": Artifact("metrics/{arch}/{variant}.json", "FID, qFID and their bootstrap spreads"),
+                   "samples": Artifact("samples/{arch}/{variant}.png", "a row of samples")},
+          params=("seed", "eval")),
+    # the quantile sweep, paper Figure 1 (rules/sweep.smk)
+    Stage("quantile_sweep", "qFID over activation/weight quantile pairs (Figure 1)", "workflow.sweep:run_sweep", wildcards=("arch",),
+          inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "distill": Artifact("distill/{arch}.pt", "the distillation set"),
+                  "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs"), "features": Artifact(feature_network, "the FID feature network"),
+                  "fp_stats": Artifact("eval/{arch}/fp_stats.npz", "the FP generator's feature statistics")},
+          outputs={"csv": Artifact("sweeps/{arch}/quantile_sweep.csv", "qFID per pair and weight width"),
+                   "best": Artifact("sweeps/{arch}/best.json", "the best pair")},
+          params=("seed", "sweep", "calibration", "distill.batch_size", "eval", *_ARCH)),
+    Stage("fig1", "the quantile-sweep figure and table", "workflow.sweep:figure",
+          inputs={"sweeps": Artifact(lambda cfg, w=None: [f"sweeps/{a}/quantile_sweep.csv" for a in cfg["matrix"]["archs"]],
+                                     "every arch's sweep", many=True)},
+          outputs={"png": Artifact("reports/fig1_quantile_sweep.png", "Figure 1", report={"caption": "captions/fig1.rst", "category": "Figures"}),
+                   "csv": Artifact("reports/quantile_sweep.csv", "every sweep in one table")},
+          params=("sweep",), threads=False),
+    # integer exports (rules/export.smk)
+    Stage("export_fp", "FP32 exports of a generator (the baselines of rule export)", "workflow.export:export_fp", wildcards=("arch",),
+          inputs={"model": Artifact("models/fp/{arch}.pt", "the FP networks"), "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs")},
+          outputs={"out": Artifact("exports/{arch}/fp", "one file per runtime and batch size", directory=True)},
+          params=("export.runtimes", "export.batch_sizes", *_ARCH)),
+    Stage("export", "integer exports of one variant, checked and timed against FP32", "workflow.export:export_variant",
+          wildcards=("arch", "variant"),
+          inputs={"model": Artifact("models/q/{arch}/{variant}.pt", "the quantized generator"),
+                  "fp": Artifact("exports/{arch}/fp", "the FP32 exports"), "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs"),
+                  "features": Artifact(feature_network, "the FID feature network")},
+          outputs={"files": Artifact("exports/{arch}/{variant}", "one file per runtime and batch size", directory=True),
+                   "summary": Artifact("metrics/{arch}/{variant}.export.json", "sizes, latencies, agreement with the fake-quant model")},
+          params=("export", "eval.batch_size")),
+    # tables, figures, the HTML page (rules/report.smk)
+    Stage("sample_figure", "samples by method at w8/w4 with FID captions (paper Figures 2-4)", "reporting.samples:sample_figure",
+          wildcards=("arch",),
+          inputs={"models": Artifact(lambda cfg, w: [f"models/q/{w['arch']}/{v.name}.pt" for v in figure_variants(cfg)], "the variants shown", many=True),
+                  "metrics": Artifact(lambda cfg, w: [f"metrics/{w['arch']}/{v}.json" for v in ["fp"] + [v.name for v in figure_variants(cfg)]],
+                                      "their metrics (FP first)", many=True),
+                  "fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs")},
+          outputs={"out": Artifact("reports/fig_samples_{arch}.png", "the figure",
+                                   report={"caption": "captions/fig_samples.rst", "category": "Figures", "subcategory": "Samples"})},
+          params=("seed", "matrix", "figures")),
+    Stage("report", "tables, figures and the HTML report", "reporting.report:report",
+          inputs={"metrics": Artifact(_every("metrics/{arch}/{variant}.json", _ALL_VARIANTS), "every variant's metrics", many=True),
+                  "samples": Artifact(_every("samples/{arch}/{variant}.png", _ALL_VARIANTS), "every variant's samples", many=True),
+                  "fig1": Artifact("reports/fig1_quantile_sweep.png", "Figure 1"),
+                  "figures": Artifact(lambda cfg, w=None: [f"reports/fig_samples_{a}.png" for a in cfg["matrix"]["archs"]], "the sample figures", many=True),
+                  "exports": Artifact(_every("metrics/{arch}/{variant}.export.json", lambda cfg: [v.name for v in exported_variants(cfg)]),
+                                      "the export summaries (rule export)", many=True, optional=True)},
+          outputs={"results": Artifact("reports/results.csv", "one row per variant", report={"caption": "captions/results.rst", "category": "Tables"}),
+                   "table4": Artifact("reports/table4.md", "Table 4 layout", report={"caption": "captions/table4.rst", "category": "Tables"}),
+                   "table3": Artifact("reports/table3.md", "Table 3 layout", report={"caption": "captions/table3.rst", "category": "Tables"}),
+                   "paper": Artifact("reports/paper_comparison.md", "the paper's numbers beside ours",
+                                     report={"caption": "captions/paper_comparison.rst", "category": "Tables"}),
+                   "export": Artifact("reports/export.md", "integer exports", report={"caption": "captions/export.rst", "category": "Tables"}),
+                   "html": Artifact("reports/index.html", "the report page")},
+          params=("matrix", "eval.bootstrap", "eval.n_samples", "qat.distill_loss"), threads=False),
+    # commands without a rule
+    Stage("validate", "validate the params and print the experiment matrix", "workflow.cli:validate", rule=False, threads=False),
+    Stage("dvc_yaml", "regenerate dvc.yaml from the Snakemake DAG", "workflow.dvc_yaml:write_dvc_yaml",
+          outputs={"out": Artifact("dvc.yaml", "the file to write")}, rule=False, threads=False),
+]
+STAGES: Dict[str, Stage] = {s.name: s for s in _STAGES if s.rule}
+COMMANDS: Dict[str, Stage] = {s.command: s for s in _STAGES}
+
+
+def stage(rule: str) -> Stage:
+    try:
+        return STAGES[rule]
+    except KeyError:
+        raise KeyError(f"rule {rule!r} is not declared in workflow_src/workflow/stages.py (rules: {sorted(STAGES)})") from None
+
+
+def param_keys(rule: str, wildcards: Mapping[str, str]) -> List[str]:
+    """The params keys job ``rule`` with ``wildcards`` reads."""
+    st = stage(rule)
+    keys = st.params(wildcards) if callable(st.params) else st.params
+    return [k.format(**dict(wildcards)) for k in keys]
+
+
+def lookup(cfg: Mapping[str, Any], key: str) -> Any:
+    cur: Any = cfg
+    for part in key.split("."):
+        cur = cur[part]
+    return cur
+
+
+def param_values(cfg: Mapping[str, Any], rule: str, wildcards: Mapping[str, str]) -> Dict[str, Any]:
+    """``{key: value}`` of what the job reads (Snakemake's ``params.section``, a rerun trigger)."""
+    return {k: lookup(cfg, k) for k in param_keys(rule, wildcards)}
+
+
+def resources_problems(cfg: Mapping[str, Any]) -> List[str]:
+    """``resources.rules`` may name only rules (a check config validation cannot make: it sits below)."""
+    return [f"key 'resources.rules.{rule}': no such rule (rules: {sorted(STAGES)})"
+            for rule in sorted((cfg["resources"].get("rules") or {}).keys() - STAGES.keys())]
