@@ -177,16 +177,9 @@ class CycleGAN(GANArch):
 
 # What this arch is (workflow_src/registry.py reads this literal without importing this file).
 ARCH = {
-    "name": "cyclegan",
-    "class": "CycleGAN",
-    "title": "CycleGAN",
-    "model": {
-        "ngf": {"$ref": "#/$defs/pos_int"},
-        "ndf": {"$ref": "#/$defs/pos_int"},
-        "n_blocks": {"$ref": "#/$defs/pos_int"},
-        "n_downsampling": {"$ref": "#/$defs/pos_int"},
-        "d_layers": {"$ref": "#/$defs/pos_int"},
-    },
+    "name": "cyclegan", "class": "CycleGAN", "title": "CycleGAN",
+    "model": {"ngf": {"$ref": "#/$defs/pos_int"}, "ndf": {"$ref": "#/$defs/pos_int"}, "n_blocks": {"$ref": "#/$defs/pos_int"},
+              "n_downsampling": {"$ref": "#/$defs/pos_int"}, "d_layers": {"$ref": "#/$defs/pos_int"}},
     "checkpoint_formats": {"junyanz": {"refused": (
         "junyanz/pytorch-CycleGAN-and-pix2pix's ResnetGenerator matches this project's CycleGAN generator in its stem, "
         "downsampling convs and residual blocks, but its decoder is two ConvTranspose2d (model.19, model.22) where the "

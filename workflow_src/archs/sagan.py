@@ -176,15 +176,9 @@ class SAGAN(LatentEMAGAN):
 
 # What this arch is (workflow_src/registry.py reads this literal without importing this file).
 ARCH = {
-    "name": "sagan",
-    "class": "SAGAN",
-    "title": "SAGAN",
-    "model": {
-        "latent_dim": {"$ref": "#/$defs/pos_int"},
-        "channels": {"$ref": "#/$defs/channels"},
-        "d_channels": {"$ref": "#/$defs/channels"},
-        "attn_res": {"type": ["integer", "null"], "minimum": 4},
-    },
+    "name": "sagan", "class": "SAGAN", "title": "SAGAN",
+    "model": {"latent_dim": {"$ref": "#/$defs/pos_int"}, "channels": {"$ref": "#/$defs/channels"},
+              "d_channels": {"$ref": "#/$defs/channels"}, "attn_res": {"type": ["integer", "null"], "minimum": 4}},
     "per_level": ["channels"],
     "checkpoint_formats": {"heykeetae": {"refused": (
         "heykeetae/Self-Attention-GAN's generator is a stack of ConvTranspose2d layers (l1..l4, last) with two "

@@ -114,15 +114,10 @@ class StyleGAN(LatentEMAGAN):
 
 # What this arch is (workflow_src/registry.py reads this literal without importing this file).
 ARCH = {
-    "name": "stylegan",
-    "class": "StyleGAN",
-    "title": "StyleGAN",
+    "name": "stylegan", "class": "StyleGAN", "title": "StyleGAN",
     "model": {
-        "latent_dim": {"$ref": "#/$defs/pos_int"},
-        "n_mlp": {"$ref": "#/$defs/pos_int"},
-        "channels": {"$ref": "#/$defs/channels"},
-        "d_channels": {"$ref": "#/$defs/channels"},
-        "mbstd": {"type": "boolean"},
+        "latent_dim": {"$ref": "#/$defs/pos_int"}, "n_mlp": {"$ref": "#/$defs/pos_int"}, "mbstd": {"type": "boolean"},
+        "channels": {"$ref": "#/$defs/channels"}, "d_channels": {"$ref": "#/$defs/channels"},
         "layout": {"description": "default, or rosinality (the published checkpoint's network)", "enum": ["default", "rosinality"]},
         "from_rgb_activate": {"description": "layout rosinality: LeakyReLU after the discriminator's from_rgb", "type": "boolean"},
     },
