@@ -34,8 +34,11 @@ DATASET_KINDS: dict[str, Callable[[dict, Path], dict]] = {
     "horse2zebra": real.build_horse2zebra,
 }
 TWO_DOMAIN_KINDS = frozenset({"horse2zebra-synthetic", "horse2zebra"})
+# Kinds whose images keep their meaning when mirrored (faces, horses): trained with random
+# horizontal flips.  Digits do not (a mirrored digit is another glyph or none).
+FLIP_KINDS = frozenset({"ffhq", "celeba", "horse2zebra-synthetic", "horse2zebra"})
 
-__all__ = ["DATASET_KINDS", "prepare", "is_two_domain", "splits_for", "load_split",
+__all__ = ["DATASET_KINDS", "FLIP_KINDS", "prepare", "is_two_domain", "flips", "splits_for", "load_split",
            "to_tensor", "train_batches", "read_manifest"]
 
 
@@ -47,6 +50,11 @@ def _check_kind(kind: str) -> str:
 
 def is_two_domain(kind: str) -> bool:
     return _check_kind(kind) in TWO_DOMAIN_KINDS
+
+
+def flips(kind: str) -> bool:
+    """Whether training batches of ``kind`` are randomly mirrored (:data:`FLIP_KINDS`)."""
+    return _check_kind(kind) in FLIP_KINDS
 
 
 def splits_for(kind: str) -> list[str]:
@@ -191,14 +199,20 @@ def _batch(arr: np.ndarray, idx: np.ndarray, g: torch.Generator, flip: bool) -> 
 
 
 def train_batches(out_dir: str | Path, kind: str, batch_size: int, seed: int,
-                  flip: bool = True) -> Iterator[dict]:
+                  flip: bool | None = None) -> Iterator[dict]:
     """Infinite shuffled training batches: {"x": NCHW} or, for two-domain kinds, {"A", "B"}.
 
     Values are float32 in [-1, 1]; each domain is shuffled independently and
-    reshuffled every epoch; ``flip`` applies random horizontal flips.
+    reshuffled every epoch; ``flip`` applies random horizontal flips (default: the
+    kind's own choice, :func:`flips`; ``False`` turns them off for any kind).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if flip is None:
+        flip = flips(kind)
+    elif flip and not flips(kind):
+        raise ValueError(f"dataset kind {kind!r}: horizontal flips change what its images show; "
+                         f"flipped kinds are {sorted(FLIP_KINDS)}")
     keys = {"A": "trainA", "B": "trainB"} if is_two_domain(kind) else {"x": "train"}
     g = torch.Generator().manual_seed(int(seed))
     arrays = {k: load_split(out_dir, s) for k, s in keys.items()}
