@@ -36,7 +36,13 @@ FLOAT_COMPUTE = {
 QDQ = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 RUNTIME = "onnxruntime"
-X64_QUANT_PRECISION = "session.x64quantprecision"  # needs a zero point per weight: onnx_qdq._own_zero_points
+X64_QUANT_PRECISION = "session.x64quantprecision"
+# X64_QUANT_PRECISION converts each int8 weight and its zero point to uint8 under a name derived
+# from the initializer's, and fails ("Attempt to replace the existing tensor") on an initializer
+# two weights share: the files give every weight its own zero point (onnx_qdq._own_zero_points),
+# and ConstantSharing, which would merge those equal zero vectors again, is off (it only saves the
+# memory of duplicate small constants).
+DISABLED_OPTIMIZERS = ["ConstantSharing"]
 
 
 def cpu_has_vnni() -> bool:
@@ -105,7 +111,7 @@ def session(path: str | Path, threads: int, optimized_out: str | Path | None = N
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
 def run(sess, x: np.ndarray, batch: int) -> np.ndarray:
