@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from workflow_src import config as qcfg
@@ -65,6 +66,25 @@ def test_bake_leaves_the_original_usable(cfg):
     assert torch.allclose(g(z), ref)
 
 
+def test_reconstruction_loss_is_brecqs_lp_loss():
+    """BRECQ's ``lp_loss(pred, tgt, p=2)``: squared error summed over dim 1, mean over the batch and
+    the remaining positions; written out here element by element."""
+    pred = torch.arange(24, dtype=torch.float32).reshape(2, 3, 2, 2) / 10
+    tgt = torch.zeros(2, 3, 2, 2)
+    tgt[0, 1, 0, 1], tgt[1, 2, 1, 0] = 1.0, -2.0
+    total = 0.0
+    for n in range(2):
+        for h in range(2):
+            for w in range(2):
+                total += sum((float(pred[n, c, h, w]) - float(tgt[n, c, h, w])) ** 2 for c in range(3))
+    want = total / (2 * 2 * 2)  # mean over N, H, W of the channel sums
+    got = brecq_mod.reconstruction_loss(pred, tgt)
+    assert abs(float(got) - want) < 1e-5 and abs(float(got) - 3 * float(F.mse_loss(pred, tgt))) < 1e-5
+    # a linear block's (N, features) output: sum over features, mean over the batch
+    a, b = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]]), torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    assert float(brecq_mod.reconstruction_loss(a, b)) == ((1 + 4 + 0) + (1 + 1 + 4)) / 2
+
+
 def _run(cfg, arch, variant, ckpt=None):
     g = _generator(cfg, arch)
     a = make_arch(cfg, arch)
@@ -79,6 +99,9 @@ def test_reconstruction_lowers_every_block_error_and_ends_on_the_grid(cfg, varia
     for rec in info["recon"]:
         assert rec["mse_after"] < rec["mse_before"], rec
     v = Variant.parse(variant)
+    if v.method == "ar-brecq":  # the two terms at the start of annealing are recorded for every block
+        for rec in info["recon"]:
+            assert rec["anneal_reg"] > rec["anneal_rec"] > 0 and rec["anneal_reg_grad"] > 0 and 0 <= rec["anneal_rec_led"] <= 1, rec
     qmin, qmax = -(2 ** (v.w_bits - 1)), 2 ** (v.w_bits - 1) - 1
     for layer in q.modules():
         if isinstance(layer, (QuantConv2d, QuantLinear)):

@@ -157,6 +157,29 @@ def test_train_batches(tmp_path):
     assert not torch.equal(match[:40], match[40:])
 
 
+def _matches(batch: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Per batch image: whether it equals some image of ``images`` exactly."""
+    return (batch[:, None] == images[None]).flatten(2).all(-1).any(1)
+
+
+def test_flips_are_a_property_of_the_dataset_kind(tmp_path):
+    """Digits are never mirrored (a mirrored digit is another glyph); faces and horses are."""
+    data.prepare("d", DIGITS, tmp_path / "d")
+    train = data.to_tensor(np.asarray(data.load_split(tmp_path / "d", "train")))
+    it = data.train_batches(tmp_path / "d", "digits", 64, seed=3)
+    for _ in range(4):
+        assert _matches(next(it)["x"], train).all()  # every image as stored, none mirrored
+    assert not data.flips("digits")
+    assert all(data.flips(k) for k in ("ffhq", "celeba", "horse2zebra", "horse2zebra-synthetic"))
+    with pytest.raises(ValueError, match="'digits'.*flips"):
+        next(data.train_batches(tmp_path / "d", "digits", 8, seed=0, flip=True))
+    data.prepare("h", H2Z, tmp_path / "h")
+    train_a = data.to_tensor(np.asarray(data.load_split(tmp_path / "h", "trainA")))
+    a = torch.cat([next(it_h)["A"] for it_h in [data.train_batches(tmp_path / "h", "horse2zebra-synthetic", 16, seed=0)] for _ in range(5)])
+    mirrored = _matches(a, train_a.flip(-1)) & ~_matches(a, train_a)
+    assert _matches(a, train_a).any() and mirrored.any() and (_matches(a, train_a) | mirrored).all()
+
+
 # ----------------------------------------------------------------------------- real datasets: fixtures
 
 def _img(path: Path, size: tuple[int, int], colour, inner=None, inner_colour=None):

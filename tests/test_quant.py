@@ -72,6 +72,63 @@ def test_fake_quantize_matches_eq2_and_torch_quantize_dequantize():
     assert torch.allclose(out, ref, atol=1e-6)
 
 
+def _kernel_integers(x, scale, zp, qmin, qmax, axis):
+    """The integers PyTorch's fused fake-quant kernels produce, read back from their output
+    ``(k - z) * s``: ``round(out / s) + z`` is ``k`` exactly for ``|k - z| <= 255``."""
+    if axis is None:
+        out = torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zp.reshape(()), qmin, qmax)
+        return torch.round(out / scale.reshape(())) + zp.reshape(()).float()
+    out = torch.fake_quantize_per_channel_affine(x, scale, zp, axis, qmin, qmax)
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return torch.round(out / scale.view(shape)) + zp.view(shape).float()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_integers_are_the_fake_quant_kernels_integers_at_the_symmetric_ties(bits):
+    """Min-max symmetric scales put every channel's extreme weight on the tie ``amax / s = t_max + 1/2``;
+    ``x / s`` and PyTorch's ``x * (1/s)`` fall on either side of it in many channels: the exported
+    integers must be the kernel's."""
+    from workflow_src.quant.quantizer import integers
+
+    qmin, qmax = qrange(bits, signed=True)
+    w = torch.randn(2048, 3, 3, 3, generator=torch.Generator().manual_seed(1))
+    amax = w.abs().amax(dim=(1, 2, 3))
+    s, z = qparams(-amax, amax, qmin, qmax, symmetric=True)
+    ref = _kernel_integers(w, s, z, qmin, qmax, 0)
+    by_division = torch.clamp(torch.round(w / s.view(-1, 1, 1, 1)), qmin, qmax)
+    assert (by_division != ref).sum() > 10  # the ties are really there (division rounds them otherwise)
+    assert torch.equal(integers(w, s, z, qmin, qmax, 0), ref)
+    q = weight_quantizer(w, QuantSpec(w_bits=bits, per_channel=True))
+    assert torch.equal(q.scale, s) and torch.equal(q.integer(w), ref)
+    # per tensor: one tie per tensor, many tensors
+    for i in range(0, 256):
+        wi = w[i:i + 1]
+        qt = weight_quantizer(wi, QuantSpec(w_bits=bits, per_channel=False))
+        assert torch.equal(qt.integer(wi), _kernel_integers(wi, qt.scale, qt.zero_point, qmin, qmax, None))
+
+
+def test_integers_round_exact_halves_to_even_like_the_kernels():
+    """Exact ties (``x * (1/s)`` is ``k + 1/2`` in float32): half to even, affine zero point added
+    after rounding, clamped to the grid; per tensor and per channel."""
+    from workflow_src.quant.quantizer import integers
+
+    x = torch.tensor([[0.125, 0.375, -0.125, -0.375, 0.625, 63.875, -64.125, 0.0]])  # / 0.25: .5, 1.5, ..., 255.5, -256.5
+    s, z = torch.tensor([0.25]), torch.tensor([3], dtype=torch.int32)
+    want = torch.tensor([[3.0, 5.0, 3.0, 1.0, 5.0, 255.0, 0.0, 3.0]])  # 0+3, 2+3, -0+3, -2+3, 2+3, clamp(256+3), clamp(-256+3), 3
+    assert torch.equal(integers(x, s, z, 0, 255, None), want)
+    assert torch.equal(_kernel_integers(x, s, z, 0, 255, None), want)
+    xc = torch.cat([x, 2 * x])  # channel 1: scale 0.5, same ratios
+    sc, zc = torch.tensor([0.25, 0.5]), torch.tensor([3, 3], dtype=torch.int32)
+    assert torch.equal(integers(xc, sc, zc, 0, 255, 0), torch.cat([want, want]))
+    assert torch.equal(_kernel_integers(xc, sc, zc, 0, 255, 0), torch.cat([want, want]))
+    q = FakeQuantizer(8, symmetric=False, observer=MinMaxObserver(per_sample=True))
+    q.scale.copy_(s)
+    q.zero_point.copy_(z)
+    q.calibrated.fill_(True)
+    assert torch.equal(q.integer(x), want) and torch.equal(q(x), s * (want - 3))
+
+
 def test_hand_computed_case():
     # range [-1, 3] at 2 bits unsigned: scale 4/3, zero point round(0.75) = 1; grid {-4/3, 0, 4/3, 8/3}
     scale, zp = qparams(torch.tensor([-1.0]), torch.tensor([3.0]), 0, 3, symmetric=False)
@@ -211,10 +268,15 @@ def test_quant_conv_matches_pytorch_int8_kernel():
     if engine is None:
         pytest.skip(f"no quantized engine in this torch build: {engines}")
     torch.backends.quantized.engine = engine
+    from workflow_src.deploy.runtime import cpu_has_vnni
+
     torch.manual_seed(3)
     conv = nn.Conv2d(4, 6, 3, padding=1).eval()
     x = torch.randn(2, 4, 8, 8)
-    q = QuantConv2d.from_float(conv, QuantSpec(w_bits=8, a_bits=8, per_channel=True))
+    # without VNNI, fbgemm adds pairs of u8*s8 products in saturating int16 (here: off by 0.55, 35
+    # output steps); 7-bit activations cannot saturate, as PyTorch's own x86 qconfig (reduce_range)
+    a_bits = 8 if cpu_has_vnni() else 7
+    q = QuantConv2d.from_float(conv, QuantSpec(w_bits=8, a_bits=a_bits, per_channel=True))
     calibrate(q, [x])
     out = q(x).detach()
     s_in, z_in = float(q.input_quant.scale), int(q.input_quant.zero_point)

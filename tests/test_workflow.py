@@ -61,12 +61,14 @@ def test_every_artifact_and_finite_metrics(micro_run):
     assert exported[["size_ratio", "latency_ratio", "latency_ratio_b1"]].map(lambda x: 0 < x < math.inf).all().all()
     assert exported["runtime"].str.match(r"^(onnxruntime|pt2e-x86)").all()
     assert (exported["onnxruntime_size_ratio"] < 0.5).all()  # int8 weights; the torch.export graph JSON can outweigh micro weights
-    # the runtimes' integer kernels round differently at grid boundaries: some pixels move, qFID stays far below quantization's own
-    # each file evaluated as written: the fake-quant arithmetic, except activations at exact rounding ties
-    # (onnxruntime divides by the scale, the decomposed ops multiply by a double-precision reciprocal),
-    # which StyleGAN's instance norms amplify
-    shares = [r["file_within_step"] for p in (micro_run / "metrics").rglob("*.export.json") for r in json.loads(p.read_text())["runtimes"].values()]
-    assert len(shares) == 2 * len(exported) and min(shares) > 0.5 and sorted(shares)[len(shares) // 2] > 0.9
+    # each file evaluated as written: the torch.export program is the fake-quant arithmetic exactly (integer weights rounded
+    # like PyTorch's kernels, ties included); the ONNX file run op by op moves an activation one step where it sits on a
+    # rounding tie (ONNX's QuantizeLinear divides by the scale where PyTorch multiplies by 1/s, and onnxruntime's float
+    # kernels round differently), which StyleGAN's instance norms amplify: measured 0.97-1.0 of pixels within a step
+    files = [(rt_, r) for p in (micro_run / "metrics").rglob("*.export.json") for rt_, r in json.loads(p.read_text())["runtimes"].items()]
+    assert len(files) == 2 * len(exported)
+    assert all(r["file_max_abs_diff"] <= 1e-4 for rt_, r in files if rt_ == "pt2e-x86"), [r["file_max_abs_diff"] for _, r in files]
+    assert all(r["file_within_step"] >= 0.95 for rt_, r in files if rt_ == "onnxruntime"), [r["file_within_step"] for _, r in files]
     assert df[df["method"] == "fp"]["runtime"].isna().all()
     for arch in archs:
         summary = json.loads((micro_run / "metrics" / arch / f"{exported['method'].iloc[0]}-tensor-w8a8.export.json").read_text())

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 KINDS = ("digits", "horse2zebra-synthetic", "ffhq", "celeba", "horse2zebra")
 TWO_DOMAIN_KINDS = frozenset({"horse2zebra-synthetic", "horse2zebra"})  # unpaired A -> B (CycleGAN)
+# Kinds whose images keep their meaning when mirrored (faces, horses): trained with random
+# horizontal flips.  Digits do not (a mirrored digit is another glyph or none).
+FLIP_KINDS = frozenset({"ffhq", "celeba", "horse2zebra-synthetic", "horse2zebra"})
 
 
 def check_kind(kind: str) -> str:
@@ -14,6 +17,11 @@ def check_kind(kind: str) -> str:
 
 def is_two_domain(kind: str) -> bool:
     return check_kind(kind) in TWO_DOMAIN_KINDS
+
+
+def flips(kind: str) -> bool:
+    """Whether training batches of ``kind`` are randomly mirrored (:data:`FLIP_KINDS`)."""
+    return check_kind(kind) in FLIP_KINDS
 
 
 def splits_for(kind: str) -> list[str]:

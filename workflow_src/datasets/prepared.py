@@ -22,7 +22,7 @@ import torch
 
 from . import offline, real
 from .download import sha256_file
-from .kinds import check_kind, is_two_domain, splits_for
+from .kinds import FLIP_KINDS, check_kind, flips, is_two_domain, splits_for
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -35,7 +35,7 @@ DATASET_KINDS: dict[str, Callable[[dict, Path], dict]] = {
     "horse2zebra": real.build_horse2zebra,
 }
 
-__all__ = ["DATASET_KINDS", "prepare", "is_two_domain", "splits_for", "load_split",
+__all__ = ["DATASET_KINDS", "FLIP_KINDS", "prepare", "is_two_domain", "flips", "splits_for", "load_split",
            "to_tensor", "train_batches", "read_manifest"]
 
 
@@ -177,14 +177,20 @@ def _batch(arr: np.ndarray, idx: np.ndarray, g: torch.Generator, flip: bool) -> 
 
 
 def train_batches(out_dir: str | Path, kind: str, batch_size: int, seed: int,
-                  flip: bool = True) -> Iterator[dict]:
+                  flip: bool | None = None) -> Iterator[dict]:
     """Infinite shuffled training batches: {"x": NCHW} or, for two-domain kinds, {"A", "B"}.
 
     Values are float32 in [-1, 1]; each domain is shuffled independently and
-    reshuffled every epoch; ``flip`` applies random horizontal flips.
+    reshuffled every epoch; ``flip`` applies random horizontal flips (default: the
+    kind's own choice, :func:`flips`; ``False`` turns them off for any kind).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if flip is None:
+        flip = flips(kind)
+    elif flip and not flips(kind):
+        raise ValueError(f"dataset kind {kind!r}: horizontal flips change what its images show; "
+                         f"flipped kinds are {sorted(FLIP_KINDS)}")
     keys = {"A": "trainA", "B": "trainB"} if is_two_domain(kind) else {"x": "train"}
     g = torch.Generator().manual_seed(int(seed))
     arrays = {k: load_split(out_dir, s) for k, s in keys.items()}

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..quant.modules import QuantConv2d, QuantLinear
-from ..quant.quantizer import FakeQuantizer, fake_quantize
+from ..quant.quantizer import FakeQuantizer, fake_quantize, integers
 from ..quant.transform import activation_quantizers, weight_quantizers
 from ..files import atomic_path
 
@@ -116,10 +116,10 @@ def fold_weights(model_proto, w_bits: int) -> int:
     """Replace each ``QuantizeLinear`` whose input is a constant by its integer tensor (constant
     folding of the quantization: weights, and constant operands such as StyleGAN's noise strengths).
 
-    Signed (int8 zero point) nodes are weights: ``clamp(round(w * (1/s)), -2^(b-1), 2^(b-1) - 1)``,
-    stored as INT4 when ``w_bits`` is 4; unsigned ones ``clamp(round(w * (1/s)) + z, 0, 255)`` as
-    uint8 (float32, round half to even: exactly the integers PyTorch's fake-quant kernels use, also
-    at ties such as the symmetric range's end ``amax / s = 127.5``).  Returns the number folded."""
+    Signed (int8 zero point) nodes are weights on ``[-2^(b-1), 2^(b-1) - 1]``, stored as INT4 when
+    ``w_bits`` is 4; unsigned ones on ``[0, 255]`` as uint8.  The integers are
+    :func:`~workflow_src.quant.quantizer.integers`: exactly those PyTorch's fake-quant kernels use,
+    also at ties such as the symmetric range's end ``amax / s = 127.5``.  Returns the number folded."""
     from onnx import numpy_helper
 
     g = model_proto.graph
@@ -129,7 +129,7 @@ def fold_weights(model_proto, w_bits: int) -> int:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
     lo, hi = -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1
-    keep, new_inits, dropped, folded, int4 = [], [], set(), 0, set()
+    keep, new_inits, dropped, folded, weights = [], [], set(), 0, {}
     for node in g.node:
         if node.op_type != "QuantizeLinear" or node.input[0] not in consts:
             keep.append(node)
@@ -139,24 +139,20 @@ def fold_weights(model_proto, w_bits: int) -> int:
         signed = zp.dtype == np.int8  # weights are signed; constant activation operands (e.g. noise strengths) uint8
         if signed and np.any(zp != 0):
             raise ExportError(f"{node.name}: weight zero point {zp.ravel()[:4]} is not 0")
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        if scale.ndim == 1 and scale.size > 1:
-            shape = [1] * w.ndim
-            shape[axis] = -1
-            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) if scale.size > 1 else None
         name = node.output[0]  # the DequantizeLinear keeps reading this name: now an initializer
-        inv = np.float32(1.0) / scale  # float32 x * (1 / s): PyTorch's fake-quant kernels, so ties round alike
-        if signed:
-            ints = np.clip(np.rint(w * inv), lo, hi)
-        else:
-            ints = np.clip(np.rint(w * inv) + zp.astype(np.float32), 0, 255)
+        # PyTorch's fake-quant integers (float32 x * (1/s), half to even), so ties round alike
+        ints = integers(torch.from_numpy(w), torch.from_numpy(scale), torch.from_numpy(zp.astype(np.int32)),
+                        lo if signed else 0, hi if signed else 255, axis).numpy()
         if signed and w_bits == 4:
             import ml_dtypes  # onnx's own dependency: numpy int4, packed two per byte by from_array
 
             t = numpy_helper.from_array(ints.astype(ml_dtypes.int4), name)
-            int4.add(name)
+            weights[name] = ml_dtypes.int4
         else:
             t = numpy_helper.from_array(ints.astype(zp.dtype), name)
+            if signed:
+                weights[name] = np.int8
         new_inits.append(t)
         folded += 1
         for src in node.input:  # drop the float weight when nothing else reads it
@@ -172,25 +168,31 @@ def fold_weights(model_proto, w_bits: int) -> int:
     infos = [vi for vi in g.value_info if vi.name not in folded_names]
     del g.value_info[:]
     g.value_info.extend(infos)
-    if int4:  # DequantizeLinear wants its zero point in the type of its input
-        _int4_zero_points(model_proto, int4)
+    _own_zero_points(model_proto, weights)
     return folded
 
 
-def _int4_zero_points(model_proto, int4_names) -> None:
-    """DequantizeLinear needs its zero point in the input's type: rewrite the zero points of the
-    nodes that read INT4 weights as INT4 zeros."""
-    import ml_dtypes
+def _own_zero_points(model_proto, weights: Dict[str, object]) -> None:
+    """Give each ``DequantizeLinear`` of a folded weight a zero point of its own, in the weight's
+    type (``weights``: name -> numpy dtype; DequantizeLinear wants INT4 zero points for INT4 input).
+    The TorchScript exporter shares one int8 zero-point constant among many weights, and
+    onnxruntime's s8 -> u8 weight conversion (``session.x64quantprecision``) then fails on the
+    second weight ("Attempt to replace the existing tensor")."""
     from onnx import numpy_helper
 
     g = model_proto.graph
     consts = _constants(g)
+    replaced = set()
     for node in g.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in int4_names and len(node.input) > 2 and node.input[2]:
-            zp = consts[node.input[2]]
-            name = node.input[2] + "_int4"
-            g.initializer.append(numpy_helper.from_array(np.zeros(zp.shape, ml_dtypes.int4), name))
+        if node.op_type == "DequantizeLinear" and node.input[0] in weights and len(node.input) > 2 and node.input[2]:
+            name = node.input[0] + "_zero_point"
+            g.initializer.append(numpy_helper.from_array(np.zeros(consts[node.input[2]].shape, weights[node.input[0]]), name))
+            replaced.add(node.input[2])
             node.input[2] = name
+    used = {i for node in g.node for i in node.input}
+    inits = [i for i in g.initializer if i.name in used or i.name not in replaced]
+    del g.initializer[:]
+    g.initializer.extend(inits)
 
 
 def export_qdq(model: nn.Module, example: torch.Tensor, out: str | Path) -> Dict[str, object]:

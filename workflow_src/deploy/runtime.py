@@ -36,6 +36,23 @@ FLOAT_COMPUTE = {
 QDQ = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 RUNTIME = "onnxruntime"
+X64_QUANT_PRECISION = "session.x64quantprecision"
+# X64_QUANT_PRECISION converts each int8 weight and its zero point to uint8 under a name derived
+# from the initializer's, and fails ("Attempt to replace the existing tensor") on an initializer
+# two weights share: the files give every weight its own zero point (onnx_qdq._own_zero_points),
+# and ConstantSharing, which would merge those equal zero vectors again, is off (it only saves the
+# memory of duplicate small constants).
+DISABLED_OPTIMIZERS = ["ConstantSharing"]
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this x86 CPU has VNNI (AVX512-VNNI or AVX-VNNI: int8 dot products into int32).  Without
+    it, u8s8 int8 kernels (MLAS, oneDNN) add pairs of u8*s8 products in saturating int16."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_vnni", "avx_vnni"} & set(flags.split()))
 
 
 class ExportFileError(RuntimeError):
@@ -85,12 +102,16 @@ def session(path: str | Path, threads: int, optimized_out: str | Path | None = N
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
+    # On x86 CPUs without VNNI, MLAS's u8s8 kernels add pairs of u8*s8 products in saturating int16
+    # (vpmaddubsw): measured on such a CPU, QLinearConv outputs were off by up to 35 steps.  This
+    # option makes onnxruntime run those ops on u8u8 kernels (exact); on VNNI CPUs it changes nothing.
+    so.add_session_config_entry(X64_QUANT_PRECISION, "1")
     if optimized_out:
         so.optimized_model_filepath = str(optimized_out)
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
 def run(sess, x: np.ndarray, batch: int) -> np.ndarray:

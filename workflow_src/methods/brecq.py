@@ -2,7 +2,8 @@
 
 The generator is first quantized like vanilla quantile PTQ (the same quantile pair initialises the
 ranges).  Then, block by block in execution order, the block's quantization parameters (and, for
-STE-BRECQ, its weights and biases) are tuned to minimise ``||f_q(X_q) - Y||^2``: ``X_q`` are the
+STE-BRECQ, its weights and biases) are tuned to minimise ``||f_q(X_q) - Y||^2`` (as BRECQ's code
+computes it: :func:`reconstruction_loss`): ``X_q`` are the
 block's inputs in the partly quantized generator (every earlier block already reconstructed), ``Y``
 the full-precision block's outputs on the same calibration inputs.
 
@@ -102,8 +103,21 @@ def _restore(snap: list) -> None:
             getattr(layer, name).copy_(t)
 
 
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BRECQ's reconstruction objective, as its code computes it (``quant/block_recon.py``
+    ``LossFunction`` with ``rec_loss='mse'``, i.e. ``lp_loss(pred, tgt, p=2)`` of ``quant/quant_layer.py``):
+    the squared error summed over dim 1 (channels, or features of a linear layer), then averaged over
+    the batch and every remaining (spatial) position.  For ``(N, C, H, W)`` outputs that is ``C``
+    times the per-element mean; the AdaRound regulariser weight (``reg_weight``, BRECQ's ``weight``
+    0.01) is tuned against this scale."""
+    return (pred - target).pow(2).sum(1).mean()
+
+
 @torch.no_grad()
 def _block_mse(block: Block, x_rec: Any, y: torch.Tensor, bs: int) -> float:
+    """The block's reconstruction error on all captured inputs as a per-element mean squared error
+    (the ``mse_before``/``mse_after`` of the info record; comparable across blocks of any width,
+    unlike the optimised :func:`reconstruction_loss`)."""
     n, total = record_len(x_rec), 0.0
     dev = next(block.parameters()).device
     for i in range(0, n, bs):
@@ -113,7 +127,14 @@ def _block_mse(block: Block, x_rec: Any, y: torch.Tensor, bs: int) -> float:
     return total / y.numel()
 
 
-def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcfg: Dict[str, Any], gen: torch.Generator) -> None:
+def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcfg: Dict[str, Any], gen: torch.Generator) -> Dict[str, float]:
+    """Optimise one block; returns, for AdaRound, the balance of the two terms at the first step of
+    the rounding regulariser (start of annealing, ``beta = beta_start``): their values
+    (``anneal_rec``, ``anneal_reg``: regulariser times ``reg_weight``) and the norms of their
+    gradients with respect to the rounding variables (``anneal_rec_grad``, ``anneal_reg_grad``), and
+    the share of rounding variables whose reconstruction gradient outweighs their regulariser
+    gradient (``anneal_rec_led``: Adam moves each variable by its own gradient's sign, so this share
+    is where the reconstruction still decides the rounding)."""
     zeta, gamma = bcfg.get("zeta", 1.1), bcfg.get("gamma", -0.1)
     weights, qparams, rounders = _make_learnable(block, mode, zeta, gamma)
     for p in block.parameters():
@@ -136,13 +157,22 @@ def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcf
     for m in block.modules:
         m.train(False)
     bar = tqdm(range(steps), desc=f"{mode} {block.name}", unit="step", leave=False)
+    balance: Dict[str, float] = {}
     for t in bar:
         idx = torch.randint(n, (min(bs, n),), generator=gen)
         args, kwargs = index_record(x_rec, idx, dev)
-        rec = F.mse_loss(block(*args, **kwargs), y[idx].to(dev))
+        rec = reconstruction_loss(block(*args, **kwargs), y[idx].to(dev))
         loss = rec
         if decay is not None and decay.active(t):
-            loss = loss + bcfg.get("reg_weight", 0.01) * sum(r.regularizer(decay(t)) for r in rounders)
+            reg = bcfg.get("reg_weight", 0.01) * sum(r.regularizer(decay(t)) for r in rounders)
+            if not balance:
+                alphas = [r.alpha for r in rounders]
+                g_rec, g_reg = [torch.cat([(g if g is not None else torch.zeros_like(a)).flatten() for g, a in
+                                           zip(torch.autograd.grad(term, alphas, retain_graph=True, allow_unused=True), alphas)])
+                                for term in (rec, reg)]
+                balance = {"anneal_rec": rec.item(), "anneal_reg": reg.item(), "anneal_rec_grad": float(g_rec.norm()),
+                           "anneal_reg_grad": float(g_reg.norm()), "anneal_rec_led": float((g_rec.abs() > g_reg.abs()).float().mean())}
+            loss = loss + reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -151,6 +181,7 @@ def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcf
     for p in train:
         p.requires_grad_(False)
     _make_static(block)
+    return balance
 
 
 def brecq(mode: str):
@@ -185,13 +216,13 @@ def brecq(mode: str):
             before = _block_mse(qb, x_rec, y, bs)
             gen.manual_seed(cfg["seed"] * 7919 + i)
             snap = _snapshot(qb)
-            _reconstruct_block(qb, x_rec, y, mode, bcfg, gen)
+            balance = _reconstruct_block(qb, x_rec, y, mode, bcfg, gen)
             after = _block_mse(qb, x_rec, y, bs)
             kept = "reconstructed"
             if after > before:  # never leave a block worse than its quantile initialisation
                 _restore(snap)
                 kept, after = "initial", _block_mse(qb, x_rec, y, bs)
-            losses.append({"block": i, "name": qb.name, "mse_before": before, "mse_after": after, "kept": kept})
+            losses.append({"block": i, "name": qb.name, "mse_before": before, "mse_after": after, "kept": kept, **balance})
             del x_rec, y
             if spill_dir is not None:
                 shutil.rmtree(spill_dir, ignore_errors=True)

@@ -53,6 +53,24 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis, qmin, qmax)
 
 
+def integers(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: Optional[int]) -> torch.Tensor:
+    """The integers ``x_int`` of eq. (2) exactly as PyTorch's fused fake-quant kernels compute them
+    (``fake_quantize_per_tensor_affine``/``_per_channel_affine``, CPU and CUDA):
+    ``clamp(round(x * (1/s)) + z, qmin, qmax)`` with the reciprocal and the product in float32 and
+    round half to even.  Dividing by ``s`` instead rounds some ties the other way: with the symmetric
+    scale ``amax / 127.5`` every channel's extreme weight sits on the tie ``+-127.5``, and ``x / s``
+    and ``x * (1/s)`` land on opposite sides of it in about one channel in ten.  Every exporter
+    takes its integers from here (float32 tensor holding integers)."""
+    x = x.detach().float()
+    if axis is None:
+        s, z = scale.detach().float().reshape(()), zero_point.detach().reshape(())
+    else:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        s, z = scale.detach().float().reshape(shape), zero_point.detach().reshape(shape)
+    return torch.clamp(torch.round(x * torch.reciprocal(s)) + z.float(), qmin, qmax)
+
+
 class FakeQuantizer(nn.Module):
     """A static quantizer: an observer collects a range during calibration, ``freeze`` turns the
     range into ``scale``/``zero_point``, and from then on ``forward`` fake-quantizes.
@@ -113,10 +131,5 @@ class FakeQuantizer(nn.Module):
         return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax, self.axis)
 
     def integer(self, x: torch.Tensor) -> torch.Tensor:
-        """The integer representation ``x_int`` of eq. (2) (for checks and export)."""
-        shape = [1] * x.dim()
-        if self.axis is not None:
-            shape[self.axis] = -1
-        s = self.scale.reshape(shape) if self.axis is not None else self.scale.reshape(())
-        z = self.zero_point.reshape(shape) if self.axis is not None else self.zero_point.reshape(())
-        return torch.clamp(torch.round(x / s) + z, self.qmin, self.qmax)
+        """The integer representation ``x_int`` of eq. (2), the integers :meth:`forward` uses (:func:`integers`)."""
+        return integers(x, self.scale, self.zero_point, self.qmin, self.qmax, self.axis)

@@ -176,7 +176,7 @@ def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, 
             results[rt] = res
         tmp_dir.cleanup()
         best = min(results, key=lambda r: results[r]["latency_ratio"][b_max])
-        summary = {**variant_tags(arch, v), "threads": threads, "batch_sizes": ecfg["batch_sizes"], "check_samples": int(len(ref)),
+        summary = {**variant_tags(arch, v), "threads": threads, "cpu_vnni": ort_rt.cpu_has_vnni(), "batch_sizes": ecfg["batch_sizes"], "check_samples": int(len(ref)),
                    "export_seconds": export_seconds, "written": written, "runtimes": results, "best_runtime": best,
                    "weight_storage": "int4 packed (2 per byte) in ONNX; int8 bytes in the PT2 program" if v.w_bits == 4 else "int8"}
         write_json(out, summary)
