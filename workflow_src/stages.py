@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import data as datasets
-from . import tracking
+from . import resume, tracking
 from .config import FP, Variant, arch_dataset
 from .metrics import fid
 from .methods import METHOD_PARAMS, QAT_METHODS, get_method
@@ -159,7 +159,7 @@ def quantize(cfg: Dict[str, Any], arch: str, variant: str, fp_path: str, distill
         for rec in info.get("recon", []):
             run.log_metrics({"block_mse_before": rec["mse_before"], "block_mse_after": rec["mse_after"]}, step=rec["block"])
         run.log_artifact(info_out)
-    ckpt.unlink(missing_ok=True)
+    resume.finish(ckpt, resume.log_beside(ckpt))
 
 
 def _variant_tags(arch: str, v: Variant | None) -> Dict[str, Any]:

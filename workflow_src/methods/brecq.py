@@ -35,7 +35,8 @@ from ..quant import QuantConv2d, QuantLinear, QuantOp, calibrate, quantize_model
 from ..quant.adaround import AdaRoundQuantizer, LinearTempDecay
 from ..quant.blocks import Block, capture, index_record, record_len, split_blocks
 from ..quant.lsq import LSQQuantizer
-from ..utils import torch_load, torch_save
+from .. import resume
+from ..utils import torch_save
 from .ptq import spec_for
 
 
@@ -157,6 +158,9 @@ def brecq(mode: str):
     def run(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any],
             arch=None, ckpt: Optional[Path] = None, **_):
         bcfg = cfg["brecq"]
+        # a checkpoint is resumed only by the same params, FP weights, calibration inputs and code
+        fingerprint = resume.job_fingerprint(cfg, "quantize", {"arch": arch.name, "variant": variant.name}, [__name__],
+                                             arch_cfg=arch_cfg, inputs=resume.tensor_digest(generator.state_dict(), calib_inputs))
         spec = spec_for(variant, "quantile", arch_cfg, cfg)
         fp = bake(copy.deepcopy(generator)).eval()
         qmodel = quantize_model(generator, spec)
@@ -168,8 +172,8 @@ def brecq(mode: str):
         q_blocks, fp_blocks = split_blocks(qmodel, containers), split_blocks(fp, containers)
         losses: List[Dict[str, Any]] = []
         start = 0
-        if ckpt is not None and Path(ckpt).exists():
-            saved = torch_load(ckpt)  # finished blocks hold static quantizers again: same state layout
+        saved = None if ckpt is None else resume.load_checkpoint(ckpt, fingerprint)
+        if saved is not None:  # finished blocks hold static quantizers again: same state layout
             qmodel.load_state_dict(saved["state_dict"])
             start, losses = int(saved["next_block"]), list(saved["losses"])
             print(f"resuming {mode} at block {start}/{len(q_blocks)}")
@@ -196,7 +200,8 @@ def brecq(mode: str):
             if spill_dir is not None:
                 shutil.rmtree(spill_dir, ignore_errors=True)
             if ckpt is not None:
-                torch_save({"next_block": i + 1, "state_dict": qmodel.state_dict(), "losses": losses}, ckpt)
+                torch_save({"next_block": i + 1, "state_dict": qmodel.state_dict(), "losses": losses,
+                            "fingerprint": fingerprint}, ckpt)
         return qmodel.eval(), spec, {"calibration_images": int(len(inputs)), "blocks": len(q_blocks), "recon": losses}
 
     run.__name__ = mode.replace("-", "_")
