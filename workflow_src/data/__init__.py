@@ -109,7 +109,8 @@ def prepare(name: str, cfg: dict, out_dir: str | Path, download_dir: str | Path 
     """Build dataset ``name`` from its params section ``cfg`` into ``out_dir``; returns the manifest.
 
     Does nothing if ``out_dir`` already holds a complete dataset built from the same
-    config. ``download_dir`` (real datasets only) defaults to ``<out_dir>/../downloads``.
+    config. ``download_dir`` (real datasets only, each in ``<download_dir>/<name>``) defaults to
+    ``<out_dir>/../downloads``.
     """
     if "kind" not in cfg or "resolution" not in cfg:
         raise ValueError(f"dataset {name!r}: config needs 'kind' and 'resolution', got keys {sorted(cfg)}")
@@ -122,7 +123,7 @@ def prepare(name: str, cfg: dict, out_dir: str | Path, download_dir: str | Path 
         return manifest
 
     download_dir = Path(download_dir) if download_dir is not None else out_dir.parent / "downloads"
-    splits = DATASET_KINDS[kind](cfg, download_dir)
+    splits = DATASET_KINDS[kind](cfg, download_dir / name)  # each dataset its own archive and lock entry
     missing = set(splits_for(kind)) ^ set(splits)
     if missing:
         raise ValueError(f"builder for {kind!r} returned splits {sorted(splits)}, expected {splits_for(kind)}")
