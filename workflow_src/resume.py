@@ -7,8 +7,9 @@ A checkpoint (FP training's ``models/fp/<arch>.ckpt.pt``, BRECQ's per block and 
   reruns the job on) plus what the job derives from its inputs (a dataset's split digests, the FP
   weights, ...), as canonical JSON;
 * ``code``: the sha256 of every source file of the package the job's code runs: the modules named
-  as entry points and, transitively, every package module they import (read from the source, so the
-  set is the same in every process).
+  as entry points and, transitively, every package module they import, at module level or inside a
+  function (read from the source, so the set is the same in every process), except the
+  bookkeeping modules (:data:`BOOKKEEPING`).
 
 A checkpoint whose fingerprint differs from the job's is not resumed: the job starts over and says
 why in its log.  Snakemake promises a rerun from scratch when params or code change; without the
@@ -29,6 +30,9 @@ from .utils import torch_load
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = __name__.rpartition(".")[0]
+# Modules that record or describe a job but compute nothing of it (MLflow logging, the params keys
+# of each rule, this module): their imports are not followed and their edits restart no job.
+BOOKKEEPING = frozenset(f"{PACKAGE}.{m}" for m in ("tracking", "dag", "resume"))
 
 
 def _module_file(module: str) -> Optional[Path]:
@@ -56,7 +60,7 @@ def _imported(module: str, path: Path) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found.update(f"{base}.{a.name}" for a in node.names)  # `from . import data`: a module
-    return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
+    return {m for m in found if (m == PACKAGE or m.startswith(PACKAGE + ".")) and m not in BOOKKEEPING}
 
 
 @functools.lru_cache(maxsize=None)
