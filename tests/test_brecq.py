@@ -89,9 +89,8 @@ def test_reconstruction_lowers_every_block_error_and_ends_on_the_grid(cfg, varia
                 assert torch.allclose(layer.weight / s, (layer.weight / s).round(), atol=1e-3)
 
 
-def test_killed_reconstruction_resumes_at_the_next_block(cfg, tmp_path, monkeypatch):
-    full, _, _ = _run(cfg, "sagan", "ste-brecq-tensor-w4a8")
-    ckpt = tmp_path / "q.pt.ckpt.pt"
+def _kill_after_two_blocks(cfg, variant, ckpt, monkeypatch):
+    """Run ``variant`` on sagan with checkpoint ``ckpt``, killed inside its third block."""
     real = brecq_mod._reconstruct_block
     calls = []
 
@@ -103,8 +102,14 @@ def test_killed_reconstruction_resumes_at_the_next_block(cfg, tmp_path, monkeypa
 
     monkeypatch.setattr(brecq_mod, "_reconstruct_block", dying)
     with pytest.raises(KeyboardInterrupt):
-        _run(cfg, "sagan", "ste-brecq-tensor-w4a8", ckpt=ckpt)
+        _run(cfg, "sagan", variant, ckpt=ckpt)
     monkeypatch.setattr(brecq_mod, "_reconstruct_block", real)
+
+
+def test_killed_reconstruction_resumes_at_the_next_block(cfg, tmp_path, monkeypatch):
+    full, _, _ = _run(cfg, "sagan", "ste-brecq-tensor-w4a8")
+    ckpt = tmp_path / "q.pt.ckpt.pt"
+    _kill_after_two_blocks(cfg, "ste-brecq-tensor-w4a8", ckpt, monkeypatch)
     resumed, _, info = _run(cfg, "sagan", "ste-brecq-tensor-w4a8", ckpt=ckpt)
     assert [r["block"] for r in info["recon"]] == [0, 1, 2, 3, 4]
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
@@ -159,19 +164,7 @@ def test_a_checkpoint_of_other_work_is_not_resumed(cfg, tmp_path, monkeypatch, c
 
     variant = "ste-brecq-tensor-w4a8"
     ckpt = tmp_path / "q.pt.ckpt.pt"
-    real = brecq_mod._reconstruct_block
-    calls = []
-
-    def dying(block, *a, **k):
-        calls.append(block.name)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(block, *a, **k)
-
-    monkeypatch.setattr(brecq_mod, "_reconstruct_block", dying)
-    with pytest.raises(KeyboardInterrupt):
-        _run(cfg, "sagan", variant, ckpt=ckpt)
-    monkeypatch.setattr(brecq_mod, "_reconstruct_block", real)
+    _kill_after_two_blocks(cfg, variant, ckpt, monkeypatch)
     new = copy.deepcopy(cfg)
     if change == "params":
         new["brecq"]["lr_qparams"] *= 10
