@@ -165,9 +165,10 @@ def test_a_crafted_inception_file_is_refused_and_runs_nothing(tmp_path):
 
     marker = tmp_path / "command-ran"
     write_command_pickle(tmp_path / "hub" / "checkpoints" / fid.INCEPTION_FILE, marker, "Conv2d_1a_3x3.conv.weight")
-    with pytest.raises(RuntimeError, match=fid.INCEPTION_FILE):
+    with pytest.raises(Exception) as e:
         fid.load_feature_space("inception", tmp_path / "hub")
     assert not marker.exists(), "loading the weights ran a command"
+    assert isinstance(e.value, RuntimeError) and fid.INCEPTION_FILE in str(e.value), e.value
 
 
 def _fetch_cfg(section):
@@ -191,7 +192,7 @@ def test_fetch_checks_the_full_sha256_not_only_the_prefix_in_the_name(tmp_path, 
     module, name_attr, sha_attr, stem = ((fid, "INCEPTION_FILE", "INCEPTION_SHA256", "pt_inception-2015-12-05")
                                          if which == "inception" else (perceptual, "VGG16_FILE", "VGG16_SHA256", "vgg16"))
     monkeypatch.setattr(module, name_attr, f"{stem}-{digest[:8]}.pth")
-    monkeypatch.setattr(module, sha_attr, digest[:8] + "0" * 56)  # the "published" file: same prefix, other content
+    monkeypatch.setattr(module, sha_attr, digest[:8] + "0" * 56, raising=False)  # the "published" file: same prefix, other content
     fetch = stages.fetch_inception if which == "inception" else stages.fetch_vgg16
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=digest):
@@ -213,7 +214,7 @@ def test_fetch_inception_downloads_verifies_and_loads(tmp_path, http_server, ran
     shutil.copyfile(random_fid_inception / "checkpoints" / fid.INCEPTION_FILE, served)
     digest = hashlib.sha256(served.read_bytes()).hexdigest()
     monkeypatch.setattr(fid, "INCEPTION_FILE", f"pt_inception-2015-12-05-{digest[:8]}.pth")
-    monkeypatch.setattr(fid, "INCEPTION_SHA256", digest)
+    monkeypatch.setattr(fid, "INCEPTION_SHA256", digest, raising=False)
     stages.fetch_inception(_fetch_cfg({"url": http_server.served(served)}), str(tmp_path / "out"))
     got = tmp_path / "out" / "checkpoints" / fid.INCEPTION_FILE
     assert got.read_bytes() == served.read_bytes()

@@ -188,7 +188,7 @@ def test_the_loss_log_is_complete_whatever_moment_the_kill_comes(tmp_path, monke
     train_mod.train(cfg, "sagan", dirs["sagan"], tmp_path / "trace.pt", tmp_path / "trace.ckpt.pt", dev)
     trace = list(ops)
     finishing = len(trace) - 1 - trace[::-1].index("append_rows")  # the last rows onwards
-    assert trace[finishing:].count("unlink") >= 2 and "log_artifact" in trace[finishing:], trace
+    assert "log_artifact" in trace[finishing:] and len(trace) - finishing >= 5, trace
     for k in range(finishing, len(trace)):
         run_dir = tmp_path / f"kill{k}"
         out, ckpt = run_dir / "m.pt", run_dir / "m.ckpt.pt"
