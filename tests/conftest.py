@@ -24,3 +24,14 @@ def published_stylegan_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("published") / "stylegan-ffhq-128.model"
     write_published_checkpoint(path)
     return path
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server over tmp_path (tests/local_http.py): archives, a flaky endpoint, a
+    stalling one, HTML pages and Google Drive's confirmation flow."""
+    from local_http import LocalServer
+
+    server = LocalServer(tmp_path)
+    yield server
+    server.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytorch_fid.inception as pi
 import torch
 
-from workflow_src.quality.fid import INCEPTION_FILE
+from workflow_src.quality.fid import INCEPTION_FILE, _fid_weights
 
 
 def save_random_fid_inception(root: str | Path, seed: int = 0) -> Path:
@@ -23,13 +23,13 @@ def save_random_fid_inception(root: str | Path, seed: int = 0) -> Path:
     root = Path(root)
     torch.manual_seed(seed)
     built = []
-    real_build, real_loader = pi._inception_v3, pi.load_state_dict_from_url
+    real_build = pi._inception_v3
     pi._inception_v3 = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
-    pi.load_state_dict_from_url = lambda *a, **k: built[-1].state_dict()  # its own random init
     try:
-        net = pi.fid_inception_v3()
+        with _fid_weights(lambda: built[-1].state_dict()):  # its own random init
+            net = pi.fid_inception_v3()
     finally:
-        pi._inception_v3, pi.load_state_dict_from_url = real_build, real_loader
+        pi._inception_v3 = real_build
     _calibrate_batchnorm(net, seed)
     (root / "checkpoints").mkdir(parents=True, exist_ok=True)
     dest = root / "checkpoints" / INCEPTION_FILE

@@ -112,9 +112,8 @@ def test_reconstruction_lowers_every_block_error_and_ends_on_the_grid(cfg, varia
                 assert torch.allclose(layer.weight / s, (layer.weight / s).round(), atol=1e-3)
 
 
-def test_killed_reconstruction_resumes_at_the_next_block(cfg, tmp_path, monkeypatch):
-    full, _, _ = _run(cfg, "sagan", "ste-brecq-tensor-w4a8")
-    ckpt = tmp_path / "q.pt.ckpt.pt"
+def _kill_after_two_blocks(cfg, variant, ckpt, monkeypatch):
+    """Run ``variant`` on sagan with checkpoint ``ckpt``, killed inside its third block."""
     real = brecq_mod._reconstruct_block
     calls = []
 
@@ -126,8 +125,14 @@ def test_killed_reconstruction_resumes_at_the_next_block(cfg, tmp_path, monkeypa
 
     monkeypatch.setattr(brecq_mod, "_reconstruct_block", dying)
     with pytest.raises(KeyboardInterrupt):
-        _run(cfg, "sagan", "ste-brecq-tensor-w4a8", ckpt=ckpt)
+        _run(cfg, "sagan", variant, ckpt=ckpt)
     monkeypatch.setattr(brecq_mod, "_reconstruct_block", real)
+
+
+def test_killed_reconstruction_resumes_at_the_next_block(cfg, tmp_path, monkeypatch):
+    full, _, _ = _run(cfg, "sagan", "ste-brecq-tensor-w4a8")
+    ckpt = tmp_path / "q.pt.ckpt.pt"
+    _kill_after_two_blocks(cfg, "ste-brecq-tensor-w4a8", ckpt, monkeypatch)
     resumed, _, info = _run(cfg, "sagan", "ste-brecq-tensor-w4a8", ckpt=ckpt)
     assert [r["block"] for r in info["recon"]] == [0, 1, 2, 3, 4]
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
@@ -172,3 +177,39 @@ def test_capture_keeps_arguments_broadcast_over_the_batch(cfg):
     assert record_len((args, kwargs)) == 10
     sub, _ = index_record((args, kwargs), torch.tensor([1, 7]))
     assert all(a.shape[0] in (1, 2) for a in sub if torch.is_tensor(a))
+
+
+@pytest.mark.parametrize("change", ["params", "fp-weights", "code"])
+def test_a_checkpoint_of_other_work_is_not_resumed(cfg, tmp_path, monkeypatch, capsys, change):
+    """Killed after two blocks, then the brecq params, the FP weights or the code change: the job
+    starts over at block 0 (saying why) and ends as a fresh run of the new work would."""
+    from workflow_src import resume
+
+    variant = "ste-brecq-tensor-w4a8"
+    ckpt = tmp_path / "q.pt.ckpt.pt"
+    _kill_after_two_blocks(cfg, variant, ckpt, monkeypatch)
+    new = copy.deepcopy(cfg)
+    if change == "params":
+        new["brecq"]["lr_qparams"] *= 10
+    elif change == "fp-weights":
+        real_generator = _generator
+        monkeypatch.setitem(globals(), "_generator", lambda c, a: _perturbed(real_generator(c, a)))
+    else:
+        digests = dict(resume.source_digests((brecq_mod.__name__,)))
+        digests["workflow_src/quant/blocks.py"] = "0" * 64  # as if that file had been edited since
+        monkeypatch.setattr(resume, "source_digests", lambda modules: digests)
+    capsys.readouterr()
+    resumed, _, info = _run(new, "sagan", variant, ckpt=ckpt)
+    said = capsys.readouterr().out
+    assert [r["block"] for r in info["recon"]] == [0, 1, 2, 3, 4], "started over"
+    expected = {"params": "brecq.lr_qparams", "fp-weights": "inputs:", "code": "code differs (workflow_src/quant/blocks.py)"}[change]
+    assert "not resuming" in said and expected in said, said
+    fresh, _, _ = _run(new, "sagan", variant)
+    for (k, a), (_, b) in zip(fresh.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def _perturbed(g):
+    with torch.no_grad():
+        next(iter(g.parameters())).add_(1e-3)
+    return g

@@ -1,6 +1,7 @@
 """Tests for workflow_src.datasets: offline generators, prepared format, real-dataset plumbing.
 
-Real-dataset tests build tiny archives in tmp_path and serve them via file:// URLs.
+Real-dataset tests build tiny archives in tmp_path and serve them from a local HTTP server
+(tests/local_http.py); tests/test_download.py tests the download paths themselves.
 """
 from __future__ import annotations
 
@@ -210,8 +211,8 @@ def ffhq_zip(tmp_path) -> Path:
     return _zip_dir(ffhq_tree(tmp_path / "src"), tmp_path / "serve" / "thumbnails128x128.zip")
 
 
-def test_ffhq_download_with_sha(tmp_path, ffhq_zip):
-    cfg = {"kind": "ffhq", "url": ffhq_zip.as_uri(), "sha256": sha(ffhq_zip), "resolution": 32,
+def test_ffhq_download_with_sha(tmp_path, ffhq_zip, http_server):
+    cfg = {"kind": "ffhq", "url": http_server.served(ffhq_zip), "sha256": sha(ffhq_zip), "resolution": 32,
            "test_fraction": 0.2}
     dl, out = tmp_path / "dl", tmp_path / "out"
     m = data.prepare("ffhq", cfg, out, download_dir=dl)
@@ -220,9 +221,9 @@ def test_ffhq_download_with_sha(tmp_path, ffhq_zip):
     assert test.shape == (2, 32, 32, 3)
     # test split = last files in sorted order, decoded colours intact
     assert np.abs(test.reshape(2, -1, 3).mean(1) - [[160, 100, 200], [180, 100, 200]]).max() < 2
-    assert (dl / "thumbnails128x128.zip").read_bytes() == ffhq_zip.read_bytes()
-    assert not (dl / download.LOCK_NAME).exists()          # sha given -> no lock entry needed
-    assert not [p for p in files_under(dl) if p.name.endswith(".part")]
+    assert (dl / "ffhq" / "ffhq.archive").read_bytes() == ffhq_zip.read_bytes()  # named after the dataset
+    assert not (dl / "ffhq" / download.LOCK_NAME).exists()  # sha given -> no lock entry needed
+    assert not [p for p in files_under(dl) if p.name.endswith((".part", ".tmp")) or p.name.startswith("tmp")]
     stamp = (out / "manifest.json").stat().st_mtime_ns
     data.prepare("ffhq", cfg, out, download_dir=dl)
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
@@ -234,42 +235,43 @@ def test_real_from_local_archive_and_directory(tmp_path, ffhq_zip):
     m2 = data.prepare("f", {**base, "path": str(tmp_path / "src")}, tmp_path / "o2", download_dir=tmp_path / "dl2")
     assert m1["splits"] == m2["splits"] == {"train": 9, "test": 1}
     assert m1["sha256"] == m2["sha256"]                    # same pixels either way
-    assert json.loads((tmp_path / "dl" / download.LOCK_NAME).read_text()) == {ffhq_zip.name: sha(ffhq_zip)}
+    assert json.loads((tmp_path / "dl" / "f" / download.LOCK_NAME).read_text()) == {"f": sha(ffhq_zip)}
     assert not (tmp_path / "dl2").exists()                 # a directory needs no download dir
 
 
-def test_corrupted_archive_rejected(tmp_path, ffhq_zip):
+def test_corrupted_archive_rejected(tmp_path, ffhq_zip, http_server):
     bad = "0" * 64
-    cfg = {"kind": "ffhq", "url": ffhq_zip.as_uri(), "sha256": bad, "resolution": 16}
+    cfg = {"kind": "ffhq", "url": http_server.served(ffhq_zip), "sha256": bad, "resolution": 16}
     dl, out = tmp_path / "dl", tmp_path / "out"
     with pytest.raises(ValueError) as e:
         data.prepare("f", cfg, out, download_dir=dl)
     msg = str(e.value)
     assert "thumbnails128x128.zip" in msg and bad in msg and sha(ffhq_zip) in msg
     assert files_under(dl) == [] and files_under(out) == []
+    assert http_server.requests_seen, "the archive was downloaded (and then refused)"
     # same for a local copy given via path:, which must be left untouched
     with pytest.raises(ValueError, match="thumbnails128x128.zip"):
         data.prepare("f", {**cfg, "path": str(ffhq_zip)}, out, download_dir=dl)
     assert ffhq_zip.exists() and files_under(dl) == [] and files_under(out) == []
 
 
-def test_lock_file_flow(tmp_path, ffhq_zip):
-    cfg = {"kind": "ffhq", "url": ffhq_zip.as_uri(), "sha256": None, "resolution": 16}
+def test_lock_file_flow(tmp_path, ffhq_zip, http_server):
+    cfg = {"kind": "ffhq", "url": http_server.served(ffhq_zip), "sha256": None, "resolution": 16}
     dl = tmp_path / "dl"
     data.prepare("f", cfg, tmp_path / "o1", download_dir=dl)
     good = sha(ffhq_zip)
-    assert json.loads((dl / "checksums.lock.json").read_text()) == {"thumbnails128x128.zip": good}
+    assert json.loads((dl / "f" / "checksums.lock.json").read_text()) == {"f": good}
     # the upstream file changes; a fresh download must not match the recorded digest
-    (dl / "thumbnails128x128.zip").unlink()
+    (dl / "f" / "f.archive").unlink()
     ffhq_zip.write_bytes(ffhq_zip.read_bytes() + b"tampered")
     before = set(files_under(dl))
     with pytest.raises(ValueError, match=rf"thumbnails128x128\.zip.*{good}.*{sha(ffhq_zip)}"):
         data.prepare("f", cfg, tmp_path / "o2", download_dir=dl)
-    assert set(files_under(dl)) == before and not (dl / "thumbnails128x128.zip").exists()
+    assert set(files_under(dl)) == before and not (dl / "f" / "f.archive").exists()
     assert files_under(tmp_path / "o2") == []
 
 
-def test_celeba_crop_and_partition(tmp_path):
+def test_celeba_crop_and_partition(tmp_path, http_server):
     src = tmp_path / "src"
     # 178x218 with the centred 140x140 red and the border blue: the crop must keep only red
     for i in range(1, 7):
@@ -277,7 +279,7 @@ def test_celeba_crop_and_partition(tmp_path):
     archive = _zip_dir(src, tmp_path / "img_align_celeba.zip")
     part = tmp_path / "list_eval_partition.txt"
     part.write_text("".join(f"{i:06d}.jpg {p}\n" for i, p in zip(range(1, 7), [0, 0, 0, 1, 2, 2])))
-    cfg = {"kind": "celeba", "url": archive.as_uri(), "sha256": sha(archive), "resolution": 64,
+    cfg = {"kind": "celeba", "url": http_server.served(archive), "sha256": sha(archive), "resolution": 64,
            "partition_file": str(part)}
     m = data.prepare("celeba", cfg, tmp_path / "out", download_dir=tmp_path / "dl")
     assert m["splits"] == {"train": 3, "test": 2}
@@ -290,7 +292,7 @@ def test_celeba_crop_and_partition(tmp_path):
     assert m["splits"] == {"train": 3, "test": 3}
 
 
-def test_horse2zebra_tar_gz(tmp_path):
+def test_horse2zebra_tar_gz(tmp_path, http_server):
     src = tmp_path / "src"
     counts = {"trainA": 3, "trainB": 2, "testA": 2, "testB": 1}
     for split, n in counts.items():
@@ -299,7 +301,7 @@ def test_horse2zebra_tar_gz(tmp_path):
     archive = tmp_path / "horse2zebra.tar.gz"
     with tarfile.open(archive, "w:gz") as tf:
         tf.add(src / "horse2zebra", arcname="horse2zebra")
-    cfg = {"kind": "horse2zebra", "url": archive.as_uri(), "sha256": sha(archive), "resolution": 32}
+    cfg = {"kind": "horse2zebra", "url": http_server.served(archive), "sha256": sha(archive), "resolution": 32}
     m = data.prepare("h2z", cfg, tmp_path / "out", download_dir=tmp_path / "dl")
     assert m["splits"] == counts
     assert data.load_split(tmp_path / "out", "testB").shape == (1, 32, 32, 3)
@@ -342,15 +344,15 @@ def _evil_tar(path: Path, member: str, link: str | None = None, hard: bool = Fal
     (lambda p: _evil_tar(p / "evil.tar", "ok/hard", link="../x", hard=True), "link target"),
 ], ids=["zip-dotdot", "zip-abs", "zip-nested-dotdot", "tar-dotdot", "tar-abs", "tar-symlink",
         "tar-abs-symlink", "tar-hardlink"])
-def test_unsafe_archives_rejected(tmp_path, make, why):
+def test_unsafe_archives_rejected(tmp_path, make, why, http_server):
     (tmp_path / "in").mkdir()
     archive = make(tmp_path / "in")
     dl, out = tmp_path / "dl" / "sub", tmp_path / "out"
-    cfg = {"kind": "ffhq", "url": archive.as_uri(), "sha256": sha(archive), "resolution": 16}
+    cfg = {"kind": "ffhq", "url": http_server.served(archive), "sha256": sha(archive), "resolution": 16}
     with pytest.raises(ValueError, match=rf"unsafe member .*{why}") as e:
         data.prepare("f", cfg, out, download_dir=dl)
-    assert archive.name in str(e.value) and ("'ok/" in str(e.value) or "x'" in str(e.value))
-    assert files_under(dl) == [dl / archive.name]          # only the verified download itself
+    assert "f.archive" in str(e.value) and ("'ok/" in str(e.value) or "x'" in str(e.value))
+    assert files_under(dl) == [dl / "f" / "f.archive"]     # only the verified download itself
     assert not (tmp_path / "dl" / "x").exists() and not (tmp_path / "x").exists()
     assert not Path("/tmp/qgan_bench_abs_x").exists()
     assert files_under(out) == []

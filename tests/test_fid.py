@@ -156,3 +156,71 @@ def test_inception_features_equal_pytorch_fid_network(random_fid_inception, monk
         got = space.extract([x])
         assert want.std() > 0.05  # features that depend on the image
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+# ------------------------------------------------------------------ weight files that are not ours
+def test_a_crafted_inception_file_is_refused_and_runs_nothing(tmp_path):
+    """pytorch-fid reads its weights through torch.hub, which unpickles with weights_only=False: a
+    crafted file in the weights directory ran its command.  Ours reads tensors only."""
+    from untrusted import write_command_pickle
+
+    marker = tmp_path / "command-ran"
+    write_command_pickle(tmp_path / "hub" / "checkpoints" / fid.INCEPTION_FILE, marker, "Conv2d_1a_3x3.conv.weight")
+    with pytest.raises(Exception) as e:
+        fid.load_feature_space("inception", tmp_path / "hub")
+    assert not marker.exists(), "loading the weights ran a command"
+    assert isinstance(e.value, RuntimeError) and fid.INCEPTION_FILE in str(e.value), e.value
+
+
+def _fetch_cfg(section):
+    return {"features": {"inception": section}, "perceptual": {"vgg16": section}}
+
+
+@pytest.mark.parametrize("which", ["inception", "vgg16"])
+def test_fetch_checks_the_full_sha256_not_only_the_prefix_in_the_name(tmp_path, monkeypatch, which):
+    """The published names carry 8 hex digits of the sha256; a file made to match them (here: a
+    published digest that shares the crafted file's prefix) must still be refused, and its command
+    never run."""
+    import hashlib
+
+    from untrusted import write_command_pickle
+    from workflow_src.methods import perceptual
+    from workflow_src.workflow import networks as stages
+
+    marker = tmp_path / "command-ran"
+    crafted = write_command_pickle(tmp_path / "crafted.pth", marker, "features.0.weight")
+    digest = hashlib.sha256(crafted.read_bytes()).hexdigest()
+    module, name_attr, sha_attr, stem = ((fid, "INCEPTION_FILE", "INCEPTION_SHA256", "pt_inception-2015-12-05")
+                                         if which == "inception" else (perceptual, "VGG16_FILE", "VGG16_SHA256", "vgg16"))
+    monkeypatch.setattr(module, name_attr, f"{stem}-{digest[:8]}.pth")
+    monkeypatch.setattr(module, sha_attr, digest[:8] + "0" * 56, raising=False)  # the "published" file: same prefix, other content
+    fetch = stages.fetch_inception if which == "inception" else stages.fetch_vgg16
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=digest):
+        fetch(_fetch_cfg({"path": str(crafted)}), out=str(out))
+    assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
+    assert not marker.exists()
+
+
+def test_fetch_inception_downloads_verifies_and_loads(tmp_path, http_server, random_fid_inception, monkeypatch):
+    """The download path of the weights: the file is fetched from its URL, checked against the full
+    pinned digest (here the stand-in's), and loads; a reply that is not the file is refused."""
+    import hashlib
+    import shutil
+
+    from workflow_src.workflow import networks as stages
+
+    served = tmp_path / "serve" / "weights.pth"
+    served.parent.mkdir()
+    shutil.copyfile(random_fid_inception / "checkpoints" / fid.INCEPTION_FILE, served)
+    digest = hashlib.sha256(served.read_bytes()).hexdigest()
+    monkeypatch.setattr(fid, "INCEPTION_FILE", f"pt_inception-2015-12-05-{digest[:8]}.pth")
+    monkeypatch.setattr(fid, "INCEPTION_SHA256", digest, raising=False)
+    stages.fetch_inception(_fetch_cfg({"url": http_server.served(served)}), out=str(tmp_path / "out"))
+    got = tmp_path / "out" / "checkpoints" / fid.INCEPTION_FILE
+    assert got.read_bytes() == served.read_bytes()
+    assert fid.load_feature_space("inception", tmp_path / "out").dim == 2048
+    page = http_server.url("page", "weights.pth")
+    with pytest.raises(ValueError, match=page):
+        stages.fetch_inception(_fetch_cfg({"url": page}), out=str(tmp_path / "out2"))
+    assert not (tmp_path / "out2" / "checkpoints" / fid.INCEPTION_FILE).exists()

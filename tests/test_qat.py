@@ -252,3 +252,41 @@ def test_killed_qat_resumes_to_the_same_weights(cfg, tmp_path, kill_after):
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
     assert log.read_text() == (tmp_path / "full.csv").read_text()
+
+
+def test_a_crafted_vgg16_file_is_refused_and_runs_nothing(tmp_path):
+    from untrusted import write_command_pickle
+
+    marker = tmp_path / "command-ran"
+    path = write_command_pickle(tmp_path / P.VGG16_FILE, marker, "features.0.weight")
+    with pytest.raises(RuntimeError, match=P.VGG16_FILE):
+        P.load_vgg16(str(path))
+    assert not marker.exists()
+
+
+def test_a_checkpoint_made_with_other_qat_params_is_not_resumed(cfg, tmp_path, capsys):
+    """Killed after epoch 0, then qat.lr_weights changed: the run starts over at epoch 0 (saying
+    why) and ends with the weights and loss log of a fresh run with the new value."""
+    c = copy.deepcopy(cfg)
+    c["qat"].update(epochs=2, ma_epochs=1, lsq_epochs=1)
+    q = qat_mod.qat_params(c, "sagan")
+
+    def die(epoch, model):
+        raise Killed()
+
+    ckpt, log = tmp_path / "q.ckpt.pt", tmp_path / "q.csv"
+    qm, D, x, y, loss = _setup(c, "sagan", "lsq-qat")
+    with pytest.raises(Killed):
+        qat_mod.train_qat(qm, D, x, y, "lsq-qat", q, loss, seed=0, ckpt=ckpt, losses_out=log, epoch_hook=die)
+    assert int(torch_load(ckpt)["epoch"]) == 1
+    q2 = dict(q, lr_weights=q["lr_weights"] * 3)
+    capsys.readouterr()
+    qm, D, x, y, loss = _setup(c, "sagan", "lsq-qat")
+    info = qat_mod.train_qat(qm, D, x, y, "lsq-qat", q2, loss, seed=0, ckpt=ckpt, losses_out=log)
+    said = capsys.readouterr().out
+    assert info["resumed_at_epoch"] == 0 and "not resuming" in said and "qcfg.lr_weights" in said, said
+    fresh, D, x, y, loss = _setup(c, "sagan", "lsq-qat")
+    qat_mod.train_qat(fresh, D, x, y, "lsq-qat", q2, loss, seed=0, losses_out=tmp_path / "fresh.csv")
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, qm.state_dict()[k]), k
+    assert log.read_text() == (tmp_path / "fresh.csv").read_text()

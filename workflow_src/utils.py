@@ -12,7 +12,8 @@ from .files import atomic_path
 
 
 def torch_save(obj: Any, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
+    """Save atomically and durably (fsync before the rename): checkpoints and models."""
+    with atomic_path(path, fsync=True) as tmp:
         torch.save(obj, tmp)
 
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Dict
 
 import numpy as np
 import torch
 
 from . import offline, real
+from ..files import new_temp_path
 from .download import sha256_file
 from .kinds import FLIP_KINDS, check_kind, flips, is_two_domain, splits_for
 
@@ -64,9 +64,7 @@ def _is_current(manifest: dict | None, name: str, cfg: dict, out_dir: Path) -> b
 
 
 def _tmp_path(out_dir: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
+    return new_temp_path(out_dir, f".{name}.", ".tmp")
 
 
 def _write_split(out_dir: Path, split: str, data, res: int) -> tuple[int, str]:
@@ -97,7 +95,8 @@ def prepare(name: str, cfg: dict, out_dir: str | Path, download_dir: str | Path 
     """Build dataset ``name`` from its params section ``cfg`` into ``out_dir``; returns the manifest.
 
     Does nothing if ``out_dir`` already holds a complete dataset built from the same
-    config. ``download_dir`` (real datasets only) defaults to ``<out_dir>/../downloads``.
+    config. ``download_dir`` (real datasets only, each in ``<download_dir>/<name>``) defaults to
+    ``<out_dir>/../downloads``.
     """
     if "kind" not in cfg or "resolution" not in cfg:
         raise ValueError(f"dataset {name!r}: config needs 'kind' and 'resolution', got keys {sorted(cfg)}")
@@ -110,7 +109,7 @@ def prepare(name: str, cfg: dict, out_dir: str | Path, download_dir: str | Path 
         return manifest
 
     download_dir = Path(download_dir) if download_dir is not None else out_dir.parent / "downloads"
-    splits = DATASET_KINDS[kind](cfg, download_dir)
+    splits = DATASET_KINDS[kind](cfg, download_dir / name)  # each dataset its own archive and lock entry
     missing = set(splits_for(kind)) ^ set(splits)
     if missing:
         raise ValueError(f"builder for {kind!r} returned splits {sorted(splits)}, expected {splits_for(kind)}")
@@ -149,20 +148,28 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return t.float().div_(127.5).sub_(1.0)
 
 
-def _index_stream(n: int, batch_size: int, g: torch.Generator) -> Iterator[np.ndarray]:
-    """Endless batches of indices; a fresh permutation each epoch, batches may span epochs."""
-    if n == 0:
-        raise ValueError("cannot draw batches from an empty split")
-    perm, pos = torch.randperm(n, generator=g), 0
-    while True:
+class _IndexStream:
+    """Endless batches of indices; a fresh permutation each epoch, batches may span epochs.  Its
+    position (the permutation and the place in it) is part of a training checkpoint."""
+
+    def __init__(self, n: int, batch_size: int, g: torch.Generator):
+        if n == 0:
+            raise ValueError("cannot draw batches from an empty split")
+        self.n, self.batch_size, self.g = n, batch_size, g
+        self.perm: torch.Tensor | None = None  # drawn at the first batch
+        self.pos = 0
+
+    def __next__(self) -> np.ndarray:
+        if self.perm is None:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.g), 0
         take = []
-        while sum(len(t) for t in take) < batch_size:
-            if pos == n:
-                perm, pos = torch.randperm(n, generator=g), 0
-            k = min(batch_size - sum(len(t) for t in take), n - pos)
-            take.append(perm[pos:pos + k])
-            pos += k
-        yield torch.cat(take).numpy()
+        while sum(len(t) for t in take) < self.batch_size:
+            if self.pos == self.n:
+                self.perm, self.pos = torch.randperm(self.n, generator=self.g), 0
+            k = min(self.batch_size - sum(len(t) for t in take), self.n - self.pos)
+            take.append(self.perm[self.pos:self.pos + k])
+            self.pos += k
+        return torch.cat(take).numpy()
 
 
 def _batch(arr: np.ndarray, idx: np.ndarray, g: torch.Generator, flip: bool) -> torch.Tensor:
@@ -176,24 +183,50 @@ def _batch(arr: np.ndarray, idx: np.ndarray, g: torch.Generator, flip: bool) -> 
     return t
 
 
-def train_batches(out_dir: str | Path, kind: str, batch_size: int, seed: int,
-                  flip: bool | None = None) -> Iterator[dict]:
+class TrainBatches:
     """Infinite shuffled training batches: {"x": NCHW} or, for two-domain kinds, {"A", "B"}.
 
-    Values are float32 in [-1, 1]; each domain is shuffled independently and
-    reshuffled every epoch; ``flip`` applies random horizontal flips (default: the
-    kind's own choice, :func:`flips`; ``False`` turns them off for any kind).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if flip is None:
-        flip = flips(kind)
-    elif flip and not flips(kind):
-        raise ValueError(f"dataset kind {kind!r}: horizontal flips change what its images show; "
-                         f"flipped kinds are {sorted(FLIP_KINDS)}")
-    keys = {"A": "trainA", "B": "trainB"} if is_two_domain(kind) else {"x": "train"}
-    g = torch.Generator().manual_seed(int(seed))
-    arrays = {k: load_split(out_dir, s) for k, s in keys.items()}
-    streams = {k: _index_stream(len(a), batch_size, g) for k, a in arrays.items()}
-    while True:
-        yield {k: _batch(arrays[k], next(streams[k]), g, flip) for k in keys}
+    Values are float32 in [-1, 1]; each domain is shuffled independently and reshuffled every
+    epoch; ``flip`` applies random horizontal flips (default: the kind's own choice, :func:`flips`;
+    ``False`` turns them off for any kind).  ``state_dict``/``load_state_dict`` capture
+    where the stream is (its generator, each domain's permutation and position), so a run resumed
+    from a checkpoint draws exactly the batches an uninterrupted run would have drawn."""
+
+    def __init__(self, out_dir: str | Path, kind: str, batch_size: int, seed: int, flip: bool | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if flip is None:
+            flip = flips(kind)
+        elif flip and not flips(kind):
+            raise ValueError(f"dataset kind {kind!r}: horizontal flips change what its images show; "
+                             f"flipped kinds are {sorted(FLIP_KINDS)}")
+        self.keys = {"A": "trainA", "B": "trainB"} if is_two_domain(kind) else {"x": "train"}
+        self.g = torch.Generator().manual_seed(int(seed))
+        self.flip = flip
+        self.arrays = {k: load_split(out_dir, s) for k, s in self.keys.items()}
+        self.streams = {k: _IndexStream(len(a), batch_size, self.g) for k, a in self.arrays.items()}
+
+    def __iter__(self) -> "TrainBatches":
+        return self
+
+    def __next__(self) -> Dict[str, torch.Tensor]:
+        return {k: _batch(self.arrays[k], next(self.streams[k]), self.g, self.flip) for k in self.keys}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"generator": self.g.get_state(),
+                "streams": {k: {"perm": s.perm, "pos": s.pos} for k, s in self.streams.items()}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if set(state["streams"]) != set(self.streams):
+            raise ValueError(f"data stream state for domains {sorted(state['streams'])}, expected {sorted(self.streams)}")
+        self.g.set_state(state["generator"])
+        for k, s in state["streams"].items():
+            if s["perm"] is not None and len(s["perm"]) != self.streams[k].n:
+                raise ValueError(f"data stream state for {len(s['perm'])} images, the split {self.keys[k]} has {self.streams[k].n}")
+            self.streams[k].perm, self.streams[k].pos = s["perm"], int(s["pos"])
+
+
+def train_batches(out_dir: str | Path, kind: str, batch_size: int, seed: int,
+                  flip: bool | None = None) -> TrainBatches:
+    """Infinite shuffled training batches (see :class:`TrainBatches`)."""
+    return TrainBatches(out_dir, kind, batch_size, seed, flip)

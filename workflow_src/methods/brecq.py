@@ -36,7 +36,8 @@ from ..quant import QuantConv2d, QuantLinear, QuantOp, calibrate, quantize_model
 from ..quant.adaround import AdaRoundQuantizer, LinearTempDecay
 from ..quant.blocks import Block, capture, index_record, record_len, split_blocks
 from ..quant.lsq import LSQQuantizer
-from ..utils import torch_load, torch_save
+from .. import resume
+from ..utils import torch_save
 from .ptq import spec_for
 
 
@@ -186,8 +187,11 @@ def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcf
 
 def brecq(mode: str):
     def run(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any],
-            arch=None, ckpt: Optional[Path] = None, **_):
+            arch=None, ckpt: Optional[Path] = None, job_params: Optional[Dict[str, Any]] = None, **_):
         bcfg = cfg["brecq"]
+        # a checkpoint is resumed only by the same params, FP weights, calibration inputs and code
+        fingerprint = resume.job_fingerprint(job_params or cfg, [__name__, *resume.modules_of(arch)],
+                                             arch_cfg=arch_cfg, inputs=resume.tensor_digest(generator.state_dict(), calib_inputs))
         spec = spec_for(variant, "quantile", arch_cfg, cfg)
         fp = bake(copy.deepcopy(generator)).eval()
         qmodel = quantize_model(generator, spec)
@@ -199,8 +203,8 @@ def brecq(mode: str):
         q_blocks, fp_blocks = split_blocks(qmodel, containers), split_blocks(fp, containers)
         losses: List[Dict[str, Any]] = []
         start = 0
-        if ckpt is not None and Path(ckpt).exists():
-            saved = torch_load(ckpt)  # finished blocks hold static quantizers again: same state layout
+        saved = None if ckpt is None else resume.load_checkpoint(ckpt, fingerprint)
+        if saved is not None:  # finished blocks hold static quantizers again: same state layout
             qmodel.load_state_dict(saved["state_dict"])
             start, losses = int(saved["next_block"]), list(saved["losses"])
             print(f"resuming {mode} at block {start}/{len(q_blocks)}")
@@ -227,7 +231,8 @@ def brecq(mode: str):
             if spill_dir is not None:
                 shutil.rmtree(spill_dir, ignore_errors=True)
             if ckpt is not None:
-                torch_save({"next_block": i + 1, "state_dict": qmodel.state_dict(), "losses": losses}, ckpt)
+                torch_save({"next_block": i + 1, "state_dict": qmodel.state_dict(), "losses": losses,
+                            "fingerprint": fingerprint}, ckpt)
         return qmodel.eval(), spec, {"calibration_images": int(len(inputs)), "blocks": len(q_blocks), "recon": losses}
 
     run.__name__ = mode.replace("-", "_")

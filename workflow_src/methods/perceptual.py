@@ -29,6 +29,11 @@ from ..config.vgg import VGG16_CFG, layer_names  # noqa: F401  (the layouts and 
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's file name: the sha256 prefix follows the dash
 VGG16_URL = "https://download.pytorch.org/models/" + VGG16_FILE
+# Its full sha256.  torchvision publishes only the 8-hex prefix in the file name (torch.hub's
+# convention; its docs give the file size, 527.8 MB).  This value comes from independent public
+# records of the file found with a code search (several pinned weight lists in public repositories
+# agree; one records 553,433,881 bytes), and it begins with the published prefix.
+VGG16_SHA256 = "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

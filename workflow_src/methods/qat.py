@@ -41,7 +41,8 @@ from ..config import Variant, deep_merge
 from ..quant import calibrate, map_quantizers, quantize_model
 from ..quant.lsq import LSQQuantizer
 from ..quant.quantizer import FakeQuantizer
-from ..files import append_rows, truncate_rows
+from .. import resume
+from ..files import append_rows, copy_atomic, truncate_rows
 from ..utils import torch_load, torch_save
 from .ptq import spec_for
 
@@ -147,10 +148,15 @@ def make_loss(cfg: Dict[str, Any], qcfg: Dict[str, Any], perceptual: Optional[nn
 def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, mode: str,
               qcfg: Dict[str, Any], loss: DistillLoss, seed: int, ckpt: Optional[Path] = None,
               losses_out: Optional[Path] = None, tracker=None,
-              epoch_hook: Optional[Callable[[int, nn.Module], None]] = None) -> Dict[str, Any]:
+              epoch_hook: Optional[Callable[[int, nn.Module], None]] = None,
+              fingerprint: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Train the calibrated quantized generator ``qmodel`` in place; returns the info record.
 
-    ``mode``: "ma-qat" or "lsq-qat".  ``epoch_hook(epoch, qmodel)`` is called after each epoch."""
+    ``mode``: "ma-qat" or "lsq-qat".  ``epoch_hook(epoch, qmodel)`` is called after each epoch.
+    ``fingerprint`` (:mod:`..resume`; default: of ``mode``, ``qcfg``, ``seed`` and this code) is what
+    a checkpoint must have been made with to be resumed."""
+    if fingerprint is None:
+        fingerprint = resume.fingerprint({"mode": mode, "qcfg": qcfg, "seed": seed, "loss": loss.kind}, [__name__])
     epochs, bs = int(qcfg["epochs"]), int(qcfg["batch_size"])
     n = len(inputs)
     if n < bs:
@@ -181,9 +187,9 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
     start = 0
     # The loss log grows beside the checkpoint and becomes losses_out at the end: a workflow manager
     # deletes a job's outputs before rerunning it (a SLURM requeue, a retry), never this.
-    log = None if losses_out is None else Path(ckpt).with_suffix(".losses.csv") if ckpt is not None else Path(losses_out)
-    if ckpt is not None and Path(ckpt).exists():
-        saved = torch_load(ckpt)
+    log = None if losses_out is None else resume.log_beside(ckpt) if ckpt is not None else Path(losses_out)
+    saved = None if ckpt is None else resume.load_checkpoint(ckpt, fingerprint)
+    if saved is not None:
         start = int(saved["epoch"])
         if saved["lsq"] and not lsq:
             map_quantizers(qmodel, _to_lsq)
@@ -235,12 +241,12 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
             tracker.log_step_metrics([{k: v for k, v in r.items() if k != "epoch"} for r in rows])
         if ckpt is not None and epoch + 1 < epochs:
             torch_save({"epoch": epoch + 1, "lsq": lsq, "model": qmodel.state_dict(), "D": D.state_dict(),
-                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, ckpt)
+                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "fingerprint": fingerprint}, ckpt)
         if epoch_hook is not None:
             epoch_hook(epoch, qmodel)
     bar.close()
     if log is not None and log != Path(losses_out) and log.exists():
-        log.replace(losses_out)
+        copy_atomic(log, losses_out)  # copied: the log stays beside the checkpoint until that is gone
     if lsq:
         map_quantizers(qmodel, _to_static)
     qmodel.requires_grad_(False)
@@ -252,18 +258,21 @@ def qat(mode: str):
     def run(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any],
             arch=None, ckpt: Optional[Path] = None, distill: Optional[Dict[str, torch.Tensor]] = None,
             discriminator: Optional[nn.Module] = None, perceptual: Optional[nn.Module] = None,
-            losses_out: Optional[Path] = None, tracker=None, **_):
+            losses_out: Optional[Path] = None, tracker=None, job_params: Optional[Dict[str, Any]] = None, **_):
         if distill is None or discriminator is None:
             raise ValueError(f"{mode} needs the distillation set and the FP discriminator")
         qcfg = qat_params(cfg, arch.name)
+        inputs_digest = resume.tensor_digest(generator.state_dict(), discriminator.state_dict(), distill["inputs"])
         spec = spec_for(variant, "quantile", arch_cfg, cfg)
         qmodel = quantize_model(generator, spec)  # initialised exactly like ptq-quantile
         n_cal = cfg["calibration"]["images"]
         seen = calibrate(qmodel, calib_inputs[:n_cal].split(cfg["distill"]["batch_size"]))
         loss = make_loss(cfg, qcfg, perceptual)
         t0 = time.time()
+        fingerprint = resume.job_fingerprint(job_params or cfg, [__name__, *resume.modules_of(arch)],
+                                             arch_cfg=arch_cfg, inputs=inputs_digest)
         info = train_qat(qmodel, discriminator, distill["inputs"], distill["outputs"], mode, qcfg, loss,
-                         cfg["seed"], ckpt=ckpt, losses_out=losses_out, tracker=tracker)
+                         cfg["seed"], ckpt=ckpt, losses_out=losses_out, tracker=tracker, fingerprint=fingerprint)
         info.update(calibration_images=seen, train_seconds=time.time() - t0, init="ptq-quantile",
                     distill_loss=loss.kind, distill_images=int(len(distill["inputs"])))
         return qmodel.eval(), spec, info

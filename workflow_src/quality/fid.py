@@ -7,9 +7,10 @@ distance is always ``pytorch_fid.fid_score.calculate_frechet_distance``.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Tuple
+from typing import Callable, Dict, Iterable, Iterator, Tuple
 
 import numpy as np
 import torch
@@ -19,6 +20,12 @@ from ..files import atomic_path
 from ..utils import torch_load
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+# Its full sha256.  pytorch-fid publishes only the 8-hex prefix in the file name (torch.hub's
+# convention); neither its sources nor its issues give the full digest.  This value comes from
+# independent public records of the file found with a code search (several pinned FID setups in
+# public repositories agree; one records 95,628,359 bytes loading as a 566-entry state dict), and it
+# begins with the published prefix.
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 
 
 @dataclass
@@ -83,22 +90,47 @@ def load_feature_space(kind: str, path: str | Path, device: torch.device | None 
         net.eval().to(device)
         return FeatureSpace(f"tinycnn-{ckpt['hparams']['dim']}d", ckpt["hparams"]["dim"], lambda x: net.features(x.to(device)))
     if kind == "inception":
-        from pytorch_fid.inception import InceptionV3
-
         weights = Path(path) / "checkpoints" / INCEPTION_FILE
         if not weights.exists():
             raise FileNotFoundError(f"FID Inception weights {str(weights)!r} not found; run the fetch_inception rule or set features.inception.path")
-        # pytorch-fid loads from the hub cache: no network when present.  Restore the raw setting:
-        # set_dir(get_dir()) would pin the directory and ignore $TORCH_HOME from then on.
-        old = getattr(torch.hub, "_hub_dir", None)
-        torch.hub.set_dir(str(Path(path)))
-        try:
-            net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]], normalize_input=True).eval()
-        finally:
-            torch.hub._hub_dir = old
-        features = InceptionFeatures(net).to(device)
+        features = InceptionFeatures(load_fid_inception(weights)).to(device)
         return FeatureSpace("inception-2048d", 2048, lambda x: features(x.to(device)))
     raise ValueError(f"features.kind = {kind!r}: known feature spaces are 'tinycnn' and 'inception'")
+
+
+@contextmanager
+def _fid_weights(state_dict: Callable[[], Dict[str, torch.Tensor]]) -> Iterator[None]:
+    """Within the block, pytorch-fid builds its FID Inception network (``fid_inception_v3``: its
+    ``FIDInceptionA``/``C``/``E`` blocks in torchvision's Inception v3) with ``state_dict()``
+    instead of fetching and unpickling its weight file through torch.hub (``weights_only=False``:
+    a crafted file would run code)."""
+    import pytorch_fid.inception as pi
+
+    def load(url, *args, **kwargs):
+        if url != pi.FID_WEIGHTS_URL:
+            raise ValueError(f"pytorch-fid asked for unexpected weights {url!r}")
+        return state_dict()
+
+    real = pi.load_state_dict_from_url
+    pi.load_state_dict_from_url = load
+    try:
+        yield
+    finally:
+        pi.load_state_dict_from_url = real
+
+
+def load_fid_inception(weights: str | Path) -> torch.nn.Module:
+    """pytorch-fid's ``InceptionV3([3], normalize_input=True)`` (2048-d pool features) with the
+    weights in file ``weights``, read as a plain state dict (``torch.load(weights_only=True)``:
+    tensors only, a file that would run code is refused).  The file's digest is checked where it
+    is fetched (``workflow.networks.fetch_inception``, full sha256)."""
+    from pytorch_fid.inception import InceptionV3
+
+    state = torch_load(weights)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{str(weights)!r} is not a state dict of tensors")
+    with _fid_weights(lambda: state):
+        return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]], normalize_input=True).eval()
 
 
 def statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -10,9 +10,9 @@ from typing import Any, Dict, List
 import torch
 
 from ..datasets import prepared
-from ..datasets.download import download, sha256_file
+from ..datasets.download import fetch, sha256_file
 from ..files import atomic_path
-from ..methods.perceptual import VGG16_FILE, VGG16_URL, train_tiny_vgg
+from ..methods import perceptual
 from ..quality import fid
 from ..quality.featurenet import train_featurenet
 from ..utils import torch_save
@@ -42,41 +42,44 @@ def train_features(cfg: Dict[str, Any], *, data: List[str], out: str) -> None:
 
 def train_perceptual(cfg: Dict[str, Any], *, data: List[str], out: str) -> None:
     """Train the tiny profile's perceptual network on the training splits of ``data``."""
-    net = train_tiny_vgg(_train_domains(data), cfg["perceptual"]["tinyvgg"], seed=cfg["seed"] + 303)
+    net = perceptual.train_tiny_vgg(_train_domains(data), cfg["perceptual"]["tinyvgg"], seed=cfg["seed"] + 303)
     torch_save({"cfg": net.cfg, "state_dict": net.state_dict()}, out)
 
 
-def fetch_weights(section: Dict[str, Any], key: str, default_url: str, file_name: str, dest: Path) -> None:
+def fetch_weights(section: Dict[str, Any], key: str, default_url: str, file_name: str, dest: Path,
+                  published_sha256: str | None) -> None:
     """Put a published weight file at ``dest``: copied from ``section["path"]`` when set (offline
     compute nodes), else downloaded from ``section["url"]`` (default ``default_url``).  Verified
-    by sha256: the configured digest, or the lock file, and always the 8-hex-digit sha256 prefix in
-    the published file name (``name-<prefix>.pth``), as torch.hub checks it.  ``key`` names the
-    params section in errors."""
+    by its full sha256: the configured digest, else ``published_sha256`` (the publisher's, pinned
+    in code), and always the 8-hex-digit sha256 prefix in the published file name
+    (``name-<prefix>.pth``, what torch.hub checks).  ``key`` names the params section in errors."""
+    prefix = file_name.rsplit("-", 1)[1].split(".")[0]
+    expected = (section.get("sha256") or published_sha256 or "").lower() or None
+    if expected is None:
+        raise ValueError(f"{key}.sha256 must be set: no published digest of {file_name} is pinned")
+    if not expected.startswith(prefix):
+        raise ValueError(f"{key}.sha256 {expected} does not start with {prefix}, the prefix in the published name {file_name}")
     if section.get("path"):
         src = Path(section["path"])
         src = src / file_name if src.is_dir() else src
         if not src.exists():
             raise FileNotFoundError(f"{key}.path: {str(src)!r} does not exist")
-        digest = sha256_file(src)
-        with atomic_path(dest) as tmp:
+        with atomic_path(dest, fsync=True) as tmp:
             shutil.copyfile(src, tmp)
+            digest = sha256_file(tmp)  # the copy is what is checked, and renamed into place only if it matches
+            if digest != expected:
+                raise ValueError(f"{str(src)!r} ({key}.path): sha256 {digest} does not match {expected}")
     else:
-        path, digest = download(section.get("url") or default_url, dest.parent, section.get("sha256"))
-        if path != dest:
-            path.replace(dest)
-    prefix = file_name.rsplit("-", 1)[1].split(".")[0]
-    expected = section.get("sha256")
-    if (expected and digest != expected) or not digest.startswith(prefix):
-        dest.unlink(missing_ok=True)
-        raise ValueError(f"{str(dest)!r} ({key}): sha256 {digest} does not match {expected or prefix + '...'}")
+        fetch(section.get("url") or default_url, dest, expected)
 
 
 def fetch_inception(cfg: Dict[str, Any], *, out: str) -> None:
     """pytorch-fid's FID Inception weights at ``out/checkpoints/`` (the torch hub layout it loads from)."""
     fetch_weights(cfg["features"].get("inception", {}), "features.inception", FID_WEIGHTS_URL, fid.INCEPTION_FILE,
-                  Path(out) / "checkpoints" / fid.INCEPTION_FILE)
+                  Path(out) / "checkpoints" / fid.INCEPTION_FILE, fid.INCEPTION_SHA256)
 
 
 def fetch_vgg16(cfg: Dict[str, Any], *, out: str) -> None:
     """torchvision's ImageNet VGG16 weights (the paper profile's perceptual network) at ``out``."""
-    fetch_weights(cfg["perceptual"].get("vgg16", {}), "perceptual.vgg16", VGG16_URL, VGG16_FILE, Path(out))
+    fetch_weights(cfg["perceptual"].get("vgg16", {}), "perceptual.vgg16", perceptual.VGG16_URL, perceptual.VGG16_FILE, Path(out),
+                  perceptual.VGG16_SHA256)

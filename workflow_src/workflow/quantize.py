@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .. import registry
+from .. import registry, resume
 from ..config import Variant
 from ..files import write_json
 from ..methods.perceptual import load_perceptual
 from ..utils import torch_load, torch_save
 from . import tracking
+from .stages import param_values
 from .artifacts import arch_params, make_arch, variant_tags
 from .training import load_discriminator, load_generator
 
@@ -46,7 +47,8 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
     run_method = method.implementation()
     with tracking.run("quantize", cfg, variant_tags(arch, v)) as run:
         t0 = time.time()
-        qmodel, spec, record = run_method(g, distill_set["inputs"], v, acfg, cfg, arch=make_arch(cfg, arch), ckpt=ckpt, tracker=run, **extra)
+        qmodel, spec, record = run_method(g, distill_set["inputs"], v, acfg, cfg, arch=make_arch(cfg, arch), ckpt=ckpt, tracker=run,
+                                            job_params=param_values(cfg, "qat" if method.trains else "quantize", {"arch": arch, "variant": v.name}), **extra)
         record["seconds"] = time.time() - t0
         torch_save({"arch": arch, "variant": v.name, "spec": spec.to_dict(), "state_dict": qmodel.state_dict(), "info": record}, model)
         write_json(info, {"arch": arch, "variant": v.name, **record})
@@ -57,4 +59,4 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
         for rec in record.get("recon", []):
             run.log_metrics({"block_mse_before": rec["mse_before"], "block_mse_after": rec["mse_after"]}, step=rec["block"])
         run.log_artifact(info)
-    ckpt.unlink(missing_ok=True)
+    resume.finish(ckpt, resume.log_beside(ckpt))

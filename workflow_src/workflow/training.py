@@ -11,10 +11,12 @@ from tqdm import tqdm
 
 from ..datasets import prepared as datasets
 from ..config import arch_dataset
+from .. import resume
 from . import tracking
-from ..files import append_rows, truncate_rows
+from ..files import append_rows, copy_atomic, truncate_rows
 from ..utils import seed_everything, torch_load, torch_save
 from .artifacts import make_arch
+from .stages import param_values
 
 
 def _state_dicts(state: Dict[str, Any]) -> Dict[str, Any]:
@@ -40,18 +42,22 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
     step = 0
     # The loss log grows beside the checkpoint and becomes out's .losses.csv at the end: a workflow
     # manager deletes a job's outputs before rerunning it (a SLURM requeue, a retry), never this.
-    log_path = ckpt.with_suffix(".losses.csv")
-    if not ckpt.exists():
+    log_path = resume.log_beside(ckpt)
+    kind = arch_dataset(cfg, arch_name)["kind"]
+    batches = datasets.train_batches(data_dir, kind, tcfg["batch_size"], seed=cfg["seed"] * 1_000_003)
+    # resumed only by the same params, data and code (else started over, saying why)
+    fingerprint = resume.job_fingerprint(param_values(cfg, "train_fp", {"arch": arch_name}), [__name__, *resume.modules_of(arch)],
+                                         data=(datasets.read_manifest(data_dir) or {}).get("sha256"))
+    saved = resume.load_checkpoint(ckpt, fingerprint)
+    if saved is None:
         log_path.unlink(missing_ok=True)  # a fresh run starts a fresh loss log
     else:
-        saved = torch_load(ckpt)
         _load_state_dicts(state, saved["state"])
         step = int(saved["step"])
         torch.set_rng_state(saved["rng"])
+        batches.load_state_dict(saved["data"])  # the same batches and flips as an uninterrupted run
         truncate_rows(log_path, "step", step)  # rows a killed run logged after its last checkpoint
         print(f"resuming {arch_name} from {ckpt} at step {step}")
-    kind = arch_dataset(cfg, arch_name)["kind"]
-    batches = datasets.train_batches(data_dir, kind, tcfg["batch_size"], seed=cfg["seed"] * 1_000_003 + step)
     rows = []
     every = cfg["train"]["checkpoint_every"]
     acfg = cfg["archs"][arch_name]
@@ -66,17 +72,18 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             if (step + 1) % every == 0 and step + 1 < tcfg["steps"]:
                 append_rows(log_path, rows)
-                torch_save({"state": _state_dicts(state), "step": step + 1, "rng": torch.get_rng_state()}, ckpt)
+                torch_save({"state": _state_dicts(state), "step": step + 1, "rng": torch.get_rng_state(),
+                            "data": batches.state_dict(), "fingerprint": fingerprint}, ckpt)
                 run.log_step_metrics(rows)
                 rows = []
         append_rows(log_path, rows)
         run.log_step_metrics(rows)
         torch_save({"arch": arch_name, "steps": tcfg["steps"], "state": _state_dicts(state)}, out)
         final_log = out.with_suffix(".losses.csv")
-        if log_path.exists():
-            log_path.replace(final_log)
+        if log_path.exists():  # copied, not moved: the log stays beside the checkpoint until that is gone
+            copy_atomic(log_path, final_log)
         run.log_artifact(final_log)
-    ckpt.unlink(missing_ok=True)
+    resume.finish(ckpt, log_path)
     return out
 
 
