@@ -283,19 +283,31 @@ def test_stylegan_fixed_noise_is_per_sample_and_restored():
     assert torch.equal(after, buffered) and all(m.fixed is None for _, m in noise_layers(G))
 
 
+def _noise_of_seed(seed, sizes):
+    """Reference: the documented per-sample draw, one standard normal (1, 1, s, s) map per noise
+    layer in module order from a generator seeded with the sample's seed."""
+    g = torch.Generator().manual_seed(int(seed))
+    return [torch.randn(1, 1, s, s, generator=g) for s in sizes]
+
+
 def test_stylegan_generate_slices_extras_per_batch():
+    from workflow_src.models.stylegan import fixed_noise, noise_layers
+
     arch, G = _stylegan_with_noise_that_matters()
     z = inputs(arch, 5)
     extras = arch.sample_extras(5, torch.Generator().manual_seed(4))
-    assert all(t.dtype == torch.float16 for t in extras["noise"])
+    assert sorted(extras) == ["noise_seed"] and extras["noise_seed"].dtype == torch.int64 and extras["noise_seed"].shape == (5,)
+    assert len(set(extras["noise_seed"].tolist())) == 5
     whole = arch.generate(G, z, 5, extras)
     batched = arch.generate(G, z, 2, extras)  # batches of 2, 2, 1: each with its own slice
-    torch.testing.assert_close(batched, whole, atol=1e-4, rtol=0)
-    from workflow_src.models.stylegan import fixed_noise
-
-    with torch.no_grad(), fixed_noise(G, [t[3:4].float() for t in extras["noise"]]):
+    torch.testing.assert_close(batched, whole, atol=1e-4, rtol=0)  # batch-size-dependent float rounding (measured up to 1.1e-5)
+    sizes = [m.noise.shape[-1] for _, m in noise_layers(G)]
+    with torch.no_grad(), fixed_noise(G, _noise_of_seed(extras["noise_seed"][3], sizes)):
         alone = G(z[3:4])
-    torch.testing.assert_close(whole[3:4], alone, atol=1e-4, rtol=0)
+    torch.testing.assert_close(whole[3:4], alone, atol=1e-4, rtol=0)  # batch-size-dependent float rounding (measured up to 1.1e-5)
+    with torch.no_grad(), arch.use_extras(G, extras, torch.tensor([4, 1])):  # an index tensor: samples 4 and 1
+        picked = G(z[[4, 1]])
+    torch.testing.assert_close(picked, whole[[4, 1]], atol=1e-4, rtol=0)  # batch-size-dependent float rounding (measured up to 1.1e-5)
     assert not torch.allclose(whole, arch.generate(G, z, 5))  # extras=None: the shared buffers
 
 
@@ -337,8 +349,10 @@ def test_stylegan_noise_count_and_shape_mismatch_are_clear_errors():
     with pytest.raises(ValueError, match="gave noise for 2 samples, the batch has 3"):
         with torch.no_grad(), fixed_noise(G, noise):
             G(inputs(arch, 3))
-    with pytest.raises(ValueError, match=r"rerun eval_inputs"):
+    with pytest.raises(ValueError, match=r"rerun eval_inputs / distill"):
         arch.use_extras(G, {}, slice(None))
+    with pytest.raises(ValueError, match=r"'noise_seed'.*got keys \['noise'\]"):  # the per-map format of earlier eval inputs
+        arch.use_extras(G, {"noise": noise}, slice(None))
 
 
 @pytest.mark.parametrize("name", ["sagan", "cyclegan"])

@@ -75,12 +75,25 @@ def _inputs(cfg: Dict[str, Any], arch: str, data_dir: str, n: int, generator: to
 
 
 def distill(cfg: Dict[str, Any], arch: str, data_dir: str, fp_path: str, out: str) -> None:
-    """The distillation set: inputs (latents or source images) and the FP generator's outputs
-    (with the generator's own default extras, e.g. StyleGAN's fixed per-layer noise buffers)."""
+    """The distillation set: inputs (latents or source images), the arch's per-sample extras
+    (``extras``, drawn after the inputs from the same seeded generator, as for the eval inputs;
+    StyleGAN: one noise seed per sample) and the FP generator's outputs on both."""
     g = torch.Generator().manual_seed(cfg["seed"] + 101)
     inputs = _inputs(cfg, arch, data_dir, cfg["distill"]["size"], g, "train" + ("A" if _two_domain(cfg, arch) else ""))
-    outputs = make_arch(cfg, arch).generate(load_generator(cfg, arch, fp_path), inputs, cfg["distill"]["batch_size"])
-    torch_save({"arch": arch, "inputs": inputs, "outputs": outputs.half()}, out)
+    a = make_arch(cfg, arch)
+    extras = a.sample_extras(len(inputs), g)
+    outputs = a.generate(load_generator(cfg, arch, fp_path), inputs, cfg["distill"]["batch_size"], extras)
+    torch_save({"arch": arch, "inputs": inputs, "extras": extras, "outputs": outputs.half()}, out)
+
+
+def load_distill(path: str, arch: str) -> Dict[str, Any]:
+    """The distillation set written by :func:`distill` for ``arch`` (inputs, extras, outputs)."""
+    saved = torch_load(path)
+    if saved.get("arch") != arch:
+        raise ValueError(f"{path!r} holds the distillation set of arch {saved.get('arch')!r}, expected {arch!r}")
+    if "extras" not in saved:
+        raise ValueError(f"{path!r} has no per-sample extras (written before per-sample StyleGAN noise): rerun distill")
+    return saved
 
 
 def eval_inputs(cfg: Dict[str, Any], arch: str, data_dir: str, out: str) -> None:
@@ -131,7 +144,7 @@ def quantize(cfg: Dict[str, Any], arch: str, variant: str, fp_path: str, distill
     method = get_method(v.method)
     acfg = arch_params(cfg, arch, sweep_best) if "archs.{arch}.quantiles" in METHOD_PARAMS[v.method] else cfg["archs"][arch]
     g = load_generator(cfg, arch, fp_path)
-    distill_set = torch_load(distill_path)
+    distill_set = load_distill(distill_path, arch)
     ckpt = Path(str(out) + ".ckpt.pt")
     extra: Dict[str, Any] = {}
     if v.method in QAT_METHODS:
@@ -148,7 +161,8 @@ def quantize(cfg: Dict[str, Any], arch: str, variant: str, fp_path: str, distill
                  "losses_out": Path(losses_out)}
     with tracking.run("quantize", cfg, _variant_tags(arch, v)) as run:
         t0 = time.time()
-        qmodel, spec, info = method(g, distill_set["inputs"], v, acfg, cfg, arch=make_arch(cfg, arch), ckpt=ckpt, tracker=run, **extra)
+        qmodel, spec, info = method(g, distill_set["inputs"], v, acfg, cfg, arch=make_arch(cfg, arch), ckpt=ckpt, tracker=run,
+                                    extras=distill_set["extras"], **extra)
         info["seconds"] = time.time() - t0
         torch_save({"arch": arch, "variant": v.name, "spec": spec.to_dict(), "state_dict": qmodel.state_dict(), "info": info}, out)
         write_json(info_out, {"arch": arch, "variant": v.name, **info})

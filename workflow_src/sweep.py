@@ -19,7 +19,7 @@ from .config import Variant
 from .methods.ptq import ptq_quantile
 from .metrics import fid
 from .train import load_generator
-from .utils import atomic_path, torch_load, write_json
+from .utils import atomic_path, write_json
 
 
 def pair_label(pair) -> str:
@@ -28,12 +28,12 @@ def pair_label(pair) -> str:
 
 def run_sweep(cfg: Dict[str, Any], arch: str, fp_path: str, distill_path: str, inputs_path: str, features_path: str,
               fp_stats_path: str, out_csv: str, out_best: str) -> List[Dict[str, Any]]:
-    from .stages import feature_space, load_eval_inputs
+    from .stages import feature_space, load_distill, load_eval_inputs
     from .train import make_arch
 
     scfg = cfg["sweep"]
     g = load_generator(cfg, arch, fp_path)
-    calib = torch_load(distill_path)["inputs"]
+    distill = load_distill(distill_path, arch)
     inputs, extras = load_eval_inputs(inputs_path, arch)
     a = make_arch(cfg, arch)
     fs = feature_space(cfg, features_path)
@@ -45,7 +45,7 @@ def run_sweep(cfg: Dict[str, Any], arch: str, fp_path: str, distill_path: str, i
         arch_cfg = {**cfg["archs"][arch], "quantiles": {"activation": {"upper": a_pair[0], "lower": a_pair[1]},
                                                          "weight": {"upper": w_pair[0], "lower": w_pair[1]}}}
         v = Variant("ptq-quantile", bool(scfg["per_channel"]), int(bits), 8)
-        q, _, _ = ptq_quantile(g, calib, v, arch_cfg, cfg)
+        q, _, _ = ptq_quantile(g, distill["inputs"], v, arch_cfg, cfg, arch=a, extras=distill["extras"])
         images = a.generate(q, inputs, bs, extras)
         stats = fid.statistics(fs.extract(images.split(bs)))
         rows.append({"arch": arch, "act_upper": a_pair[0], "act_lower": a_pair[1], "weight_upper": w_pair[0],

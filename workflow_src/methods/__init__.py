@@ -1,6 +1,7 @@
 """Quantization methods by name.  A method takes the FP generator, the calibration inputs of the
 distillation set, the variant, the arch's params and the params (keywords: ``arch``, the GANArch
-instance; ``ckpt``, a path for resumable progress; ``tracker``, the MLflow run; QAT methods also
+instance; ``ckpt``, a path for resumable progress; ``tracker``, the MLflow run; ``extras``, the
+per-sample extra inputs of the distillation set, e.g. StyleGAN's noise, fed with each sample; QAT methods also
 ``distill``, the whole distillation set, ``discriminator``, the FP discriminator, ``perceptual``, the
 perceptual network, and ``losses_out``, the per-step loss CSV), and returns ``(quantized model,
 QuantSpec, info)``; ``info`` is written next to the model.

@@ -4,7 +4,9 @@ The generator is first quantized like vanilla quantile PTQ (the same quantile pa
 ranges).  Then, block by block in execution order, the block's quantization parameters (and, for
 STE-BRECQ, its weights and biases) are tuned to minimise ``||f_q(X_q) - Y||^2``: ``X_q`` are the
 block's inputs in the partly quantized generator (every earlier block already reconstructed), ``Y``
-the full-precision block's outputs on the same calibration inputs.
+the full-precision block's outputs on the same calibration inputs.  Every capture and every
+reconstruction step feeds each calibration sample its own extra inputs from the distillation set
+(StyleGAN's noise): ``X_q``, ``Y`` and the block's own noise layers see sample ``i``'s noise.
 
 * ``ar-brecq``: weights by adaptive rounding (rectified sigmoid, rounding regulariser with annealed
   beta after a warm-up, hard rounding at the end, so the saved weights lie on the integer grid);
@@ -19,10 +21,11 @@ initial quantization; the record says so (``kept: initial``).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, ContextManager, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +39,7 @@ from ..quant.adaround import AdaRoundQuantizer, LinearTempDecay
 from ..quant.blocks import Block, capture, index_record, record_len, split_blocks
 from ..quant.lsq import LSQQuantizer
 from ..utils import torch_load, torch_save
-from .ptq import spec_for
+from .ptq import sample_batches, sample_feed, spec_for
 
 
 def _quant_layers(block: Block):
@@ -102,18 +105,25 @@ def _restore(snap: list) -> None:
             getattr(layer, name).copy_(t)
 
 
+def _no_extras(index) -> ContextManager:
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
-def _block_mse(block: Block, x_rec: Any, y: torch.Tensor, bs: int) -> float:
+def _block_mse(block: Block, x_rec: Any, y: torch.Tensor, bs: int, feed: Callable[[Any], ContextManager] = _no_extras) -> float:
     n, total = record_len(x_rec), 0.0
     dev = next(block.parameters()).device
     for i in range(0, n, bs):
         idx = torch.arange(i, min(i + bs, n))
         args, kwargs = index_record(x_rec, idx, dev)
-        total += F.mse_loss(block(*args, **kwargs), y[idx].to(dev), reduction="sum").item()
+        with feed(idx):
+            total += F.mse_loss(block(*args, **kwargs), y[idx].to(dev), reduction="sum").item()
     return total / y.numel()
 
 
-def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcfg: Dict[str, Any], gen: torch.Generator) -> None:
+def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcfg: Dict[str, Any], gen: torch.Generator,
+                       feed: Callable[[Any], ContextManager] = _no_extras) -> None:
+    """``feed(idx)``: the context in which the block sees the extras of samples ``idx``."""
     zeta, gamma = bcfg.get("zeta", 1.1), bcfg.get("gamma", -0.1)
     weights, qparams, rounders = _make_learnable(block, mode, zeta, gamma)
     for p in block.parameters():
@@ -139,7 +149,8 @@ def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcf
     for t in bar:
         idx = torch.randint(n, (min(bs, n),), generator=gen)
         args, kwargs = index_record(x_rec, idx, dev)
-        rec = F.mse_loss(block(*args, **kwargs), y[idx].to(dev))
+        with feed(idx):
+            rec = F.mse_loss(block(*args, **kwargs), y[idx].to(dev))
         loss = rec
         if decay is not None and decay.active(t):
             loss = loss + bcfg.get("reg_weight", 0.01) * sum(r.regularizer(decay(t)) for r in rounders)
@@ -155,7 +166,7 @@ def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcf
 
 def brecq(mode: str):
     def run(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any],
-            arch=None, ckpt: Optional[Path] = None, **_):
+            arch=None, ckpt: Optional[Path] = None, extras: Optional[Dict[str, Any]] = None, **_):
         bcfg = cfg["brecq"]
         spec = spec_for(variant, "quantile", arch_cfg, cfg)
         fp = bake(copy.deepcopy(generator)).eval()
@@ -163,7 +174,8 @@ def brecq(mode: str):
         n = bcfg["calib_images"]
         inputs = calib_inputs[:n]
         bs = bcfg["batch_size"]
-        calibrate(qmodel, inputs[: cfg["calibration"]["images"]].split(bs))
+        calibrate(qmodel, sample_batches(arch, qmodel, inputs[: cfg["calibration"]["images"]], bs, extras))
+        feed = sample_feed(arch, qmodel, extras)
         containers = arch.block_containers
         q_blocks, fp_blocks = split_blocks(qmodel, containers), split_blocks(fp, containers)
         losses: List[Dict[str, Any]] = []
@@ -180,17 +192,17 @@ def brecq(mode: str):
         for i in tqdm(range(start, len(q_blocks)), initial=start, total=len(q_blocks), desc=f"{mode} blocks", unit="block"):
             qb, fb = q_blocks[i], fp_blocks[i]
             spill = dict(spill_dir=spill_dir, max_bytes=max_bytes)
-            x_rec = capture(qmodel, qb, inputs, bs, "inputs", **spill)
-            y = capture(fp, fb, inputs, bs, "outputs", **spill)
-            before = _block_mse(qb, x_rec, y, bs)
+            x_rec = capture(qmodel, qb, inputs, bs, "inputs", batches=sample_batches(arch, qmodel, inputs, bs, extras), **spill)
+            y = capture(fp, fb, inputs, bs, "outputs", batches=sample_batches(arch, fp, inputs, bs, extras), **spill)
+            before = _block_mse(qb, x_rec, y, bs, feed)
             gen.manual_seed(cfg["seed"] * 7919 + i)
             snap = _snapshot(qb)
-            _reconstruct_block(qb, x_rec, y, mode, bcfg, gen)
-            after = _block_mse(qb, x_rec, y, bs)
+            _reconstruct_block(qb, x_rec, y, mode, bcfg, gen, feed)
+            after = _block_mse(qb, x_rec, y, bs, feed)
             kept = "reconstructed"
             if after > before:  # never leave a block worse than its quantile initialisation
                 _restore(snap)
-                kept, after = "initial", _block_mse(qb, x_rec, y, bs)
+                kept, after = "initial", _block_mse(qb, x_rec, y, bs, feed)
             losses.append({"block": i, "name": qb.name, "mse_before": before, "mse_after": after, "kept": kept})
             del x_rec, y
             if spill_dir is not None:
