@@ -153,6 +153,10 @@ def _setup(cfg, arch_name, mode, per_channel=False, w_bits=4):
     torch.manual_seed(0)
     state = arch.init_state(torch.device("cpu"))
     G, D = arch.generator(state).eval(), arch.discriminator(state)
+    with torch.no_grad():  # attention that matters, as in a trained SAGAN (a fresh one's gamma is 0)
+        for m in G.modules():
+            if hasattr(m, "gamma"):
+                m.gamma.fill_(0.5)
     g = torch.Generator().manual_seed(0)
     n = 16
     x = arch.sample_inputs(n, g) if arch.input_kind == "latent" else torch.rand(n, 3, arch.resolution, arch.resolution, generator=g) * 2 - 1
@@ -185,6 +189,18 @@ def test_ma_ranges_move_while_tracking_and_stop_after_the_freeze_epoch(cfg):
     for a, b in zip(seen[0], seen[2]):  # frozen after epoch 0 (ma_epochs = 1) while the weights keep training
         assert torch.equal(a, b)
     assert any(not torch.equal(w0, w1) for w0, w1 in zip(_setup(cfg, "sagan", "ma-qat")[0].parameters(), qm.parameters()))
+
+
+def test_qat_trains_every_generator_parameter(cfg):
+    """STE trains every weight, bias, BatchNorm affine and attention gamma, including those of
+    layers the FP training's EMA generator holds frozen (plain convs that bake() keeps as they are:
+    SAGAN's attention projections and output conv)."""
+    qm, D, x, y, loss = _setup(cfg, "sagan", "ma-qat")
+    assert not all(p.requires_grad for p in qm.parameters())  # as loaded: partly frozen
+    before = {n: p.detach().clone() for n, p in qm.named_parameters()}
+    qat_mod.train_qat(qm, D, x, y, "ma-qat", qat_mod.qat_params(cfg, "sagan"), loss, seed=0)
+    unchanged = [n for n, p in qm.named_parameters() if torch.equal(p, before[n])]
+    assert not unchanged, unchanged
 
 
 def test_lsq_qat_learns_step_sizes_and_saves_static_quantizers(cfg):
