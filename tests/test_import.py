@@ -194,7 +194,7 @@ def test_config_checks_for_published_checkpoints(tmp_path):
     msg = problems(lambda c: c["archs"]["cyclegan"].update(fp_checkpoint={**ck, "format": "junyanz"}))
     assert "model.19, model.22" in msg
     msg = problems(lambda c: c["archs"]["sagan"]["model"].update(layout="rosinality"))
-    assert "'archs.sagan.model.layout' = 'rosinality': only stylegan has layouts" in msg
+    assert "'archs.sagan.model.layout' = 'rosinality': sagan's layouts are ['heykeetae']" in msg
 
 
 # ---------------------------------------------------------------------------- SAGAN, CycleGAN
@@ -210,7 +210,7 @@ def test_heykeetae_sagan_checkpoint_is_refused_naming_its_transposed_convs():
         for n, co in (("query_conv", c // 8), ("key_conv", c // 8), ("value_conv", c)):
             sd[f"{a}.{n}.weight"], sd[f"{a}.{n}.bias"] = torch.randn(co, c, 1, 1), torch.randn(co)
         sd[f"{a}.gamma"] = torch.zeros(1)
-    G = get_arch("sagan")({"latent_dim": 128, "channels": [64, 32, 16, 8, 8], "d_channels": [64, 32, 16, 8, 8], "attn_res": 32}, {}, 64).build_generator()
+    G = get_arch("sagan")({"latent_dim": 128, "channels": [64, 32, 16, 8], "d_channels": [64, 32, 16, 8], "attn_res": [16, 32]}, {}, 64).build_generator()
     with pytest.raises(CheckpointMismatch, match=r"\['l1', 'l2', 'l3', 'l4', 'last'\] have no counterpart.*retrained"):
         heykeetae_sagan(sd, G)
     with pytest.raises(CheckpointMismatch, match="not a heykeetae"):

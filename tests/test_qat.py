@@ -183,18 +183,19 @@ def test_ma_ranges_move_while_tracking_and_stop_after_the_freeze_epoch(cfg):
                       epoch_hook=lambda e, m: seen.append(_scales(m)))
     assert len(seen) == 3
     moved = sum(not torch.equal(a, b) for a, b in zip(start, seen[0]))
-    # (a freshly initialised SAGAN's attention has gamma = 0, so its query/key weights get no
-    # gradient and their weight ranges have nothing to follow)
-    assert moved >= 0.75 * len(start), f"only {moved}/{len(start)} ranges moved during the MA epoch"
+    # (measured: all but 3 of 34, the weight ranges of attention query/key projections, whose
+    # gradients through a fresh network's near-uniform attention are too small to move their extremes)
+    assert moved >= 0.9 * len(start), f"only {moved}/{len(start)} ranges moved during the MA epoch"
     for a, b in zip(seen[0], seen[2]):  # frozen after epoch 0 (ma_epochs = 1) while the weights keep training
         assert torch.equal(a, b)
     assert any(not torch.equal(w0, w1) for w0, w1 in zip(_setup(cfg, "sagan", "ma-qat")[0].parameters(), qm.parameters()))
 
 
 def test_qat_trains_every_generator_parameter(cfg):
-    """STE trains every weight, bias, BatchNorm affine and attention gamma, including those of
-    layers the FP training's EMA generator holds frozen (plain convs that bake() keeps as they are:
-    SAGAN's attention projections and output conv)."""
+    """STE trains every weight, bias, BatchNorm affine and attention gamma, including the parameters
+    the FP training's EMA generator holds frozen and the quantization transform does not rebuild
+    (measured without the fix: SAGAN's BatchNorm affines and attention gammas; StyleGAN's noise
+    weights and constant input)."""
     qm, D, x, y, loss = _setup(cfg, "sagan", "ma-qat")
     assert not all(p.requires_grad for p in qm.parameters())  # as loaded: partly frozen
     before = {n: p.detach().clone() for n, p in qm.named_parameters()}

@@ -110,9 +110,10 @@ def _semantic_problems(cfg: Dict[str, Any]) -> List[str]:
         if res & (res - 1):
             problems.append(f"key 'archs.{arch}.resolution' = {res}: must be a power of two")
         ch = acfg["model"].get("channels")
-        if arch in ("stylegan", "sagan") and ch is not None and len(ch) != res.bit_length() - 2:
+        top = {"stylegan": res, "sagan": res // 2}.get(arch)  # sagan's last layer makes the full-resolution RGB image
+        if top and ch is not None and len(ch) != top.bit_length() - 2:
             problems.append(
-                f"key 'archs.{arch}.model.channels' has {len(ch)} entries; resolution {res} needs {res.bit_length() - 2} (one per level 4..{res})"
+                f"key 'archs.{arch}.model.channels' has {len(ch)} entries; resolution {res} needs {top.bit_length() - 2} (one per level 4..{top})"
             )
     problems += _checkpoint_problems(cfg)
     for which in ("activation", "weight"):
@@ -145,6 +146,10 @@ def _semantic_problems(cfg: Dict[str, Any]) -> List[str]:
     return problems
 
 
+# Each arch's model layouts, its default first (archs.<arch>.model.layout).
+LAYOUTS = {"stylegan": ("default", "rosinality"), "sagan": ("heykeetae",), "cyclegan": ("default",)}
+
+
 def _checkpoint_problems(cfg: Dict[str, Any]) -> List[str]:
     """Published checkpoints (``archs.<arch>.fp_checkpoint``) and the layouts they need."""
     from .models.importers import UNSUPPORTED
@@ -152,9 +157,9 @@ def _checkpoint_problems(cfg: Dict[str, Any]) -> List[str]:
     problems: List[str] = []
     qat = [m for m in cfg["matrix"]["methods"] if m.endswith("-qat")]
     for arch, acfg in cfg["archs"].items():
-        layout = acfg["model"].get("layout", "default")
-        if layout != "default" and arch != "stylegan":
-            problems.append(f"key 'archs.{arch}.model.layout' = {layout!r}: only stylegan has layouts")
+        layout = acfg["model"].get("layout", LAYOUTS.get(arch, ("default",))[0])
+        if layout not in LAYOUTS.get(arch, ("default",)):
+            problems.append(f"key 'archs.{arch}.model.layout' = {layout!r}: {arch}'s layouts are {list(LAYOUTS.get(arch, ('default',)))}")
         ck = acfg.get("fp_checkpoint")
         if not ck:
             continue

@@ -180,8 +180,9 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
     if lsq:
         map_quantizers(qmodel, _to_lsq)
     # every weight trains (STE), also those the FP model froze: an EMA generator's parameters do not
-    # require gradients, and only the layers that bake() rebuilt (spectral-norm, equalized-lr) came back
-    # trainable, leaving e.g. SAGAN's attention projections, output conv and BatchNorm affines frozen
+    # require gradients, and only the layers the quantization transform rebuilt (convs, linears) came
+    # back trainable, leaving StyleGAN's noise weights and constant input, SAGAN's BatchNorm affines and
+    # attention gammas frozen
     qmodel.requires_grad_(True)
     opt_g = make_opt_g(lsq)
     opt_d = torch.optim.Adam(D.parameters(), lr=float(qcfg["lr_d"]), betas=betas)
