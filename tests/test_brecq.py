@@ -35,8 +35,8 @@ def _generator(cfg, arch):
 
 def test_block_registry(cfg):
     """StyleGAN: each mapping linear + LeakyReLU pair (the first with the pixel norm), each styled
-    conv block, the RGB layer.  SAGAN: the input projection, each up-block, the attention block, the
-    output layer."""
+    conv block, the RGB layer.  SAGAN (heykeetae's layout): each (upsample +) conv + BN + ReLU stage,
+    each attention layer, the output stage."""
     m = cfg["archs"]["stylegan"]["model"]
     expected = ["mapping[0:2]"] + [f"mapping[{2 * i + 1}:{2 * i + 2}]" for i in range(1, m["n_mlp"])]
     expected += [f"blocks.{i}" for i in range(len(m["channels"]))] + ["to_rgb"]
@@ -44,8 +44,10 @@ def test_block_registry(cfg):
     assert [b.name for b in split_blocks(g, make_arch(cfg, "stylegan").block_containers)] == expected
     g = bake(_generator(cfg, "sagan"))
     blocks = split_blocks(g, make_arch(cfg, "sagan").block_containers)
-    assert [b.name for b in blocks] == ["fc", "blocks[0:0]", "blocks[1:1]", "blocks[2:2]", "out[0:3]"]
-    assert [type(b.modules[0]).__name__ for b in blocks[1:4]] == ["ResUp", "SelfAttention", "ResUp"]  # attention at 8x8
+    assert [b.name for b in blocks] == ["net[l1:l1]", "net[attn1:attn1]", "net[l2:l2]", "net[attn2:attn2]", "net[last:last]"]
+    assert [type(b.modules[0]).__name__ for b in blocks] == ["Sequential", "SelfAttention", "Sequential", "SelfAttention", "Sequential"]
+    layers = [m for b in blocks for mod in b.modules for m in mod.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == len(set(map(id, layers))) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in g.modules())
 
 
 def test_cyclegan_blocks_cover_every_weight_layer_once(cfg):

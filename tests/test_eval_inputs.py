@@ -1,6 +1,5 @@
-"""The evaluation inputs file (stage ``eval_inputs``): seeded latents and, for StyleGAN, one
-per-sample noise tensor per noise layer, saved once and read back by evaluation, the quantile sweep
-and the sample figures."""
+"""The evaluation inputs file (stage ``eval_inputs``): seeded latents and, for StyleGAN, one noise
+seed per sample, saved once and read back by evaluation, the quantile sweep and the sample figures."""
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ from workflow_src import config as qcfg
 from workflow_src.workflow.artifacts import load_eval_inputs
 from workflow_src.workflow.distill import eval_inputs
 from workflow_src.workflow.artifacts import make_arch
+from workflow_src.archs.stylegan import fixed_noise, noise_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,24 +27,35 @@ def test_stylegan_eval_inputs_round_trip(cfg, tmp_path):
     inputs, extras = load_eval_inputs(str(out), "stylegan")
 
     # reference: the documented draw order from one generator seeded with seed + 202: the latents,
-    # then one (n, 1, H, W) normal tensor per noise layer, two per resolution level 4 .. resolution
+    # then one int64 seed per sample; sample i's noise maps (one per noise layer, two per resolution
+    # level 4 .. resolution) come from a generator seeded with its seed
     model = cfg["archs"]["stylegan"]["model"]
     res = int(cfg["archs"]["stylegan"]["resolution"])
     g = torch.Generator().manual_seed(cfg["seed"] + 202)
     z = torch.randn(7, int(model["latent_dim"]), generator=g)
+    seeds = torch.randint(0, 2**62, (7,), generator=g, dtype=torch.int64)
     sizes = [4 * 2**i for i in range(len(model["channels"])) for _ in range(2)]
     assert sizes[-1] == res
-    noise = [torch.randn(7, 1, s, s, generator=g).half() for s in sizes]
 
     assert torch.equal(inputs, z)
-    assert sorted(extras) == ["noise"] and len(extras["noise"]) == len(noise)
-    for got, want in zip(extras["noise"], noise):
-        assert got.dtype == torch.float16 and torch.equal(got, want)
+    assert sorted(extras) == ["noise_seed"] and torch.equal(extras["noise_seed"], seeds)
 
-    # the same file drives the generator, batch by batch, whatever the batch size
+    # the same file drives the generator, batch by batch, whatever the batch size, sample i with its noise
     arch = make_arch(cfg, "stylegan")
+    torch.manual_seed(0)
     G = arch.build_generator().eval()
-    torch.testing.assert_close(arch.generate(G, inputs, 3, extras), arch.generate(G, inputs, 7, extras), atol=1e-4, rtol=0)
+    for _, m in noise_layers(G):
+        torch.nn.init.constant_(m.weight, 0.5)
+    images = arch.generate(G, inputs, 7, extras)
+    torch.testing.assert_close(arch.generate(G, inputs, 3, extras), images, atol=1e-4, rtol=0)
+    for i in (0, 6):
+        gi = torch.Generator().manual_seed(int(seeds[i]))
+        with torch.no_grad(), fixed_noise(G, [torch.randn(1, 1, s, s, generator=gi) for s in sizes]):
+            torch.testing.assert_close(G(z[i:i + 1]), images[i:i + 1], atol=1e-4, rtol=0)
+    # seeds fit any generator layout: the maps take each layer's size
+    small = make_arch(dict(cfg, archs=dict(cfg["archs"], stylegan=dict(cfg["archs"]["stylegan"], resolution=8,
+                      model=dict(model, channels=[8, 8], d_channels=[8, 8])))), "stylegan")
+    assert small.generate(small.build_generator().eval(), inputs, 7, extras).shape == (7, 3, 8, 8)
 
 
 def test_eval_inputs_file_names_its_arch(cfg, tmp_path):
@@ -54,15 +65,3 @@ def test_eval_inputs_file_names_its_arch(cfg, tmp_path):
     assert extras == {} and inputs.shape == (7, int(cfg["archs"]["sagan"]["model"]["latent_dim"]))
     with pytest.raises(ValueError, match=r"holds eval inputs of arch 'sagan', expected 'stylegan'"):
         load_eval_inputs(str(out), "stylegan")
-
-
-def test_noise_for_another_generator_is_a_clear_error(cfg, tmp_path):
-    """Eval inputs drawn for a smaller StyleGAN do not fit the configured one."""
-    small = dict(cfg, archs=dict(cfg["archs"], stylegan=dict(cfg["archs"]["stylegan"], resolution=8,
-                 model=dict(cfg["archs"]["stylegan"]["model"], channels=[8, 8], d_channels=[8, 8]))))
-    out = tmp_path / "inputs.pt"
-    eval_inputs(small, arch="stylegan", data=str(tmp_path), out=str(out))
-    inputs, extras = load_eval_inputs(str(out), "stylegan")
-    arch = make_arch(cfg, "stylegan")
-    with pytest.raises(ValueError, match=r"got 4 noise tensors for a model with \d+ noise layers"):
-        arch.generate(arch.build_generator().eval(), inputs, 7, extras)

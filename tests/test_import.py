@@ -195,7 +195,7 @@ def test_config_checks_for_published_checkpoints(tmp_path):
     msg = problems(lambda c: c["archs"]["cyclegan"].update(fp_checkpoint={**ck, "format": "junyanz"}))
     assert "model.19, model.22" in msg
     msg = problems(lambda c: c["archs"]["sagan"]["model"].update(layout="rosinality"))
-    assert "unknown key(s) 'layout' under 'archs.sagan.model'" in msg  # each arch's model keys are its own (registry)
+    assert "key 'archs.sagan.model.layout' = \"rosinality\": 'rosinality' is not one of ['heykeetae']" in msg  # each arch's model schema is its own (registry)
 
 
 # ---------------------------------------------------------------------------- SAGAN, CycleGAN
@@ -211,7 +211,7 @@ def test_heykeetae_sagan_checkpoint_is_refused_naming_its_transposed_convs():
         for n, co in (("query_conv", c // 8), ("key_conv", c // 8), ("value_conv", c)):
             sd[f"{a}.{n}.weight"], sd[f"{a}.{n}.bias"] = torch.randn(co, c, 1, 1), torch.randn(co)
         sd[f"{a}.gamma"] = torch.zeros(1)
-    G = registry.arch("sagan").implementation()({"latent_dim": 128, "channels": [64, 32, 16, 8, 8], "d_channels": [64, 32, 16, 8, 8], "attn_res": 32}, {}, 64).build_generator()
+    G = registry.arch("sagan").implementation()({"latent_dim": 128, "channels": [64, 32, 16, 8], "d_channels": [64, 32, 16, 8], "attn_res": [16, 32]}, {}, 64).build_generator()
     with pytest.raises(CheckpointMismatch, match=r"\['l1', 'l2', 'l3', 'l4', 'last'\] have no counterpart.*retrained"):
         heykeetae_sagan(sd, G)
     with pytest.raises(CheckpointMismatch, match="not a heykeetae"):

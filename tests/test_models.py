@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from workflow_src import registry
@@ -14,14 +15,18 @@ from workflow_src.archs.layers import bake
 from workflow_src.archs.layers import EqualConv2d, EqualLinear
 from workflow_src.archs.ops import FloatOp
 
+
+def get_arch(name):
+    return registry.arch(name).implementation()
+
 RES = 16
 CFG = {
     "stylegan": (
         {"latent_dim": 16, "n_mlp": 2, "channels": [16, 16, 8], "d_channels": [16, 16, 8]},
         {"steps": 10, "batch_size": 4, "lr_g": 2e-3, "lr_d": 2e-3, "betas": [0.0, 0.99], "r1_gamma": 1.0, "ema_beta": 0.99},
     ),
-    "sagan": (
-        {"latent_dim": 16, "channels": [16, 16, 8], "d_channels": [16, 16, 8], "attn_res": 8},
+    "sagan": (  # heykeetae's layout: widths at 4 and 8, the last layer makes the 16x16 image
+        {"layout": "heykeetae", "latent_dim": 16, "channels": [16, 8], "d_channels": [16, 8], "attn_res": [4, 8], "d_attn_res": [8, 4]},
         {"steps": 10, "batch_size": 4, "lr_g": 1e-4, "lr_d": 4e-4, "betas": [0.0, 0.9], "ema_beta": 0.99},
     ),
     "cyclegan": (
@@ -60,7 +65,6 @@ def op_modules(model):
 
 def test_registry_lists_the_three_archs():
     assert {"stylegan", "sagan", "cyclegan"} <= set(registry.archs())
-    get_arch = lambda name: registry.arch(name).implementation()  # noqa: E731
     for name in NAMES:
         assert issubclass(get_arch(name), GANArch) and get_arch(name).name == name
     assert get_arch("cyclegan").input_kind == "image" and get_arch("stylegan").input_kind == "latent"
@@ -164,7 +168,7 @@ def test_every_op_module_called_exactly_once(name, training):
     for h in handles:
         h.remove()
     assert set(counts.values()) == {1}
-    expected = {"stylegan": 4 * 2 * 3, "sagan": 2 + 4, "cyclegan": 2}[name]  # see the architectures
+    expected = {"stylegan": 4 * 2 * 3, "sagan": 2 * 4, "cyclegan": 2}[name]  # see the architectures
     assert len(ops) == expected
 
 
@@ -286,19 +290,31 @@ def test_stylegan_fixed_noise_is_per_sample_and_restored():
     assert torch.equal(after, buffered) and all(m.fixed is None for _, m in noise_layers(G))
 
 
+def _noise_of_seed(seed, sizes):
+    """Reference: the documented per-sample draw, one standard normal (1, 1, s, s) map per noise
+    layer in module order from a generator seeded with the sample's seed."""
+    g = torch.Generator().manual_seed(int(seed))
+    return [torch.randn(1, 1, s, s, generator=g) for s in sizes]
+
+
 def test_stylegan_generate_slices_extras_per_batch():
+    from workflow_src.archs.stylegan import fixed_noise, noise_layers
+
     arch, G = _stylegan_with_noise_that_matters()
     z = inputs(arch, 5)
     extras = arch.sample_extras(5, torch.Generator().manual_seed(4))
-    assert all(t.dtype == torch.float16 for t in extras["noise"])
+    assert sorted(extras) == ["noise_seed"] and extras["noise_seed"].dtype == torch.int64 and extras["noise_seed"].shape == (5,)
+    assert len(set(extras["noise_seed"].tolist())) == 5
     whole = arch.generate(G, z, 5, extras)
     batched = arch.generate(G, z, 2, extras)  # batches of 2, 2, 1: each with its own slice
-    torch.testing.assert_close(batched, whole, atol=1e-4, rtol=0)
-    from workflow_src.archs.stylegan import fixed_noise
-
-    with torch.no_grad(), fixed_noise(G, [t[3:4].float() for t in extras["noise"]]):
+    torch.testing.assert_close(batched, whole, atol=1e-4, rtol=0)  # batch-size-dependent float rounding (measured up to 1.1e-5)
+    sizes = [m.noise.shape[-1] for _, m in noise_layers(G)]
+    with torch.no_grad(), fixed_noise(G, _noise_of_seed(extras["noise_seed"][3], sizes)):
         alone = G(z[3:4])
-    torch.testing.assert_close(whole[3:4], alone, atol=1e-4, rtol=0)
+    torch.testing.assert_close(whole[3:4], alone, atol=1e-4, rtol=0)  # batch-size-dependent float rounding (measured up to 1.1e-5)
+    with torch.no_grad(), arch.use_extras(G, extras, torch.tensor([4, 1])):  # an index tensor: samples 4 and 1
+        picked = G(z[[4, 1]])
+    torch.testing.assert_close(picked, whole[[4, 1]], atol=1e-4, rtol=0)  # batch-size-dependent float rounding (measured up to 1.1e-5)
     assert not torch.allclose(whole, arch.generate(G, z, 5))  # extras=None: the shared buffers
 
 
@@ -340,8 +356,10 @@ def test_stylegan_noise_count_and_shape_mismatch_are_clear_errors():
     with pytest.raises(ValueError, match="gave noise for 2 samples, the batch has 3"):
         with torch.no_grad(), fixed_noise(G, noise):
             G(inputs(arch, 3))
-    with pytest.raises(ValueError, match=r"rerun eval_inputs"):
+    with pytest.raises(ValueError, match=r"rerun eval_inputs / distill"):
         arch.use_extras(G, {}, slice(None))
+    with pytest.raises(ValueError, match=r"'noise_seed'.*got keys \['noise'\]"):  # the per-map format of earlier eval inputs
+        arch.use_extras(G, {"noise": noise}, slice(None))
 
 
 @pytest.mark.parametrize("name", ["sagan", "cyclegan"])
@@ -350,3 +368,101 @@ def test_archs_without_extras(name):
     assert arch.sample_extras(3, torch.Generator().manual_seed(0)) == {}
     with pytest.raises(ValueError, match=f"{name} takes no extra inputs, got \\['noise'\\]"):
         arch.use_extras(nn.Identity(), {"noise": []})
+
+
+# -- SAGAN: heykeetae/Self-Attention-GAN's layout with Upsample + Conv (paper appendix A.2) ------------
+def _trained_sagan(steps=2):
+    torch.manual_seed(0)
+    arch = make("sagan")
+    state = arch.init_state(torch.device("cpu"))
+    it = batches(arch)
+    for step in range(steps):  # non-trivial BN statistics and spectral-norm vectors
+        arch.train_step(state, it, step)
+    with torch.no_grad():
+        for m in state["G_ema"].modules():  # attention that matters (gamma starts at 0)
+            if hasattr(m, "gamma"):
+                m.gamma.fill_(0.7)
+        for m in state["D"].modules():
+            if hasattr(m, "gamma"):
+                m.gamma.fill_(0.7)
+    return arch, state
+
+
+def _heykeetae_attention(x, a):
+    """sagan_models.Self_Attn.forward, on the layer's (plain) 1x1 projections."""
+    n, c, h, w = x.shape
+    q = F.conv2d(x, a.query.weight, a.query.bias).view(n, -1, h * w).permute(0, 2, 1)
+    k = F.conv2d(x, a.key.weight, a.key.bias).view(n, -1, h * w)
+    attention = torch.softmax(torch.bmm(q, k), dim=-1)
+    v = F.conv2d(x, a.value.weight, a.value.bias).view(n, -1, h * w)
+    return a.gamma * torch.bmm(v, attention.permute(0, 2, 1)).view(n, c, h, w) + x
+
+
+def test_sagan_generator_is_heykeetaes_with_upsample_conv():
+    """The generator equals a functional transcription of heykeetae's Generator.forward (l1, l2,
+    attn1, ..., last) with each 4x4 stride-2 transposed conv replaced by nearest 2x upsampling + a
+    3x3 conv, on the baked weights; its first layer is heykeetae's 4x4 transposed conv of the 1x1
+    latent, exactly."""
+    arch, state = _trained_sagan()
+    G = bake(copy.deepcopy(arch.generator(state))).eval()
+    net = G.net
+    assert [n for n, _ in net.named_children()] == ["l1", "attn1", "l2", "attn2", "last"]
+    z = inputs(arch, 3)
+
+    def bn(x, m):
+        return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+    lin = net.l1[0]
+    c0 = CFG["sagan"][0]["channels"][0]
+    tconv = lin.weight.t().reshape(16, c0, 4, 4)  # (z_dim, C, 4, 4): ConvTranspose2d(z_dim, C, 4)'s weight
+    assert lin.bias is None  # heykeetae's per-channel tconv bias is absorbed by the BatchNorm after it
+    x = _heykeetae_attention(F.relu(bn(F.conv_transpose2d(z.view(3, -1, 1, 1), tconv), net.l1[2])), net.attn1)
+    x = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), net.l2[1].weight, net.l2[1].bias, padding=1)
+    x = _heykeetae_attention(F.relu(bn(x, net.l2[2])), net.attn2)
+    ref = torch.tanh(F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), net.last[1].weight, net.last[1].bias, padding=1))
+    with torch.no_grad():
+        out = G(z)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(arch.generator(state).eval()(z), out, atol=1e-5, rtol=0)
+    assert [round(float(m.gamma), 6) for m in G.modules() if hasattr(m, "gamma")] == [0.7, 0.7]  # the attention mattered
+
+
+def test_sagan_discriminator_is_heykeetaes():
+    """SN 4x4 stride-2 convs with LeakyReLU 0.1 from 16 to 8 to 4, attention after each (d_attn_res
+    [8, 4], heykeetae's last two), a 4x4 conv to one logit per image."""
+    arch, state = _trained_sagan()
+    D = bake(copy.deepcopy(state["D"])).eval()
+    convs = [m for m in D.net if isinstance(m, nn.Conv2d)]
+    attn = [m for m in D.net if hasattr(m, "gamma")]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [(3, 8, (2, 2)), (8, 16, (2, 2)), (16, 1, (1, 1))]
+    assert all(not parametrize.is_parametrized(m) for m in state["D"].net[2].modules())  # attention without SN
+    x = torch.rand(2, 3, RES, RES) * 2 - 1
+    h = _heykeetae_attention(F.leaky_relu(F.conv2d(x, convs[0].weight, convs[0].bias, stride=2, padding=1), 0.1), attn[0])
+    h = _heykeetae_attention(F.leaky_relu(F.conv2d(h, convs[1].weight, convs[1].bias, stride=2, padding=1), 0.1), attn[1])
+    ref = F.conv2d(h, convs[2].weight, convs[2].bias).flatten()
+    with torch.no_grad():
+        torch.testing.assert_close(D(x), ref, atol=1e-5, rtol=0)
+
+
+def test_sagan_quantization_sees_every_conv_and_both_attention_layers():
+    from workflow_src.quant import QuantConv2d, QuantLinear, QuantOp, QuantSpec, quantize_model
+
+    arch, state = _trained_sagan()
+    q = quantize_model(arch.generator(state), QuantSpec(w_bits=4, a_bits=8))
+    kinds = [type(m).__name__ for m in q.modules() if isinstance(m, (QuantConv2d, QuantLinear, QuantOp))]
+    # l1's linear; l2's conv, 3 projections per attention layer, last's conv; 4 operations per attention
+    assert kinds.count("QuantLinear") == 1 and kinds.count("QuantConv2d") == 1 + 2 * 3 + 1 and kinds.count("QuantOp") == 2 * 4
+    assert not any(type(m) in (nn.Conv2d, nn.Linear) for m in q.modules())
+    ops_per_attention = [[type(o.op).__name__ for o in (a.scores, a.attend, a.scale, a.add)] for a in (q.net.attn1, q.net.attn2)]
+    assert ops_per_attention == [["MatMul", "MatMul", "Mul", "Add"]] * 2
+
+
+def test_sagan_layout_and_attention_levels_are_checked():
+    model_cfg, train_cfg = CFG["sagan"]
+    with pytest.raises(ValueError, match=r"attn_res = \[16\]: each entry must be one of the feature resolutions \[4, 8\]"):
+        get_arch("sagan")({**model_cfg, "attn_res": [16]}, train_cfg, RES)
+    with pytest.raises(ValueError, match="the only layout is 'heykeetae'"):
+        get_arch("sagan")({**model_cfg, "layout": "biggan"}, train_cfg, RES)
+    with pytest.raises(ValueError, match=r"channels needs 2 entries \(levels 4..8\)"):
+        get_arch("sagan")({**model_cfg, "channels": [16, 8, 8]}, train_cfg, RES)
+

@@ -1,5 +1,5 @@
 """The fingerprint a checkpoint must match to be resumed (workflow_src/resume.py), and the file
-plumbing beneath every checkpoint and output (workflow_src/utils.py)."""
+plumbing beneath every checkpoint and output (workflow_src/files.py, utils.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflow_src import resume, utils
+from workflow_src import files, resume, utils
 
 PACKAGE = Path(resume.__file__).resolve().parent
 ROOT = PACKAGE.parent
@@ -72,9 +72,9 @@ def test_outputs_are_readable_as_the_umask_says(tmp_path):
     """mkstemp made every output owner-only (0600) whatever the umask."""
     old = os.umask(0o022)
     try:
-        utils.write_json(tmp_path / "a.json", {"x": 1})
+        files.write_json(tmp_path / "a.json", {"x": 1})
         utils.torch_save({"x": torch.zeros(1)}, tmp_path / "m.pt")
-        with utils.atomic_path(tmp_path / "p.png") as tmp:
+        with files.atomic_path(tmp_path / "p.png") as tmp:
             tmp.write_bytes(b"png")
     finally:
         os.umask(old)
@@ -82,7 +82,7 @@ def test_outputs_are_readable_as_the_umask_says(tmp_path):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
     old = os.umask(0o077)
     try:
-        utils.write_json(tmp_path / "private.json", {})
+        files.write_json(tmp_path / "private.json", {})
     finally:
         os.umask(old)
     assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
@@ -104,27 +104,27 @@ def test_truncate_rows_drops_a_torn_last_line(tmp_path):
     """A kill in the middle of an append leaves a partial row; '1' is what is left of step 12's row
     and used to be kept as a row of step 1."""
     log = tmp_path / "l.csv"
-    utils.append_rows(log, [{"step": s, "loss": 0.5 + s} for s in range(8)])
+    files.append_rows(log, [{"step": s, "loss": 0.5 + s} for s in range(8)])
     with open(log, "a") as fh:
         fh.write("1")
-    utils.truncate_rows(log, "step", 5)
+    files.truncate_rows(log, "step", 5)
     assert log.read_text().splitlines() == ["step,loss"] + [f"{s},{0.5 + s}" for s in range(5)]
     with open(log, "a") as fh:
         fh.write("3,0.")  # torn inside a field
-    utils.truncate_rows(log, "step", 10)
+    files.truncate_rows(log, "step", 10)
     assert [int(l.split(",")[0]) for l in log.read_text().splitlines()[1:]] == list(range(5))
 
 
 def test_truncate_rows_loses_nothing_when_killed_while_rewriting(tmp_path, monkeypatch):
     log = tmp_path / "l.csv"
-    utils.append_rows(log, [{"step": s, "loss": s} for s in range(6)])
+    files.append_rows(log, [{"step": s, "loss": s} for s in range(6)])
     before = log.read_text()
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(utils, "append_rows", killed)
+    monkeypatch.setattr(files, "append_rows", killed)
     with pytest.raises(KeyboardInterrupt):
-        utils.truncate_rows(log, "step", 3)
+        files.truncate_rows(log, "step", 3)
     assert log.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["l.csv"]

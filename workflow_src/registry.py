@@ -45,6 +45,8 @@ Arch entry (``ARCH``)::
     title    its column title in the tables
     model    JSON schema properties of ``archs.<name>.model``
     per_level  optional: model keys that list one width per resolution level (4 .. resolution)
+    levels_above  optional: levels between the last per-level width and the output resolution (0;
+             1 when the last layer upsamples to the full resolution: widths for 4 .. resolution/2)
     checkpoint_formats  optional: {format: {"layout": model.layout it imports into}
              or {"refused": why it cannot be imported}} (``archs.<name>.fp_checkpoint.format``)
 """
@@ -289,6 +291,7 @@ class Arch:
     model: Dict[str, Any]
     per_level: Tuple[str, ...]
     checkpoint_formats: Dict[str, Dict[str, str]]
+    levels_above: int = 0
 
     def implementation(self) -> type:
         """The GANArch subclass (its ``name`` set to the registered name)."""
@@ -306,7 +309,7 @@ def _archs() -> Dict[str, Arch]:
         if "ARCH" not in lits:
             continue
         where = f"{_rel(path)}: ARCH"
-        e = _keys(where, lits["ARCH"], ("name", "class", "title", "model"), ("per_level", "checkpoint_formats"))
+        e = _keys(where, lits["ARCH"], ("name", "class", "title", "model"), ("per_level", "checkpoint_formats", "levels_above"))
         for fmt, how in e.get("checkpoint_formats", {}).items():
             _keys(f"{where}: checkpoint_formats.{fmt}", how, (), ("layout", "refused"))
             if len(how) != 1:
@@ -314,7 +317,8 @@ def _archs() -> Dict[str, Arch]:
         if e["name"] in found:
             raise RegistryError(f"arch {e['name']!r} is declared twice ({found[e['name']].module}, {path.stem})")
         found[e["name"]] = Arch(e["name"], e["title"], f"{PACKAGE.name}.archs.{path.stem}", e["class"], dict(e["model"]),
-                                tuple(e.get("per_level", ())), dict(e.get("checkpoint_formats", {})))
+                                tuple(e.get("per_level", ())), dict(e.get("checkpoint_formats", {})),
+                                int(e.get("levels_above", 0)))
     return dict(sorted(found.items()))
 
 

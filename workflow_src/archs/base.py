@@ -72,30 +72,35 @@ class GANArch(ABC):
 
     # -- extra inputs that evaluation fixes ---------------------------------------------------
     def sample_extras(self, n: int, generator: torch.Generator) -> Dict[str, Any]:
-        """Per-sample inputs besides the generator's argument that evaluation fixes for ``n``
-        samples, drawn with ``generator`` and saved beside the eval inputs, so that FP and every
-        quantized variant see exactly the same ones (StyleGAN: one noise tensor per noise layer).
-        Tensors have the samples on dim 0.  None by default."""
+        """Per-sample inputs besides the generator's argument, drawn with ``generator`` for ``n``
+        samples and saved beside the eval inputs and the distillation set, so that FP and every
+        quantized variant, and calibration, BRECQ and QAT, see exactly the same ones per sample
+        (StyleGAN: one noise seed per sample, see :meth:`StyleGAN.sample_extras`).  Tensors have the
+        samples on dim 0.  None by default."""
         return {}
 
-    def use_extras(self, model: nn.Module, extras: Dict[str, Any] | None, index: slice = slice(None)) -> ContextManager:
-        """A context in which ``model`` uses samples ``index`` of ``extras`` (as drawn by
-        :meth:`sample_extras`).  ``None``: the model's own defaults (distillation, calibration,
-        training)."""
+    def use_extras(self, model: nn.Module, extras: Dict[str, Any] | None, index: slice | torch.Tensor = slice(None)) -> ContextManager:
+        """A context in which ``model`` uses samples ``index`` (a slice or a tensor of sample
+        indices) of ``extras`` (as drawn by :meth:`sample_extras`).  ``None``: the model's own
+        defaults (FP training; exports)."""
         if extras:
             raise ValueError(f"{self.name} takes no extra inputs, got {sorted(extras)}")
         return contextlib.nullcontext()
+
+    def batches(self, model: nn.Module, inputs: torch.Tensor, batch_size: int, extras: Dict[str, Any] | None = None) -> Iterator[torch.Tensor]:
+        """``inputs`` in batches of ``batch_size``; while the caller works on a batch (until it asks
+        for the next), ``model`` uses that batch's slice of ``extras`` (:meth:`use_extras`).  This
+        is how calibration, BRECQ's captures and generation feed every sample its own extras."""
+        for start in range(0, len(inputs), batch_size):
+            index = slice(start, start + batch_size)
+            with self.use_extras(model, extras, index):
+                yield inputs[index]
 
     @torch.no_grad()
     def generate(self, model: nn.Module, inputs: torch.Tensor, batch_size: int, extras: Dict[str, Any] | None = None) -> torch.Tensor:
         """``model`` on ``inputs`` in batches of ``batch_size``, each batch with its slice of
         ``extras`` (see :meth:`use_extras`)."""
-        out = []
-        for start in range(0, len(inputs), batch_size):
-            index = slice(start, start + batch_size)
-            with self.use_extras(model, extras, index):
-                out.append(model(inputs[index]))
-        return torch.cat(out)
+        return torch.cat([model(x) for x in self.batches(model, inputs, batch_size, extras)])
 
     # -- display (figures only; never FID) ---------------------------------------------------
     truncation_doc = "no truncation"  # how display() truncates, ``{t}`` the configured value

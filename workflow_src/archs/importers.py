@@ -14,8 +14,8 @@ What can and cannot match:
 * **SAGAN, heykeetae/Self-Attention-GAN** (format ``heykeetae``): cannot match.  Its generator is a
   DCGAN-style stack of ``ConvTranspose2d`` layers (``l1``..``l4``, ``last``) with two attention
   layers; the paper replaced every transposed convolution by Upsample + Conv and retrained
-  (appendix A.2), and this project's SAGAN generator is that retrained residual network.  No
-  published SAGAN checkpoint holds its weights: train it.
+  (appendix A.2), and this project's SAGAN generator (layout ``heykeetae``) is that retrained
+  network.  No published SAGAN checkpoint holds its weights: train it.
 * **CycleGAN, junyanz/pytorch-CycleGAN-and-pix2pix** ``ResnetGenerator`` (format ``junyanz``):
   the stem, the downsampling convs and every residual block match layer for layer (same module
   indices, ``conv_block`` -> ``body``); the decoder's two ``ConvTranspose2d`` (``model.19``,

@@ -1,18 +1,38 @@
-"""Self-Attention GAN (Zhang et al. 2019), unconditional, with the paper's change of every transposed
-convolution to nearest upsampling + convolution.
+"""Self-Attention GAN (Zhang et al. 2019) as the paper used it (appendix A.2): the generator and
+discriminator of heykeetae/Self-Attention-GAN (``sagan_models.py``), unconditional, with every
+transposed convolution replaced by upsampling + convolution (``model.layout: heykeetae``, the only
+layout).
 
-Generator: z -> spectral-norm linear to a 4x4 map -> residual up-blocks (BN, ReLU, upsample, SN 3x3,
-BN, ReLU, SN 3x3; skip: upsample + SN 1x1) with one self-attention block at ``attn_res`` -> BN, ReLU,
-SN 3x3 to RGB, tanh.  Residual sums, the attention matrix products and the gamma-scaled attention
-residual go through :mod:`workflow_src.archs.ops` modules.
+Generator (``channels[i]``: the width at resolution ``4 * 2**i``, levels 4 .. resolution/2):
 
-Discriminator: SN residual down-blocks with self-attention, hinge loss; TTUR Adam; generator EMA
-whose BatchNorm statistics and spectral-norm vectors are kept up to date by running the EMA copy in
-training mode (without gradients) on each step's latents.
+* ``l1``: spectral-norm linear ``z -> 4x4xchannels[0]`` without bias, BatchNorm, ReLU.  heykeetae's
+  first layer is a 4x4 transposed convolution of the 1x1 latent, which *is* this linear map (the
+  same weights reshaped, the same spectral norm; its per-channel bias is absorbed by the BatchNorm
+  that follows), so nothing is replaced there;
+* ``l2`` .. ``lK``: nearest 2x upsampling + spectral-norm 3x3 convolution (heykeetae: a 4x4 stride-2
+  transposed convolution), BatchNorm, ReLU;
+* ``attn1``, ``attn2``: self-attention after the levels in ``attn_res`` (heykeetae: 16 and 32 at
+  64 px, after l3 and l4);
+* ``last``: nearest 2x upsampling + 3x3 convolution to RGB (no spectral norm, as heykeetae's), tanh.
+
+Self-attention is heykeetae's ``Self_Attn``: ``x + gamma * (V softmax(Q^T K)^T)`` with plain 1x1
+projections (C/8, C/8, C; no spectral norm), gamma starting at 0.  The attention matrix products and
+the gamma-scaled residual go through :mod:`workflow_src.quant.ops` modules, so quantization sees
+them.
+
+Discriminator (heykeetae's, ``d_channels[i]``: the width at resolution ``4 * 2**i``): spectral-norm
+4x4 stride-2 convolutions with LeakyReLU 0.1 from the image down to 4x4, self-attention at the
+resolutions in ``d_attn_res`` (heykeetae: 8 and 4), and a plain 4x4 convolution to one logit.
+
+Training: hinge loss, TTUR Adam (heykeetae's defaults 1e-4 / 4e-4, betas 0 / 0.9), plus a generator
+EMA whose BatchNorm statistics and spectral-norm vectors are kept up to date by running the EMA copy
+in training mode (without gradients) on each step's latents (``ema_beta: 0`` evaluates the raw
+generator, as heykeetae does).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Optional, Sequence
+from collections import OrderedDict
+from typing import Any, Dict, Iterator, List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +49,13 @@ def sn_conv(cin: int, cout: int, k: int) -> nn.Module:
 
 
 class SelfAttention(nn.Module):
-    """SAGAN attention: ``x + gamma * (V softmax(Q^T K)^T)`` with 1x1 SN projections (C/8, C/8, C)."""
+    """SAGAN attention (heykeetae's ``Self_Attn``): ``x + gamma * (V softmax(Q^T K)^T)`` with plain
+    1x1 projections (C/8, C/8, C)."""
 
     def __init__(self, channels: int):
         super().__init__()
         ck = max(channels // 8, 1)
-        self.query, self.key, self.value = sn_conv(channels, ck, 1), sn_conv(channels, ck, 1), sn_conv(channels, channels, 1)
+        self.query, self.key, self.value = nn.Conv2d(channels, ck, 1), nn.Conv2d(channels, ck, 1), nn.Conv2d(channels, channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
         self.scores = ops.MatMul()
         self.attend = ops.MatMul()
@@ -49,102 +70,91 @@ class SelfAttention(nn.Module):
         return self.add(x, self.scale(out, self.gamma))
 
 
-class ResUp(nn.Module):
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.main = nn.Sequential(
-            nn.BatchNorm2d(cin), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"), sn_conv(cin, cout, 3),
-            nn.BatchNorm2d(cout), nn.ReLU(), sn_conv(cout, cout, 3),
-        )
-        self.skip = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), sn_conv(cin, cout, 1))
-        self.add = ops.Add()
-
-    def forward(self, x):
-        return self.add(self.main(x), self.skip(x))
+def _attention_levels(res: Sequence[int], levels: Sequence[int], key: str) -> List[int]:
+    res = [int(r) for r in res]
+    bad = [r for r in res if r not in levels]
+    if bad or len(set(res)) != len(res):
+        raise ValueError(f"{key} = {res}: each entry must be one of the feature resolutions {list(levels)}, at most once")
+    return res
 
 
 class SAGenerator(nn.Module):
-    def __init__(self, latent_dim: int, channels: Sequence[int], attn_res: Optional[int]):
+    """heykeetae's generator with Upsample + Conv in place of its transposed convolutions (module
+    docstring); every stage is one child of ``net``, named as in ``sagan_models.Generator``."""
+
+    def __init__(self, latent_dim: int, channels: Sequence[int], attn_res: Sequence[int]):
         super().__init__()
-        self.c0 = channels[0]
-        self.fc = spectral_norm(nn.Linear(latent_dim, 16 * self.c0))
-        blocks = [SelfAttention(self.c0)] if attn_res == 4 else []
+        c0 = int(channels[0])
+        layers = OrderedDict(l1=nn.Sequential(spectral_norm(nn.Linear(latent_dim, 16 * c0, bias=False)), nn.Unflatten(1, (c0, 4, 4)),
+                                              nn.BatchNorm2d(c0), nn.ReLU()))
+        n_attn = 0
+
+        def attend(res: int, c: int) -> None:
+            nonlocal n_attn
+            if res in attn_res:
+                n_attn += 1
+                layers[f"attn{n_attn}"] = SelfAttention(c)
+
+        attend(4, c0)
         for i in range(1, len(channels)):
-            blocks.append(ResUp(channels[i - 1], channels[i]))
-            if attn_res == 4 * 2**i:
-                blocks.append(SelfAttention(channels[i]))
-        self.blocks = nn.Sequential(*blocks)
-        self.out = nn.Sequential(nn.BatchNorm2d(channels[-1]), nn.ReLU(), sn_conv(channels[-1], 3, 3), nn.Tanh())
+            layers[f"l{i + 1}"] = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), sn_conv(channels[i - 1], channels[i], 3),
+                                                nn.BatchNorm2d(channels[i]), nn.ReLU())
+            attend(4 * 2**i, channels[i])
+        layers["last"] = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels[-1], 3, 3, padding=1), nn.Tanh())
+        self.net = nn.Sequential(layers)
 
     def forward(self, z):
-        return self.out(self.blocks(self.fc(z).view(z.shape[0], self.c0, 4, 4)))
-
-
-class ResDown(nn.Module):
-    """Pre-activation SN residual block, optionally average-pooling by 2.  The first block of the
-    discriminator skips the leading ReLU (it sees the image)."""
-
-    def __init__(self, cin: int, cout: int, hidden: Optional[int] = None, first: bool = False, down: bool = True):
-        super().__init__()
-        hidden = hidden or cin
-        main = ([] if first else [nn.ReLU()]) + [sn_conv(cin, hidden, 3), nn.ReLU(), sn_conv(hidden, cout, 3)]
-        self.main = nn.Sequential(*main, *([nn.AvgPool2d(2)] if down else []))
-        # pooling and a 1x1 conv commute; pooling first is cheaper
-        self.skip = nn.Sequential(*([nn.AvgPool2d(2)] if down else []), sn_conv(cin, cout, 1))
-
-    def forward(self, x):
-        return self.main(x) + self.skip(x)
+        return self.net(z)
 
 
 class SADiscriminator(nn.Module):
-    """``channels[i]`` is the width of the features at resolution ``4 * 2**i`` (the last entry is the
-    hidden width of the first block, which reads the full-resolution image)."""
+    """heykeetae's discriminator: SN 4x4 stride-2 convs with LeakyReLU 0.1 down to 4x4 (``d_channels[i]``
+    wide at resolution ``4 * 2**i``), self-attention at ``attn_res``, a 4x4 conv to one logit."""
 
-    def __init__(self, channels: Sequence[int], attn_res: Optional[int], resolution: int):
+    def __init__(self, channels: Sequence[int], attn_res: Sequence[int], resolution: int):
         super().__init__()
-        n = len(channels)
-        attn_res = min(attn_res, resolution // 2) if attn_res else None
-        blocks = [ResDown(3, channels[n - 2], hidden=channels[n - 1], first=True)]
-        res = resolution // 2
-        for i in range(n - 2, 0, -1):
-            if res == attn_res:
-                blocks.append(SelfAttention(channels[i]))
-            blocks.append(ResDown(channels[i], channels[i - 1]))
-            res //= 2
-        if attn_res == 4:
-            blocks.append(SelfAttention(channels[0]))
-        blocks.append(ResDown(channels[0], channels[0], down=False))
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = spectral_norm(nn.Linear(channels[0], 1))
+        layers: List[nn.Module] = []
+        cin, res = 3, resolution
+        for c in reversed(list(channels)):
+            layers += [spectral_norm(nn.Conv2d(cin, c, 4, 2, 1)), nn.LeakyReLU(0.1)]
+            cin, res = c, res // 2
+            if res in attn_res:
+                layers.append(SelfAttention(c))
+        layers.append(nn.Conv2d(cin, 1, 4))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.fc(F.relu(self.blocks(x)).sum(dim=(2, 3))).flatten()
+        return self.net(x).flatten()
 
 
 class SAGAN(LatentEMAGAN):
-    """model_cfg: latent_dim, channels, d_channels, attn_res (null disables attention).
+    """model_cfg: latent_dim, channels and d_channels (one width per level 4 .. resolution/2),
+    attn_res and d_attn_res (the generator's and discriminator's feature resolutions followed by
+    self-attention; heykeetae: [16, 32] and [8, 4] at 64 px), layout (``heykeetae``, the only one).
     train_cfg: steps, batch_size, lr_g, lr_d, betas, ema_beta."""
-    block_containers = ("fc", "blocks", "out")  # BRECQ reconstruction blocks (workflow_src.quant.blocks)
+    block_containers = ("net",)  # BRECQ reconstruction blocks (workflow_src.quant.blocks): l1, l2, attn1, ..., last
 
     input_kind = "latent"
 
     def __init__(self, model_cfg: Dict[str, Any], train_cfg: Dict[str, Any], resolution: int):
         super().__init__(model_cfg, train_cfg, resolution)
-        check_levels(self.resolution, self.model_cfg["channels"], "channels")
-        check_levels(self.resolution, self.model_cfg["d_channels"], "d_channels")
         if self.resolution < 8:
             raise ValueError("sagan needs resolution >= 8")
+        layout = self.model_cfg.get("layout", "heykeetae")
+        if layout != "heykeetae":
+            raise ValueError(f"sagan model.layout = {layout!r}: the only layout is 'heykeetae'")
+        n = check_levels(self.resolution // 2, self.model_cfg["channels"], "channels")
+        check_levels(self.resolution // 2, self.model_cfg["d_channels"], "d_channels")
         self.latent_dim = int(self.model_cfg["latent_dim"])
-        a = self.model_cfg.get("attn_res")
-        self.attn_res = int(a) if a else None
-        if self.attn_res is not None and self.attn_res not in [4 * 2**i for i in range(len(self.model_cfg["channels"]))]:
-            raise ValueError(f"attn_res {self.attn_res} is not one of the levels 4..{self.resolution}")
+        levels = [4 * 2**i for i in range(n)]
+        self.attn_res = _attention_levels(self.model_cfg.get("attn_res") or [], levels, "attn_res")
+        self.d_attn_res = _attention_levels(self.model_cfg.get("d_attn_res") or [], levels, "d_attn_res")
 
     def build_generator(self) -> nn.Module:
         return SAGenerator(self.latent_dim, list(self.model_cfg["channels"]), self.attn_res)
 
     def build_discriminator(self) -> nn.Module:
-        return SADiscriminator(list(self.model_cfg["d_channels"]), self.attn_res, self.resolution)
+        return SADiscriminator(list(self.model_cfg["d_channels"]), self.d_attn_res, self.resolution)
 
     def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, float]:
         G, D, G_ema = state["G"], state["D"], state["G_ema"]
@@ -178,11 +188,17 @@ class SAGAN(LatentEMAGAN):
 ARCH = {
     "name": "sagan", "class": "SAGAN", "title": "SAGAN",
     "model": {"latent_dim": {"$ref": "#/$defs/pos_int"}, "channels": {"$ref": "#/$defs/channels"},
-              "d_channels": {"$ref": "#/$defs/channels"}, "attn_res": {"type": ["integer", "null"], "minimum": 4}},
-    "per_level": ["channels"],
+              "d_channels": {"$ref": "#/$defs/channels"},
+              "attn_res": {"description": "generator feature resolutions followed by self-attention",
+                           "type": ["array", "null"], "items": {"type": "integer", "minimum": 4}},
+              "d_attn_res": {"description": "discriminator feature resolutions followed by self-attention",
+                             "type": ["array", "null"], "items": {"type": "integer", "minimum": 4}},
+              "layout": {"description": "heykeetae (the only one)", "enum": ["heykeetae"]}},
+    "per_level": ["channels", "d_channels"],
+    "levels_above": 1,  # the last layer makes the full-resolution RGB image: widths for 4 .. resolution/2
     "checkpoint_formats": {"heykeetae": {"refused": (
         "heykeetae/Self-Attention-GAN's generator is a stack of ConvTranspose2d layers (l1..l4, last) with two "
         "attention layers; the paper replaced every transposed convolution by Upsample + Conv and retrained (appendix "
-        "A.2), and this project's SAGAN is that retrained residual generator: no published SAGAN checkpoint matches it. "
-        "Remove archs.sagan.fp_checkpoint to train it.")}},
+        "A.2), and this project's SAGAN (layout heykeetae) is that retrained generator: no published SAGAN checkpoint "
+        "matches it. Remove archs.sagan.fp_checkpoint to train it.")}},
 }

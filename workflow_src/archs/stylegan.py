@@ -6,8 +6,10 @@ LeakyReLU 0.2) -> w.  Synthesis starts from a learned 4x4 constant; every resolu
 styled convolutions (bilinear upsample + 3x3 conv, except at 4x4 where the constant takes the place
 of the first conv), each followed by noise injection, LeakyReLU and AdaIN; a 1x1 conv maps to RGB.
 The noise, AdaIN modulation and all additions go through :mod:`workflow_src.archs.ops` modules.
-Evaluation feeds per-sample noise saved with the eval inputs (:func:`fixed_noise`, through
-:meth:`StyleGAN.use_extras`); elsewhere eval mode uses each layer's fixed noise map.
+Evaluation, distillation, calibration, BRECQ and QAT feed every sample its own noise, drawn from a
+per-sample seed saved with the eval inputs and the distillation set (:func:`seeded_noise`,
+:func:`fixed_noise`, through :meth:`StyleGAN.use_extras`); without one, eval mode uses each layer's
+fixed noise map (exports).
 
 The RGB output is linear as in StyleGAN; in eval mode it is clamped to [-1, 1] so that evaluated
 images follow the project's image convention.
@@ -72,10 +74,10 @@ class NoiseInjection(nn.Module):
     """``x + weight * noise`` with a learned per-channel weight.
 
     Which noise: fresh ``randn`` in training mode; in eval mode the tensor given to
-    :meth:`set_noise` (one map per sample, what evaluation uses: the per-sample noise saved with
-    the eval inputs, see :func:`fixed_noise`), else the layer's fixed noise map (the ``noise``
-    buffer, seeded by ``NOISE_SEED``, shared by every sample; what distillation, calibration,
-    BRECQ and QAT see)."""
+    :meth:`set_noise` (one map per sample: what evaluation, distillation, calibration, BRECQ and
+    QAT use, see :func:`fixed_noise` and :func:`seeded_noise`), else the layer's fixed noise map
+    (the ``noise`` buffer, seeded by ``NOISE_SEED``, shared by every sample; what an exported
+    graph holds as a constant)."""
 
     def __init__(self, channels: int, size: int, gen: torch.Generator):
         super().__init__()
@@ -116,6 +118,17 @@ def noise_layers(model: nn.Module) -> List[Tuple[str, NoiseInjection]]:
 def sample_noise(model: nn.Module, n: int, generator: torch.Generator) -> List[torch.Tensor]:
     """One standard normal tensor ``(n, 1, H, W)`` per noise layer of ``model``, in module order."""
     return [torch.randn(n, 1, *m.noise.shape[-2:], generator=generator) for _, m in noise_layers(model)]
+
+
+def seeded_noise(model: nn.Module, seeds: torch.Tensor) -> List[torch.Tensor]:
+    """Per-sample noise from per-sample seeds: sample ``i``'s maps are :func:`sample_noise` of one
+    sample drawn with a generator seeded by ``seeds[i]`` (one map per noise layer, in module
+    order), so a sample's noise does not depend on which other samples share its batch.  Returns
+    one tensor ``(len(seeds), 1, H, W)`` per noise layer, as :func:`fixed_noise` takes them."""
+    per_sample = [sample_noise(model, 1, torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
+    if not per_sample:
+        return [torch.empty(0, 1, *m.noise.shape[-2:]) for _, m in noise_layers(model)]
+    return [torch.cat(maps) for maps in zip(*per_sample)]
 
 
 @contextlib.contextmanager

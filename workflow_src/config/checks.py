@@ -34,11 +34,12 @@ def _archs(cfg: Dict[str, Any]) -> List[str]:
         res = acfg["resolution"]
         if res & (res - 1):
             found.append(f"key 'archs.{arch}.resolution' = {res}: must be a power of two")
+        top = res >> registry.arch(arch).levels_above  # the last level with a width of its own
         for key in registry.arch(arch).per_level:
             widths = acfg["model"].get(key)
-            if widths is not None and len(widths) != res.bit_length() - 2:
+            if widths is not None and len(widths) != top.bit_length() - 2:
                 found.append(f"key 'archs.{arch}.model.{key}' has {len(widths)} entries; resolution {res} needs "
-                             f"{res.bit_length() - 2} (one per level 4..{res})")
+                             f"{top.bit_length() - 2} (one per level 4..{top})")
     return found
 
 

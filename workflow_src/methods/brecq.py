@@ -5,7 +5,9 @@ ranges).  Then, block by block in execution order, the block's quantization para
 STE-BRECQ, its weights and biases) are tuned to minimise ``||f_q(X_q) - Y||^2`` (as BRECQ's code
 computes it: :func:`reconstruction_loss`): ``X_q`` are the
 block's inputs in the partly quantized generator (every earlier block already reconstructed), ``Y``
-the full-precision block's outputs on the same calibration inputs.
+the full-precision block's outputs on the same calibration inputs.  Every capture and every
+reconstruction step feeds each calibration sample its own extra inputs from the distillation set
+(StyleGAN's noise): ``X_q``, ``Y`` and the block's own noise layers see sample ``i``'s noise.
 
 * ``ar-brecq``: weights by adaptive rounding (rectified sigmoid, rounding regulariser with annealed
   beta after a warm-up, hard rounding at the end, so the saved weights lie on the integer grid);
@@ -20,10 +22,11 @@ initial quantization; the record says so (``kept: initial``).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, ContextManager, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +40,8 @@ from ..quant.adaround import AdaRoundQuantizer, LinearTempDecay
 from ..quant.blocks import Block, capture, index_record, record_len, split_blocks
 from ..quant.lsq import LSQQuantizer
 from .. import resume
-from ..utils import torch_save
-from .ptq import spec_for
+from ..utils import torch_load, torch_save
+from .ptq import sample_batches, sample_feed, spec_for
 
 
 def _quant_layers(block: Block):
@@ -114,8 +117,12 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return (pred - target).pow(2).sum(1).mean()
 
 
+def _no_extras(index) -> ContextManager:
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
-def _block_mse(block: Block, x_rec: Any, y: torch.Tensor, bs: int) -> float:
+def _block_mse(block: Block, x_rec: Any, y: torch.Tensor, bs: int, feed: Callable[[Any], ContextManager] = _no_extras) -> float:
     """The block's reconstruction error on all captured inputs as a per-element mean squared error
     (the ``mse_before``/``mse_after`` of the info record; comparable across blocks of any width,
     unlike the optimised :func:`reconstruction_loss`)."""
@@ -124,18 +131,21 @@ def _block_mse(block: Block, x_rec: Any, y: torch.Tensor, bs: int) -> float:
     for i in range(0, n, bs):
         idx = torch.arange(i, min(i + bs, n))
         args, kwargs = index_record(x_rec, idx, dev)
-        total += F.mse_loss(block(*args, **kwargs), y[idx].to(dev), reduction="sum").item()
+        with feed(idx):
+            total += F.mse_loss(block(*args, **kwargs), y[idx].to(dev), reduction="sum").item()
     return total / y.numel()
 
 
-def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcfg: Dict[str, Any], gen: torch.Generator) -> Dict[str, float]:
+def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcfg: Dict[str, Any], gen: torch.Generator,
+                       feed: Callable[[Any], ContextManager] = _no_extras) -> Dict[str, float]:
     """Optimise one block; returns, for AdaRound, the balance of the two terms at the first step of
     the rounding regulariser (start of annealing, ``beta = beta_start``): their values
     (``anneal_rec``, ``anneal_reg``: regulariser times ``reg_weight``) and the norms of their
     gradients with respect to the rounding variables (``anneal_rec_grad``, ``anneal_reg_grad``), and
     the share of rounding variables whose reconstruction gradient outweighs their regulariser
     gradient (``anneal_rec_led``: Adam moves each variable by its own gradient's sign, so this share
-    is where the reconstruction still decides the rounding)."""
+    is where the reconstruction still decides the rounding).  ``feed(idx)``: the context in which the
+    block sees the extras of samples ``idx``."""
     zeta, gamma = bcfg.get("zeta", 1.1), bcfg.get("gamma", -0.1)
     weights, qparams, rounders = _make_learnable(block, mode, zeta, gamma)
     for p in block.parameters():
@@ -162,7 +172,8 @@ def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcf
     for t in bar:
         idx = torch.randint(n, (min(bs, n),), generator=gen)
         args, kwargs = index_record(x_rec, idx, dev)
-        rec = reconstruction_loss(block(*args, **kwargs), y[idx].to(dev))
+        with feed(idx):
+            rec = reconstruction_loss(block(*args, **kwargs), y[idx].to(dev))
         loss = rec
         if decay is not None and decay.active(t):
             reg = bcfg.get("reg_weight", 0.01) * sum(r.regularizer(decay(t)) for r in rounders)
@@ -187,18 +198,20 @@ def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcf
 
 def brecq(mode: str):
     def run(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any],
-            arch=None, ckpt: Optional[Path] = None, job_params: Optional[Dict[str, Any]] = None, **_):
+            arch=None, ckpt: Optional[Path] = None, extras: Optional[Dict[str, Any]] = None,
+            job_params: Optional[Dict[str, Any]] = None, **_):
         bcfg = cfg["brecq"]
         # a checkpoint is resumed only by the same params, FP weights, calibration inputs and code
         fingerprint = resume.job_fingerprint(job_params or cfg, [__name__, *resume.modules_of(arch)],
-                                             arch_cfg=arch_cfg, inputs=resume.tensor_digest(generator.state_dict(), calib_inputs))
+                                             arch_cfg=arch_cfg, inputs=resume.tensor_digest(generator.state_dict(), calib_inputs, extras or {}))
         spec = spec_for(variant, "quantile", arch_cfg, cfg)
         fp = bake(copy.deepcopy(generator)).eval()
         qmodel = quantize_model(generator, spec)
         n = bcfg["calib_images"]
         inputs = calib_inputs[:n]
         bs = bcfg["batch_size"]
-        calibrate(qmodel, inputs[: cfg["calibration"]["images"]].split(bs))
+        calibrate(qmodel, sample_batches(arch, qmodel, inputs[: cfg["calibration"]["images"]], bs, extras))
+        feed = sample_feed(arch, qmodel, extras)
         containers = arch.block_containers
         q_blocks, fp_blocks = split_blocks(qmodel, containers), split_blocks(fp, containers)
         losses: List[Dict[str, Any]] = []
@@ -215,17 +228,17 @@ def brecq(mode: str):
         for i in tqdm(range(start, len(q_blocks)), initial=start, total=len(q_blocks), desc=f"{mode} blocks", unit="block"):
             qb, fb = q_blocks[i], fp_blocks[i]
             spill = dict(spill_dir=spill_dir, max_bytes=max_bytes)
-            x_rec = capture(qmodel, qb, inputs, bs, "inputs", **spill)
-            y = capture(fp, fb, inputs, bs, "outputs", **spill)
-            before = _block_mse(qb, x_rec, y, bs)
+            x_rec = capture(qmodel, qb, inputs, bs, "inputs", batches=sample_batches(arch, qmodel, inputs, bs, extras), **spill)
+            y = capture(fp, fb, inputs, bs, "outputs", batches=sample_batches(arch, fp, inputs, bs, extras), **spill)
+            before = _block_mse(qb, x_rec, y, bs, feed)
             gen.manual_seed(cfg["seed"] * 7919 + i)
             snap = _snapshot(qb)
-            balance = _reconstruct_block(qb, x_rec, y, mode, bcfg, gen)
-            after = _block_mse(qb, x_rec, y, bs)
+            balance = _reconstruct_block(qb, x_rec, y, mode, bcfg, gen, feed)
+            after = _block_mse(qb, x_rec, y, bs, feed)
             kept = "reconstructed"
             if after > before:  # never leave a block worse than its quantile initialisation
                 _restore(snap)
-                kept, after = "initial", _block_mse(qb, x_rec, y, bs)
+                kept, after = "initial", _block_mse(qb, x_rec, y, bs, feed)
             losses.append({"block": i, "name": qb.name, "mse_before": before, "mse_after": after, "kept": kept, **balance})
             del x_rec, y
             if spill_dir is not None:

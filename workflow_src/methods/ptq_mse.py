@@ -26,6 +26,7 @@ from ..config import Variant
 from ..quant import QuantConv2d, QuantLinear, QuantSpec, activation_quantizers, calibrate, fake_quantize, qparams, quantize_model
 from ..quant import register_observer
 from ..quant.observers import MinMaxObserver
+from .ptq import sample_batches
 
 GRID = 100  # clipping ratios 1 - i / GRID, i = 0 .. GRID - 1
 
@@ -79,7 +80,8 @@ class MSEObserver(MinMaxObserver):
 register_observer("mse", lambda quantiles, momentum, **kw: MSEObserver(**kw))
 
 
-def ptq_mse(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any], **_):
+def ptq_mse(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any],
+            arch=None, extras: Dict[str, Any] | None = None, **_):
     spec = QuantSpec(w_bits=variant.w_bits, a_bits=variant.a_bits, per_channel=variant.per_channel, w_observer="mse", a_observer="mse")
     qmodel = quantize_model(generator, spec)
     with torch.no_grad():
@@ -92,11 +94,11 @@ def ptq_mse(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, 
     inputs = calib_inputs[: cfg["calibration"]["images"]]
     bs = cfg["distill"]["batch_size"]
     n_batches = (len(inputs) + bs - 1) // bs
-    calibrate(qmodel, inputs.split(bs), total=n_batches)  # pass 1: min-max ranges
+    calibrate(qmodel, sample_batches(arch, qmodel, inputs, bs, extras), total=n_batches)  # pass 1: min-max ranges
     acts = list(activation_quantizers(qmodel))
     for q in acts:
         q.observer.search(q.qmin, q.qmax, q.symmetric)
-    seen = calibrate(qmodel, inputs.split(bs), total=n_batches)  # pass 2: each candidate's error
+    seen = calibrate(qmodel, sample_batches(arch, qmodel, inputs, bs, extras), total=n_batches)  # pass 2: each candidate's error
     w_ratio = torch.cat([m.weight_quant.observer.ratio for m in qmodel.modules() if isinstance(m, (QuantConv2d, QuantLinear))])
     a_ratio = torch.cat([q.observer.ratio for q in acts])
     return qmodel, spec, {"calibration_images": seen, "mse_grid": GRID, "weight_clip_ratio_mean": float(w_ratio.mean()),

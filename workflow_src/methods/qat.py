@@ -20,17 +20,20 @@ perceptual terms with ``w_mse * ||f_q(x) - y||^2`` (the appendix B ablation).
   (``qat.lsq_epochs`` < ``qat.epochs``: the paper's CycleGAN schedule).
 
 Adam (``qat.betas``), learning rates ``lr_weights`` / ``lr_qparams`` / ``lr_d`` with cosine
-annealing over all steps.  The generator stays in eval mode (fixed StyleGAN noise, frozen batch-norm
-statistics), so its outputs are comparable to the FP outputs it is distilled from.  A checkpoint
-after every epoch (model, discriminator, optimisers; the data order is a function of seed and
-epoch) makes a killed run resume to exactly the weights an uninterrupted run reaches.
+annealing over all steps.  The generator stays in eval mode (frozen batch-norm statistics), and each
+step feeds every sample the extra inputs its FP output was made with (StyleGAN: the sample's own
+noise, from the distillation set), so its outputs are comparable to the FP outputs it is distilled
+from.  A checkpoint after every epoch (model, discriminator, optimisers; the data order is a
+function of seed and epoch) makes a killed run resume to exactly the weights an uninterrupted run
+reaches.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, ContextManager, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +47,7 @@ from ..quant.quantizer import FakeQuantizer
 from .. import resume
 from ..files import append_rows, copy_atomic, truncate_rows
 from ..utils import torch_load, torch_save
-from .ptq import spec_for
+from .ptq import sample_batches, sample_feed, spec_for
 
 
 def qat_params(cfg: Dict[str, Any], arch: str) -> Dict[str, Any]:
@@ -149,12 +152,15 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
               qcfg: Dict[str, Any], loss: DistillLoss, seed: int, ckpt: Optional[Path] = None,
               losses_out: Optional[Path] = None, tracker=None,
               epoch_hook: Optional[Callable[[int, nn.Module], None]] = None,
-              fingerprint: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+              fingerprint: Optional[Dict[str, Any]] = None,
+              feed: Optional[Callable[[torch.Tensor], ContextManager]] = None) -> Dict[str, Any]:
     """Train the calibrated quantized generator ``qmodel`` in place; returns the info record.
 
     ``mode``: "ma-qat" or "lsq-qat".  ``epoch_hook(epoch, qmodel)`` is called after each epoch.
     ``fingerprint`` (:mod:`..resume`; default: of ``mode``, ``qcfg``, ``seed`` and this code) is what
-    a checkpoint must have been made with to be resumed."""
+    a checkpoint must have been made with to be resumed.  ``feed(idx)``: the context in which
+    ``qmodel`` sees the extra inputs of samples ``idx`` (see :func:`.ptq.sample_feed`); ``None``: no
+    extras."""
     if fingerprint is None:
         fingerprint = resume.fingerprint({"mode": mode, "qcfg": qcfg, "seed": seed, "loss": loss.kind}, [__name__])
     epochs, bs = int(qcfg["epochs"]), int(qcfg["batch_size"])
@@ -180,6 +186,11 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
     lsq = lsq_start <= 0
     if lsq:
         map_quantizers(qmodel, _to_lsq)
+    # every weight trains (STE), also those the FP model froze: an EMA generator's parameters do not
+    # require gradients, and only the layers the quantization transform rebuilt (convs, linears) came
+    # back trainable, leaving StyleGAN's noise weights and constant input, SAGAN's BatchNorm affines and
+    # attention gammas frozen
+    qmodel.requires_grad_(True)
     opt_g = make_opt_g(lsq)
     opt_d = torch.optim.Adam(D.parameters(), lr=float(qcfg["lr_d"]), betas=betas)
     for g in opt_d.param_groups:
@@ -228,7 +239,8 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
                 for g in opt.param_groups:
                     g["lr"] = g["base_lr"] * factor
             idx = perm[i * bs:(i + 1) * bs]
-            row = {"epoch": epoch, "step": step, **distill_step(qmodel, D, inputs[idx], targets[idx].float(), loss, w_adv, opt_g, opt_d)}
+            with feed(idx) if feed is not None else contextlib.nullcontext():
+                row = {"epoch": epoch, "step": step, **distill_step(qmodel, D, inputs[idx], targets[idx].float(), loss, w_adv, opt_g, opt_d)}
             rows.append(row)
             bar.update(1)
             if i % 10 == 0:
@@ -258,21 +270,23 @@ def qat(mode: str):
     def run(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any],
             arch=None, ckpt: Optional[Path] = None, distill: Optional[Dict[str, torch.Tensor]] = None,
             discriminator: Optional[nn.Module] = None, perceptual: Optional[nn.Module] = None,
-            losses_out: Optional[Path] = None, tracker=None, job_params: Optional[Dict[str, Any]] = None, **_):
+            losses_out: Optional[Path] = None, tracker=None, extras: Optional[Dict[str, Any]] = None,
+            job_params: Optional[Dict[str, Any]] = None, **_):
         if distill is None or discriminator is None:
             raise ValueError(f"{mode} needs the distillation set and the FP discriminator")
         qcfg = qat_params(cfg, arch.name)
-        inputs_digest = resume.tensor_digest(generator.state_dict(), discriminator.state_dict(), distill["inputs"])
+        inputs_digest = resume.tensor_digest(generator.state_dict(), discriminator.state_dict(), distill["inputs"], extras or {})
         spec = spec_for(variant, "quantile", arch_cfg, cfg)
         qmodel = quantize_model(generator, spec)  # initialised exactly like ptq-quantile
         n_cal = cfg["calibration"]["images"]
-        seen = calibrate(qmodel, calib_inputs[:n_cal].split(cfg["distill"]["batch_size"]))
+        seen = calibrate(qmodel, sample_batches(arch, qmodel, calib_inputs[:n_cal], cfg["distill"]["batch_size"], extras))
         loss = make_loss(cfg, qcfg, perceptual)
         t0 = time.time()
         fingerprint = resume.job_fingerprint(job_params or cfg, [__name__, *resume.modules_of(arch)],
                                              arch_cfg=arch_cfg, inputs=inputs_digest)
         info = train_qat(qmodel, discriminator, distill["inputs"], distill["outputs"], mode, qcfg, loss,
-                         cfg["seed"], ckpt=ckpt, losses_out=losses_out, tracker=tracker, fingerprint=fingerprint)
+                         cfg["seed"], ckpt=ckpt, losses_out=losses_out, tracker=tracker, fingerprint=fingerprint,
+                         feed=sample_feed(arch, qmodel, extras))
         info.update(calibration_images=seen, train_seconds=time.time() - t0, init="ptq-quantile",
                     distill_loss=loss.kind, distill_images=int(len(distill["inputs"])))
         return qmodel.eval(), spec, info

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -110,7 +110,7 @@ class _Rows:
 
 @torch.no_grad()
 def capture(model: nn.Module, block: Block, inputs: torch.Tensor, batch_size: int, what: str,
-            spill_dir: Path | None = None, max_bytes: int | None = None) -> Any:
+            spill_dir: Path | None = None, max_bytes: int | None = None, batches: Iterable[torch.Tensor] | None = None) -> Any:
     """Run ``model`` on ``inputs`` and record the block's call arguments (``what="inputs"``: one
     record ``(args, kwargs)``) or its output (``what="outputs"``: one tensor), concatenated over the
     batches along the batch dimension; arguments broadcast over the batch (such as a constant input)
@@ -118,7 +118,10 @@ def capture(model: nn.Module, block: Block, inputs: torch.Tensor, batch_size: in
 
     When the whole would exceed ``max_bytes``, the batched tensors are written to memory-mapped
     files under ``spill_dir`` as they are captured (and indexed from there), so memory holds one
-    batch at a time."""
+    batch at a time.
+
+    ``batches``: the batches of ``inputs`` to run, in order (default ``inputs.split(batch_size)``),
+    e.g. ``GANArch.batches``, which feeds every sample its own extra inputs (StyleGAN's noise)."""
     first, last = block.modules[0], block.modules[-1]
     n = len(inputs)
     n_batches = (n + batch_size - 1) // batch_size
@@ -148,7 +151,7 @@ def capture(model: nn.Module, block: Block, inputs: torch.Tensor, batch_size: in
 
     handle = first.register_forward_pre_hook(pre, with_kwargs=True) if what == "inputs" else last.register_forward_hook(post)
     try:
-        for x in inputs.split(batch_size):
+        for x in inputs.split(batch_size) if batches is None else batches:
             try:
                 model(x)
             except _Stop:

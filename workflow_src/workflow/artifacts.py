@@ -30,6 +30,16 @@ def load_eval_inputs(path: str, arch: str) -> Tuple[torch.Tensor, Dict[str, Any]
     return saved["inputs"], saved.get("extras", {})
 
 
+def load_distill(path: str, arch: str) -> Dict[str, Any]:
+    """The distillation set written by rule distill for ``arch`` (inputs, extras, outputs)."""
+    saved = torch_load(path)
+    if saved.get("arch") != arch:
+        raise ValueError(f"{path!r} holds the distillation set of arch {saved.get('arch')!r}, expected {arch!r}")
+    if "extras" not in saved:
+        raise ValueError(f"{path!r} has no per-sample extras (written before per-sample StyleGAN noise): rerun distill")
+    return saved
+
+
 def load_quantized(cfg: Dict[str, Any], arch: str, path: str) -> torch.nn.Module:
     """A quantized generator written by rule quantize or qat."""
     saved = torch_load(path)

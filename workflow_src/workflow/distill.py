@@ -30,18 +30,21 @@ def _inputs(cfg: Dict[str, Any], arch: str, data_dir: str, n: int, generator: to
 
 
 def distill(cfg: Dict[str, Any], *, arch: str, data: str, fp: str, out: str) -> None:
-    """The distillation set: inputs (latents or source images) and the FP generator's outputs
-    (with the generator's own default extras, e.g. StyleGAN's fixed per-layer noise buffers)."""
+    """The distillation set: inputs (latents or source images), the arch's per-sample extras
+    (``extras``, drawn after the inputs from the same seeded generator, as for the eval inputs;
+    StyleGAN: one noise seed per sample) and the FP generator's outputs on both."""
     g = torch.Generator().manual_seed(cfg["seed"] + 101)
     inputs = _inputs(cfg, arch, data, cfg["distill"]["size"], g, "train" + ("A" if _two_domain(cfg, arch) else ""))
-    outputs = make_arch(cfg, arch).generate(load_generator(cfg, arch, fp), inputs, cfg["distill"]["batch_size"])
-    torch_save({"arch": arch, "inputs": inputs, "outputs": outputs.half()}, out)
+    a = make_arch(cfg, arch)
+    extras = a.sample_extras(len(inputs), g)
+    outputs = a.generate(load_generator(cfg, arch, fp), inputs, cfg["distill"]["batch_size"], extras)
+    torch_save({"arch": arch, "inputs": inputs, "extras": extras, "outputs": outputs.half()}, out)
 
 
 def eval_inputs(cfg: Dict[str, Any], *, arch: str, data: str, out: str) -> None:
     """The seeded evaluation inputs shared by FP and every quantized variant (for qFID): latents or
     source images (``inputs``) and the arch's per-sample extras (``extras``, drawn after the
-    latents from the same generator; StyleGAN: one noise tensor per noise layer)."""
+    latents from the same generator; StyleGAN: one noise seed per sample)."""
     two = _two_domain(cfg, arch)
     n = cfg["eval"]["n_samples"]
     if two:

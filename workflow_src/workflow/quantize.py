@@ -12,10 +12,10 @@ from .. import registry, resume
 from ..config import Variant
 from ..files import write_json
 from ..methods.perceptual import load_perceptual
-from ..utils import torch_load, torch_save
+from ..utils import torch_save
 from . import tracking
 from .stages import param_values
-from .artifacts import arch_params, make_arch, variant_tags
+from .artifacts import arch_params, load_distill, make_arch, variant_tags
 from .training import load_discriminator, load_generator
 
 
@@ -29,7 +29,7 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
     needs = method.needs_for(cfg, arch)
     acfg = arch_params(cfg, arch, quantiles) if "quantiles" in needs else cfg["archs"][arch]
     g = load_generator(cfg, arch, fp)
-    distill_set = torch_load(distill)
+    distill_set = load_distill(distill, arch)
     ckpt = Path(str(model) + ".ckpt.pt")
     extra: Dict[str, Any] = {}
     if "distill" in needs:
@@ -47,7 +47,7 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
     run_method = method.implementation()
     with tracking.run("quantize", cfg, variant_tags(arch, v)) as run:
         t0 = time.time()
-        qmodel, spec, record = run_method(g, distill_set["inputs"], v, acfg, cfg, arch=make_arch(cfg, arch), ckpt=ckpt, tracker=run,
+        qmodel, spec, record = run_method(g, distill_set["inputs"], v, acfg, cfg, arch=make_arch(cfg, arch), ckpt=ckpt, tracker=run, extras=distill_set["extras"],
                                             job_params=param_values(cfg, "qat" if method.trains else "quantize", {"arch": arch, "variant": v.name}), **extra)
         record["seconds"] = time.time() - t0
         torch_save({"arch": arch, "variant": v.name, "spec": spec.to_dict(), "state_dict": qmodel.state_dict(), "info": record}, model)

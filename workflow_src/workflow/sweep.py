@@ -19,8 +19,7 @@ from .. import registry
 from ..config import Variant
 from ..files import atomic_path, write_json
 from ..quality import fid
-from ..utils import torch_load
-from .artifacts import feature_space, load_eval_inputs, make_arch
+from .artifacts import feature_space, load_distill, load_eval_inputs, make_arch
 from .training import load_generator
 
 
@@ -37,7 +36,7 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, inputs: 
     method = registry.swept_method()
     run_method = method.implementation()
     g = load_generator(cfg, arch, fp)
-    calib = torch_load(distill)["inputs"]
+    distill_set = load_distill(distill, arch)
     inputs, extras = load_eval_inputs(inputs, arch)
     a = make_arch(cfg, arch)
     fs = feature_space(cfg, features)
@@ -49,7 +48,7 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, inputs: 
         arch_cfg = {**cfg["archs"][arch], "quantiles": {"activation": {"upper": a_pair[0], "lower": a_pair[1]},
                                                          "weight": {"upper": w_pair[0], "lower": w_pair[1]}}}
         v = Variant(method.name, bool(scfg["per_channel"]), int(bits), 8)
-        q, _, _ = run_method(g, calib, v, arch_cfg, cfg)
+        q, _, _ = run_method(g, distill_set["inputs"], v, arch_cfg, cfg, arch=a, extras=distill_set["extras"])
         images = a.generate(q, inputs, bs, extras)
         stats = fid.statistics(fs.extract(images.split(bs)))
         rows.append({"arch": arch, "act_upper": a_pair[0], "act_lower": a_pair[1], "weight_upper": w_pair[0],
