@@ -63,7 +63,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from . import stages
-    from .utils import device, set_threads
+    from .device import resolve_device
+    from .utils import set_threads
+
+    device = lambda: resolve_device(cfg)  # noqa: E731  issue 15: runtime.device, resolved only by stages that compute
 
     set_threads(args.threads)
     s = args.stage
@@ -87,11 +90,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif s == "fetch-vgg16":
         stages.fetch_vgg16(cfg, args.out)
     elif s == "train-perceptual":
-        stages.train_perceptual(cfg, args.data, args.out)
+        stages.train_perceptual(cfg, args.data, args.out, device())
     elif s == "train-features":
-        stages.train_features(cfg, args.data, args.out)
+        stages.train_features(cfg, args.data, args.out, device())
     elif s == "real-stats":
-        stages.real_stats(cfg, args.data, args.split, args.features, args.out)
+        stages.real_stats(cfg, args.data, args.split, args.features, args.out, device())
     elif s == "train":
         stages.train_fp(cfg, args.arch, args.data, args.out, args.ckpt, device())
     elif s == "import-fp":
@@ -99,21 +102,21 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         import_fp(cfg, args.arch, args.checkpoint, args.out)
     elif s == "distill":
-        stages.distill(cfg, args.arch, args.data, args.fp, args.out)
+        stages.distill(cfg, args.arch, args.data, args.fp, args.out, device())
     elif s == "eval-inputs":
         stages.eval_inputs(cfg, args.arch, args.data, args.out)
     elif s == "quantize":
-        stages.quantize(cfg, args.arch, args.variant, args.fp, args.distill, args.out, args.info, args.quantiles, args.perceptual, args.losses)
+        stages.quantize(cfg, args.arch, args.variant, args.fp, args.distill, args.out, args.info, args.quantiles, args.perceptual, args.losses, device())
     elif s == "quantile-sweep":
         from .sweep import run_sweep
 
-        run_sweep(cfg, args.arch, args.fp, args.distill, args.inputs, args.features, args.fp_stats, args.out, args.best)
+        run_sweep(cfg, args.arch, args.fp, args.distill, args.inputs, args.features, args.fp_stats, args.out, args.best, device())
     elif s == "fig1":
         from .sweep import figure
 
         figure(args.sweeps, args.png, args.out)
     elif s == "evaluate":
-        stages.evaluate(cfg, args.arch, args.variant, args.model, args.inputs, args.features, args.real_stats, args.fp_stats, args.out, args.samples)
+        stages.evaluate(cfg, args.arch, args.variant, args.model, args.inputs, args.features, args.real_stats, args.fp_stats, args.out, args.samples, device())
     elif s == "export-fp":
         from .export.stage import export_fp
 
@@ -125,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif s == "sample-figure":
         from .figures import sample_figure
 
-        sample_figure(cfg, args.arch, args.fp, args.inputs, args.models, args.metrics, args.out)
+        sample_figure(cfg, args.arch, args.fp, args.inputs, args.models, args.metrics, args.out, device())
     elif s == "report":
         from . import report
 

@@ -33,12 +33,13 @@ def _caption(metrics: Dict[str, Any]) -> str:
 
 
 def _strip(images: torch.Tensor) -> torch.Tensor:
-    x = ((images.detach().float().clamp(-1, 1) + 1) / 2)
+    x = ((images.detach().cpu().float().clamp(-1, 1) + 1) / 2)
     return torch.cat(list(x), dim=2).permute(1, 2, 0)  # H x (N W) x 3
 
 
 @torch.no_grad()
-def sample_figure(cfg: Dict[str, Any], arch_name: str, fp_path: str, inputs_path: str, models_dir: str, metrics_dir: str, out: str) -> None:
+def sample_figure(cfg: Dict[str, Any], arch_name: str, fp_path: str, inputs_path: str, models_dir: str, metrics_dir: str, out: str,
+                  device: torch.device | None = None) -> None:  # issue 15: device passed through
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,14 +66,14 @@ def sample_figure(cfg: Dict[str, Any], arch_name: str, fp_path: str, inputs_path
 
     fp_metrics = json.loads((Path(metrics_dir) / f"{FP}.json").read_text())
     rows: List[Tuple[str, List[torch.Tensor]]] = [
-        (f"{METHOD_TITLES[FP]}: FID {_caption(fp_metrics)}", [show(load_generator(cfg, arch_name, fp_path))])]
+        (f"{METHOD_TITLES[FP]}: FID {_caption(fp_metrics)}", [show(load_generator(cfg, arch_name, fp_path, device))])]  # issue 15: device passed through
     by_method: Dict[str, List[Variant]] = {}
     for v in figure_variants(cfg):
         by_method.setdefault(v.method, []).append(v)
     for method, vs in by_method.items():
         strips, fids = [], []
         for v in vs:
-            model = load_quantized(cfg, arch_name, str(Path(models_dir) / f"{v.name}.pt"))
+            model = load_quantized(cfg, arch_name, str(Path(models_dir) / f"{v.name}.pt"), device)  # issue 15: device passed through
             strips.append(show(model))
             fids.append(f"w{v.w_bits}: {_caption(json.loads((Path(metrics_dir) / f'{v.name}.json').read_text()))}")
         gran = "per-channel" if vs[0].per_channel else "per-tensor"

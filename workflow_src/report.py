@@ -29,7 +29,7 @@ def save_grid(images: torch.Tensor, out: str | Path) -> None:
     """One row of [-1, 1] images as a PNG."""
     from PIL import Image
 
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     row = torch.cat(list(x), dim=2).permute(1, 2, 0).numpy()  # H x (N W) x 3
     with atomic_path(out) as tmp:
         Image.fromarray(row).save(tmp, format="PNG")

@@ -24,13 +24,13 @@ from .utils import seed_everything, torch_load, torch_save, write_json
 
 
 # ------------------------------------------------------------------ features and real statistics
-def train_features(cfg: Dict[str, Any], data_dirs: List[str], out: str) -> None:
+def train_features(cfg: Dict[str, Any], data_dirs: List[str], out: str, device: torch.device | None = None) -> None:  # issue 15: device passed through
     """Train the tiny feature network on the training splits of ``data_dirs``."""
     from .metrics.featurenet import train_featurenet
 
     domains = _train_domains(data_dirs)
     fcfg = dict(cfg["features"].get("tinycnn", {}))
-    net = train_featurenet(domains, fcfg, seed=cfg["seed"])
+    net = train_featurenet(domains, fcfg, seed=cfg["seed"], device=device)  # issue 15: device passed through
     hparams = {"n_classes": 4 * len(domains), "input_size": net.input_size, "width": fcfg.get("width", 32), "dim": fcfg.get("dim", 64)}
     torch_save({"hparams": hparams, "state_dict": net.state_dict()}, out)
 
@@ -46,12 +46,12 @@ def _train_domains(data_dirs: List[str]) -> List[torch.Tensor]:
     return domains
 
 
-def feature_space(cfg: Dict[str, Any], features_path: str) -> fid.FeatureSpace:
-    return fid.load_feature_space(cfg["features"]["kind"], features_path)
+def feature_space(cfg: Dict[str, Any], features_path: str, device: torch.device | None = None) -> fid.FeatureSpace:  # issue 15: device passed through
+    return fid.load_feature_space(cfg["features"]["kind"], features_path, device)
 
 
-def real_stats(cfg: Dict[str, Any], data_dir: str, split: str, features_path: str, out: str) -> None:
-    fs = feature_space(cfg, features_path)
+def real_stats(cfg: Dict[str, Any], data_dir: str, split: str, features_path: str, out: str, device: torch.device | None = None) -> None:  # issue 15: device passed through
+    fs = feature_space(cfg, features_path, device)
     images = datasets.load_split(data_dir, split)
     bs = cfg["eval"]["batch_size"]
     batches = (datasets.to_tensor(images[i : i + bs]) for i in range(0, len(images), bs))
@@ -74,12 +74,12 @@ def _inputs(cfg: Dict[str, Any], arch: str, data_dir: str, n: int, generator: to
     return datasets.to_tensor(np.asarray(images[idx]))
 
 
-def distill(cfg: Dict[str, Any], arch: str, data_dir: str, fp_path: str, out: str) -> None:
+def distill(cfg: Dict[str, Any], arch: str, data_dir: str, fp_path: str, out: str, device: torch.device | None = None) -> None:  # issue 15: device passed through
     """The distillation set: inputs (latents or source images) and the FP generator's outputs
     (with the generator's own default extras, e.g. StyleGAN's fixed per-layer noise buffers)."""
     g = torch.Generator().manual_seed(cfg["seed"] + 101)
     inputs = _inputs(cfg, arch, data_dir, cfg["distill"]["size"], g, "train" + ("A" if _two_domain(cfg, arch) else ""))
-    outputs = make_arch(cfg, arch).generate(load_generator(cfg, arch, fp_path), inputs, cfg["distill"]["batch_size"])
+    outputs = make_arch(cfg, arch).generate(load_generator(cfg, arch, fp_path, device), inputs, cfg["distill"]["batch_size"])  # issue 15: device passed through
     torch_save({"arch": arch, "inputs": inputs, "outputs": outputs.half()}, out)
 
 
@@ -122,7 +122,8 @@ def arch_params(cfg: Dict[str, Any], arch: str, sweep_best: str | None = None) -
 
 
 def quantize(cfg: Dict[str, Any], arch: str, variant: str, fp_path: str, distill_path: str, out: str, info_out: str,
-             sweep_best: str | None = None, perceptual: str | None = None, losses_out: str | None = None) -> None:
+             sweep_best: str | None = None, perceptual: str | None = None, losses_out: str | None = None,
+             device: torch.device | None = None) -> None:  # issue 15: device passed through
     """Quantize one variant; ``info_out`` (JSON next to the model) records calibration size, time
     and, for block reconstruction, each block's error before/after.  QAT methods also read the FP
     discriminator (from ``fp_path``) and the perceptual network (``perceptual``), and write their
@@ -130,7 +131,7 @@ def quantize(cfg: Dict[str, Any], arch: str, variant: str, fp_path: str, distill
     v = Variant.parse(variant)
     method = get_method(v.method)
     acfg = arch_params(cfg, arch, sweep_best) if "archs.{arch}.quantiles" in METHOD_PARAMS[v.method] else cfg["archs"][arch]
-    g = load_generator(cfg, arch, fp_path)
+    g = load_generator(cfg, arch, fp_path, device)  # issue 15: device passed through
     distill_set = torch_load(distill_path)
     ckpt = Path(str(out) + ".ckpt.pt")
     extra: Dict[str, Any] = {}
@@ -143,8 +144,8 @@ def quantize(cfg: Dict[str, Any], arch: str, variant: str, fp_path: str, distill
                 raise ValueError(f"{v.method} with qat.distill_loss 'perceptual' needs --perceptual (the perceptual network)")
             from .metrics.perceptual import load_perceptual
 
-            pnet = load_perceptual(cfg["perceptual"]["kind"], perceptual)
-        extra = {"distill": distill_set, "discriminator": load_discriminator(cfg, arch, fp_path), "perceptual": pnet,
+            pnet = load_perceptual(cfg["perceptual"]["kind"], perceptual, device)  # issue 15: device passed through
+        extra = {"distill": distill_set, "discriminator": load_discriminator(cfg, arch, fp_path, device), "perceptual": pnet,
                  "losses_out": Path(losses_out)}
     with tracking.run("quantize", cfg, _variant_tags(arch, v)) as run:
         t0 = time.time()
@@ -168,39 +169,40 @@ def _variant_tags(arch: str, v: Variant | None) -> Dict[str, Any]:
     return {"arch": arch, "variant": v.name, "method": v.method, "per_channel": v.per_channel, "w_bits": v.w_bits, "a_bits": v.a_bits}
 
 
-def load_quantized(cfg: Dict[str, Any], arch: str, path: str) -> torch.nn.Module:
+def load_quantized(cfg: Dict[str, Any], arch: str, path: str, device: torch.device | None = None) -> torch.nn.Module:
+    """The quantized generator saved at ``path``, in eval mode, on ``device`` (default: the CPU)."""
     saved = torch_load(path)
     if saved.get("arch") != arch:
         raise ValueError(f"{path!r} holds a quantized {saved.get('arch')!r} model, expected {arch!r}")
     qmodel = quantize_model(make_arch(cfg, arch).build_generator().eval(), QuantSpec.from_dict(saved["spec"]))
     qmodel.load_state_dict(saved["state_dict"])
-    return qmodel.eval()
+    return qmodel.to(device).eval()
 
 
 # ------------------------------------------------------------------ evaluation
 def evaluate(cfg: Dict[str, Any], arch: str, variant: str, model_path: str, inputs_path: str, features_path: str,
-             real_stats_path: str, fp_stats_path: str, out: str, samples_out: str) -> None:
+             real_stats_path: str, fp_stats_path: str, out: str, samples_out: str, device: torch.device | None = None) -> None:  # issue 15: device passed through
     """FID against real images and qFID against the FP generator on the same inputs.
 
     For ``variant == "fp"`` the FP feature statistics are written to ``fp_stats_path``; for a
     quantized variant they are read from it."""
     seed_everything(cfg["seed"])
-    fs = feature_space(cfg, features_path)
+    fs = feature_space(cfg, features_path, device)  # issue 15: device passed through
     v = None if variant == FP else Variant.parse(variant)
     tags = _variant_tags(arch, v)
     with tracking.run("evaluate", cfg, {**tags, "feature_space": fs.name}, {"eval": cfg["eval"]}) as run:
-        metrics = _evaluate(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out)
+        metrics = _evaluate(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out, device)  # issue 15: device passed through
         write_json(out, {**tags, **metrics, "feature_space": fs.name, "profile": cfg["profile"]})
         run.log_metrics({k: metrics[k] for k in ("fid", "qfid", "fid_std", "qfid_std", "generate_seconds")})
         run.log_artifact(out)
         run.log_artifact(samples_out)
 
 
-def _evaluate(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out) -> Dict[str, Any]:
+def _evaluate(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out, device=None) -> Dict[str, Any]:  # issue 15: device passed through
     if v is None:
-        model = load_generator(cfg, arch, model_path)
+        model = load_generator(cfg, arch, model_path, device)
     else:
-        model = load_quantized(cfg, arch, model_path)
+        model = load_quantized(cfg, arch, model_path, device)
     inputs, extras = load_eval_inputs(inputs_path, arch)
     bs = cfg["eval"]["batch_size"]
     t0 = time.time()
@@ -272,10 +274,10 @@ def fetch_vgg16(cfg: Dict[str, Any], out: str) -> None:
     fetch_weights(cfg["perceptual"].get("vgg16", {}), "perceptual.vgg16", VGG16_URL, VGG16_FILE, Path(out))
 
 
-def train_perceptual(cfg: Dict[str, Any], data_dirs: List[str], out: str) -> None:
+def train_perceptual(cfg: Dict[str, Any], data_dirs: List[str], out: str, device: torch.device | None = None) -> None:  # issue 15: device passed through
     """Train the tiny profile's perceptual network on the training splits of ``data_dirs``."""
     from .metrics.perceptual import train_tiny_vgg
 
     pcfg = cfg["perceptual"]["tinyvgg"]
-    net = train_tiny_vgg(_train_domains(data_dirs), pcfg, seed=cfg["seed"] + 303)
+    net = train_tiny_vgg(_train_domains(data_dirs), pcfg, seed=cfg["seed"] + 303, device=device)  # issue 15: device passed through
     torch_save({"cfg": net.cfg, "state_dict": net.state_dict()}, out)

@@ -27,16 +27,16 @@ def pair_label(pair) -> str:
 
 
 def run_sweep(cfg: Dict[str, Any], arch: str, fp_path: str, distill_path: str, inputs_path: str, features_path: str,
-              fp_stats_path: str, out_csv: str, out_best: str) -> List[Dict[str, Any]]:
+              fp_stats_path: str, out_csv: str, out_best: str, device: torch.device | None = None) -> List[Dict[str, Any]]:  # issue 15: device passed through
     from .stages import feature_space, load_eval_inputs
     from .train import make_arch
 
     scfg = cfg["sweep"]
-    g = load_generator(cfg, arch, fp_path)
+    g = load_generator(cfg, arch, fp_path, device)  # issue 15: device passed through
     calib = torch_load(distill_path)["inputs"]
     inputs, extras = load_eval_inputs(inputs_path, arch)
     a = make_arch(cfg, arch)
-    fs = feature_space(cfg, features_path)
+    fs = feature_space(cfg, features_path, device)  # issue 15: device passed through
     fp_stats = fid.load_stats(fp_stats_path, fs.name)
     bs = cfg["eval"]["batch_size"]
     rows = []

@@ -71,8 +71,12 @@ def truncate_rows(path: str | Path, column: str, below: int) -> None:
 
 
 def torch_save(obj: Any, path: str | Path) -> None:
+    """Save ``obj`` atomically, every tensor moved to the CPU first (results computed on a device
+    come back to the host only here)."""
+    from .device import to_cpu
+
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch.save(to_cpu(obj), tmp)
 
 
 def torch_load(path: str | Path) -> Any:
@@ -101,7 +105,3 @@ def set_threads(n: int | None) -> None:
             torch.set_num_interop_threads(1)
         except RuntimeError:  # already set, or parallel work has started
             pass
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import Variant
+from ..device import to_device
 from ..models.layers import bake
 from ..quant import QuantConv2d, QuantLinear, QuantOp, calibrate, quantize_model
 from ..quant.adaround import AdaRoundQuantizer, LinearTempDecay
@@ -107,10 +108,11 @@ def _block_mse(block: Block, x_rec: Any, y: torch.Tensor, bs: int) -> float:
     n, total = record_len(x_rec), 0.0
     dev = next(block.parameters()).device
     for i in range(0, n, bs):
-        idx = torch.arange(i, min(i + bs, n))
+        idx = slice(i, min(i + bs, n))
         args, kwargs = index_record(x_rec, idx, dev)
-        total += F.mse_loss(block(*args, **kwargs), y[idx].to(dev), reduction="sum").item()
-    return total / y.numel()
+        # summed in float64 on the device and read once: the same sum as adding Python floats
+        total = total + F.mse_loss(block(*args, **kwargs), index_record(y, idx, dev), reduction="sum").double()
+    return float(total) / y.numel()
 
 
 def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcfg: Dict[str, Any], gen: torch.Generator) -> None:
@@ -135,18 +137,21 @@ def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcf
     dev = next(block.parameters()).device
     for m in block.modules:
         m.train(False)
+    # every step's sample indices, drawn on the CPU with ``gen`` (the same on every device) and
+    # moved once, so that a step indexes records on the device without a host transfer
+    idx_cpu = torch.stack([torch.randint(n, (min(bs, n),), generator=gen) for _ in range(steps)]) if steps else None
+    idx_dev = to_device(idx_cpu, dev) if steps else None
     bar = tqdm(range(steps), desc=f"{mode} {block.name}", unit="step", leave=False)
     for t in bar:
-        idx = torch.randint(n, (min(bs, n),), generator=gen)
-        args, kwargs = index_record(x_rec, idx, dev)
-        rec = F.mse_loss(block(*args, **kwargs), y[idx].to(dev))
+        args, kwargs = index_record(x_rec, idx_cpu[t], dev, idx_dev[t])
+        rec = F.mse_loss(block(*args, **kwargs), index_record(y, idx_cpu[t], dev, idx_dev[t]))
         loss = rec
         if decay is not None and decay.active(t):
             loss = loss + bcfg.get("reg_weight", 0.01) * sum(r.regularizer(decay(t)) for r in rounders)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if t % 50 == 0:
+        if t % 50 == 0:  # a host read every 50 steps
             bar.set_postfix(rec=f"{rec.item():.2e}")
     for p in train:
         p.requires_grad_(False)

@@ -15,6 +15,8 @@ from typing import Any, Callable, ContextManager, Dict, Iterator
 import torch
 from torch import nn
 
+from ..device import map_tensors, module_device, to_device
+
 ARCHS: Dict[str, type] = {}
 
 
@@ -69,10 +71,12 @@ class GANArch(ABC):
         ``state_dict``/``load_state_dict``)."""
 
     @abstractmethod
-    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, float]:
-        """One optimisation step; pulls what it needs from ``batches`` (dicts of image tensors with
-        the dataset's split keys, e.g. ``{"x": ...}`` or ``{"A": ..., "B": ...}``) and returns the
-        scalar losses to log."""
+    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, torch.Tensor]:
+        """One optimisation step on the device of ``state``'s networks; pulls what it needs from
+        ``batches`` (dicts of CPU image tensors with the dataset's split keys, e.g. ``{"x": ...}``
+        or ``{"A": ..., "B": ...}``, moved to that device) and returns the scalar losses to log as
+        detached 0-dim tensors left on the device (reading one is a host sync: the training loop
+        reads them once per logging interval, :func:`workflow_src.device.rows_to_host`)."""
 
     @abstractmethod
     def generator(self, state: Dict[str, Any]) -> nn.Module:
@@ -107,12 +111,15 @@ class GANArch(ABC):
     @torch.no_grad()
     def generate(self, model: nn.Module, inputs: torch.Tensor, batch_size: int, extras: Dict[str, Any] | None = None) -> torch.Tensor:
         """``model`` on ``inputs`` in batches of ``batch_size``, each batch with its slice of
-        ``extras`` (see :meth:`use_extras`)."""
+        ``extras`` (see :meth:`use_extras`); inputs and extras are moved to the model's device batch
+        by batch, and the images stay there."""
+        device = module_device(model)
         out = []
         for start in range(0, len(inputs), batch_size):
             index = slice(start, start + batch_size)
-            with self.use_extras(model, extras, index):
-                out.append(model(inputs[index]))
+            batch_extras = None if extras is None else map_tensors(lambda t: to_device(t[index], device), extras)
+            with self.use_extras(model, batch_extras):
+                out.append(model(to_device(inputs[index], device)))
         return torch.cat(out)
 
     # -- display (figures only; never FID) ---------------------------------------------------
@@ -123,8 +130,8 @@ class GANArch(ABC):
 
     @torch.no_grad()
     def display(self, model: nn.Module, inputs: torch.Tensor, truncation: float) -> torch.Tensor:
-        """Images for a sample figure (the truncation trick where the arch has one)."""
-        return model(inputs)
+        """Images for a sample figure (the truncation trick where the arch has one), on the model's device."""
+        return model(to_device(inputs, module_device(model)))
 
 
 class LatentEMAGAN(GANArch):

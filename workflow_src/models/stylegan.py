@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import module_device, to_device
 from ..quant import ops
 from .base import LatentEMAGAN, register
 from .layers import EqualConv2d, EqualLinear
@@ -298,10 +299,13 @@ class StyleGAN(LatentEMAGAN):
     def display(self, model: nn.Module, inputs: torch.Tensor, truncation: float) -> torch.Tensor:
         """StyleGAN's truncation trick in W: ``w_avg + psi (w - w_avg)``, ``w_avg`` the mean style
         of 4096 seeded latents under the same (FP or quantized) mapping network."""
+        device = module_device(model)
+        inputs = to_device(inputs, device)
         if truncation >= 1.0:
             return model(inputs)
+        # seeded on the CPU, then moved: the same latents on every device
         z_avg = torch.randn(4096, self.latent_dim, generator=torch.Generator().manual_seed(4096))
-        w_avg = model.mapping(z_avg).mean(dim=0, keepdim=True)
+        w_avg = model.mapping(to_device(z_avg, device)).mean(dim=0, keepdim=True)
         w = model.mapping(inputs)
         return model.synthesis(w_avg + truncation * (w - w_avg))
 
@@ -312,11 +316,11 @@ class StyleGAN(LatentEMAGAN):
             return RosinalityDiscriminator(list(self.model_cfg["d_channels"]), bool(self.model_cfg.get("from_rgb_activate", False)))
         return StyleDiscriminator(list(self.model_cfg["d_channels"]), bool(self.model_cfg.get("mbstd", True)))
 
-    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, float]:
+    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, torch.Tensor]:
         G, D, t = state["G"], state["D"], self.train_cfg
         G.train(), D.train(), state["G_ema"].eval()
         device = next(G.parameters()).device
-        real = next(batches)["x"].to(device)
+        real = to_device(next(batches)["x"], device)
         z = torch.randn(real.shape[0], self.latent_dim, device=device)
         fake = G(z)  # one forward serves the D step (detached) and the G step
 
@@ -344,4 +348,4 @@ class StyleGAN(LatentEMAGAN):
         D.requires_grad_(True)
 
         update_ema(state["G_ema"], G, ema_beta(t["ema_beta"], step))
-        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "r1": r1.item()}
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "r1": r1.detach()}
