@@ -24,3 +24,24 @@ def published_stylegan_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("published") / "stylegan-ffhq-128.model"
     write_published_checkpoint(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def random_fid_inception(tmp_path_factory):
+    """A random-weight stand-in for pytorch-fid's FID Inception weights (the real file cannot be
+    downloaded here), saved where both pytorch-fid and our loader look: <dir>/checkpoints/<file>."""
+    from workflow_src.metrics import fid
+
+    root = tmp_path_factory.mktemp("torchhub")
+    fid.save_random_fid_inception(root)
+    return root
+
+
+@pytest.fixture
+def check_device():
+    """The checking device of tests/devicecheck.py: ``with check_device() as mode:`` runs a block
+    with ``torch.device("meta")`` standing for a GPU (values computed on the CPU, a tensor left on
+    the CPU raises :class:`devicecheck.DevicePlacementError`, host syncs recorded in ``mode.events``)."""
+    from devicecheck import checking_device
+
+    return checking_device

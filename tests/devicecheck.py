@@ -20,25 +20,34 @@ intercepts every aten op:
 * a random op on the device given a CPU ``torch.Generator`` raises, as CUDA does;
 * every host synchronisation a GPU would have (``.item()``, ``bool()``, a copy from the device to
   the CPU) and every copy onto the device is recorded in :attr:`DeviceCheck.events`, so tests can
-  assert that a hot path has none.
+  assert that a hot path has none; the ops run on the device and on the CPU are counted
+  (:attr:`DeviceCheck.device_ops`, :attr:`DeviceCheck.host_ops`), so a test can assert that no
+  network ran on the CPU (a stage that forgot to pass its device on computes there without mixing).
 
 The values are the CPU's own, bit for bit: a run on the checking device can be compared exactly with
 the same run on the CPU.  ``.numpy()`` of an :class:`OnDevice` fails as it fails for a CUDA tensor.
+
+Limits: ``torch.tensor(data, device=...)`` builds its tensor below the dispatch modes, so on this
+device it gives a real ``meta`` tensor without values, which the next op reports as an error (build
+on the CPU and ``.to(device)``); a 0-dim CPU tensor is accepted in every pointwise op, though CUDA
+refuses it in a few; ``nn.init`` skips meta tensors, so modules must be built on the CPU and moved
+(as the library does, so that their initialisation draws the same numbers on every device).
 """
 from __future__ import annotations
 
+from collections import Counter
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
 DEVICE = torch.device("meta")
 aten = torch.ops.aten
 
 # ops that move data between devices by design (what ``.to()``/``.cpu()``/``copy_`` run)
-_COPIES = {aten.copy_.default, aten._to_copy.default, aten._copy_from.default, aten._copy_from_and_resize.default}
+_COPIES = {aten.copy_, aten._to_copy, aten.to, aten._copy_from, aten._copy_from_and_resize}
+_TO = {aten._to_copy, aten.to}
 # ops whose result is a Python value read from the tensor: a host synchronisation on a GPU
 _READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default}
 
@@ -85,7 +94,9 @@ def _device_of(a: torch.Tensor) -> str:
 
 
 def _is_target(d: Any) -> bool:
-    return d is not None and torch.device(d).type == DEVICE.type
+    if isinstance(d, torch.device):
+        return d.type == DEVICE.type
+    return isinstance(d, str) and d.split(":")[0] == DEVICE.type
 
 
 class DeviceCheck(TorchDispatchMode):
@@ -95,73 +106,121 @@ class DeviceCheck(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.events: List[Tuple[str, str]] = []
+        self.device_ops: Counter = Counter()  # ops run on the checked device, by name
+        self.host_ops: Counter = Counter()    # ops run on CPU tensors only, by name
+
+    def ran_on_host(self, *names: str) -> List[str]:
+        """The ops among ``names`` (substrings, e.g. ``"convolution"``) that ran on the CPU."""
+        return sorted(op for op in self.host_ops if any(n in op for n in names))
 
     def syncs(self) -> List[str]:
         return [op for kind, op in self.events if kind == "sync"]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        flat, spec = tree_flatten((args, kwargs))
-        tensors = [a for a in flat if isinstance(a, torch.Tensor)]
-        on_dev = [a for a in tensors if isinstance(a, OnDevice)]
-        for a in tensors:
-            if not isinstance(a, OnDevice) and a.device.type == DEVICE.type:
-                raise DevicePlacementError(f"{func}: got a real meta tensor of shape {tuple(a.shape)} (no values)")
-        target = kwargs.get("device")
-        to_device = _is_target(target) or any(isinstance(a, torch.device) and _is_target(a) for a in flat)
-        on_host = [a for a in tensors if not isinstance(a, OnDevice)]
-        if func not in _COPIES and (on_dev or to_device) and on_host:
-            pointwise = torch.Tag.pointwise in func.tags
-            mixed = [a for a in on_host if not (pointwise and a.dim() == 0)]
-            if mixed:
-                found = ", ".join(f"{_device_of(a)} {tuple(a.shape)}" for a in tensors)
-                raise DevicePlacementError(f"{func}: tensor arguments on different devices: {found}")
-        if on_dev or to_device:
-            for g in (a for a in flat if isinstance(a, torch.Generator)):
-                if g.device.type != DEVICE.type:
-                    raise DevicePlacementError(f"{func}: draws on the checked device with a {g.device} generator "
-                                               "(CUDA raises here: draw on the CPU and move, or pass a device generator)")
-        # record transfers and host reads
-        name = str(func)
-        if func in _READS and on_dev:
-            self.events.append(("sync", name))
-        elif func is aten._to_copy.default:
-            src_dev = bool(on_dev)
-            dst_dev = _is_target(target) if "device" in kwargs and target is not None else src_dev
-            if src_dev and not dst_dev:
-                self.events.append(("sync", name))
-            elif dst_dev and not src_dev:
-                self.events.append(("h2d", name))
+        info = _op_info(func)
+        leaves: List[Any] = []
+        _collect(args, leaves)
+        if kwargs:
+            _collect(list(kwargs.values()), leaves)
+        on_dev, on_host, target = [], [], None
+        for a in leaves:
+            if isinstance(a, OnDevice):
+                on_dev.append(a)
+            elif isinstance(a, torch.Tensor):
+                if a.device.type == DEVICE.type:
+                    raise DevicePlacementError(f"{func}: got a real meta tensor of shape {tuple(a.shape)} (no values)")
+                on_host.append(a)
+            elif isinstance(a, torch.device) and target is None:
+                target = a
+            elif isinstance(a, torch.Generator) and (on_dev or _is_target(kwargs.get("device"))) and a.device.type != DEVICE.type:
+                raise DevicePlacementError(f"{func}: draws on the checked device with a {a.device} generator "
+                                           "(CUDA raises here: draw on the CPU and move, or pass a device generator)")
+        to_device = target is not None and _is_target(target)
+        if (on_dev or to_device) and on_host and not info.copy:
+            if any(not (info.pointwise and a.dim() == 0) for a in on_host):
+                found = ", ".join(f"{_device_of(a)} {tuple(a.shape)}" for a in leaves if isinstance(a, torch.Tensor))
+                raise DevicePlacementError(f"{info.name}: tensor arguments on different devices: {found}")
+        if on_dev and info.inplace_view:
+            raise NotImplementedError(f"{info.name}: in-place view ops on the checking device are not supported")
+        if info.copy or info.read:
+            self._record(func, info, args, on_dev, target)
+
+        # run on the CPU tensors
+        wrap = to_device if target is not None else bool(on_dev)  # an explicit device wins: .cpu(), .to("cpu")
+        (self.device_ops if wrap else self.host_ops)[info.name] += 1
+        if not on_dev and not to_device:
+            return func(*args, **kwargs)
+        out = func(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
+        wrappers = {id(a.elem): a for a in on_dev}
+
+        def back(o):
+            if isinstance(o, torch.Tensor):
+                if id(o) in wrappers:  # an in-place op (or a no-op .to()) returns its argument; .cpu() copies
+                    return wrappers[id(o)] if wrap else o.clone()
+                return OnDevice(o) if wrap else o
+            if isinstance(o, (list, tuple)):
+                return type(o)(back(x) for x in o)
+            return o
+
+        return back(out)
+
+    def _record(self, func, info, args, on_dev, target) -> None:
+        """Host reads and transfers (see :attr:`events`)."""
+        if info.read and on_dev:
+            self.events.append(("sync", info.name))
+        elif info.to:
+            dst_dev = _is_target(target) if target is not None else bool(on_dev)
+            if on_dev and not dst_dev:
+                self.events.append(("sync", info.name))
+            elif dst_dev and not on_dev:
+                self.events.append(("h2d", info.name))
         elif func is aten.copy_.default:
             dst, src = args[0], args[1]
             if isinstance(src, OnDevice) and not isinstance(dst, OnDevice):
-                self.events.append(("sync", name))
-            elif isinstance(dst, OnDevice) and isinstance(src, torch.Tensor) and not isinstance(src, OnDevice):
-                self.events.append(("h2d", name))
-        if torch.Tag.inplace_view in func.tags and on_dev:
-            raise NotImplementedError(f"{func}: in-place view ops on the checking device are not supported")
+                self.events.append(("sync", info.name))
+            elif isinstance(dst, OnDevice) and not isinstance(src, OnDevice):
+                self.events.append(("h2d", info.name))
 
-        # run on the CPU tensors
-        wrappers = {id(a.elem): a for a in on_dev}
-        leaves = [a.elem if isinstance(a, OnDevice) else (torch.device("cpu") if isinstance(a, torch.device) and _is_target(a) else a)
-                  for a in flat]
-        uargs, ukwargs = tree_unflatten(leaves, spec)
-        if isinstance(ukwargs.get("device"), str) and _is_target(ukwargs["device"]):
-            ukwargs["device"] = torch.device("cpu")
-        out = func(*uargs, **ukwargs)
-        wrap = bool(on_dev) or to_device
-        if func is aten._to_copy.default and "device" in kwargs and target is not None and not _is_target(target):
-            wrap = False  # .cpu() / .to("cpu")
 
-        def back(o):
-            if not isinstance(o, torch.Tensor):
-                return o
-            if id(o) in wrappers:  # an in-place op returns its argument
-                return wrappers[id(o)]
-            return OnDevice(o) if wrap else o
+class _OpInfo(NamedTuple):
+    name: str
+    pointwise: bool     # a TensorIterator op: takes 0-dim CPU tensors with CUDA tensors
+    inplace_view: bool
+    copy: bool          # moves data between devices by design
+    to: bool            # .to() / .cpu()
+    read: bool          # returns a Python value read from the tensor
 
-        oflat, ospec = tree_flatten(out)
-        return tree_unflatten([back(o) for o in oflat], ospec)
+
+_OP_INFO: Dict[Any, _OpInfo] = {}
+
+
+def _op_info(func) -> _OpInfo:
+    info = _OP_INFO.get(id(func))
+    if info is None:
+        tags, packet = func.tags, func.overloadpacket
+        info = _OP_INFO[id(func)] = _OpInfo(str(func), torch.Tag.pointwise in tags, torch.Tag.inplace_view in tags,
+                                        packet in _COPIES, packet in _TO, func in _READS)
+    return info
+
+
+def _collect(x: Any, out: List[Any]) -> None:
+    for v in x:
+        if isinstance(v, (list, tuple)):
+            _collect(v, out)
+        else:
+            out.append(v)
+
+
+def _unwrap(x: Any) -> Any:
+    """``x`` with every :class:`OnDevice` replaced by its CPU tensor and the checked device by the CPU."""
+    if isinstance(x, OnDevice):
+        return x.elem
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap(v) for v in x)
+    if isinstance(x, torch.device) and x.type == DEVICE.type:
+        return torch.device("cpu")
+    return x
 
 
 @contextmanager

@@ -68,7 +68,7 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
             losses = arch.train_step(state, batches, step)
             rows.append({"step": step, **losses})
             if step % 10 == 0:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+                bar.set_postfix({k: f"{v:.3f}" for k, v in rows_to_host([losses])[0].items()})
             if (step + 1) % every == 0 and step + 1 < tcfg["steps"]:
                 rows = rows_to_host(rows)  # the losses stay on the device until here: one sync per interval
                 append_rows(log_path, rows)
