@@ -144,7 +144,7 @@ class QuantileObserver(Observer):
             lo, hi, s = lo[1:], hi[1:], s - 1
         if s:
             # s sequential updates r <- m r + (1 - m) x_i in closed form: m^s r + sum_i (1 - m) m^(s-1-i) x_i
-            w = (1 - m) * m ** torch.arange(s - 1, -1, -1, dtype=torch.float64)
+            w = (1 - m) * m ** torch.arange(s - 1, -1, -1, dtype=torch.float64, device=lo.device)
             decay = m**s
             self.lo.copy_((decay * self.lo.double() + (w[:, None] * lo.double()).sum(0)).float())
             self.hi.copy_((decay * self.hi.double() + (w[:, None] * hi.double()).sum(0)).float())
