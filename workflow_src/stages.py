@@ -202,7 +202,7 @@ def _evaluate(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_sta
     if v is None:
         model = load_generator(cfg, arch, model_path, device)
     else:
-        model = load_quantized(cfg, arch, model_path)
+        model = load_quantized(cfg, arch, model_path, device)
     inputs, extras = load_eval_inputs(inputs_path, arch)
     bs = cfg["eval"]["batch_size"]
     t0 = time.time()
