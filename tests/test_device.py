@@ -127,6 +127,14 @@ def assert_same(ref, got, path="result"):
         assert ref == got or (ref != ref and got != got), f"{path}: {ref} != {got}"
 
 
+def assert_no_network_on_host(mode):
+    """No convolution, matrix product or fake quantization ran on CPU tensors: a network (or a stage
+    that forgot to pass its device on) computing on the host mixes nothing, so mixing alone cannot
+    show it."""
+    ops = mode.ran_on_host(*NETWORK_OPS)
+    assert not ops, f"networks ran on the host: {ops}"
+
+
 def _inputs(arch, n, g):
     """CPU generator inputs drawn with ``g``: latents, or source images for CycleGAN."""
     if arch.input_kind == "latent":
@@ -173,7 +181,7 @@ def test_fp_forward_generate_display_and_train_step_run_on_the_device(layout, ch
 
     ref, got, mode = on_both(run, check_device)
     assert_same(ref, got)
-    assert not mode.ran_on_host(*NETWORK_OPS), mode.ran_on_host(*NETWORK_OPS)
+    assert_no_network_on_host(mode)
 
 
 def test_fp_training_loop_runs_on_the_device_and_reads_losses_per_interval(base_cfg, tmp_path, monkeypatch, check_device):
@@ -199,7 +207,7 @@ def test_fp_training_loop_runs_on_the_device_and_reads_losses_per_interval(base_
     with check_device() as mode:
         got, got_log, syncs = run(DEVICE, 8, mode)
         _, _, fewer = run(DEVICE, 4, mode)
-        assert not mode.ran_on_host(*NETWORK_OPS), mode.ran_on_host(*NETWORK_OPS)
+        assert_no_network_on_host(mode)
     assert_same(ref, got)
     assert ref_log == got_log
     assert syncs == fewer, "host reads grow with the number of steps"
@@ -274,7 +282,7 @@ def test_quantized_paths_run_on_the_device(layout, kind, featurenet_file, check_
 
     ref, got, mode = on_both(run, check_device)
     assert_same(ref, got)
-    assert not mode.ran_on_host(*NETWORK_OPS), mode.ran_on_host(*NETWORK_OPS)
+    assert_no_network_on_host(mode)
 
 
 # ------------------------------------------------------------------------------------ whole methods
@@ -310,7 +318,7 @@ def test_methods_run_on_the_device_with_checkpoints_and_spill(base_cfg, method, 
     assert_same(ref, got)
     assert_same(ref_info, got_info)
     assert ref_log == got_log and len(got_log) == (4 if method == "lsq-qat" else 0)  # 2 epochs x 2 steps, logged once each
-    assert not mode.ran_on_host(*NETWORK_OPS), mode.ran_on_host(*NETWORK_OPS)
+    assert_no_network_on_host(mode)
 
 
 def test_qat_reads_the_losses_once_per_epoch(base_cfg, check_device):
@@ -349,7 +357,7 @@ def test_inception_features_run_on_the_device_and_are_read_once(random_fid_incep
     ref = run(CPU, None)
     with check_device() as mode:
         got = run(DEVICE, mode)
-        assert not mode.ran_on_host(*NETWORK_OPS), mode.ran_on_host(*NETWORK_OPS)
+        assert_no_network_on_host(mode)
     assert_same(ref, got)
 
 
@@ -371,50 +379,73 @@ def test_vgg16_perceptual_loss_runs_on_the_device(tmp_path, check_device):
 
 
 # ------------------------------------------------------------------------------------ the stages
-def test_stages_compute_on_the_device_they_are_given(base_cfg, featurenet_file, tmp_path, monkeypatch, check_device):
-    """distill, quantize and evaluate with ``device``: no network runs on the host, and the files
-    they write hold CPU tensors equal to those of the same stages run on the CPU."""
+def test_stages_compute_on_the_device_they_are_given(base_cfg, tmp_path, monkeypatch, check_device):
+    """Every stage that computes (train_features, train_perceptual, real_stats, distill, quantize
+    with a PTQ and a QAT method, evaluate, quantile_sweep, sample_figure), given ``device``: no
+    network runs on the host, and the files they write hold CPU tensors and equal those of the same
+    stages run on the CPU.  (``train`` is test_fp_training_loop_...)"""
+    from workflow_src import data as datasets
     from workflow_src import stages
+    from workflow_src.figures import sample_figure
+    from workflow_src.sweep import run_sweep
 
     monkeypatch.setenv("QGAN_TRACKING", "off")
     cfg = copy.deepcopy(base_cfg)
-    arch_name = "stylegan"
+    cfg["features"]["tinycnn"].update(steps=2, batch_size=8, width=8, dim=16, input_size=16)
+    cfg["perceptual"]["tinyvgg"].update(steps=2, batch_size=8)
+    cfg["matrix"].update(methods=["ptq-quantile", "lsq-qat"], w_bits=[4])  # the sample figure's rows
+    cfg["qat"]["epochs"] = cfg["qat"]["ma_epochs"] = 1
+    arch_name, variants = "stylegan", ["ptq-quantile-tensor-w4a8", "lsq-qat-tensor-w4a8"]
+    data = tmp_path / "digits"
+    cfg["datasets"]["digits"]["resolution"] = cfg["archs"][arch_name]["resolution"]
+    datasets.prepare("digits", cfg["datasets"]["digits"], data)
     torch.manual_seed(0)
-    arch = make_arch(cfg, arch_name)
     fp = tmp_path / "fp.pt"
-    torch_save({"arch": arch_name, "steps": 0, "state": _state_dicts(arch.init_state(CPU))}, fp)
-    stages.eval_inputs(cfg, arch_name, str(tmp_path), str(tmp_path / "inputs.pt"))
-    fs = fid.load_feature_space("tinycnn", featurenet_file)
-    fid.save_stats(tmp_path / "real.npz", np.random.default_rng(0).normal(size=(16, 16)), fs.name)
+    torch_save({"arch": arch_name, "steps": 0, "state": _state_dicts(make_arch(cfg, arch_name).init_state(CPU))}, fp)
+    inputs = str(tmp_path / "inputs.pt")
+    stages.eval_inputs(cfg, arch_name, str(data), inputs)
 
-    def run(device, mode):
+    def run(device):
         d = tmp_path / device.type
         d.mkdir()
-        stages.distill(cfg, arch_name, str(tmp_path), str(fp), str(d / "distill.pt"), device)
-        stages.quantize(cfg, arch_name, "ptq-quantile-tensor-w4a8", str(fp), str(d / "distill.pt"), str(d / "q.pt"), str(d / "q.json"),
-                        device=device)
-        for variant, model in (("fp", fp), ("ptq-quantile-tensor-w4a8", d / "q.pt")):
-            stages.evaluate(cfg, arch_name, variant, str(model), str(tmp_path / "inputs.pt"), str(featurenet_file),
-                            str(tmp_path / "real.npz"), str(d / "fp_stats.npz"), str(d / f"{variant}.json"), str(d / f"{variant}.png"),
-                            device)
+        stages.train_features(cfg, [str(data)], str(d / "features.pt"), device)
+        stages.train_perceptual(cfg, [str(data)], str(d / "perceptual.pt"), device)
+        stages.real_stats(cfg, str(data), "test", str(d / "features.pt"), str(d / "real.npz"), device)
+        stages.distill(cfg, arch_name, str(data), str(fp), str(d / "distill.pt"), device)
+        for v in variants:
+            stages.quantize(cfg, arch_name, v, str(fp), str(d / "distill.pt"), str(d / f"{v}.pt"), str(d / f"{v}.info.json"),
+                            perceptual=str(d / "perceptual.pt"), losses_out=str(d / f"{v}.losses.csv"), device=device)
+        for v, model in [("fp", fp)] + [(v, d / f"{v}.pt") for v in variants]:
+            stages.evaluate(cfg, arch_name, v, str(model), inputs, str(d / "features.pt"), str(d / "real.npz"),
+                            str(d / "fp_stats.npz"), str(d / f"{v}.json"), str(d / f"{v}.png"), device)
+        run_sweep(cfg, arch_name, str(fp), str(d / "distill.pt"), inputs, str(d / "features.pt"), str(d / "fp_stats.npz"),
+                  str(d / "sweep.csv"), str(d / "best.json"), device)
+        sample_figure(cfg, arch_name, str(fp), inputs, str(d), str(d), str(d / "figure.png"), device)
         return d
 
-    ref_dir = run(CPU, None)
+    ref_dir = run(CPU)
     with check_device() as mode:
-        got_dir = run(DEVICE, mode)
-        assert not mode.ran_on_host(*NETWORK_OPS), mode.ran_on_host(*NETWORK_OPS)
-        assert mode.device_ops["aten.convolution.default"] > 0
-    for name in ("distill.pt", "q.pt"):
-        ref, got = torch_load(ref_dir / name), torch_load(got_dir / name)
-        assert all(t.device == CPU for t in _leaves(got) if torch.is_tensor(t))
-        got.get("info", {}).pop("seconds", None), ref.get("info", {}).pop("seconds", None)
-        assert_same(ref, got, name)
-    for variant in ("fp", "ptq-quantile-tensor-w4a8"):
-        ref, got = (json.loads((d / f"{variant}.json").read_text()) for d in (ref_dir, got_dir))
-        for r in (ref, got):
-            r.pop("generate_seconds")
-        assert ref == got
-        assert (ref_dir / f"{variant}.png").read_bytes() == (got_dir / f"{variant}.png").read_bytes()
+        got_dir = run(DEVICE)
+        assert_no_network_on_host(mode)
+    for f in sorted(ref_dir.iterdir()):
+        g = got_dir / f.name
+        if f.suffix == ".pt":
+            ref, got = torch_load(f), torch_load(g)
+            assert all(t.device == CPU for t in _leaves(got) if torch.is_tensor(t))
+            for r in (ref, got):
+                r.get("info", {}).pop("seconds", None), r.get("info", {}).pop("train_seconds", None)
+            assert_same(ref, got, f.name)
+        elif f.suffix == ".json":
+            ref, got = (json.loads(p.read_text()) for p in (f, g))
+            for r in (ref, got):
+                for k in ("generate_seconds", "seconds", "train_seconds"):
+                    r.pop(k, None)
+            assert ref == got, f.name
+        elif f.suffix == ".npz":
+            with np.load(f) as a, np.load(g) as b:
+                assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a), f.name
+        else:  # csv, png
+            assert f.read_bytes() == g.read_bytes(), f.name
 
 
 # ------------------------------------------------------------------------------------ observers
