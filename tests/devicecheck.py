@@ -133,10 +133,13 @@ class DeviceCheck(TorchDispatchMode):
                 on_host.append(a)
             elif isinstance(a, torch.device) and target is None:
                 target = a
-            elif isinstance(a, torch.Generator) and (on_dev or _is_target(kwargs.get("device"))) and a.device.type != DEVICE.type:
-                raise DevicePlacementError(f"{func}: draws on the checked device with a {a.device} generator "
-                                           "(CUDA raises here: draw on the CPU and move, or pass a device generator)")
         to_device = target is not None and _is_target(target)
+        wrap = to_device if target is not None else bool(on_dev)  # the result's device: an explicit one wins (.cpu())
+        if wrap:
+            for g in leaves:
+                if isinstance(g, torch.Generator) and g.device.type != DEVICE.type:
+                    raise DevicePlacementError(f"{info.name}: draws on the checked device with a {g.device} generator "
+                                               "(CUDA raises here: draw on the CPU and move, or pass a device generator)")
         if (on_dev or to_device) and on_host and not info.copy:
             if any(not (info.pointwise and a.dim() == 0) for a in on_host):
                 found = ", ".join(f"{_device_of(a)} {tuple(a.shape)}" for a in leaves if isinstance(a, torch.Tensor))
@@ -147,7 +150,6 @@ class DeviceCheck(TorchDispatchMode):
             self._record(func, info, args, on_dev, target)
 
         # run on the CPU tensors
-        wrap = to_device if target is not None else bool(on_dev)  # an explicit device wins: .cpu(), .to("cpu")
         (self.device_ops if wrap else self.host_ops)[info.name] += 1
         if not on_dev and not to_device:
             return func(*args, **kwargs)
