@@ -35,3 +35,24 @@ def http_server(tmp_path):
     server = LocalServer(tmp_path)
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def random_fid_inception(tmp_path_factory):
+    """A random-weight stand-in for pytorch-fid's FID Inception weights (the real file cannot be
+    downloaded here), saved where both pytorch-fid and our loader look: <dir>/checkpoints/<file>."""
+    from inception_standin import save_random_fid_inception
+
+    root = tmp_path_factory.mktemp("torchhub")
+    save_random_fid_inception(root)
+    return root
+
+
+@pytest.fixture
+def check_device():
+    """The checking device of tests/devicecheck.py: ``with check_device() as mode:`` runs a block
+    with ``torch.device("meta")`` standing for a GPU (values computed on the CPU, a tensor left on
+    the CPU raises :class:`devicecheck.DevicePlacementError`, host syncs recorded in ``mode.events``)."""
+    from devicecheck import checking_device
+
+    return checking_device

@@ -101,15 +101,6 @@ def test_bootstrap_spread_closed_forms():
         fid.bootstrap_std(b, b[:50], 5, seed=3)
 
 
-@pytest.fixture(scope="module")
-def random_fid_inception(tmp_path_factory):
-    """A random-weight stand-in for pytorch-fid's FID Inception weights (the real file cannot be
-    downloaded here), saved where both pytorch-fid and our loader look: <dir>/checkpoints/<file>."""
-    root = tmp_path_factory.mktemp("torchhub")
-    save_random_fid_inception(root)
-    return root
-
-
 def test_inception_fid_equals_pytorch_fid_cli_on_saved_pngs(tmp_path, random_fid_inception):
     """Our in-memory Inception path (tensors in [-1, 1], batched) and pytorch-fid's own CLI on the
     same images saved as PNGs give the same FID to 1e-3."""

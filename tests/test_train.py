@@ -161,7 +161,7 @@ def test_the_loss_log_is_complete_whatever_moment_the_kill_comes(tmp_path, monke
     them resumed with an empty log."""
     import os
 
-    from workflow_src import tracking
+    from workflow_src.workflow import tracking
 
     cfg, dirs = _setup(tmp_path, monkeypatch)
     dev = torch.device("cpu")

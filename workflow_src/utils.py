@@ -12,9 +12,12 @@ from .files import atomic_path
 
 
 def torch_save(obj: Any, path: str | Path) -> None:
-    """Save atomically and durably (fsync before the rename): checkpoints and models."""
+    """Save ``obj`` atomically and durably (fsync before the rename), every tensor moved to the CPU
+    first (results computed on a device come back to the host only here): checkpoints and models."""
+    from .device import to_cpu
+
     with atomic_path(path, fsync=True) as tmp:
-        torch.save(obj, tmp)
+        torch.save(to_cpu(obj), tmp)
 
 
 def torch_load(path: str | Path) -> Any:
@@ -43,7 +46,3 @@ def set_threads(n: int | None) -> None:
             torch.set_num_interop_threads(1)
         except RuntimeError:  # already set, or parallel work has started
             pass
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

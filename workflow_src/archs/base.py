@@ -16,6 +16,8 @@ from typing import Any, ContextManager, Dict, Iterator
 import torch
 from torch import nn
 
+from ..device import module_device, to_device
+
 class GANArch(ABC):
     """One GAN family.
 
@@ -51,10 +53,12 @@ class GANArch(ABC):
         ``state_dict``/``load_state_dict``)."""
 
     @abstractmethod
-    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, float]:
-        """One optimisation step; pulls what it needs from ``batches`` (dicts of image tensors with
-        the dataset's split keys, e.g. ``{"x": ...}`` or ``{"A": ..., "B": ...}``) and returns the
-        scalar losses to log."""
+    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, torch.Tensor]:
+        """One optimisation step on the device of ``state``'s networks; pulls what it needs from
+        ``batches`` (dicts of CPU image tensors with the dataset's split keys, e.g. ``{"x": ...}``
+        or ``{"A": ..., "B": ...}``, moved to that device) and returns the scalar losses to log as
+        detached 0-dim tensors left on the device (reading one is a host sync: the training loop
+        reads them once per logging interval, :func:`workflow_src.device.rows_to_host`)."""
 
     @abstractmethod
     def generator(self, state: Dict[str, Any]) -> nn.Module:
@@ -90,16 +94,19 @@ class GANArch(ABC):
     def batches(self, model: nn.Module, inputs: torch.Tensor, batch_size: int, extras: Dict[str, Any] | None = None) -> Iterator[torch.Tensor]:
         """``inputs`` in batches of ``batch_size``; while the caller works on a batch (until it asks
         for the next), ``model`` uses that batch's slice of ``extras`` (:meth:`use_extras`).  This
-        is how calibration, BRECQ's captures and generation feed every sample its own extras."""
+        is how calibration, BRECQ's captures and generation feed every sample its own extras.  Each
+        batch is moved to the model's device."""
+        device = module_device(model)
         for start in range(0, len(inputs), batch_size):
             index = slice(start, start + batch_size)
             with self.use_extras(model, extras, index):
-                yield inputs[index]
+                yield to_device(inputs[index], device)
 
     @torch.no_grad()
     def generate(self, model: nn.Module, inputs: torch.Tensor, batch_size: int, extras: Dict[str, Any] | None = None) -> torch.Tensor:
         """``model`` on ``inputs`` in batches of ``batch_size``, each batch with its slice of
-        ``extras`` (see :meth:`use_extras`)."""
+        ``extras`` (see :meth:`use_extras`); inputs go to the model's device batch by batch, and the
+        images stay there."""
         return torch.cat([model(x) for x in self.batches(model, inputs, batch_size, extras)])
 
     # -- display (figures only; never FID) ---------------------------------------------------
@@ -110,8 +117,8 @@ class GANArch(ABC):
 
     @torch.no_grad()
     def display(self, model: nn.Module, inputs: torch.Tensor, truncation: float) -> torch.Tensor:
-        """Images for a sample figure (the truncation trick where the arch has one)."""
-        return model(inputs)
+        """Images for a sample figure (the truncation trick where the arch has one), on the model's device."""
+        return model(to_device(inputs, module_device(model)))
 
 
 class LatentEMAGAN(GANArch):

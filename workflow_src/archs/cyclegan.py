@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import to_device
 from . import ops
 from .base import GANArch
 
@@ -129,7 +130,7 @@ class CycleGAN(GANArch):
         start = int(float(self.train_cfg.get("decay_start", 0.5)) * steps)
         return 1.0 - max(0, step - start) / float(steps - start + 1)
 
-    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, float]:
+    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, torch.Tensor]:
         t = self.train_cfg
         G_AB, G_BA, D_A, D_B = state["G_AB"], state["G_BA"], state["D_A"], state["D_B"]
         for net in (G_AB, G_BA, D_A, D_B):
@@ -140,7 +141,7 @@ class CycleGAN(GANArch):
                 group["lr"] = group["base_lr"] * factor
         device = next(G_AB.parameters()).device
         batch = next(batches)
-        A, B = batch["A"].to(device), batch["B"].to(device)
+        A, B = to_device(batch["A"], device), to_device(batch["B"], device)
         n, lc, li = A.shape[0], float(t["lambda_cycle"]), float(t["lambda_identity"])
 
         # generators (instance norm is per sample, so the fake and identity passes share a batch)
@@ -171,8 +172,8 @@ class CycleGAN(GANArch):
         state["opt_d"].zero_grad(set_to_none=True)
         (loss_d_A + loss_d_B).backward()
         state["opt_d"].step()
-        return {"loss_g": loss_g.item(), "loss_gan": loss_gan.item(), "loss_cycle": loss_cyc.item(),
-                "loss_idt": loss_idt.item(), "loss_d_A": loss_d_A.item(), "loss_d_B": loss_d_B.item()}
+        losses = {"loss_g": loss_g, "loss_gan": loss_gan, "loss_cycle": loss_cyc, "loss_idt": loss_idt, "loss_d_A": loss_d_A, "loss_d_B": loss_d_B}
+        return {k: v.detach() for k, v in losses.items()}
 
 
 # What this arch is (workflow_src/registry.py reads this literal without importing this file).

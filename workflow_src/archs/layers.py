@@ -33,7 +33,7 @@ class EqualConv2d(nn.Module):
 
     def to_plain(self) -> nn.Conv2d:
         out_ch, in_ch, k, _ = self.weight.shape
-        conv = nn.Conv2d(in_ch, out_ch, k, padding=self.padding, bias=self.bias is not None)
+        conv = nn.Conv2d(in_ch, out_ch, k, padding=self.padding, bias=self.bias is not None).to(self.weight.device)
         with torch.no_grad():
             conv.weight.copy_(self.weight * self.scale)
             if self.bias is not None:
@@ -57,7 +57,7 @@ class EqualLinear(nn.Module):
 
     def to_plain(self) -> nn.Linear:
         out_dim, in_dim = self.weight.shape
-        lin = nn.Linear(in_dim, out_dim, bias=self.bias is not None)
+        lin = nn.Linear(in_dim, out_dim, bias=self.bias is not None).to(self.weight.device)
         with torch.no_grad():
             lin.weight.copy_(self.weight * self.scale)
             if self.bias is not None:
@@ -86,6 +86,7 @@ def _plain_copy(module: nn.Module) -> nn.Module:
         new = nn.Linear(module.in_features, module.out_features, module.bias is not None)
     else:
         raise TypeError(f"cannot bake a parametrised {type(module).__name__}; only Conv2d and Linear are supported")
+    new = new.to(module.weight.device)  # built on the CPU: its (overwritten) init draws the same on every device
     with torch.no_grad():
         new.weight.copy_(module.weight)
         if module.bias is not None:
@@ -175,7 +176,7 @@ class FusedUpConv2d(nn.Module):
 
     def to_plain(self) -> nn.Module:
         out_ch, in_ch = self.weight.shape[:2]
-        conv = nn.Conv2d(in_ch, out_ch, 4, padding=2)
+        conv = nn.Conv2d(in_ch, out_ch, 4, padding=2).to(self.weight.device)
         with torch.no_grad():
             conv.weight.copy_(self.kernel())
             conv.bias.copy_(self.bias)

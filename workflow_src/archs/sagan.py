@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ..device import to_device
 from . import ops
 from .base import LatentEMAGAN
 from .stylegan import check_levels, ema_beta, update_ema
@@ -156,11 +157,11 @@ class SAGAN(LatentEMAGAN):
     def build_discriminator(self) -> nn.Module:
         return SADiscriminator(list(self.model_cfg["d_channels"]), self.d_attn_res, self.resolution)
 
-    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, float]:
+    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, torch.Tensor]:
         G, D, G_ema = state["G"], state["D"], state["G_ema"]
         G.train(), D.train()
         device = next(G.parameters()).device
-        real = next(batches)["x"].to(device)
+        real = to_device(next(batches)["x"], device)
         z = torch.randn(real.shape[0], self.latent_dim, device=device)
         fake = G(z)
 
@@ -181,7 +182,7 @@ class SAGAN(LatentEMAGAN):
             G_ema.train()
             G_ema(z)
             G_ema.eval()
-        return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
 
 
 # What this arch is (workflow_src/registry.py reads this literal without importing this file).

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import module_device, to_device
 from .base import LatentEMAGAN
 from .rosinality import RosinalityDiscriminator, RosinalityGenerator
 from .stylegan import StyleDiscriminator, StyleGenerator, check_levels, ema_beta, fixed_noise, seeded_noise, update_ema
@@ -56,7 +57,8 @@ class StyleGAN(LatentEMAGAN):
         if set(extras) != {"noise_seed"}:
             raise ValueError(f"stylegan extra inputs must be {{'noise_seed': tensor}}, got keys {sorted(extras)} "
                              "(eval inputs or distillation set written before per-sample noise seeds? rerun eval_inputs / distill)")
-        return fixed_noise(model, seeded_noise(model, extras["noise_seed"][index]))
+        device = module_device(model)  # drawn on the CPU from each sample's seed (the same on every device), then moved
+        return fixed_noise(model, [to_device(t, device) for t in seeded_noise(model, extras["noise_seed"][index])])
 
     truncation_doc = "truncation psi = {t} in W"
 
@@ -67,10 +69,13 @@ class StyleGAN(LatentEMAGAN):
     def display(self, model: nn.Module, inputs: torch.Tensor, truncation: float) -> torch.Tensor:
         """StyleGAN's truncation trick in W: ``w_avg + psi (w - w_avg)``, ``w_avg`` the mean style
         of 4096 seeded latents under the same (FP or quantized) mapping network."""
+        device = module_device(model)
+        inputs = to_device(inputs, device)
         if truncation >= 1.0:
             return model(inputs)
+        # seeded on the CPU, then moved: the same latents on every device
         z_avg = torch.randn(4096, self.latent_dim, generator=torch.Generator().manual_seed(4096))
-        w_avg = model.mapping(z_avg).mean(dim=0, keepdim=True)
+        w_avg = model.mapping(to_device(z_avg, device)).mean(dim=0, keepdim=True)
         w = model.mapping(inputs)
         return model.synthesis(w_avg + truncation * (w - w_avg))
 
@@ -79,11 +84,11 @@ class StyleGAN(LatentEMAGAN):
             return RosinalityDiscriminator(list(self.model_cfg["d_channels"]), bool(self.model_cfg.get("from_rgb_activate", False)))
         return StyleDiscriminator(list(self.model_cfg["d_channels"]), bool(self.model_cfg.get("mbstd", True)))
 
-    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, float]:
+    def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, torch.Tensor]:
         G, D, t = state["G"], state["D"], self.train_cfg
         G.train(), D.train(), state["G_ema"].eval()
         device = next(G.parameters()).device
-        real = next(batches)["x"].to(device)
+        real = to_device(next(batches)["x"], device)
         z = torch.randn(real.shape[0], self.latent_dim, device=device)
         fake = G(z)  # one forward serves the D step (detached) and the G step
 
@@ -111,7 +116,7 @@ class StyleGAN(LatentEMAGAN):
         D.requires_grad_(True)
 
         update_ema(state["G_ema"], G, ema_beta(t["ema_beta"], step))
-        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "r1": r1.item()}
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "r1": r1.detach()}
 
 
 # What this arch is (workflow_src/registry.py reads this literal without importing this file).

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from ..config import Variant
 from ..archs.layers import bake
+from ..device import to_device
 from ..quant import QuantConv2d, QuantLinear, QuantOp, calibrate, quantize_model
 from ..quant.adaround import AdaRoundQuantizer, LinearTempDecay
 from ..quant.blocks import Block, capture, index_record, record_len, split_blocks
@@ -129,11 +130,12 @@ def _block_mse(block: Block, x_rec: Any, y: torch.Tensor, bs: int, feed: Callabl
     n, total = record_len(x_rec), 0.0
     dev = next(block.parameters()).device
     for i in range(0, n, bs):
-        idx = torch.arange(i, min(i + bs, n))
+        idx = slice(i, min(i + bs, n))
         args, kwargs = index_record(x_rec, idx, dev)
+        # summed in float64 on the device and read once: the same sum as adding Python floats
         with feed(idx):
-            total += F.mse_loss(block(*args, **kwargs), y[idx].to(dev), reduction="sum").item()
-    return total / y.numel()
+            total = total + F.mse_loss(block(*args, **kwargs), index_record(y, idx, dev), reduction="sum").double()
+    return float(total) / y.numel()
 
 
 def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcfg: Dict[str, Any], gen: torch.Generator,
@@ -167,13 +169,16 @@ def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcf
     dev = next(block.parameters()).device
     for m in block.modules:
         m.train(False)
+    # every step's sample indices, drawn on the CPU with ``gen`` (the same on every device) and
+    # moved once, so that a step indexes records on the device without a host transfer
+    idx_cpu = torch.stack([torch.randint(n, (min(bs, n),), generator=gen) for _ in range(steps)]) if steps else None
+    idx_dev = to_device(idx_cpu, dev) if steps else None
     bar = tqdm(range(steps), desc=f"{mode} {block.name}", unit="step", leave=False)
     balance: Dict[str, float] = {}
     for t in bar:
-        idx = torch.randint(n, (min(bs, n),), generator=gen)
-        args, kwargs = index_record(x_rec, idx, dev)
-        with feed(idx):
-            rec = reconstruction_loss(block(*args, **kwargs), y[idx].to(dev))
+        args, kwargs = index_record(x_rec, idx_cpu[t], dev, idx_dev[t])
+        with feed(idx_cpu[t]):
+            rec = reconstruction_loss(block(*args, **kwargs), index_record(y, idx_cpu[t], dev, idx_dev[t]))
         loss = rec
         if decay is not None and decay.active(t):
             reg = bcfg.get("reg_weight", 0.01) * sum(r.regularizer(decay(t)) for r in rounders)
@@ -182,13 +187,14 @@ def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcf
                 g_rec, g_reg = [torch.cat([(g if g is not None else torch.zeros_like(a)).flatten() for g, a in
                                            zip(torch.autograd.grad(term, alphas, retain_graph=True, allow_unused=True), alphas)])
                                 for term in (rec, reg)]
-                balance = {"anneal_rec": rec.item(), "anneal_reg": reg.item(), "anneal_rec_grad": float(g_rec.norm()),
-                           "anneal_reg_grad": float(g_reg.norm()), "anneal_rec_led": float((g_rec.abs() > g_reg.abs()).float().mean())}
+                values = torch.stack([rec.detach(), reg.detach(), g_rec.norm(), g_reg.norm(), (g_rec.abs() > g_reg.abs()).float().mean()])
+                balance = dict(zip(("anneal_rec", "anneal_reg", "anneal_rec_grad", "anneal_reg_grad", "anneal_rec_led"),
+                                   values.double().tolist()))  # one host read, once per block
             loss = loss + reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if t % 50 == 0:
+        if t % 50 == 0:  # a host read every 50 steps
             bar.set_postfix(rec=f"{rec.item():.2e}")
     for p in train:
         p.requires_grad_(False)

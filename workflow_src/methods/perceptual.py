@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config.vgg import VGG16_CFG, layer_names  # noqa: F401  (the layouts and their layer names)
+from ..device import to_device
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's file name: the sha256 prefix follows the dash
 VGG16_URL = "https://download.pytorch.org/models/" + VGG16_FILE
@@ -119,16 +120,17 @@ def load_vgg16(path: str) -> VGGFeatures:
     return net.eval()
 
 
-def load_perceptual(kind: str, path: str) -> VGGFeatures:
+def load_perceptual(kind: str, path: str, device: torch.device | None = None) -> VGGFeatures:
+    """The perceptual network ``perceptual.kind`` from ``path``, on ``device`` (default: the CPU)."""
     if kind == "vgg16":
-        return load_vgg16(path)
+        return load_vgg16(path).to(device)
     if kind == "tinyvgg":
         from ..utils import torch_load
 
         saved = torch_load(path)
         net = VGGFeatures(saved["cfg"])
         net.load_state_dict(saved["state_dict"])
-        return net.eval()
+        return net.eval().to(device)
     raise ValueError(f"perceptual.kind = {kind!r}: known kinds are 'vgg16' and 'tinyvgg'")
 
 
@@ -161,13 +163,15 @@ class _Classifier(nn.Module):
         return self.head(f.mean(dim=(2, 3)))
 
 
-def train_tiny_vgg(domains: List[torch.Tensor], cfg: Dict, seed: int) -> VGGFeatures:
+def train_tiny_vgg(domains: List[torch.Tensor], cfg: Dict, seed: int, device: torch.device | None = None) -> VGGFeatures:
     """Train the tiny perceptual network with the pretext task above on ``domains``: one float
-    image tensor in [-1, 1] per dataset/domain (sizes may differ; each step draws from one)."""
+    image tensor in [-1, 1] per dataset/domain (sizes may differ; each step draws from one), on
+    ``device`` (default: the CPU); initialisation and batches are drawn on the CPU, the same on
+    every device."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = VGGFeatures(cfg["layers"])
-    clf = _Classifier(net, 4 * len(_PERMS))
+    clf = _Classifier(net, 4 * len(_PERMS)).to(device)
     opt = torch.optim.Adam(clf.parameters(), lr=float(cfg.get("lr", 1e-3)))
     steps, bs = int(cfg.get("steps", 300)), int(cfg.get("batch_size", 64))
     bar = tqdm(range(steps), desc="perceptual net", unit="step")
@@ -176,9 +180,10 @@ def train_tiny_vgg(domains: List[torch.Tensor], cfg: Dict, seed: int) -> VGGFeat
         idx = torch.randint(len(images), (bs,), generator=g)
         labels = torch.randint(4 * len(_PERMS), (bs,), generator=g)
         batch = torch.stack([_augment(images[int(i)], int(l)) for i, l in zip(idx, labels)])
-        loss = F.cross_entropy(clf(batch), labels)
+        loss = F.cross_entropy(clf(to_device(batch, device)), to_device(labels, device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 50 == 0:  # a host read every 50 steps, not every step
+            bar.set_postfix(loss=f"{loss.item():.3f}")
     return net.eval()

@@ -41,6 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import Variant, deep_merge
+from ..device import module_device, restore_rng, rng_state, rows_to_host, to_device
 from ..quant import calibrate, map_quantizers, quantize_model
 from ..quant.lsq import LSQQuantizer
 from ..quant.quantizer import FakeQuantizer
@@ -107,10 +108,11 @@ def _lr_factor(step: int, total: int, schedule: str) -> float:
 
 
 def distill_step(G: nn.Module, D: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: DistillLoss, w_adv: float,
-                 opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> Dict[str, float]:
+                 opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> Dict[str, torch.Tensor]:
     """One generator step (distillation terms + LSGAN adversarial term) and one LSGAN
-    discriminator step (``y`` real, ``G(x)`` fake); returns the losses.  The same step trains an
-    FP generator in ``benchmarks/qat_step.py``, the baseline of QAT's overhead."""
+    discriminator step (``y`` real, ``G(x)`` fake); returns the losses as detached 0-dim tensors
+    on the device (read them once per logging interval: :func:`workflow_src.device.rows_to_host`).
+    The same step trains an FP generator in ``benchmarks/qat_step.py``, the baseline of QAT's overhead."""
     out = G(x)
     terms = loss(out, y)
     loss_g = distill = loss.total(terms)
@@ -123,14 +125,14 @@ def distill_step(G: nn.Module, D: nn.Module, x: torch.Tensor, y: torch.Tensor, l
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
-    row = {"loss_g": loss_g.item(), "distill": distill.item(), **{k: v.item() for k, v in terms.items()}}
+    row = {"loss_g": loss_g.detach(), "distill": distill.detach(), **{k: v.detach() for k, v in terms.items()}}
     if w_adv > 0:
         p_real, p_fake = D(y), D(out.detach())
         loss_d = 0.5 * (F.mse_loss(p_real, torch.ones_like(p_real)) + F.mse_loss(p_fake, torch.zeros_like(p_fake)))
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
-        row.update(adversarial=adv.item(), loss_d=loss_d.item())
+        row.update(adversarial=adv.detach(), loss_d=loss_d.detach())
     return row
 
 
@@ -154,7 +156,9 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
               epoch_hook: Optional[Callable[[int, nn.Module], None]] = None,
               fingerprint: Optional[Dict[str, Any]] = None,
               feed: Optional[Callable[[torch.Tensor], ContextManager]] = None) -> Dict[str, Any]:
-    """Train the calibrated quantized generator ``qmodel`` in place; returns the info record.
+    """Train the calibrated quantized generator ``qmodel`` in place, on its device (``D`` and the
+    loss's network on the same one; ``inputs``/``targets`` may stay on the CPU: each batch is moved);
+    returns the info record.
 
     ``mode``: "ma-qat" or "lsq-qat".  ``epoch_hook(epoch, qmodel)`` is called after each epoch.
     ``fingerprint`` (:mod:`..resume`; default: of ``mode``, ``qcfg``, ``seed`` and this code) is what
@@ -164,6 +168,7 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
     if fingerprint is None:
         fingerprint = resume.fingerprint({"mode": mode, "qcfg": qcfg, "seed": seed, "loss": loss.kind}, [__name__])
     epochs, bs = int(qcfg["epochs"]), int(qcfg["batch_size"])
+    device = module_device(qmodel)
     n = len(inputs)
     if n < bs:
         raise ValueError(f"qat.batch_size = {bs} is larger than the distillation set ({n} samples)")
@@ -209,6 +214,7 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
         D.load_state_dict(saved["D"])
         opt_g.load_state_dict(saved["opt_g"])
         opt_d.load_state_dict(saved["opt_d"])
+        restore_rng(saved, device)
         print(f"resuming {mode} at epoch {start}/{epochs}")
     elif log is not None:
         log.unlink(missing_ok=True)
@@ -238,22 +244,22 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
             for opt in (opt_g, opt_d):
                 for g in opt.param_groups:
                     g["lr"] = g["base_lr"] * factor
-            idx = perm[i * bs:(i + 1) * bs]
+            idx = perm[i * bs:(i + 1) * bs]  # the data order is drawn on the CPU: the same on every device
+            x, y = to_device(inputs[idx], device), to_device(targets[idx], device).float()
             with feed(idx) if feed is not None else contextlib.nullcontext():
-                row = {"epoch": epoch, "step": step, **distill_step(qmodel, D, inputs[idx], targets[idx].float(), loss, w_adv, opt_g, opt_d)}
-            rows.append(row)
+                rows.append({"epoch": epoch, "step": step, **distill_step(qmodel, D, x, y, loss, w_adv, opt_g, opt_d)})
             bar.update(1)
-            if i % 10 == 0:
-                bar.set_postfix(epoch=epoch, loss_g=f"{row['loss_g']:.3g}")
         set_tracking(qmodel, False)
+        rows = rows_to_host(rows)  # the losses stay on the device during the epoch: one sync per epoch
         epoch_means.append({"epoch": epoch, **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k not in ("epoch", "step")}})
+        bar.set_postfix(epoch=epoch, loss_g=f"{epoch_means[-1]['loss_g']:.3g}")
         if log is not None:
             append_rows(log, rows)
         if tracker is not None:
             tracker.log_step_metrics([{k: v for k, v in r.items() if k != "epoch"} for r in rows])
         if ckpt is not None and epoch + 1 < epochs:
             torch_save({"epoch": epoch + 1, "lsq": lsq, "model": qmodel.state_dict(), "D": D.state_dict(),
-                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "fingerprint": fingerprint}, ckpt)
+                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "fingerprint": fingerprint, **rng_state(device)}, ckpt)
         if epoch_hook is not None:
             epoch_hook(epoch, qmodel)
     bar.close()

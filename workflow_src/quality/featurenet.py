@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..device import to_device
+
 
 class TinyFeatureNet(nn.Module):
     def __init__(self, n_classes: int, input_size: int = 32, width: int = 32, dim: int = 64):
@@ -44,28 +46,31 @@ class TinyFeatureNet(nn.Module):
         return self.head(self.features(images))
 
 
-def train_featurenet(domains: List[torch.Tensor], cfg: Dict, seed: int) -> TinyFeatureNet:
-    """Train on ``domains`` (one float image tensor in [-1, 1] per dataset/domain).
+def train_featurenet(domains: List[torch.Tensor], cfg: Dict, seed: int, device: torch.device | None = None) -> TinyFeatureNet:
+    """Train on ``domains`` (one float image tensor in [-1, 1] per dataset/domain), on ``device``
+    (default: the CPU); the network is initialised and the batches are drawn on the CPU, so the
+    draws are the same on every device.
 
     The label of an image rotated by ``r`` quarter turns from domain ``d`` is ``4 d + r``."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net = TinyFeatureNet(4 * len(domains), cfg.get("input_size", 32), cfg.get("width", 32), cfg.get("dim", 64))
-    images = [net.prepare(d) for d in domains]  # resize once
+    net = TinyFeatureNet(4 * len(domains), cfg.get("input_size", 32), cfg.get("width", 32), cfg.get("dim", 64)).to(device)
+    images = [net.prepare(d) for d in domains]  # resize once (on the CPU)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.get("lr", 1e-3))
     steps, bs = cfg.get("steps", 600), cfg.get("batch_size", 64)
     net.train()
     bar = tqdm(range(steps), desc="feature net", unit="step")
-    for _ in bar:
+    for step in bar:
         d = torch.randint(len(images), (bs,), generator=g)
         r = torch.randint(4, (bs,), generator=g)
         batch = torch.stack([
             torch.rot90(images[int(di)][torch.randint(len(images[int(di)]), (1,), generator=g).item()], int(ri), dims=(1, 2))
             for di, ri in zip(d, r)
         ])
-        loss = F.cross_entropy(net(batch), 4 * d + r)
+        loss = F.cross_entropy(net(to_device(batch, device)), to_device(4 * d + r, device))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 50 == 0:  # a host read every 50 steps, not every step
+            bar.set_postfix(loss=f"{loss.item():.3f}")
     return net.eval()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..device import to_device
 from ..files import atomic_path
 from ..utils import torch_load
 
@@ -36,8 +37,10 @@ class FeatureSpace:
 
     @torch.inference_mode()
     def extract(self, batches: Iterable[torch.Tensor], total: int | None = None) -> np.ndarray:
-        feats = [self.fn(b.float()).double().cpu().numpy() for b in tqdm(batches, total=total, desc=f"features[{self.name}]", unit="batch", leave=False)]
-        return np.concatenate(feats, axis=0)
+        """Features of every batch (on the CPU or the network's device), as float64 on the host:
+        they stay on the device until the end and are read in one transfer."""
+        feats = [self.fn(b.float()) for b in tqdm(batches, total=total, desc=f"features[{self.name}]", unit="batch", leave=False)]
+        return torch.cat(feats).cpu().double().numpy()
 
 
 class InceptionFeatures(torch.nn.Module):
@@ -79,7 +82,8 @@ class InceptionFeatures(torch.nn.Module):
 
 def load_feature_space(kind: str, path: str | Path, device: torch.device | None = None) -> FeatureSpace:
     """``kind`` ``tinycnn``: ``path`` is the trained network file.  ``inception``: ``path`` is the
-    directory holding pytorch-fid's weight file ``pt_inception-2015-12-05-6726825d.pth``."""
+    directory holding pytorch-fid's weight file ``pt_inception-2015-12-05-6726825d.pth``.  The
+    network runs on ``device`` (default: the CPU); image batches are moved there one by one."""
     device = device or torch.device("cpu")
     if kind == "tinycnn":
         from .featurenet import TinyFeatureNet
@@ -88,13 +92,13 @@ def load_feature_space(kind: str, path: str | Path, device: torch.device | None 
         net = TinyFeatureNet(**ckpt["hparams"])
         net.load_state_dict(ckpt["state_dict"])
         net.eval().to(device)
-        return FeatureSpace(f"tinycnn-{ckpt['hparams']['dim']}d", ckpt["hparams"]["dim"], lambda x: net.features(x.to(device)))
+        return FeatureSpace(f"tinycnn-{ckpt['hparams']['dim']}d", ckpt["hparams"]["dim"], lambda x: net.features(to_device(x, device)))
     if kind == "inception":
         weights = Path(path) / "checkpoints" / INCEPTION_FILE
         if not weights.exists():
             raise FileNotFoundError(f"FID Inception weights {str(weights)!r} not found; run the fetch_inception rule or set features.inception.path")
         features = InceptionFeatures(load_fid_inception(weights)).to(device)
-        return FeatureSpace("inception-2048d", 2048, lambda x: features(x.to(device)))
+        return FeatureSpace("inception-2048d", 2048, lambda x: features(to_device(x, device)))
     raise ValueError(f"features.kind = {kind!r}: known feature spaces are 'tinycnn' and 'inception'")
 
 

@@ -20,6 +20,8 @@ from typing import Any, Dict, Iterable, List, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..device import module_device, to_device
+
 _PRE = (nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d, nn.Upsample)
 
 
@@ -111,10 +113,11 @@ class _Rows:
 @torch.no_grad()
 def capture(model: nn.Module, block: Block, inputs: torch.Tensor, batch_size: int, what: str,
             spill_dir: Path | None = None, max_bytes: int | None = None, batches: Iterable[torch.Tensor] | None = None) -> Any:
-    """Run ``model`` on ``inputs`` and record the block's call arguments (``what="inputs"``: one
-    record ``(args, kwargs)``) or its output (``what="outputs"``: one tensor), concatenated over the
-    batches along the batch dimension; arguments broadcast over the batch (such as a constant input)
-    are kept from the first batch.  The forward pass stops as soon as the block is done.
+    """Run ``model`` on ``inputs`` (moved batch by batch to the model's device) and record the
+    block's call arguments (``what="inputs"``: one record ``(args, kwargs)``) or its output
+    (``what="outputs"``: one tensor), concatenated over the batches along the batch dimension, on
+    that device; arguments broadcast over the batch (such as a constant input) are kept from the
+    first batch.  The forward pass stops as soon as the block is done.
 
     When the whole would exceed ``max_bytes``, the batched tensors are written to memory-mapped
     files under ``spill_dir`` as they are captured (and indexed from there), so memory holds one
@@ -150,10 +153,11 @@ def capture(model: nn.Module, block: Block, inputs: torch.Tensor, batch_size: in
         raise _Stop
 
     handle = first.register_forward_pre_hook(pre, with_kwargs=True) if what == "inputs" else last.register_forward_hook(post)
+    device = module_device(model)
     try:
         for x in inputs.split(batch_size) if batches is None else batches:
             try:
-                model(x)
+                model(to_device(x, device))
             except _Stop:
                 pass
     finally:
@@ -164,13 +168,18 @@ def capture(model: nn.Module, block: Block, inputs: torch.Tensor, batch_size: in
     return values[0] if what == "outputs" else (values, state["kwargs"])
 
 
-def index_record(rec: Any, idx: torch.Tensor, device: torch.device | None = None) -> Any:
-    """Rows ``idx`` of a captured record, on ``device`` (spilled records live on the CPU)."""
+def index_record(rec: Any, idx: torch.Tensor | slice, device: torch.device | None = None,
+                 idx_on_device: torch.Tensor | None = None) -> Any:
+    """Rows ``idx`` of a captured record, on ``device`` (spilled records live on the CPU, the
+    others where they were captured).  ``idx_on_device``: the same indices on ``device``, used for
+    tensors that live there, so that no index crosses devices."""
     def take(a):
         if not torch.is_tensor(a):
             return a
-        rows = a[idx] if a.dim() > 0 and a.shape[0] == record_len(rec) else a
-        return rows.to(device) if device is not None else rows
+        if a.dim() > 0 and a.shape[0] == record_len(rec):
+            i = idx_on_device if idx_on_device is not None and a.device == idx_on_device.device else idx
+            a = a[i]
+        return to_device(a, device)
 
     if torch.is_tensor(rec):
         return take(rec)

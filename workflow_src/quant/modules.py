@@ -70,19 +70,20 @@ def _observer(kind: str, quantiles: Tuple[float, float], momentum: float, **kw) 
 
 
 def weight_quantizer(weight: torch.Tensor, spec: QuantSpec) -> FakeQuantizer:
-    """A symmetric signed quantizer for ``weight`` (output channels on axis 0), calibrated at once."""
+    """A symmetric signed quantizer for ``weight`` (output channels on axis 0), calibrated at once,
+    on the weight's device."""
     channels = weight.shape[0] if spec.per_channel else None
     obs = _observer(spec.w_observer, spec.w_quantiles, spec.momentum, channels=channels, axis=0)
-    q = FakeQuantizer(spec.w_bits, symmetric=True, observer=obs, axis=0 if spec.per_channel else None)
+    q = FakeQuantizer(spec.w_bits, symmetric=True, observer=obs, axis=0 if spec.per_channel else None).to(weight.device)
     obs.update(weight.detach())
     q.freeze()
     return q
 
 
-def activation_quantizer(spec: QuantSpec) -> FakeQuantizer:
-    """An affine unsigned per-tensor quantizer, to be calibrated on data."""
+def activation_quantizer(spec: QuantSpec, device: torch.device | None = None) -> FakeQuantizer:
+    """An affine unsigned per-tensor quantizer on ``device``, to be calibrated on data."""
     obs = _observer(spec.a_observer, spec.a_quantiles, spec.momentum, per_sample=True)
-    return FakeQuantizer(spec.a_bits, symmetric=False, observer=obs)
+    return FakeQuantizer(spec.a_bits, symmetric=False, observer=obs).to(device)
 
 
 class QuantConv2d(nn.Conv2d):
@@ -91,9 +92,9 @@ class QuantConv2d(nn.Conv2d):
         q = cls(
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
             conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
-        )
+        ).to(conv.weight.device)  # built on the CPU: its (overwritten) init draws the same on every device
         q.load_state_dict(conv.state_dict())
-        q.input_quant = activation_quantizer(spec)
+        q.input_quant = activation_quantizer(spec, conv.weight.device)
         q.weight_quant = weight_quantizer(q.weight, spec)
         return q
 
@@ -104,9 +105,9 @@ class QuantConv2d(nn.Conv2d):
 class QuantLinear(nn.Linear):
     @classmethod
     def from_float(cls, lin: nn.Linear, spec: QuantSpec) -> "QuantLinear":
-        q = cls(lin.in_features, lin.out_features, lin.bias is not None)
+        q = cls(lin.in_features, lin.out_features, lin.bias is not None).to(lin.weight.device)
         q.load_state_dict(lin.state_dict())
-        q.input_quant = activation_quantizer(spec)
+        q.input_quant = activation_quantizer(spec, lin.weight.device)
         q.weight_quant = weight_quantizer(q.weight, spec)
         return q
 
@@ -117,11 +118,11 @@ class QuantLinear(nn.Linear):
 class QuantOp(nn.Module):
     """An operation of :mod:`.ops` whose operands are fake-quantized."""
 
-    def __init__(self, op: FloatOp, spec: QuantSpec, n_operands: Optional[int] = None):
+    def __init__(self, op: FloatOp, spec: QuantSpec, n_operands: Optional[int] = None, device: torch.device | None = None):
         super().__init__()
         self.op = op
         n = n_operands or getattr(op, "n_inputs", None) or 2
-        self.operand_quant = nn.ModuleList(activation_quantizer(spec) for _ in range(n))
+        self.operand_quant = nn.ModuleList(activation_quantizer(spec, device) for _ in range(n))
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         if len(xs) != len(self.operand_quant):

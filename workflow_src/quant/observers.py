@@ -62,6 +62,21 @@ class Observer(nn.Module):
         self.register_buffer("lo", torch.zeros(n))
         self.register_buffer("hi", torch.zeros(n))
         self.register_buffer("count", torch.tensor(0, dtype=torch.long))
+        self._seen: Optional[int] = 0  # host-side copy of `count` (None: read it once): no device sync per update
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._seen = None
+
+    def _count(self) -> int:
+        """``count`` as a Python int, read from the buffer only after a state-dict load."""
+        if self._seen is None:
+            self._seen = int(self.count)
+        return self._seen
+
+    def _counted(self, n: int) -> None:
+        self._seen = self._count() + n
+        self.count += n
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as (samples, channels, values)."""
@@ -75,7 +90,7 @@ class Observer(nn.Module):
         return rows
 
     def range(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        if int(self.count) == 0:
+        if self._count() == 0:
             raise RuntimeError(f"{type(self).__name__} has observed nothing; run calibration data through the model first")
         return self.lo.clone(), self.hi.clone()
 
@@ -91,13 +106,13 @@ class MinMaxObserver(Observer):
         rows = self._rows(x)
         lo = rows.amin(dim=(0, 2)).float()
         hi = rows.amax(dim=(0, 2)).float()
-        if int(self.count) == 0:
+        if self._count() == 0:
             self.lo.copy_(lo)
             self.hi.copy_(hi)
         else:
             torch.minimum(self.lo, lo, out=self.lo)
             torch.maximum(self.hi, hi, out=self.hi)
-        self.count += rows.shape[0]
+        self._counted(rows.shape[0])
 
 
 class QuantileObserver(Observer):
@@ -122,15 +137,15 @@ class QuantileObserver(Observer):
         lo = rowwise_quantile(flat, self.lower).reshape(s, c)
         hi = rowwise_quantile(flat, self.upper).reshape(s, c)
         m = self.momentum
-        if int(self.count) == 0:  # the first sample initialises the averages
+        if self._count() == 0:  # the first sample initialises the averages
             self.lo.copy_(lo[0])
             self.hi.copy_(hi[0])
-            self.count += 1
+            self._counted(1)
             lo, hi, s = lo[1:], hi[1:], s - 1
         if s:
             # s sequential updates r <- m r + (1 - m) x_i in closed form: m^s r + sum_i (1 - m) m^(s-1-i) x_i
-            w = (1 - m) * m ** torch.arange(s - 1, -1, -1, dtype=torch.float64)
+            w = (1 - m) * m ** torch.arange(s - 1, -1, -1, dtype=torch.float64, device=lo.device)
             decay = m**s
             self.lo.copy_((decay * self.lo.double() + (w[:, None] * lo.double()).sum(0)).float())
             self.hi.copy_((decay * self.hi.double() + (w[:, None] * hi.double()).sum(0)).float())
-            self.count += s
+            self._counted(s)

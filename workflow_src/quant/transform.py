@@ -16,19 +16,20 @@ from torch import nn
 from tqdm import tqdm
 
 from ..archs.layers import bake
+from ..device import module_device, to_device
 from .modules import QuantConv2d, QuantLinear, QuantOp, QuantSpec
 from ..archs.ops import FloatOp
 from .quantizer import FakeQuantizer
 
 
 def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
-    """A quantized deep copy of ``model`` (the original is untouched)."""
+    """A quantized deep copy of ``model`` (the original is untouched), on ``model``'s device."""
     qmodel = bake(copy.deepcopy(model))
-    _swap(qmodel, spec)
+    _swap(qmodel, spec, module_device(model))
     return qmodel.eval()
 
 
-def _swap(module: nn.Module, spec: QuantSpec) -> None:
+def _swap(module: nn.Module, spec: QuantSpec, device: torch.device) -> None:
     for name, child in module.named_children():
         if isinstance(child, (QuantConv2d, QuantLinear, QuantOp)):
             continue
@@ -39,9 +40,9 @@ def _swap(module: nn.Module, spec: QuantSpec) -> None:
         elif isinstance(child, nn.Linear):
             setattr(module, name, QuantLinear.from_float(child, spec))
         elif isinstance(child, FloatOp):
-            setattr(module, name, QuantOp(child, spec))
+            setattr(module, name, QuantOp(child, spec, device=device))
         else:
-            _swap(child, spec)
+            _swap(child, spec, device)
 
 
 def weight_quantizers(model: nn.Module) -> Iterator[FakeQuantizer]:
@@ -79,7 +80,8 @@ def set_quant(model: nn.Module, weights: bool = True, activations: bool = True) 
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], total: int | None = None) -> int:
     """Observe the activations of the float model (weights and activations unquantized) on the
-    batches, then freeze every activation quantizer.  Returns the number of samples seen."""
+    batches (moved to the model's device), then freeze every activation quantizer.  Returns the
+    number of samples seen."""
     acts = list(activation_quantizers(model))
     weights = list(weight_quantizers(model))
     w_enabled = [q.enabled for q in weights]
@@ -88,9 +90,10 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], total: int | No
     for q in weights:
         q.enabled = False
     seen = 0
+    device = module_device(model)
     try:
         for batch in tqdm(batches, total=total, desc="calibrate", unit="batch", leave=False):
-            model(batch)
+            model(to_device(batch, device))
             seen += batch.shape[0]
     finally:
         for q in acts:

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from ..config import FP, Variant
+from ..device import resolve_device
 from ..files import atomic_path
 from ..workflow.artifacts import load_eval_inputs, load_quantized, make_arch
 from ..workflow.stages import figure_variants
@@ -28,7 +29,7 @@ def _caption(metrics: Dict[str, Any]) -> str:
 
 
 def _strip(images: torch.Tensor) -> torch.Tensor:
-    x = ((images.detach().float().clamp(-1, 1) + 1) / 2)
+    x = ((images.detach().cpu().float().clamp(-1, 1) + 1) / 2)
     return torch.cat(list(x), dim=2).permute(1, 2, 0)  # H x (N W) x 3
 
 
@@ -42,6 +43,7 @@ def sample_figure(cfg: Dict[str, Any], *, arch: str, models: List[str], metrics:
     import matplotlib.pyplot as plt
 
     arch_name, fp_path, inputs_path = arch, fp, inputs
+    device = resolve_device(cfg)
     model_of = {Path(p).stem: p for p in models}
     metrics_of = {Path(p).stem: p for p in metrics}
     fcfg = cfg["figures"]
@@ -61,14 +63,14 @@ def sample_figure(cfg: Dict[str, Any], *, arch: str, models: List[str], metrics:
 
     fp_metrics = json.loads(Path(metrics_of[FP]).read_text())
     rows: List[Tuple[str, List[torch.Tensor]]] = [
-        (f"{FP_TITLE}: FID {_caption(fp_metrics)}", [show(load_generator(cfg, arch_name, fp_path))])]
+        (f"{FP_TITLE}: FID {_caption(fp_metrics)}", [show(load_generator(cfg, arch_name, fp_path, device))])]
     by_method: Dict[str, List[Variant]] = {}
     for v in figure_variants(cfg):
         by_method.setdefault(v.method, []).append(v)
     for method, vs in by_method.items():
         strips, fids = [], []
         for v in vs:
-            model = load_quantized(cfg, arch_name, model_of[v.name])
+            model = load_quantized(cfg, arch_name, model_of[v.name], device)
             strips.append(show(model))
             fids.append(f"w{v.w_bits}: {_caption(json.loads(Path(metrics_of[v.name]).read_text()))}")
         gran = "per-channel" if vs[0].per_channel else "per-tensor"

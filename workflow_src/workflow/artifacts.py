@@ -40,19 +40,20 @@ def load_distill(path: str, arch: str) -> Dict[str, Any]:
     return saved
 
 
-def load_quantized(cfg: Dict[str, Any], arch: str, path: str) -> torch.nn.Module:
-    """A quantized generator written by rule quantize or qat."""
+def load_quantized(cfg: Dict[str, Any], arch: str, path: str, device: torch.device | None = None) -> torch.nn.Module:
+    """A quantized generator written by rule quantize or qat, in eval mode, on ``device`` (default:
+    the CPU)."""
     saved = torch_load(path)
     if saved.get("arch") != arch:
         raise ValueError(f"{path!r} holds a quantized {saved.get('arch')!r} model, expected {arch!r}")
     registry.method(Variant.parse(saved["variant"]).method).implementation()  # its file may register its observers
     qmodel = quantize_model(make_arch(cfg, arch).build_generator().eval(), QuantSpec.from_dict(saved["spec"]))
     qmodel.load_state_dict(saved["state_dict"])
-    return qmodel.eval()
+    return qmodel.to(device).eval()
 
 
-def feature_space(cfg: Dict[str, Any], features_path: str) -> fid.FeatureSpace:
-    return fid.load_feature_space(cfg["features"]["kind"], features_path)
+def feature_space(cfg: Dict[str, Any], features_path: str, device: torch.device | None = None) -> fid.FeatureSpace:
+    return fid.load_feature_space(cfg["features"]["kind"], features_path, device)
 
 
 def arch_params(cfg: Dict[str, Any], arch: str, sweep_best: str | None = None) -> Dict[str, Any]:

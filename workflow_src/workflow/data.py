@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from ..device import resolve_device
 from ..datasets import prepared
 from ..quality import fid
 from .artifacts import feature_space
@@ -15,7 +16,7 @@ def prepare_data(cfg: Dict[str, Any], *, dataset: str, out: str, downloads: str)
 
 def real_stats(cfg: Dict[str, Any], *, dataset: str, split: str, data: str, features: str, out: str) -> None:
     """Mean and covariance of the features of split ``split`` of the prepared dataset ``data``."""
-    fs = feature_space(cfg, features)
+    fs = feature_space(cfg, features, resolve_device(cfg))
     images = prepared.load_split(data, split)
     bs = cfg["eval"]["batch_size"]
     batches = (prepared.to_tensor(images[i : i + bs]) for i in range(0, len(images), bs))

@@ -7,6 +7,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from ..device import resolve_device
 from ..config import arch_dataset
 from ..datasets import prepared
 from ..datasets.kinds import is_two_domain
@@ -37,7 +38,7 @@ def distill(cfg: Dict[str, Any], *, arch: str, data: str, fp: str, out: str) -> 
     inputs = _inputs(cfg, arch, data, cfg["distill"]["size"], g, "train" + ("A" if _two_domain(cfg, arch) else ""))
     a = make_arch(cfg, arch)
     extras = a.sample_extras(len(inputs), g)
-    outputs = a.generate(load_generator(cfg, arch, fp), inputs, cfg["distill"]["batch_size"], extras)
+    outputs = a.generate(load_generator(cfg, arch, fp, resolve_device(cfg)), inputs, cfg["distill"]["batch_size"], extras)
     torch_save({"arch": arch, "inputs": inputs, "extras": extras, "outputs": outputs.half()}, out)
 
 

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 import torch
 from PIL import Image
 
+from ..device import resolve_device
 from ..config import Variant
 from ..files import atomic_path, write_json
 from ..quality import fid
@@ -20,7 +21,7 @@ from .training import load_generator
 
 def save_grid(images: torch.Tensor, out: str | Path) -> None:
     """One row of [-1, 1] images as a PNG."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     row = torch.cat(list(x), dim=2).permute(1, 2, 0).numpy()  # H x (N W) x 3
     with atomic_path(out) as tmp:
         Image.fromarray(row).save(tmp, format="PNG")
@@ -43,21 +44,22 @@ def _evaluate(cfg: Dict[str, Any], arch: str, v: Optional[Variant], model_path: 
     """For the FP generator (``v`` None) the FP feature statistics are written to
     ``fp_stats_path``; for a quantized variant they are read from it."""
     seed_everything(cfg["seed"])
-    fs = feature_space(cfg, features_path)
+    device = resolve_device(cfg)
+    fs = feature_space(cfg, features_path, device)
     tags = variant_tags(arch, v)
     with tracking.run("evaluate", cfg, {**tags, "feature_space": fs.name}, {"eval": cfg["eval"]}) as run:
-        metrics = _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out)
+        metrics = _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out, device)
         write_json(out, {**tags, **metrics, "feature_space": fs.name, "profile": cfg["profile"]})
         run.log_metrics({k: metrics[k] for k in ("fid", "qfid", "fid_std", "qfid_std", "generate_seconds")})
         run.log_artifact(out)
         run.log_artifact(samples_out)
 
 
-def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out) -> Dict[str, Any]:
+def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out, device=None) -> Dict[str, Any]:
     if v is None:
-        model = load_generator(cfg, arch, model_path)
+        model = load_generator(cfg, arch, model_path, device)
     else:
-        model = load_quantized(cfg, arch, model_path)
+        model = load_quantized(cfg, arch, model_path, device)
     inputs, extras = load_eval_inputs(inputs_path, arch)
     bs = cfg["eval"]["batch_size"]
     t0 = time.time()

@@ -9,14 +9,15 @@ import torch
 
 from ..archs.importers import CheckpointMismatch, UNSUPPORTED, rosinality_discriminator, rosinality_generator, select
 from ..datasets.download import sha256_file
-from ..utils import device, seed_everything, torch_load, torch_save
+from ..device import resolve_device
+from ..utils import seed_everything, torch_load, torch_save
 from .artifacts import make_arch
 from .training import _state_dicts, train
 
 
 def train_fp(cfg: Dict[str, Any], *, arch: str, data: str, model: str, ckpt: str) -> None:
     """Train ``arch`` on the prepared dataset ``data``; ``ckpt`` is the resumable checkpoint."""
-    train(cfg, arch, data, model, ckpt, device())
+    train(cfg, arch, data, model, ckpt, resolve_device(cfg))
 
 
 def import_fp(cfg: Dict[str, Any], *, arch: str, checkpoint: str, model: str) -> Path:

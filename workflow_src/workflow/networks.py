@@ -9,6 +9,7 @@ from typing import Any, Dict, List
 
 import torch
 
+from ..device import resolve_device
 from ..datasets import prepared
 from ..datasets.download import fetch, sha256_file
 from ..files import atomic_path
@@ -35,14 +36,15 @@ def train_features(cfg: Dict[str, Any], *, data: List[str], out: str) -> None:
     """Train the tiny feature network on the training splits of the prepared datasets ``data``."""
     domains = _train_domains(data)
     fcfg = dict(cfg["features"].get("tinycnn", {}))
-    net = train_featurenet(domains, fcfg, seed=cfg["seed"])
+    net = train_featurenet(domains, fcfg, seed=cfg["seed"], device=resolve_device(cfg))
     hparams = {"n_classes": 4 * len(domains), "input_size": net.input_size, "width": fcfg.get("width", 32), "dim": fcfg.get("dim", 64)}
     torch_save({"hparams": hparams, "state_dict": net.state_dict()}, out)
 
 
 def train_perceptual(cfg: Dict[str, Any], *, data: List[str], out: str) -> None:
     """Train the tiny profile's perceptual network on the training splits of ``data``."""
-    net = perceptual.train_tiny_vgg(_train_domains(data), cfg["perceptual"]["tinyvgg"], seed=cfg["seed"] + 303)
+    net = perceptual.train_tiny_vgg(_train_domains(data), cfg["perceptual"]["tinyvgg"], seed=cfg["seed"] + 303,
+                                     device=resolve_device(cfg))
     torch_save({"cfg": net.cfg, "state_dict": net.state_dict()}, out)
 
 

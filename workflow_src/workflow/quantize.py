@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from ..device import resolve_device
 from .. import registry, resume
 from ..config import Variant
 from ..files import write_json
@@ -28,18 +29,19 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
     method = registry.method(v.method)
     needs = method.needs_for(cfg, arch)
     acfg = arch_params(cfg, arch, quantiles) if "quantiles" in needs else cfg["archs"][arch]
-    g = load_generator(cfg, arch, fp)
+    device = resolve_device(cfg)
+    g = load_generator(cfg, arch, fp, device)
     distill_set = load_distill(distill, arch)
     ckpt = Path(str(model) + ".ckpt.pt")
     extra: Dict[str, Any] = {}
     if "distill" in needs:
         extra["distill"] = distill_set
     if "discriminator" in needs:
-        extra["discriminator"] = load_discriminator(cfg, arch, fp)
+        extra["discriminator"] = load_discriminator(cfg, arch, fp, device)
     if "perceptual" in needs:
         if not perceptual:
             raise ValueError(f"{v.method} needs --perceptual (the perceptual network, perceptual.kind)")
-        extra["perceptual"] = load_perceptual(cfg["perceptual"]["kind"], perceptual)
+        extra["perceptual"] = load_perceptual(cfg["perceptual"]["kind"], perceptual, device)
     if method.trains:
         if not losses:
             raise ValueError(f"{v.method} writes per-step losses: pass --losses")

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .. import registry
 from ..config import Variant
+from ..device import resolve_device
 from ..files import atomic_path, write_json
 from ..quality import fid
 from .artifacts import feature_space, load_distill, load_eval_inputs, make_arch
@@ -35,11 +36,12 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, inputs: 
     scfg = cfg["sweep"]
     method = registry.swept_method()
     run_method = method.implementation()
-    g = load_generator(cfg, arch, fp)
+    device = resolve_device(cfg)
+    g = load_generator(cfg, arch, fp, device)
     distill_set = load_distill(distill, arch)
     inputs, extras = load_eval_inputs(inputs, arch)
     a = make_arch(cfg, arch)
-    fs = feature_space(cfg, features)
+    fs = feature_space(cfg, features, device)
     fp_stats = fid.load_stats(fp_stats, fs.name)
     bs = cfg["eval"]["batch_size"]
     rows = []

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ..datasets import prepared as datasets
 from ..config import arch_dataset
+from ..device import restore_rng, rng_state, rows_to_host
 from .. import resume
 from . import tracking
 from ..files import append_rows, copy_atomic, truncate_rows
@@ -54,7 +55,7 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
     else:
         _load_state_dicts(state, saved["state"])
         step = int(saved["step"])
-        torch.set_rng_state(saved["rng"])
+        restore_rng(saved, device)
         batches.load_state_dict(saved["data"])  # the same batches and flips as an uninterrupted run
         truncate_rows(log_path, "step", step)  # rows a killed run logged after its last checkpoint
         print(f"resuming {arch_name} from {ckpt} at step {step}")
@@ -69,13 +70,15 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
             losses = arch.train_step(state, batches, step)
             rows.append({"step": step, **losses})
             if step % 10 == 0:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+                bar.set_postfix({k: f"{v:.3f}" for k, v in rows_to_host([losses])[0].items()})
             if (step + 1) % every == 0 and step + 1 < tcfg["steps"]:
+                rows = rows_to_host(rows)  # the losses stay on the device until here: one sync per interval
                 append_rows(log_path, rows)
-                torch_save({"state": _state_dicts(state), "step": step + 1, "rng": torch.get_rng_state(),
+                torch_save({"state": _state_dicts(state), "step": step + 1, **rng_state(device),
                             "data": batches.state_dict(), "fingerprint": fingerprint}, ckpt)
                 run.log_step_metrics(rows)
                 rows = []
+        rows = rows_to_host(rows)
         append_rows(log_path, rows)
         run.log_step_metrics(rows)
         torch_save({"arch": arch_name, "steps": tcfg["steps"], "state": _state_dicts(state)}, out)
@@ -87,27 +90,28 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
     return out
 
 
-def load_fp_state(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path) -> Dict[str, Any]:
-    """Every network of the trained FP GAN ``arch_name`` (see ``GANArch.init_state``)."""
+def load_fp_state(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path, device: torch.device | None = None) -> Dict[str, Any]:
+    """Every network of the trained FP GAN ``arch_name`` (see ``GANArch.init_state``), on ``device``
+    (default: the CPU)."""
     arch = make_arch(cfg, arch_name)
     saved = torch_load(fp_path)
     if saved.get("arch") != arch_name:
         raise ValueError(f"{str(fp_path)!r} holds a {saved.get('arch')!r} model, expected {arch_name!r}")
-    state = arch.init_state(torch.device("cpu"))
+    state = arch.init_state(torch.device(device or "cpu"))
     _load_state_dicts(state, saved["state"])
     if saved.get("imported"):  # a published checkpoint (workflow_src.workflow.fp.import_fp)
         state["imported"] = saved["imported"]
     return state
 
 
-def load_generator(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path) -> nn.Module:
-    """The trained FP generator of ``arch_name`` in eval mode."""
-    return make_arch(cfg, arch_name).generator(load_fp_state(cfg, arch_name, fp_path)).eval()
+def load_generator(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path, device: torch.device | None = None) -> nn.Module:
+    """The trained FP generator of ``arch_name`` in eval mode, on ``device`` (default: the CPU)."""
+    return make_arch(cfg, arch_name).generator(load_fp_state(cfg, arch_name, fp_path, device)).eval()
 
 
-def load_discriminator(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path) -> nn.Module:
-    """The trained FP discriminator that judges the generator's outputs."""
-    state = load_fp_state(cfg, arch_name, fp_path)
+def load_discriminator(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path, device: torch.device | None = None) -> nn.Module:
+    """The trained FP discriminator that judges the generator's outputs, on ``device`` (default: the CPU)."""
+    state = load_fp_state(cfg, arch_name, fp_path, device)
     if "imported" in state and state["imported"].get("discriminator") is None:
         raise ValueError(f"{str(fp_path)!r} was imported from {state['imported']['file']!r} without a discriminator "
                          f"(archs.{arch_name}.fp_checkpoint.discriminator is null): QAT cannot start its adversarial loss")
