@@ -283,16 +283,53 @@ def _dry_run(wd):
 
 
 def test_paper_plan_imports_stylegan_and_trains_the_others(tmp_path, published_stylegan_checkpoint):
-    proc = _dry_run(tmp_path)
-    assert proc.returncode != 0
-    assert f"key 'archs.stylegan.fp_checkpoint.path' = '{PAPER_CHECKPOINT}': no such file" in proc.stdout + proc.stderr
+    """A fresh clone plans the paper run without the published checkpoint (``make dry-run-paper``:
+    rule import_fp downloads it or says where to put it when it runs); with it, the same plan."""
+    for with_checkpoint in (False, True):
+        if with_checkpoint:
+            (tmp_path / PAPER_CHECKPOINT).parent.mkdir(parents=True)
+            os.symlink(published_stylegan_checkpoint, tmp_path / PAPER_CHECKPOINT)
+        proc = _dry_run(tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = " ".join((proc.stdout + proc.stderr).split())
+        assert "import_fp 1" in out and "train_fp 2" in out and "fetch_inception 1" in out
+        jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", proc.stdout, re.M)
+        assert ("import_fp", "arch=stylegan") in jobs
+        assert sorted(w for r, w in jobs if r == "train_fp") == ["arch=cyclegan", "arch=sagan"]
 
-    (tmp_path / PAPER_CHECKPOINT).parent.mkdir(parents=True)
-    os.symlink(published_stylegan_checkpoint, tmp_path / PAPER_CHECKPOINT)
-    proc = _dry_run(tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = " ".join((proc.stdout + proc.stderr).split())
-    assert "import_fp 1" in out and "train_fp 2" in out and "fetch_inception 1" in out
-    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", proc.stdout, re.M)
-    assert ("import_fp", "arch=stylegan") in jobs
-    assert sorted(w for r, w in jobs if r == "train_fp") == ["arch=cyclegan", "arch=sagan"]
+
+def test_import_fp_downloads_a_missing_checkpoint_or_says_where_to_put_it(tmp_path, monkeypatch, http_server,
+                                                                        published_stylegan_checkpoint):
+    """Without the file and without ``url``: an error naming the key and the path.  With ``url``:
+    downloaded, checked against ``sha256`` (a mismatch leaves nothing at the path), imported."""
+    import hashlib
+
+    from workflow_src.utils import torch_load
+
+    cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"])
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    monkeypatch.chdir(wd)
+    with pytest.raises(FileNotFoundError, match=rf"key 'archs.stylegan.fp_checkpoint.path' = '{PAPER_CHECKPOINT}': no such file.*"
+                                                r"'archs.stylegan.fp_checkpoint.url'"):
+        import_fp(cfg, arch="stylegan", model=str(tmp_path / "a.pt"))
+    served = tmp_path / "served" / "stylegan.model"
+    served.parent.mkdir()
+    os.symlink(published_stylegan_checkpoint, served)
+    digest = hashlib.sha256(published_stylegan_checkpoint.read_bytes()).hexdigest()
+    ck = cfg["archs"]["stylegan"]["fp_checkpoint"]
+    ck.update(url=http_server.served(served), sha256="0" * 64)
+    with pytest.raises(ValueError, match=r"archs\.stylegan\.fp_checkpoint\.sha256"):
+        import_fp(cfg, arch="stylegan", model=str(tmp_path / "b.pt"))
+    assert not [p for p in (wd / PAPER_CHECKPOINT).parent.iterdir()]  # nothing that looks complete
+    ck["sha256"] = digest
+    out = import_fp(cfg, arch="stylegan", model=str(tmp_path / "c.pt"))
+    assert hashlib.sha256((wd / PAPER_CHECKPOINT).read_bytes()).hexdigest() == digest
+    assert torch_load(out)["imported"]["sha256"] == digest
+
+
+def test_a_checkpoint_url_needs_its_sha256():
+    cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"])
+    cfg["archs"]["stylegan"]["fp_checkpoint"]["url"] = "https://example.org/stylegan.model"
+    with pytest.raises(qcfg.ConfigError, match=r"'archs\.stylegan\.fp_checkpoint\.url' is set but 'archs\.stylegan\.fp_checkpoint\.sha256' is null"):
+        qcfg.validate(cfg)

@@ -53,6 +53,9 @@ def _checkpoints(cfg: Dict[str, Any]) -> List[str]:
         if not ck:
             continue
         key, fmt = f"archs.{arch}.fp_checkpoint", ck["format"]
+        if ck.get("url") and not ck.get("sha256"):
+            found.append(f"key '{key}.url' is set but '{key}.sha256' is null: a downloaded checkpoint is checked against "
+                         "its sha256 (set it, or download the file by hand to the path)")
         how = registry.arch(arch).checkpoint_formats[fmt]
         if "refused" in how:
             found.append(f"key '{key}.format' = {fmt!r}: cannot be imported. " + how["refused"])

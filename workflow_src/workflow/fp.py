@@ -2,13 +2,14 @@
 from a published checkpoint (:mod:`workflow_src.archs.importers`)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
 from ..archs.importers import CheckpointMismatch, UNSUPPORTED, rosinality_discriminator, rosinality_generator, select
-from ..datasets.download import sha256_file
+from ..datasets.download import fetch, sha256_file
 from ..device import resolve_device
 from ..utils import seed_everything, torch_load, torch_save
 from .artifacts import make_arch
@@ -20,15 +21,34 @@ def train_fp(cfg: Dict[str, Any], *, arch: str, data: str, model: str, ckpt: str
     train(cfg, arch, data, model, ckpt, resolve_device(cfg))
 
 
-def import_fp(cfg: Dict[str, Any], *, arch: str, checkpoint: str, model: str) -> Path:
+def obtain_checkpoint(cfg: Dict[str, Any], arch: str) -> Path:
+    """The published checkpoint of ``archs.<arch>.fp_checkpoint`` at its ``path``: kept when there,
+    else downloaded from its ``url`` (checked against its ``sha256``, renamed into place only when it
+    matches); without a ``url`` an error says where to put the file."""
+    ck, key = cfg["archs"][arch]["fp_checkpoint"], f"archs.{arch}.fp_checkpoint"
+    path = Path(ck["path"])
+    if path.exists():
+        return path
+    if not ck.get("url"):
+        raise FileNotFoundError(
+            f"key '{key}.path' = {str(path)!r}: no such file (relative to the working directory {os.getcwd()!r}). "
+            f"Download the published checkpoint by hand and put it there (README: 'Published checkpoints'), set "
+            f"'{key}.url' and '{key}.sha256' to have this rule download it, or set '{key}: null' to train {arch} instead.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return fetch(ck["url"], path, ck["sha256"], hint=f" (key '{key}.sha256')")
+
+
+def import_fp(cfg: Dict[str, Any], *, arch: str, model: str, checkpoint: Optional[str] = None) -> Path:
     """Write ``model`` (the format :func:`.training.train` writes, so every later stage loads it with
     ``load_generator``/``load_discriminator``) from the published checkpoint ``checkpoint``
-    described by ``archs.<arch>.fp_checkpoint``."""
+    described by ``archs.<arch>.fp_checkpoint`` (None: :func:`obtain_checkpoint`)."""
     ck = cfg["archs"][arch]["fp_checkpoint"]
     key = f"archs.{arch}.fp_checkpoint"
     fmt = ck["format"]
     if fmt in UNSUPPORTED:
         raise CheckpointMismatch(f"{key}.format = {fmt!r}: " + UNSUPPORTED[fmt])
+    if checkpoint is None:
+        checkpoint = obtain_checkpoint(cfg, arch)
     digest = sha256_file(checkpoint)
     if ck.get("sha256") and digest != ck["sha256"]:
         raise CheckpointMismatch(f"{key}.sha256: {str(checkpoint)!r} has sha256 {digest}, expected {ck['sha256']}")

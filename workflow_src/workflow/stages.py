@@ -14,6 +14,7 @@ feature network the profile uses, the variants of the matrix).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -139,8 +140,12 @@ def perceptual_network(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[st
     return PERCEPTUAL_NETWORKS[cfg["perceptual"]["kind"]] if "perceptual" in m.needs_for(cfg, w["arch"]) else []
 
 
-def published_checkpoint(cfg: Mapping[str, Any], w: Mapping[str, str]) -> str:
-    return cfg["archs"][w["arch"]]["fp_checkpoint"]["path"]
+def published_checkpoint(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
+    """The published checkpoint file once it is there; before that nothing, so that the paper run
+    can be planned (``snakemake -n``) on a fresh clone: rule import_fp then downloads it
+    (``fp_checkpoint.url``) or fails saying where to put it."""
+    path = cfg["archs"][w["arch"]]["fp_checkpoint"]["path"]
+    return path if os.path.exists(path) else []
 
 
 def figure_variants(cfg: Mapping[str, Any]) -> List[Variant]:
@@ -196,7 +201,8 @@ _STAGES = [
           params=("seed", "train", "archs.{arch}.dataset", *_ARCH, "archs.{arch}.train")),
     Stage("import_fp", "import the FP networks from a published checkpoint (archs.<arch>.fp_checkpoint)",
           "workflow.fp:import_fp", wildcards=("arch",),
-          inputs={"checkpoint": Artifact(published_checkpoint, "the published checkpoint file")},
+          inputs={"checkpoint": Artifact(published_checkpoint, "the published checkpoint file (absent: fetched from "
+                                                               "fp_checkpoint.url, or an error says where to put it)", optional=True)},
           outputs={"model": Artifact("models/fp/{arch}.pt", "the networks, in the format training writes")},
           params=("seed", "archs.{arch}.fp_checkpoint", *_ARCH)),
     # the distillation set and the evaluation inputs (rules/distill.smk)
