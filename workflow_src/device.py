@@ -132,7 +132,7 @@ def describe_runtime(device: torch.device | str) -> Dict[str, Any]:
     info: Dict[str, Any] = {
         "device": str(device),
         "gpu_name": torch.cuda.get_device_name(device) if cuda else None,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a plain str: TorchVersion is no safe global of weights_only loads
         "cuda_version": torch.version.cuda,
         "cudnn_version": torch.backends.cudnn.version() if cuda else None,
         "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .. import registry
 from ..config import Variant
-from ..device import resolve_device
+from ..device import describe_runtime, resolve_device
 from ..files import atomic_path, write_json
 from ..quality import fid
 from .artifacts import feature_space, load_distill, load_eval_inputs, make_arch
@@ -67,7 +67,8 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, inputs: 
         scores.setdefault((r["act_upper"], r["act_lower"], r["weight_upper"], r["weight_lower"]), []).append(r["qfid"])
     best = min(scores, key=lambda k: sum(scores[k]) / len(scores[k]))
     write_json(out_best, {"arch": arch, "activation": {"upper": best[0], "lower": best[1]},
-                          "weight": {"upper": best[2], "lower": best[3]}, "mean_qfid": sum(scores[best]) / len(scores[best])})
+                          "weight": {"upper": best[2], "lower": best[3]}, "mean_qfid": sum(scores[best]) / len(scores[best]),
+                          "runtime": describe_runtime(device)})
     return rows
 
 

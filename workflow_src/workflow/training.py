@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..datasets import prepared as datasets
 from ..config import arch_dataset
-from ..device import restore_rng, rng_state, rows_to_host
+from ..device import describe_runtime, restore_rng, rng_state, rows_to_host
 from .. import resume
 from . import tracking
 from ..files import append_rows, copy_atomic, truncate_rows
@@ -63,7 +63,8 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
     every = cfg["train"]["checkpoint_every"]
     acfg = cfg["archs"][arch_name]
     tags = {"arch": arch_name, "method": "fp", "resumed_at": step}
-    params = {"model": acfg["model"], "train": tcfg, "resolution": acfg["resolution"], "dataset": acfg["dataset"], "seed": cfg["seed"]}
+    params = {"model": acfg["model"], "train": tcfg, "resolution": acfg["resolution"], "dataset": acfg["dataset"], "seed": cfg["seed"],
+              "runtime": describe_runtime(device)}
     with tracking.run("train", cfg, tags, params) as run:
         bar = tqdm(range(step, tcfg["steps"]), initial=step, total=tcfg["steps"], desc=f"train {arch_name}", unit="step")
         for step in bar:
