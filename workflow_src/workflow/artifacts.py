@@ -5,15 +5,44 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
+import numpy as np
 import torch
 
 from .. import registry
 from ..config import FP, Variant
+from ..device import map_tensors
 from ..quality import fid
 from ..quant import QuantSpec, quantize_model
 from ..utils import torch_load
+
+
+DEFAULT_SEGMENT = 2048  # runtime.eval_segment
+
+
+def segments(cfg: Dict[str, Any], n: int, start: int = 0) -> Iterator[slice]:
+    """The samples ``start..n`` in segments of ``runtime.eval_segment`` images, rounded down to a
+    multiple of ``eval.batch_size`` (so the generator sees the same batches however the run is cut)."""
+    bs = int(cfg["eval"]["batch_size"])
+    step = max(bs, int(cfg.get("runtime", {}).get("eval_segment", DEFAULT_SEGMENT)) // bs * bs)
+    for s in range(start, n, step):
+        yield slice(s, min(s + step, n))
+
+
+def segment_features(cfg: Dict[str, Any], arch, model: torch.nn.Module, inputs: torch.Tensor, extras: Optional[Dict[str, Any]],
+                     fs: fid.FeatureSpace, sl: slice, keep: int = 0) -> Tuple[np.ndarray, torch.Tensor, float]:
+    """Generate samples ``sl`` (each with its extras) and return their features (float64, on the
+    host), the first ``keep`` images (on the CPU) and the generation time: memory holds one
+    segment's images, never the whole evaluation set's."""
+    import time
+
+    bs = int(cfg["eval"]["batch_size"])
+    t0 = time.time()
+    images = arch.generate(model, inputs[sl], bs, None if extras is None else map_tensors(lambda t: t[sl], extras))
+    seconds = time.time() - t0
+    feats = fs.extract(images.split(bs), total=(len(images) + bs - 1) // bs)
+    return feats, images[:keep].cpu(), seconds
 
 
 def make_arch(cfg: Dict[str, Any], arch: str):

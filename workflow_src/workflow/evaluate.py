@@ -2,20 +2,23 @@
 on the same saved inputs."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from ..device import describe_runtime, resolve_device
-from ..config import Variant
+from .. import resume
+from ..config import FP, Variant
 from ..files import atomic_path, write_json
 from ..quality import fid
-from ..utils import seed_everything
+from ..utils import seed_everything, torch_save
 from . import tracking
-from .artifacts import feature_space, load_eval_inputs, load_quantized, make_arch, variant_tags
+from .artifacts import feature_space, load_eval_inputs, load_quantized, make_arch, segment_features, segments, variant_tags
+from .stages import param_values
 from .training import load_generator
 
 
@@ -48,7 +51,7 @@ def _evaluate(cfg: Dict[str, Any], arch: str, v: Optional[Variant], model_path: 
     fs = feature_space(cfg, features_path, device)
     tags = variant_tags(arch, v)
     with tracking.run("evaluate", cfg, {**tags, "feature_space": fs.name}, {"eval": cfg["eval"]}) as run:
-        metrics = _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out, device)
+        metrics = _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out, out, device)
         runtime = describe_runtime(device)  # where and how it computed (issue 15)
         write_json(out, {**tags, **metrics, "feature_space": fs.name, "profile": cfg["profile"], "runtime": runtime})
         run.log_params({"runtime": runtime})
@@ -57,17 +60,33 @@ def _evaluate(cfg: Dict[str, Any], arch: str, v: Optional[Variant], model_path: 
         run.log_artifact(samples_out)
 
 
-def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out, device=None) -> Dict[str, Any]:
+def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out, out, device=None) -> Dict[str, Any]:
     if v is None:
         model = load_generator(cfg, arch, model_path, device)
     else:
         model = load_quantized(cfg, arch, model_path, device)
     inputs, extras = load_eval_inputs(inputs_path, arch)
-    bs = cfg["eval"]["batch_size"]
-    t0 = time.time()
-    images = make_arch(cfg, arch).generate(model, inputs, bs, extras)
-    gen_seconds = time.time() - t0
-    feats = fs.extract(images.split(bs), total=(len(images) + bs - 1) // bs)
+    a, n, keep = make_arch(cfg, arch), len(inputs), int(cfg["eval"]["grid"])
+    # Resumable: after each segment the features so far are checkpointed beside the metrics (a job
+    # killed at its wall time resumes at the next segment), resumed only by the same work.
+    ckpt = Path(str(out) + ".ckpt.pt")
+    rule, wildcards = ("evaluate_fp", {"arch": arch}) if v is None else ("evaluate", {"arch": arch, "variant": v.name})
+    fingerprint = resume.job_fingerprint(param_values(cfg, rule, wildcards), [__name__, *resume.modules_of(a)], features=fs.name,
+                                         inputs=resume.tensor_digest(model.state_dict(), inputs, extras))
+    saved = resume.load_checkpoint(ckpt, fingerprint)
+    done, chunks, grids, gen_seconds = 0, [], [], 0.0
+    if saved is not None:
+        done, chunks, grids, gen_seconds = int(saved["done"]), [saved["features"].numpy()], [saved["grid"]], float(saved["generate_seconds"])
+        print(f"resuming evaluation from {ckpt} at sample {done} of {n}")
+    for sl in tqdm(list(segments(cfg, n, done)), desc=f"evaluate {arch} {v.name if v else FP}", unit="segment"):
+        feats, images, seconds = segment_features(cfg, a, model, inputs, extras, fs, sl, keep - sum(len(g) for g in grids))
+        chunks.append(feats)
+        grids.append(images)
+        gen_seconds += seconds
+        if sl.stop < n:
+            torch_save({"done": sl.stop, "features": torch.from_numpy(np.concatenate(chunks)), "grid": torch.cat(grids),
+                        "generate_seconds": gen_seconds, "fingerprint": fingerprint}, ckpt)
+    feats = np.concatenate(chunks)
     stats = fid.statistics(feats)
     real = fid.load_stats(real_stats_path, fs.name)
     fid_real = fid.frechet_distance(stats, real)
@@ -79,6 +98,7 @@ def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats
     else:
         qfid = fid.frechet_distance(stats, fid.load_stats(fp_stats_path, fs.name))
         qfid_std = fid.bootstrap_std(feats, fid.load_features(fp_stats_path), n_boot, seed) if n_boot > 1 else float("nan")
-    save_grid(images[: cfg["eval"]["grid"]], samples_out)
+    save_grid(torch.cat(grids), samples_out)
+    resume.finish(ckpt)
     return {"fid": fid_real, "qfid": qfid, "fid_std": fid_std, "qfid_std": qfid_std, "bootstrap": n_boot,
-            "n_samples": int(len(images)), "generate_seconds": gen_seconds}
+            "n_samples": int(n), "generate_seconds": gen_seconds}

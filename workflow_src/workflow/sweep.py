@@ -12,15 +12,17 @@ import csv as csv_module
 from pathlib import Path
 from typing import Any, Dict, List
 
-import torch
+import numpy as np
 from tqdm import tqdm
 
-from .. import registry
+from .. import registry, resume
 from ..config import Variant
 from ..device import describe_runtime, resolve_device
 from ..files import atomic_path, write_json
 from ..quality import fid
-from .artifacts import feature_space, load_distill, load_eval_inputs, make_arch
+from ..utils import torch_save
+from .artifacts import feature_space, load_distill, load_eval_inputs, make_arch, segment_features, segments
+from .stages import param_values
 from .training import load_generator
 
 
@@ -43,19 +45,29 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, inputs: 
     a = make_arch(cfg, arch)
     fs = feature_space(cfg, features, device)
     fp_stats = fid.load_stats(fp_stats, fs.name)
-    bs = cfg["eval"]["batch_size"]
-    rows = []
     grid = [(a, w, b) for a in scfg["activation"] for w in scfg["weight"] for b in scfg["w_bits"]]
-    for a_pair, w_pair, bits in tqdm(grid, desc=f"quantile sweep {arch}", unit="variant"):
+    # Resumable: the rows of the pairs done are checkpointed beside the CSV after each pair (a job
+    # killed at its wall time resumes at the next pair), resumed only by the same work.
+    ckpt = Path(str(out_csv) + ".ckpt.pt")
+    fingerprint = resume.job_fingerprint(param_values(cfg, "quantile_sweep", {"arch": arch}), [__name__, *resume.modules_of(a)],
+                                         features=fs.name, inputs=resume.tensor_digest(g.state_dict(), distill_set, inputs, extras))
+    saved = resume.load_checkpoint(ckpt, fingerprint)
+    rows: List[Dict[str, Any]] = [] if saved is None else list(saved["rows"])
+    if rows:
+        print(f"resuming the sweep from {ckpt} after {len(rows)} of {len(grid)} variants")
+    for a_pair, w_pair, bits in tqdm(grid[len(rows):], initial=len(rows), total=len(grid), desc=f"quantile sweep {arch}", unit="variant"):
         arch_cfg = {**cfg["archs"][arch], "quantiles": {"activation": {"upper": a_pair[0], "lower": a_pair[1]},
                                                          "weight": {"upper": w_pair[0], "lower": w_pair[1]}}}
         v = Variant(method.name, bool(scfg["per_channel"]), int(bits), 8)
         q, _, _ = run_method(g, distill_set["inputs"], v, arch_cfg, cfg, arch=a, extras=distill_set["extras"])
-        images = a.generate(q, inputs, bs, extras)
-        stats = fid.statistics(fs.extract(images.split(bs)))
+        # generated and scored segment by segment: one segment's images in memory at a time
+        feats = np.concatenate([segment_features(cfg, a, q, inputs, extras, fs, sl)[0] for sl in segments(cfg, len(inputs))])
         rows.append({"arch": arch, "act_upper": a_pair[0], "act_lower": a_pair[1], "weight_upper": w_pair[0],
                      "weight_lower": w_pair[1], "w_bits": int(bits), "a_bits": 8, "per_channel": bool(scfg["per_channel"]),
-                     "qfid": fid.frechet_distance(stats, fp_stats), "feature_space": fs.name})
+                     "qfid": fid.frechet_distance(fid.statistics(feats), fp_stats), "feature_space": fs.name})
+        del q, feats
+        if len(rows) < len(grid):
+            torch_save({"rows": rows, "fingerprint": fingerprint}, ckpt)
     with atomic_path(out_csv) as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv_module.DictWriter(fh, fieldnames=list(rows[0]))
@@ -69,6 +81,7 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, inputs: 
     write_json(out_best, {"arch": arch, "activation": {"upper": best[0], "lower": best[1]},
                           "weight": {"upper": best[2], "lower": best[3]}, "mean_qfid": sum(scores[best]) / len(scores[best]),
                           "runtime": describe_runtime(device)})
+    resume.finish(ckpt)
     return rows
 
 
