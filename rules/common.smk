@@ -100,6 +100,11 @@ def stage_log(rule):
     return S.stage(rule).log
 
 
+def stage_benchmark(rule):
+    """Every job's wall and CPU time and peak memory (the report's "where the time goes")."""
+    return S.stage(rule).benchmark
+
+
 def stage_shell(rule):
     return S.stage(rule).shell()
 

@@ -8,6 +8,8 @@ rule prepare_data:
         **stage_params("prepare_data"),
     log:
         stage_log("prepare_data"),
+    benchmark:
+        stage_benchmark("prepare_data")
     conda:
         ENV
     shell:
@@ -23,6 +25,8 @@ rule train_features:
         **stage_params("train_features"),
     log:
         stage_log("train_features"),
+    benchmark:
+        stage_benchmark("train_features")
     threads: threads_of("train_features")
     resources:
         gpu=1,
@@ -40,6 +44,8 @@ rule fetch_inception:
         **stage_params("fetch_inception"),
     log:
         stage_log("fetch_inception"),
+    benchmark:
+        stage_benchmark("fetch_inception")
     conda:
         ENV
     shell:
@@ -55,6 +61,8 @@ rule real_stats:
         **stage_params("real_stats"),
     log:
         stage_log("real_stats"),
+    benchmark:
+        stage_benchmark("real_stats")
     threads: threads_of("real_stats")
     resources:
         gpu=1,

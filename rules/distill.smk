@@ -10,6 +10,8 @@ rule distill:
         **stage_params("distill"),
     log:
         stage_log("distill"),
+    benchmark:
+        stage_benchmark("distill")
     threads: threads_of("distill")
     resources:
         gpu=1,
@@ -29,6 +31,8 @@ rule eval_inputs:
         **stage_params("eval_inputs"),
     log:
         stage_log("eval_inputs"),
+    benchmark:
+        stage_benchmark("eval_inputs")
     threads: threads_of("eval_inputs")
     resources:
         **resources_of("eval_inputs"),

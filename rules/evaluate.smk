@@ -10,6 +10,8 @@ rule evaluate_fp:
         **stage_params("evaluate_fp"),
     log:
         stage_log("evaluate_fp"),
+    benchmark:
+        stage_benchmark("evaluate_fp")
     threads: threads_of("evaluate_fp")
     resources:
         gpu=1,
@@ -29,6 +31,8 @@ rule evaluate:
         **stage_params("evaluate"),
     log:
         stage_log("evaluate"),
+    benchmark:
+        stage_benchmark("evaluate")
     threads: threads_of("evaluate")
     resources:
         gpu=1,

@@ -11,6 +11,8 @@ rule export_fp:
         **stage_params("export_fp"),
     log:
         stage_log("export_fp"),
+    benchmark:
+        stage_benchmark("export_fp")
     threads: threads_of("export_fp")
     resources:
         **resources_of("export_fp"),
@@ -29,6 +31,8 @@ rule export:
         **stage_params("export"),
     log:
         stage_log("export"),
+    benchmark:
+        stage_benchmark("export")
     threads: threads_of("export")
     resources:
         **resources_of("export"),

@@ -11,6 +11,8 @@ rule train_perceptual:
         **stage_params("train_perceptual"),
     log:
         stage_log("train_perceptual"),
+    benchmark:
+        stage_benchmark("train_perceptual")
     threads: threads_of("train_perceptual")
     resources:
         gpu=1,
@@ -28,6 +30,8 @@ rule fetch_vgg16:
         **stage_params("fetch_vgg16"),
     log:
         stage_log("fetch_vgg16"),
+    benchmark:
+        stage_benchmark("fetch_vgg16")
     conda:
         ENV
     shell:
@@ -43,6 +47,8 @@ rule qat:
         **stage_params("qat"),
     log:
         stage_log("qat"),
+    benchmark:
+        stage_benchmark("qat")
     wildcard_constraints:
         variant=QAT_VARIANT,
     threads: threads_of("qat")

@@ -11,6 +11,8 @@ rule quantize:
         **stage_params("quantize"),
     log:
         stage_log("quantize"),
+    benchmark:
+        stage_benchmark("quantize")
     threads: threads_of("quantize")
     resources:
         gpu=1,

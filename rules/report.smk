@@ -10,6 +10,8 @@ rule sample_figure:
         **stage_params("sample_figure"),
     log:
         stage_log("sample_figure"),
+    benchmark:
+        stage_benchmark("sample_figure")
     threads: threads_of("sample_figure")
     resources:
         **resources_of("sample_figure"),
@@ -28,6 +30,8 @@ rule report:
         **stage_params("report"),
     log:
         stage_log("report"),
+    benchmark:
+        stage_benchmark("report")
     threads: threads_of("report")
     resources:
         **resources_of("report"),

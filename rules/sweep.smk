@@ -10,6 +10,8 @@ rule quantile_sweep:
         **stage_params("quantile_sweep"),
     log:
         stage_log("quantile_sweep"),
+    benchmark:
+        stage_benchmark("quantile_sweep")
     threads: threads_of("quantile_sweep")
     resources:
         gpu=1,
@@ -29,6 +31,8 @@ rule fig1:
         **stage_params("fig1"),
     log:
         stage_log("fig1"),
+    benchmark:
+        stage_benchmark("fig1")
     threads: threads_of("fig1")
     resources:
         **resources_of("fig1"),

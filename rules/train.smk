@@ -11,6 +11,8 @@ rule train_fp:
         **stage_params("train_fp"),
     log:
         stage_log("train_fp"),
+    benchmark:
+        stage_benchmark("train_fp")
     wildcard_constraints:
         arch=arch_pattern(TRAINED_ARCHS),
     threads: threads_of("train_fp")
@@ -32,6 +34,8 @@ rule import_fp:
         **stage_params("import_fp"),
     log:
         stage_log("import_fp"),
+    benchmark:
+        stage_benchmark("import_fp")
     wildcard_constraints:
         arch=arch_pattern(IMPORTED_ARCHS),
     threads: threads_of("import_fp")

@@ -455,7 +455,7 @@ def test_stages_compute_on_the_device_they_are_given(base_cfg, tmp_path, monkeyp
             for r in (ref, got):
                 r.get("info", {}).pop("seconds", None), r.get("info", {}).pop("train_seconds", None)
             if "info" in ref:  # the job records where it computed
-                assert (ref["info"].pop("runtime")["device"], got["info"].pop("runtime")["device"]) == ("cpu", str(DEVICE)), f.name
+                assert (ref["info"].pop("environment")["device"], got["info"].pop("environment")["device"]) == ("cpu", str(DEVICE)), f.name
             assert_same(ref, got, f.name)
         elif f.suffix == ".json":
             ref, got = (json.loads(p.read_text()) for p in (f, g))
@@ -463,7 +463,7 @@ def test_stages_compute_on_the_device_they_are_given(base_cfg, tmp_path, monkeyp
                 for k in ("generate_seconds", "seconds", "train_seconds"):
                     r.pop(k, None)
             if f.name != "fp_stats.json":  # every JSON a computing job writes says where it computed
-                assert (ref.pop("runtime")["device"], got.pop("runtime")["device"]) == ("cpu", str(DEVICE)), f.name
+                assert (ref.pop("environment")["device"], got.pop("environment")["device"]) == ("cpu", str(DEVICE)), f.name
             assert ref == got, f.name
         elif f.suffix == ".npz":
             with np.load(f) as a, np.load(g) as b:

@@ -68,7 +68,7 @@ def _evaluate_fp(cfg, files, d: Path):
                                real_stats=files["real"], metrics=str(d / "fp.json"), stats=str(d / "fp_stats.npz"),
                                samples=str(d / "fp.png"))
     metrics = json.loads((d / "fp.json").read_text())
-    for k in ("generate_seconds", "runtime"):
+    for k in ("generate_seconds", "environment"):
         metrics.pop(k)
     with np.load(d / "fp_stats.npz") as z:
         stats = {k: z[k] for k in z}
@@ -147,7 +147,7 @@ def _sweep(cfg, files, d: Path):
     sweep_stage.run_sweep(cfg, arch=ARCH, fp=files["fp"], distill=files["distill"], inputs=files["inputs"], features=files["features"],
                           fp_stats=str(d / "fp_stats.npz"), csv=str(d / "sweep.csv"), best=str(d / "best.json"))
     best = json.loads((d / "best.json").read_text())
-    best.pop("runtime")
+    best.pop("environment")
     return (d / "sweep.csv").read_text(), best
 
 

@@ -39,3 +39,37 @@ def test_comparison_puts_ours_beside_the_paper_with_the_difference():
     assert "| Table 4 | StyleGAN | LSQ-QAT | ✗ | w4a8 | 33.10 | 30.00 ± 0.40 | -3.10 | 11.00 | 12.50 ± 0.20 | 1.50 |" in md
     appendix_b = cmp[cmp["table"] == "App. B"]
     assert len(appendix_b) == 2 and appendix_b["ours_qfid"].isna().all()  # our QAT used the perceptual loss
+
+
+def _bench(path, wall, cpu, rss):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+                    f"{wall}\t0:00:{int(wall):02d}\t{rss}\t900.0\t100.0\t110.0\t0.1\t0.2\t50.0\t{cpu}\n")
+
+
+def test_where_the_time_goes_sums_the_benchmark_files_and_the_logged_start_up(tmp_path):
+    """Snakemake benchmark files (its column layout) and job logs with the CLI's start-up line,
+    summarised per rule: totals, medians, peaks and start-up shares computed by hand."""
+    from workflow_src.reporting.timing import job_times, per_rule, timing_md
+    from workflow_src.workflow.stages import STARTUP_MARK, stage
+
+    for job, wall, cpu, rss, start in [("stylegan/a", 10.0, 8.0, 300.0, 2.0), ("stylegan/b", 30.0, 20.0, 500.0, 3.0),
+                                       ("sagan/a", 20.0, 15.0, 400.0, None)]:
+        bench = tmp_path / stage("evaluate").benchmark.format(arch=job.split("/")[0], variant=job.split("/")[1])
+        _bench(bench, wall, cpu, rss)
+        log = tmp_path / stage("evaluate").log.format(arch=job.split("/")[0], variant=job.split("/")[1])
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("" if start is None else f"progress\n{STARTUP_MARK} {start:.2f} s after the process started\nmore\n")
+    _bench(tmp_path / stage("report").benchmark, 5.0, 4.0, 200.0)
+    (tmp_path / stage("report").log).write_text(f"{STARTUP_MARK} 1.00 s after the process started\n")
+    jobs = job_times(tmp_path)
+    assert sorted(jobs["job"]) == ["-", "sagan/a", "stylegan/a", "stylegan/b"]
+    rules = per_rule(jobs).set_index("rule")
+    assert list(rules.index) == ["evaluate", "report"]  # most time first
+    ev = rules.loc["evaluate"]
+    assert (ev["jobs"], ev["total_s"], ev["median_s"], ev["cpu_s"], ev["peak_mb"]) == (3, 60.0, 20.0, 43.0, 500.0)
+    assert ev["startup_share"] == pytest.approx(5.0 / 40.0)  # the two jobs whose log records it
+    assert rules.loc["report", "startup_share"] == pytest.approx(0.2)
+    md = timing_md(tmp_path)
+    assert "| evaluate | 3 | 60.0 | 20.0 | 43.0 | 500 | 12% |" in md and "4 jobs, 65 s of job wall time" in md
+    assert "No benchmark files" in timing_md(tmp_path / "elsewhere")

@@ -78,6 +78,11 @@ def test_every_artifact_and_finite_metrics(micro_run):
             assert {p.name for p in d.glob("b*")} == want and all((d / n).stat().st_size > 0 for n in want), d
     export_md = (micro_run / "reports" / "export.md").read_text()
     assert "Layers left in float" in export_md and "InstanceNormalization" in export_md and "onednn.qconv_pointwise" in export_md
+    # where the time goes: every job's benchmark file and the start-up its log records (issue 18)
+    timing = (micro_run / "reports" / "timing.md").read_text()
+    assert all(f"| {rule} |" in timing for rule in ("train_fp", "distill", "quantize", "qat", "evaluate", "export")), timing
+    assert re.search(r"\| train_fp \| 3 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9]+ \| [0-9]+% \|", timing), timing
+    assert "Where the time goes" in html
     # no temporary files left behind
     assert not list(micro_run.rglob("*.tmp"))
 

@@ -15,6 +15,7 @@ from .paper import paper_comparison, paper_comparison_md
 from .tables import spread_note, arch_title, export_tables, load_results, merge_exports, results_csv_frame
 from .tables import table3 as table3_md
 from .tables import table4 as table4_md
+from .timing import timing_md
 
 
 def arch_figure(arch: str, rows: List[tuple], out: Path) -> None:
@@ -40,7 +41,7 @@ def arch_figure(arch: str, rows: List[tuple], out: Path) -> None:
 
 
 def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1: str, figures: List[str], exports: List[str],
-           results: str, table4: str, table3: str, paper: str, export: str, html: str) -> None:
+           results: str, table4: str, table3: str, paper: str, export: str, timing: str, html: str) -> None:
     """Every table and the HTML page from the variants' metrics, samples, export summaries and
     figures.  The page links the figures relative to itself and writes a per-arch sample overview
     (``samples_<arch>.png``) beside itself."""
@@ -61,6 +62,7 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
     atomic_write_text(table4, "# Table 4 layout (paper: Performance of quantization techniques)\n\n" + note + table4_md(df, cfg))
     atomic_write_text(table3, "# Table 3 layout (paper: post-training quantization), one table per arch\n\n" + note
                       + "\n".join(table3_md(df, a) for a in sorted(set(df["arch"]))))
+    atomic_write_text(timing, timing_md("."))  # the jobs' benchmark files and logs, in the working directory
     archs = sorted(set(df["arch"]))
     sample_of = {(Path(p).parent.name, Path(p).stem): Path(p) for p in samples}
     sections = []
@@ -90,5 +92,6 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
                   for a in archs if a in figure_of and Path(figure_of[a]).exists())
         + "".join(sections)
         + (f"<h2>Integer exports</h2><pre>{html_module.escape(Path(export).read_text())}</pre>" if exports else "")
+        + f"<h2>Where the time goes</h2><pre>{html_module.escape(Path(timing).read_text())}</pre>"
     )
     atomic_write_text(html, page)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 from typing import Any, Dict, List, Optional
 
 from .. import config as config_mod
-from .stages import COMMANDS, WILDCARDS, Stage, option, resources_problems
+from .stages import COMMANDS, STARTUP_MARK, WILDCARDS, Stage, option, resources_problems
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,11 +34,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _function(st: Stage):
+    module, function = st.run.split(":")
+    return getattr(importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.{module}"), function)
+
+
 def run(st: Stage, cfg: Dict[str, Any], args: Dict[str, Any]) -> Any:
     """Call the stage's function with the params and its named artifacts."""
-    module, function = st.run.split(":")
-    fn = getattr(importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.{module}"), function)
-    return fn(cfg, **{name: args[name] for name in st.arguments()})
+    return _function(st)(cfg, **{name: args[name] for name in st.arguments()})
+
+
+def _seconds_since_start() -> float:
+    """Seconds since this process started (interpreter start-up, imports and params validation
+    included), from the kernel's record of its start."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 def validate(cfg: Dict[str, Any]) -> None:
@@ -59,5 +71,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         from ..utils import set_threads
 
         set_threads(args["threads"])
+        fn = _function(st)  # the stage's module, with torch and what else it needs
+        print(f"{STARTUP_MARK} {_seconds_since_start():.2f} s after the process started", flush=True)
+        fn(cfg, **{name: args[name] for name in st.arguments()})
+        return 0
     run(st, cfg, args)
     return 0

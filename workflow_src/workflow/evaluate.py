@@ -52,9 +52,9 @@ def _evaluate(cfg: Dict[str, Any], arch: str, v: Optional[Variant], model_path: 
     tags = variant_tags(arch, v)
     with tracking.run("evaluate", cfg, {**tags, "feature_space": fs.name}, {"eval": cfg["eval"]}) as run:
         metrics = _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out, out, device)
-        runtime = describe_runtime(device)  # where and how it computed (issue 15)
-        write_json(out, {**tags, **metrics, "feature_space": fs.name, "profile": cfg["profile"], "runtime": runtime})
-        run.log_params({"runtime": runtime})
+        environment = describe_runtime(device)  # where and how it computed (issue 15)
+        write_json(out, {**tags, **metrics, "feature_space": fs.name, "profile": cfg["profile"], "environment": environment})
+        run.log_params({"environment": environment})
         run.log_metrics({k: metrics[k] for k in ("fid", "qfid", "fid_std", "qfid_std", "generate_seconds")})
         run.log_artifact(out)
         run.log_artifact(samples_out)

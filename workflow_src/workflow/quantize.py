@@ -52,10 +52,10 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
         qmodel, spec, record = run_method(g, distill_set["inputs"], v, acfg, cfg, arch=make_arch(cfg, arch), ckpt=ckpt, tracker=run, extras=distill_set["extras"],
                                             job_params=param_values(cfg, "qat" if method.trains else "quantize", {"arch": arch, "variant": v.name}), **extra)
         record["seconds"] = time.time() - t0
-        record["runtime"] = describe_runtime(device)  # where and how it computed (issue 15)
+        record["environment"] = describe_runtime(device)  # where and how it computed (issue 15)
         torch_save({"arch": arch, "variant": v.name, "spec": spec.to_dict(), "state_dict": qmodel.state_dict(), "info": record}, model)
         write_json(info, {"arch": arch, "variant": v.name, **record})
-        run.log_params({**spec.to_dict(), "runtime": record["runtime"]})
+        run.log_params({**spec.to_dict(), "environment": record["environment"]})
         run.log_metrics({k: x for k, x in record.items() if isinstance(x, (int, float)) and not isinstance(x, bool)})
         if losses:
             run.log_artifact(losses)

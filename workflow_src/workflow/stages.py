@@ -63,6 +63,11 @@ class Stage:
             return f"logs/{self.name}.log"
         return f"logs/{self.name}/" + "/".join(f"{{{w}}}" for w in self.wildcards) + ".log"
 
+    @property
+    def benchmark(self) -> str:
+        """The rule's Snakemake ``benchmark:`` file (wall and CPU time, peak memory), beside its log."""
+        return BENCHMARK_DIR + self.log[len("logs"):-len(".log")] + ".tsv"
+
     def arguments(self) -> Dict[str, Tuple[str, Optional[Artifact]]]:
         """Every option of the command: ``{name: (kind, artifact)}``, kind one of wildcard, input,
         output, extra (artifact None for wildcards), in command-line order."""
@@ -83,6 +88,8 @@ class Stage:
         return " ".join(parts) + " > {log} 2>&1"
 
 
+BENCHMARK_DIR = "logs/benchmark"  # every job's benchmark file: logs/benchmark/<rule>/<wildcards>.tsv
+STARTUP_MARK = "qgan-bench: work starts"  # the CLI logs "<mark> <seconds> s after the process started"
 OPTIONAL_PREFIX = "opt_"  # the rule's params entry that holds "--name path" or "" for an optional input
 
 WILDCARDS = {
@@ -301,6 +308,8 @@ _STAGES = [
                    "paper": Artifact("reports/paper_comparison.md", "the paper's numbers beside ours",
                                      report={"caption": "captions/paper_comparison.rst", "category": "Tables"}),
                    "export": Artifact("reports/export.md", "integer exports", report={"caption": "captions/export.rst", "category": "Tables"}),
+                   "timing": Artifact("reports/timing.md", "where the time goes: per rule, jobs, wall/CPU seconds, peak memory, "
+                                      "start-up share (the jobs' benchmark files and logs)"),
                    "html": Artifact("reports/index.html", "the report page")},
           params=("matrix", "eval.bootstrap", "eval.n_samples", "qat.distill_loss"), threads=False),
     # commands without a rule

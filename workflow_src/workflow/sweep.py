@@ -80,7 +80,7 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, inputs: 
     best = min(scores, key=lambda k: sum(scores[k]) / len(scores[k]))
     write_json(out_best, {"arch": arch, "activation": {"upper": best[0], "lower": best[1]},
                           "weight": {"upper": best[2], "lower": best[3]}, "mean_qfid": sum(scores[best]) / len(scores[best]),
-                          "runtime": describe_runtime(device)})
+                          "environment": describe_runtime(device)})
     resume.finish(ckpt)
     return rows
 

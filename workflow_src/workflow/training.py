@@ -64,7 +64,7 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
     acfg = cfg["archs"][arch_name]
     tags = {"arch": arch_name, "method": "fp", "resumed_at": step}
     params = {"model": acfg["model"], "train": tcfg, "resolution": acfg["resolution"], "dataset": acfg["dataset"], "seed": cfg["seed"],
-              "runtime": describe_runtime(device)}
+              "environment": describe_runtime(device)}
     with tracking.run("train", cfg, tags, params) as run:
         bar = tqdm(range(step, tcfg["steps"]), initial=step, total=tcfg["steps"], desc=f"train {arch_name}", unit="step")
         for step in bar:
