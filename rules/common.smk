@@ -2,6 +2,7 @@
 # writes, its params keys and its command are declared once, in workflow_src/workflow/stages.py;
 # the rules add what only Snakemake knows: threads, resources, GPUs, local rules, rule order.
 import os
+import shlex
 import sys
 import uuid
 
@@ -85,7 +86,7 @@ def stage_output(rule):
 
 def _optional_option(name):
     """``--name path`` when the optional input is there, else nothing."""
-    return lambda wildcards, input: f"{S.option(name)} {input[name]}" if input[name] else ""
+    return lambda wildcards, input: f"{S.option(name)} {shlex.quote(str(input[name]))}" if input[name] else ""
 
 
 def stage_params(rule):

@@ -333,3 +333,26 @@ def test_a_checkpoint_url_needs_its_sha256():
     cfg["archs"]["stylegan"]["fp_checkpoint"]["url"] = "https://example.org/stylegan.model"
     with pytest.raises(qcfg.ConfigError, match=r"'archs\.stylegan\.fp_checkpoint\.url' is set but 'archs\.stylegan\.fp_checkpoint\.sha256' is null"):
         qcfg.validate(cfg)
+
+
+def test_paths_from_the_params_reach_the_command_quoted(tmp_path, published_stylegan_checkpoint):
+    """A checkpoint path (the params' path that reaches a shell command) with spaces and shell
+    metacharacters, in a working directory with a space: rule import_fp, run for real, reads exactly
+    that file, and nothing in the path is run by the shell."""
+    import yaml
+
+    from workflow_src.utils import torch_load
+
+    wd = tmp_path / "work dir"
+    hostile = "ckpt dir/it's $(touch PWNED1) `touch PWNED2`; a&b|c>d.model"
+    (wd / hostile).parent.mkdir(parents=True)
+    os.symlink(published_stylegan_checkpoint, wd / hostile)
+    over = tmp_path / "over.yaml"
+    over.write_text(yaml.safe_dump({"archs": {"stylegan": {"fp_checkpoint": {"path": hostile}}}}))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(wd), "--cores", "1",
+                           "models/fp/stylegan.pt", "--configfile", str(ROOT / "configs" / "paper.yaml"), str(over)],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "QGAN_TRACKING": "off"})
+    logs = "".join(p.read_text() for p in (wd / "logs").rglob("*.log")) if (wd / "logs").exists() else ""
+    assert proc.returncode == 0, proc.stderr[-3000:] + logs[-2000:]
+    assert torch_load(wd / "models" / "fp" / "stylegan.pt")["imported"]["file"] == Path(hostile).name
+    assert not [p for d in (wd, ROOT, Path.cwd()) for p in d.rglob("PWNED*")]

@@ -65,9 +65,10 @@ def test_options_come_in_any_order():
 def test_shell_lines_pass_every_artifact_by_name():
     st = stages.stage("qat")
     line = st.shell()
-    assert line.startswith("python -m workflow_src --config {params.cfg} --threads {threads} qat ")
-    assert "--arch {wildcards.arch}" in line and "--fp {input.fp}" in line and "--losses {output.losses}" in line
-    assert "{params.opt_quantiles}" in line and "{params.opt_perceptual}" in line and line.endswith("> {log} 2>&1")
+    # every path shell-quoted (:q); optional inputs come quoted in their params entry
+    assert line.startswith("python -m workflow_src --config {params.cfg:q} --threads {threads} qat ")
+    assert "--arch {wildcards.arch:q}" in line and "--fp {input.fp:q}" in line and "--losses {output.losses:q}" in line
+    assert "{params.opt_quantiles}" in line and "{params.opt_perceptual}" in line and line.endswith("> {log:q} 2>&1")
     assert stages.stage("train_fp").log == "logs/train_fp/{arch}.log" and stages.stage("report").log == "logs/report.log"
     assert "--losses" not in stages.stage("train_fp").shell()  # written beside the model, not an option
 

@@ -77,15 +77,17 @@ class Stage:
         return args
 
     def shell(self) -> str:
-        """The rule's shell command (Snakemake placeholders), the same line DVC runs."""
-        parts = ["python -m workflow_src --config {params.cfg}"] + (["--threads {threads}"] if self.threads else []) + [self.command]
+        """The rule's shell command (Snakemake placeholders), the same line DVC runs.  Every path is
+        shell-quoted (``:q``): paths from the params (a checkpoint's ``path``) may hold spaces or
+        shell metacharacters.  An optional input's ``params.opt_<name>`` is quoted where it is made."""
+        parts = ["python -m workflow_src --config {params.cfg:q}"] + (["--threads {threads}"] if self.threads else []) + [self.command]
         where = {"wildcard": "wildcards", "input": "input", "output": "output", "extra": "params"}
         for name, (kind, a) in self.arguments().items():
             if a is not None and a.optional and not a.many:
                 parts.append(f"{{params.{OPTIONAL_PREFIX}{name}}}")
             else:
-                parts.append(f"{option(name)} {{{where[kind]}.{name}}}")
-        return " ".join(parts) + " > {log} 2>&1"
+                parts.append(f"{option(name)} {{{where[kind]}.{name}:q}}")
+        return " ".join(parts) + " > {log:q} 2>&1"
 
 
 BENCHMARK_DIR = "logs/benchmark"  # every job's benchmark file: logs/benchmark/<rule>/<wildcards>.tsv
