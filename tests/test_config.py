@@ -52,6 +52,14 @@ def _mutated(base, path, value):
     (("archs", "stylegan", "train", "steps"), "many", ["archs.stylegan.train.steps", "many"]),
     (("calibration", "momentum"), "fast", ["calibration.momentum", "fast"]),
     (("eval", "n_samples"), 1.5, ["eval.n_samples", "1.5"]),
+    # cross-key and numeric constraints a schema bound cannot see (issue 16.9)
+    (("archs", "sagan", "train", "lr_g"), float("nan"), ["archs.sagan.train.lr_g", "nan", "finite"]),
+    (("qat", "lr_weights"), float("inf"), ["qat.lr_weights", "inf", "finite"]),
+    (("calibration", "momentum"), float("nan"), ["calibration.momentum", "finite"]),
+    (("archs", "stylegan", "train", "betas"), [0.0, 1.0], ["archs.stylegan.train.betas.1", "1.0"]),
+    (("brecq", "zeta"), 1.0, ["brecq.zeta", "1.0"]),
+    (("brecq", "gamma"), 0.05, ["brecq.gamma", "0.05"]),
+    (("datasets", "digits", "resolution"), 32, ["archs.stylegan.resolution", "datasets.digits.resolution", "32"]),
 ])
 def test_schema_errors_name_key_and_value(base, path, value, needles):
     with pytest.raises(qcfg.ConfigError) as exc:

@@ -5,6 +5,7 @@ Method- and arch-specific checks come from the registry (each method file's ``re
 method or an arch."""
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List
 
 from .. import registry
@@ -14,9 +15,20 @@ from .vgg import VGG16_CFG, layer_names
 def problems(cfg: Dict[str, Any]) -> List[str]:
     """Every semantic problem of a schema-valid ``cfg``."""
     found: List[str] = []
-    for check in (_archs, _checkpoints, _sweep, _methods, _perceptual, _counts):
+    for check in (_finite, _archs, _checkpoints, _sweep, _methods, _perceptual, _counts):
         found += check(cfg)
     return list(dict.fromkeys(found))
+
+
+def _finite(cfg: Any, key: str = "") -> List[str]:
+    """Every number is finite: a NaN passes every bound of a JSON schema (each comparison is false)."""
+    if isinstance(cfg, dict):
+        return [p for k, v in cfg.items() for p in _finite(v, f"{key}.{k}" if key else str(k))]
+    if isinstance(cfg, list):
+        return [p for i, v in enumerate(cfg) for p in _finite(v, f"{key}.{i}")]
+    if isinstance(cfg, float) and not math.isfinite(cfg):
+        return [f"key '{key}' = {cfg}: must be a finite number"]
+    return []
 
 
 def _archs(cfg: Dict[str, Any]) -> List[str]:
@@ -32,6 +44,10 @@ def _archs(cfg: Dict[str, Any]) -> List[str]:
             if pair["lower"] >= pair["upper"]:
                 found.append(f"key 'archs.{arch}.quantiles.{which}': lower = {pair['lower']} must be < upper = {pair['upper']}")
         res = acfg["resolution"]
+        ds_res = (cfg["datasets"].get(ds) or {}).get("resolution")
+        if ds_res is not None and ds_res != res:
+            found.append(f"key 'archs.{arch}.resolution' = {res}: its dataset {ds!r} is prepared at 'datasets.{ds}.resolution' = "
+                         f"{ds_res} (FID compares images of one size; set both alike)")
         if res & (res - 1):
             found.append(f"key 'archs.{arch}.resolution' = {res}: must be a power of two")
         top = res >> registry.arch(arch).levels_above  # the last level with a width of its own
