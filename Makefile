@@ -19,7 +19,7 @@ $(STAMP): requirements.txt
 	@touch $(STAMP)
 
 report: setup
-	snakemake --cores $(CORES) report
+	bash scripts/run-workflow.sh --cores $(CORES) report
 	@echo "Report: $(CURDIR)/reports/index.html (table: reports/results.csv, reports/table4.md)"
 
 test: setup
