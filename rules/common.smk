@@ -19,9 +19,11 @@ try:
 except qcfg.ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
-# Every job reads the merged params (params.yaml + --configfile overrides) from one resolved file,
-# rewritten only when its content changes.  Rules rerun on the params `section` they declare.
-PARAMS = str(qcfg.dump_resolved(config, ".qgan/params.yaml"))
+# Every job reads the merged params (params.yaml + --configfile overrides) from this invocation's
+# own resolved file, named by its content and never rewritten (QGAN_PARAMS, exported to every job
+# below): another invocation in this directory, a dry run of another config, cannot change what a
+# running job reads.  Rules rerun on the params `section` they declare.
+PARAMS = str(qcfg.dump_resolved(config, ".qgan"))
 ENV = "../envs/qgan.yaml"
 
 # MLflow: every job of this invocation is tagged with one workflow id; the store is created once
@@ -91,7 +93,7 @@ def _optional_option(name):
 
 def stage_params(rule):
     st = S.stage(rule)
-    params = {"cfg": PARAMS, "section": lambda wildcards: S.param_values(config, rule, wildcards)}
+    params = {"section": lambda wildcards: S.param_values(config, rule, wildcards)}
     params.update({name: a.path for name, a in st.extra.items()})
     params.update({S.OPTIONAL_PREFIX + name: _optional_option(name) for name, a in st.inputs.items() if a.optional and not a.many})
     return params
@@ -113,5 +115,6 @@ def stage_shell(rule):
 # Jobs import workflow_src from this checkout, whatever the working directory (-d) is; progress
 # bars in logs/ refresh every few seconds rather than every step.
 shell.prefix(
-    "export PYTHONPATH='%s':$PYTHONPATH; export TQDM_MININTERVAL=${{TQDM_MININTERVAL:-3}}; " % workflow.basedir
+    "export PYTHONPATH=%s:$PYTHONPATH; export QGAN_PARAMS=%s; export TQDM_MININTERVAL=${{TQDM_MININTERVAL:-3}}; "
+    % (shlex.quote(workflow.basedir), shlex.quote(PARAMS))
 )

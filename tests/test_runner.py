@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "data/digits"  # rule prepare_data: a few seconds, offline
@@ -69,3 +70,35 @@ def test_after_kill_9_the_next_run_just_works(checkout):
     assert "clearing the Snakemake lock of a killed run" in proc.stderr
     assert (checkout / TARGET / "manifest.json").exists()
     assert not list((checkout / ".snakemake" / "locks").glob("*"))
+
+
+def test_a_dry_run_of_another_config_does_not_change_what_a_running_invocation_reads(checkout, tmp_path):
+    """Invocation A runs prepare_data then eval_inputs; paused between them, a dry run of another
+    config (another seed) parses in the same directory; A's eval inputs are still those of A's
+    params (before, both shared .qgan/params.yaml, which the dry run rewrote)."""
+    from workflow_src import config as qcfg
+    from workflow_src.utils import torch_load
+    from workflow_src.workflow.distill import eval_inputs
+
+    target = "eval/stylegan/inputs.pt"
+    other = tmp_path / "other.yaml"
+    other.write_text("seed: 7\n")
+    with open(tmp_path / "a.out", "w") as out:
+        run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", target], cwd=checkout, env=_env(),
+                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 120
+        while not (checkout / "logs" / "prepare_data" / "digits.log").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(run.pid, signal.SIGSTOP)  # Snakemake waits: its next job, eval_inputs, starts after the dry run
+        try:
+            dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", target, "--configfile", str(other)],
+                                 cwd=checkout, env=_env(), capture_output=True, text=True)
+        finally:
+            os.kill(run.pid, signal.SIGCONT)
+        assert run.wait(timeout=300) == 0, (tmp_path / "a.out").read_text()[-3000:]
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    cfg = qcfg.load([checkout / "params.yaml"])
+    eval_inputs(cfg, arch="stylegan", data=str(checkout / "data" / "digits"), out=str(tmp_path / "alone.pt"))
+    got, alone = torch_load(checkout / target), torch_load(tmp_path / "alone.pt")
+    assert torch.equal(got["inputs"], alone["inputs"]) and torch.equal(got["extras"]["noise_seed"], alone["extras"]["noise_seed"])
+    assert len(list((checkout / ".qgan").glob("params-*.yaml"))) == 2  # one per config, each written once

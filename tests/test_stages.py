@@ -66,7 +66,7 @@ def test_shell_lines_pass_every_artifact_by_name():
     st = stages.stage("qat")
     line = st.shell()
     # every path shell-quoted (:q); optional inputs come quoted in their params entry
-    assert line.startswith("python -m workflow_src --config {params.cfg:q} --threads {threads} qat ")
+    assert line.startswith("python -m workflow_src --threads {threads} qat ")  # the params: $QGAN_PARAMS
     assert "--arch {wildcards.arch:q}" in line and "--fp {input.fp:q}" in line and "--losses {output.losses:q}" in line
     assert "{params.opt_quantiles}" in line and "{params.opt_perceptual}" in line and line.endswith("> {log:q} 2>&1")
     assert stages.stage("train_fp").log == "logs/train_fp/{arch}.log" and stages.stage("report").log == "logs/report.log"

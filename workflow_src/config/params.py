@@ -7,6 +7,8 @@ names the offending key and value.
 """
 from __future__ import annotations
 
+import hashlib
+
 import copy
 import json
 import re
@@ -93,10 +95,12 @@ def rule_resources(cfg: Dict[str, Any], rule: str) -> Dict[str, int]:
     return {**res["default"], **(res.get("rules") or {}).get(rule, {})}
 
 
-def dump_resolved(cfg: Dict[str, Any], path: str | Path) -> Path:
-    """Write the merged ``cfg`` to ``path`` (atomically, and only if its content changed)."""
-    path = Path(path)
+def dump_resolved(cfg: Dict[str, Any], directory: str | Path) -> Path:
+    """The merged ``cfg`` as ``directory/params-<sha256 prefix of its content>.yaml``: written once
+    (atomically) and never changed, so each invocation's jobs read their own params, whatever
+    another invocation (a dry run of another config) writes beside them."""
     text = yaml.safe_dump(cfg, sort_keys=False)
+    path = Path(directory) / f"params-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
     if not path.exists() or path.read_text() != text:
         atomic_write_text(path, text)
     return path

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from typing import Any, Dict, List, Optional
@@ -14,11 +15,14 @@ from typing import Any, Dict, List, Optional
 from .. import config as config_mod
 from .stages import COMMANDS, STARTUP_MARK, WILDCARDS, Stage, option, resources_problems
 
+PARAMS_ENV = "QGAN_PARAMS"  # the resolved params file the workflow's jobs read (rules/common.smk)
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workflow_src", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", action="append", default=None, help="params YAML; repeat to merge overrides (default: params.yaml)")
+    p.add_argument("--config", action="append", default=None,
+                   help="params YAML; repeat to merge overrides (default: $QGAN_PARAMS, the workflow's resolved params, else params.yaml)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (Snakemake's {threads})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for st in COMMANDS.values():
@@ -62,7 +66,7 @@ def validate(cfg: Dict[str, Any]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = vars(_parser().parse_args(argv))
     try:
-        cfg = config_mod.load(args["config"] or ["params.yaml"], extra_checks=[resources_problems])
+        cfg = config_mod.load(args["config"] or [os.environ.get(PARAMS_ENV) or "params.yaml"], extra_checks=[resources_problems])
     except config_mod.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

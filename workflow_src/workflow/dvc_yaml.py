@@ -22,7 +22,6 @@ from .stages import param_keys, stage
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: Snakefile, rules/, params.yaml
 # ------------------------------------------------------------------------------- DVC
 _REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1\s*$")
-_CONFIG = re.compile(r"--config\s+\S+")
 
 
 def snakemake_jobs(root: Path, configfiles: List[str] = (), target: str = "report") -> List[Dict[str, Any]]:
@@ -66,7 +65,7 @@ def dvc_stages(root: Path) -> Dict[str, Any]:
     """The content of ``dvc.yaml`` for the default params (params.yaml)."""
     stages = {}
     for job in snakemake_jobs(root):
-        cmd = _CONFIG.sub("--config params.yaml", _REDIRECT.sub("", job["cmd"]))
+        cmd = _REDIRECT.sub("", job["cmd"]).replace("python -m workflow_src ", "python -m workflow_src --config params.yaml ", 1)
         outs = []
         for o in job["outputs"]:
             if o.startswith("metrics/") and o.endswith(".json"):

@@ -80,7 +80,7 @@ class Stage:
         """The rule's shell command (Snakemake placeholders), the same line DVC runs.  Every path is
         shell-quoted (``:q``): paths from the params (a checkpoint's ``path``) may hold spaces or
         shell metacharacters.  An optional input's ``params.opt_<name>`` is quoted where it is made."""
-        parts = ["python -m workflow_src --config {params.cfg:q}"] + (["--threads {threads}"] if self.threads else []) + [self.command]
+        parts = ["python -m workflow_src"] + (["--threads {threads}"] if self.threads else []) + [self.command]  # params: $QGAN_PARAMS
         where = {"wildcard": "wildcards", "input": "input", "output": "output", "extra": "params"}
         for name, (kind, a) in self.arguments().items():
             if a is not None and a.optional and not a.many:
