@@ -2,19 +2,21 @@
 
 * Store: ``MLFLOW_TRACKING_URI`` when set (a shared server); otherwise ``sqlite:///mlflow.db`` in the
   working directory with artifacts under ``./mlruns`` -- the local, file-backed store MLflow 3
-  recommends (its plain file store is deprecated).  The workflow creates the database once before
-  jobs start (:func:`init_store`), because concurrent first-time schema migrations race.
+  recommends (its plain file store is deprecated).  Concurrent first-time schema migrations race, so
+  whichever process comes first creates the database under a file lock (``mlflow.db.lock``); the
+  workflow's onstart does it before jobs start (:func:`init_store`).
 * One experiment per profile (``qgan-bench-<profile>``); runs are tagged with arch, method,
   per_channel, w_bits, a_bits, profile, stage and the workflow invocation (``workflow_id``).
 * Logging never costs a result: any tracking failure becomes a warning and the job goes on.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, ContextManager, Dict, Iterator, List, Mapping, Optional
 
 WORKFLOW_ENV = "QGAN_WORKFLOW_ID"
 DISABLE_ENV = "QGAN_TRACKING"  # set to "off" to disable tracking entirely
@@ -36,20 +38,41 @@ def _configure() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
-def init_store(profile: str) -> Optional[str]:
-    """Create the store and the profile's experiment (run once, before parallel jobs)."""
-    if os.environ.get(DISABLE_ENV) == "off":
-        return None
-    try:
-        import mlflow
+def _store_lock() -> ContextManager:
+    """One process at a time opens the local sqlite store first and creates experiments in it:
+    MLflow's first-time schema migration and experiment creation race between processes (measured:
+    4 fresh processes, 2 of 8 runs recorded, "duplicate column name: step"; ``set_tracking_uri``
+    already starts opening the store, so it goes under the lock too).  A lock file beside the
+    database (``filelock``), so jobs run by hand or by DVC are covered too; a tracking server
+    (``MLFLOW_TRACKING_URI``) serialises this itself."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
 
-        _configure()
+    return FileLock(str(Path("mlflow.db.lock").resolve()), timeout=600)
+
+
+def _experiment_id(profile: str) -> str:
+    """The profile's experiment, created (with the store) if need be."""
+    import mlflow
+
+    _configure()
+    with _store_lock():
         mlflow.set_tracking_uri(tracking_uri())
         exp = mlflow.get_experiment_by_name(experiment_name(profile))
         if exp is None:
             artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else Path("mlruns").resolve().as_uri()
             return mlflow.create_experiment(experiment_name(profile), artifact_location=artifacts)
         return exp.experiment_id
+
+
+def init_store(profile: str) -> Optional[str]:
+    """Create the store and the profile's experiment (once, before parallel jobs; every job's
+    :func:`run` would do it too, under the same lock)."""
+    if os.environ.get(DISABLE_ENV) == "off":
+        return None
+    try:
+        return _experiment_id(profile)
     except Exception as exc:  # noqa: BLE001 - tracking must never break the workflow
         warnings.warn(f"MLflow store {tracking_uri()!r} unavailable, runs will not be tracked: {exc}")
         return None
@@ -122,11 +145,7 @@ def run(stage: str, cfg: Mapping[str, Any], tags: Mapping[str, Any], params: Opt
     try:
         import mlflow
 
-        _configure()
-        mlflow.set_tracking_uri(tracking_uri())
-        if mlflow.get_experiment_by_name(experiment_name(cfg["profile"])) is None:
-            init_store(cfg["profile"])
-        mlflow.set_experiment(experiment_name(cfg["profile"]))
+        mlflow.set_experiment(experiment_id=_experiment_id(cfg["profile"]))
         all_tags = {"stage": stage, "profile": cfg["profile"], **{k: str(v) for k, v in tags.items()}}
         if os.environ.get(WORKFLOW_ENV):
             all_tags["workflow_id"] = os.environ[WORKFLOW_ENV]
