@@ -23,7 +23,7 @@ report: setup
 	@echo "Report: $(CURDIR)/reports/index.html (table: reports/results.csv, reports/table4.md)"
 
 test: setup
-	python -m pytest -q tests
+	python -m pytest -q --durations=25 tests
 
 dry-run-paper: setup
 	snakemake -n report --configfile configs/paper.yaml
