@@ -137,7 +137,9 @@ def test_imported_generator_quantizes_and_runs():
 def _cfg(tmp_path, methods=None, **ck):
     cfg = qcfg.load([ROOT / "params.yaml"])
     cfg["matrix"]["methods"] = methods or cfg["matrix"]["methods"]
-    cfg["archs"]["stylegan"].update(resolution=128, model={**SMALL})
+    # the published layout at 128 px: its own dataset entry at that size (the others stay at the tiny 16)
+    cfg["datasets"]["digits-128"] = {**cfg["datasets"][cfg["archs"]["stylegan"]["dataset"]], "resolution": 128}
+    cfg["archs"]["stylegan"].update(resolution=128, model={**SMALL}, dataset="digits-128")
     cfg["archs"]["stylegan"]["fp_checkpoint"] = {"format": "rosinality", "path": str(tmp_path / "ck.model"), "sha256": None,
                                                  "generator": "g_running", "discriminator": "discriminator", **ck}
     qcfg.validate(cfg)
