@@ -128,8 +128,8 @@ def micro_on_slurm(cluster, tmp_path_factory):
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
             requeued = {
-                "train_fp": _requeue_when_checkpointed(work, "models/fp/stylegan.ckpt.pt", "train_fp", proc, started + 900),
-                "qat": _requeue_when_checkpointed(work, "models/q/stylegan/*-qat-*.pt.ckpt.pt", "qat", proc, started + 900),
+                "train_fp": _requeue_when_checkpointed(work, "models/fp/stylegan.ckpt.pt", "train_fp", proc, started + 1500),
+                "qat": _requeue_when_checkpointed(work, "models/q/stylegan/*-qat-*.pt.ckpt.pt", "qat", proc, started + 1500),
             }
             proc.wait(timeout=1800)
         finally:
