@@ -35,9 +35,8 @@ class Killed(Exception):
 def world(tmp_path_factory):
     """A micro StyleGAN (random FP weights), its eval inputs (with per-sample noise seeds), the
     distillation set, a tiny feature network and the real statistics."""
-    import os
-
-    os.environ["QGAN_TRACKING"] = "off"
+    env = pytest.MonkeyPatch()  # undone after this module: later modules test tracking
+    env.setenv("QGAN_TRACKING", "off")
     tmp = tmp_path_factory.mktemp("eval")
     cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
     cfg["archs"][ARCH].update(resolution=8, model={"latent_dim": 16, "n_mlp": 2, "channels": [16, 8], "d_channels": [16, 8]})
@@ -59,7 +58,8 @@ def world(tmp_path_factory):
     distill_stage.distill(cfg, arch=ARCH, data=files["data"], fp=files["fp"], out=files["distill"])
     networks.train_features(cfg, data=[files["data"]], out=files["features"])
     data_stage.real_stats(cfg, dataset="digits", split="test", data=files["data"], features=files["features"], out=files["real"])
-    return cfg, files
+    yield cfg, files
+    env.undo()
 
 
 def _evaluate_fp(cfg, files, d: Path):
