@@ -4,8 +4,9 @@ tracked run of a variant carries.  (The FP networks' file is :mod:`.training`'s.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,8 +36,6 @@ def segment_features(cfg: Dict[str, Any], arch, model: torch.nn.Module, inputs: 
     """Generate samples ``sl`` (each with its extras) and return their features (float64, on the
     host), the first ``keep`` images (on the CPU) and the generation time: memory holds one
     segment's images, never the whole evaluation set's."""
-    import time
-
     bs = int(cfg["eval"]["batch_size"])
     t0 = time.time()
     images = arch.generate(model, inputs[sl], bs, None if extras is None else map_tensors(lambda t: t[sl], extras))
