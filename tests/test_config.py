@@ -114,6 +114,29 @@ def test_variant_names_round_trip(base):
         qcfg.Variant.parse("nonsense")
 
 
+def test_exclude_drops_exactly_the_matching_variants(base):
+    cfg = copy.deepcopy(base)
+    cfg["matrix"].update(methods=["ptq-minmax", "ma-qat"], per_channel=[True, False], w_bits=[8, 4], a_bits=[8])
+    cfg["matrix"]["exclude"] = [{"method": "ma-qat", "w_bits": 8}, {"per_channel": True, "w_bits": 4}]
+    qcfg.validate(cfg)
+    got = {v.name for v in qcfg.variants(cfg)}
+    assert got == {"ptq-minmax-channel-w8a8", "ptq-minmax-tensor-w8a8", "ptq-minmax-tensor-w4a8", "ma-qat-tensor-w4a8"}
+
+
+@pytest.mark.parametrize("entry, words", [
+    ({"method": "ptq-minmax", "w_bits": 2}, ["matrix.exclude.0", "matches no variant"]),  # a typo is not a silent no-op
+    ({"bits": 8}, ["matrix.exclude.0", "bits"]),  # unknown key
+    ({}, ["matrix.exclude.0"]),  # an empty entry would drop everything
+    ({"method": "ptq-magic"}, ["matrix.exclude.0.method", "ptq-magic"]),
+])
+def test_bad_exclude_entries_are_named(base, entry, words):
+    cfg = copy.deepcopy(base)
+    cfg["matrix"]["exclude"] = [entry]
+    with pytest.raises(qcfg.ConfigError) as e:
+        qcfg.validate(cfg)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
 def test_deep_merge_overrides_leaves_only():
     merged = qcfg.deep_merge({"a": {"b": 1, "c": [1, 2]}, "d": 1}, {"a": {"c": [3]}})
     assert merged == {"a": {"b": 1, "c": [3]}, "d": 1}

@@ -41,15 +41,23 @@ LOCAL_RULES = {"prepare_data", "fetch_inception", "fetch_vgg16"}
 LOCAL_CLUSTER = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "3",
                  "--slurm-keep-successful-logs"]
 
-# Longer training and QAT than the micro config, so that a checkpoint exists well before the job
-# ends and the requeue below lands in the middle of it.
+# The micro config cut to one arch and one method of each rule (min-max PTQ, MA-QAT) at w8, so that
+# every rule of the DAG runs through SLURM once or twice; and longer training and QAT than the micro
+# config, so that a checkpoint exists well before the job ends and the requeue below lands in the
+# middle of it.
 LONGER = """\
+matrix: {archs: [stylegan], methods: [ptq-minmax, ma-qat], w_bits: [8], exclude: []}
 archs:
   stylegan:
-    train: {steps: 400}
+    train: {steps: 200}
     qat: {epochs: 12, ma_epochs: 6}
 train: {checkpoint_every: 20}
 """
+
+
+# MLflow tracking is the micro workflow test's (tests/test_workflow.py); here it would only add its
+# import and store opening to every job.
+UNTRACKED = {**os.environ, "QGAN_TRACKING": "off"}
 
 
 def snakemake(workdir: Path, *args: str) -> list:
@@ -125,7 +133,7 @@ def micro_on_slurm(cluster, tmp_path_factory):
     started = time.time()
     with open(work / "snakemake.out", "w") as out:
         proc = subprocess.Popen(snakemake(work, "report", "--configfile", str(MICRO), str(work / "longer.yaml")),
-                                stdout=out, stderr=subprocess.STDOUT, text=True)
+                                env=UNTRACKED, stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
             requeued = {
                 "train_fp": _requeue_when_checkpointed(work, "models/fp/stylegan.ckpt.pt", "train_fp", proc, started + 1500),
@@ -192,7 +200,7 @@ def test_requeued_training_and_qat_resume_from_their_checkpoints(micro_on_slurm)
     assert sum(bool(re.search(r"resuming (ma|lsq)-qat at epoch [1-9]", t)) for t in qat_logs) == 1
     # the loss logs survive the requeue: every step once, in order
     losses = pd.read_csv(work / "models" / "fp" / "stylegan.losses.csv")
-    assert list(losses["step"]) == list(range(400))
+    assert list(losses["step"]) == list(range(200))
     for path in (work / "models" / "q").glob("*/*-qat-*.losses.csv"):
         steps = list(pd.read_csv(path)["step"])
         assert steps == list(range(len(steps))) and steps, path
@@ -202,7 +210,7 @@ def test_failing_job_is_reported_with_its_slurm_log(cluster, tmp_path):
     """A corrupt training checkpoint makes the SLURM job fail; Snakemake names its SLURM log."""
     (tmp_path / "models" / "fp").mkdir(parents=True)
     (tmp_path / "models" / "fp" / "stylegan.ckpt.pt").write_bytes(b"not a checkpoint")
-    proc = subprocess.run(snakemake(tmp_path, "models/fp/stylegan.pt", "--retries", "0", "--configfile", str(MICRO)),
+    proc = subprocess.run(snakemake(tmp_path, "models/fp/stylegan.pt", "--retries", "0", "--configfile", str(MICRO)), env=UNTRACKED,
                           capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]

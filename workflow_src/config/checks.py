@@ -15,7 +15,7 @@ from .vgg import VGG16_CFG, layer_names
 def problems(cfg: Dict[str, Any]) -> List[str]:
     """Every semantic problem of a schema-valid ``cfg``."""
     found: List[str] = []
-    for check in (_finite, _archs, _checkpoints, _sweep, _methods, _perceptual, _counts):
+    for check in (_finite, _archs, _exclude, _checkpoints, _sweep, _methods, _perceptual, _counts):
         found += check(cfg)
     return list(dict.fromkeys(found))
 
@@ -85,6 +85,16 @@ def _checkpoints(cfg: Dict[str, Any]) -> List[str]:
                          "discriminator; import a checkpoint that holds one (rosinality's 'Model & Optimizer' files: "
                          "discriminator: discriminator) or drop those methods")
     return found
+
+
+def _exclude(cfg: Dict[str, Any]) -> List[str]:
+    """An exclude entry that matches no variant of the cross product is a typo, not a no-op."""
+    from .matrix import cross_product, excluded
+
+    m = cfg["matrix"]
+    full = cross_product(m)
+    return [f"key 'matrix.exclude.{i}' = {entry}: matches no variant of the matrix's methods, per_channel, w_bits and a_bits"
+            for i, entry in enumerate(m.get("exclude") or []) if not any(excluded(v, entry) for v in full)]
 
 
 def _sweep(cfg: Dict[str, Any]) -> List[str]:

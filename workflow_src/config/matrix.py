@@ -40,15 +40,24 @@ class Variant:
             raise ConfigError(f"variant {name!r} is not of the form METHOD-(channel|tensor)-wWaA") from None
 
 
+# The keys of a `matrix.exclude` entry, and the Variant field each one matches.
+EXCLUDE_KEYS = {"method": "method", "per_channel": "per_channel", "w_bits": "w_bits", "a_bits": "a_bits"}
+
+
+def excluded(v: Variant, entry: Dict[str, Any]) -> bool:
+    """Whether ``v`` matches every key of one `matrix.exclude` entry (GitHub Actions' matrix semantics)."""
+    return all(getattr(v, EXCLUDE_KEYS[k]) == val for k, val in entry.items())
+
+
+def cross_product(m: Dict[str, Any]) -> List[Variant]:
+    """Every combination of the `matrix` section's methods, granularities and widths."""
+    return [Variant(method, pc, w, a) for method in m["methods"] for pc in m["per_channel"] for w in m["w_bits"] for a in m["a_bits"]]
+
+
 def variants(cfg: Dict[str, Any]) -> List[Variant]:
-    m = cfg["matrix"]
-    return [
-        Variant(method, pc, w, a)
-        for method in m["methods"]
-        for pc in m["per_channel"]
-        for w in m["w_bits"]
-        for a in m["a_bits"]
-    ]
+    """The cross product less the variants that match an entry of `matrix.exclude`."""
+    drop = cfg["matrix"].get("exclude") or []
+    return [v for v in cross_product(cfg["matrix"]) if not any(excluded(v, e) for e in drop)]
 
 
 def imported_archs(cfg: Dict[str, Any]) -> List[str]:

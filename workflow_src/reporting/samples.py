@@ -88,7 +88,7 @@ def sample_figure(cfg: Dict[str, Any], *, arch: str, models: List[str], metrics:
                 ax.axis("off")
         axes[r, 0].set_title(label, fontsize=7, loc="left", pad=2)
     how = arch.truncation_doc.format(t=trunc)
-    fig.suptitle(f"{arch_title(arch_name)}: samples by method, weights 8-bit (left) and 4-bit (right); "
+    fig.suptitle(f"{arch_title(arch_name)}: samples by method, weight widths left to right as each caption lists them; "
                  f"display only: {how} (FID without)", fontsize=8)
     fig.tight_layout()
     with atomic_path(out) as tmp:

@@ -158,12 +158,13 @@ def published_checkpoint(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[
 
 
 def figure_variants(cfg: Mapping[str, Any]) -> List[Variant]:
-    """The variants a sample figure shows: every method x every weight width, a8 (per-tensor if
-    the matrix has it, else per-channel)."""
+    """The variants a sample figure shows: every method x every weight width the matrix has (less
+    `matrix.exclude`), a8 (per-tensor if the matrix has it, else per-channel)."""
     m = cfg["matrix"]
     pc = False if False in m["per_channel"] else True
     a = 8 if 8 in m["a_bits"] else max(m["a_bits"])
-    return [Variant(meth, pc, w, a) for meth in m["methods"] for w in sorted(m["w_bits"], reverse=True)]
+    have = set(variants(cfg))
+    return [v for meth in m["methods"] for w in sorted(m["w_bits"], reverse=True) if (v := Variant(meth, pc, w, a)) in have]
 
 
 def exported_variants(cfg: Mapping[str, Any]) -> List[Variant]:
