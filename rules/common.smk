@@ -35,6 +35,15 @@ onstart:
     tracking.init_store(config["profile"])
 
 
+# Jobs other than training record their MLflow runs; the store gets them when the run ends, however it ends.
+onsuccess:
+    tracking.flush()
+
+
+onerror:
+    tracking.flush()
+
+
 ARCHS = config["matrix"]["archs"]
 # FP networks: imported from a published checkpoint (rule import_fp) or trained (rule train_fp).
 IMPORTED_ARCHS = qcfg.imported_archs(config)

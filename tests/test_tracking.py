@@ -1,6 +1,9 @@
-"""MLflow tracking: concurrent writers lose nothing; an unreachable store never costs a result."""
+"""MLflow tracking: concurrent writers lose nothing; an unreachable store never costs a result; the
+jobs that record their runs instead of logging them live (every stage but training) leave MLflow
+the same runs once flushed, without importing it themselves."""
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -16,7 +19,7 @@ sys.path.insert(0, {root!r})
 from workflow_src.workflow import tracking
 cfg = {{"profile": "conc"}}
 for i in range(3):
-    with tracking.run("evaluate", cfg, {{"arch": "w{{}}".format(sys.argv[1]), "variant": str(i)}}, {{"i": i, "writer": sys.argv[1]}}) as r:
+    with tracking.run("train", cfg, {{"arch": "w{{}}".format(sys.argv[1]), "variant": str(i)}}, {{"i": i, "writer": sys.argv[1]}}) as r:
         r.log_metrics({{"fid": float(i), "qfid": 10.0 + i}})
         r.log_step_metrics([{{"step": s, "loss": s * 0.5}} for s in range(20)])
 """
@@ -50,12 +53,72 @@ def test_unreachable_store_warns_and_the_job_completes(tmp_path, monkeypatch):
     done = False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with tracking.run("evaluate", {"profile": "x"}, {"arch": "a"}, {"p": 1}) as r:
+        with tracking.run("train", {"profile": "x"}, {"arch": "a"}, {"p": 1}) as r:
             r.log_metrics({"fid": 1.0})
             (tmp_path / "result.json").write_text("{}")
             done = True
     assert done and (tmp_path / "result.json").exists()
     assert any("unavailable" in str(w.message) for w in caught)
+
+
+RECORDER = """
+import sys
+sys.path.insert(0, {root!r})
+from workflow_src.workflow import tracking
+cfg = {{"profile": "rec"}}
+open("samples.png", "wb").write(b"png")
+with tracking.run("evaluate", cfg, {{"arch": "sagan", "variant": "v1"}}, {{"eval": {{"n_samples": 200}}}}) as r:
+    r.log_metrics({{"fid": 1.5, "qfid": 0.25}})
+    r.log_metrics({{"block_mse": 0.5}}, step=3)
+    r.log_step_metrics([{{"step": s, "loss": s * 0.5}} for s in range(1500)])  # more than one log_batch holds
+    r.log_artifact("samples.png")
+try:
+    with tracking.run("quantize", cfg, {{"arch": "sagan", "variant": "v2"}}) as r:
+        raise RuntimeError("the job fails")
+except RuntimeError:
+    pass
+assert "mlflow" not in sys.modules, "a recorded run imported MLflow"
+"""
+
+
+def test_recorded_runs_reach_mlflow_on_flush_as_they_were(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("QGAN_WORKFLOW_ID", "wf1")
+    (tmp_path / "job.py").write_text(RECORDER.format(root=str(ROOT)))
+    t0 = time.time() * 1000
+    proc = subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    t1 = time.time() * 1000
+    assert len(tracking.pending()) == 2 and not (tmp_path / "mlflow.db").exists()
+    assert tracking.flush() == 2
+    assert tracking.pending() == [] and tracking.flush() == 0  # logged once, then nothing left
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    runs = mlflow.search_runs(experiment_names=["qgan-bench-rec"]).set_index("tags.variant")
+    ok, failed = runs.loc["v1"], runs.loc["v2"]
+    assert ok["status"] == "FINISHED" and failed["status"] == "FAILED"
+    assert ok["tags.stage"] == "evaluate" and ok["tags.workflow_id"] == "wf1" and ok["tags.mlflow.runName"] == "evaluate-sagan-v1"
+    assert ok["params.eval.n_samples"] == "200" and ok["metrics.fid"] == 1.5 and ok["metrics.qfid"] == 0.25
+    assert t0 <= ok["start_time"].timestamp() * 1000 <= ok["end_time"].timestamp() * 1000 <= t1  # the job's times, not the flush's
+    client = mlflow.tracking.MlflowClient()
+    history = client.get_metric_history(ok["run_id"], "loss")
+    assert sorted(m.step for m in history) == list(range(1500)) and {m.value for m in history} == {s * 0.5 for s in range(1500)}
+    assert [m.step for m in client.get_metric_history(ok["run_id"], "block_mse")] == [3]
+    assert [a.path for a in client.list_artifacts(ok["run_id"])] == ["samples.png"]
+
+
+def test_unreachable_store_keeps_the_records_for_the_next_flush(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with tracking.run("evaluate", {"profile": "keep"}, {"arch": "a"}, {"p": 1}) as r:
+        r.log_metrics({"fid": 1.0})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.warns(UserWarning, match="1 job record.*kept"):
+        assert tracking.flush() == 0
+    assert len(tracking.pending()) == 1
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.flush() == 1 and tracking.pending() == []
 
 
 def test_tracking_can_be_switched_off(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..config import FP, variants
 from ..files import atomic_path, atomic_write_text
+from ..workflow import tracking
 from .paper import paper_comparison, paper_comparison_md
 from .tables import spread_note, arch_title, export_tables, load_results, merge_exports, results_csv_frame
 from .tables import table3 as table3_md
@@ -45,6 +46,7 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
     """Every table and the HTML page from the variants' metrics, samples, export summaries and
     figures.  The page links the figures relative to itself and writes a per-arch sample overview
     (``samples_<arch>.png``) beside itself."""
+    tracking.flush()  # the jobs' MLflow records, for runs without Snakemake's onsuccess (DVC)
     page_dir = Path(html).parent
     page_dir.mkdir(parents=True, exist_ok=True)
     df = merge_exports(load_results(metrics), list(exports))

@@ -317,6 +317,8 @@ _STAGES = [
           params=("matrix", "eval.bootstrap", "eval.n_samples", "qat.distill_loss"), threads=False),
     # commands without a rule
     Stage("validate", "validate the params and print the experiment matrix", "workflow.cli:validate", rule=False, threads=False),
+    Stage("track", "log the jobs' pending MLflow records (Snakemake does it when a run ends, the report stage too)",
+          "workflow.tracking:flush_command", rule=False, threads=False),
     Stage("dvc_yaml", "regenerate dvc.yaml from the Snakemake DAG", "workflow.dvc_yaml:write_dvc_yaml",
           outputs={"out": Artifact("dvc.yaml", "the file to write")}, rule=False, threads=False),
 ]

@@ -1,4 +1,14 @@
-"""MLflow tracking: every training, quantization and evaluation job is one run.
+"""MLflow tracking: every training, quantization, evaluation and export job is one run.
+
+* Live or recorded: training jobs (:data:`LIVE_STAGES`: FP training and QAT, which run for hours on
+  the paper profile) talk to MLflow while they run, so their loss curves show as they come.  Every
+  other job writes its run -- tags, params, metrics with their steps and times, artifacts, status --
+  to a record under ``.qgan/mlflow-pending/`` and never imports MLflow (measured: importing it and
+  opening the sqlite store cost 4 s a job on this machine, more than most evaluate jobs compute).
+  :func:`flush` logs the pending records as MLflow runs, one process for all of them: Snakemake's
+  onsuccess and onerror handlers call it, so does the report stage (for DVC), and so does
+  ``python -m workflow_src track``.  A record is deleted only once its run is logged; an unreachable
+  store leaves it for the next flush.
 
 * Store: ``MLFLOW_TRACKING_URI`` when set (a shared server); otherwise ``sqlite:///mlflow.db`` in the
   working directory with artifacts under ``./mlruns`` -- the local, file-backed store MLflow 3
@@ -20,6 +30,8 @@ from typing import Any, ContextManager, Dict, Iterator, List, Mapping, Optional
 
 WORKFLOW_ENV = "QGAN_WORKFLOW_ID"
 DISABLE_ENV = "QGAN_TRACKING"  # set to "off" to disable tracking entirely
+LIVE_STAGES = frozenset({"train"})  # stages logged while they run; the others are recorded, then flushed
+PENDING = Path(".qgan") / "mlflow-pending"  # relative to the working directory, like mlflow.db
 
 
 def tracking_uri() -> str:
@@ -135,21 +147,78 @@ class Run:
         self._call(mlflow.log_artifact, str(path))
 
 
+class Record:
+    """A job's run kept in memory and written to :data:`PENDING` when the job ends; the methods of
+    :class:`Run`, without MLflow."""
+
+    def __init__(self, profile: str, name: str, tags: Mapping[str, str]):
+        self.data: Dict[str, Any] = {"profile": profile, "run_name": name, "tags": dict(tags), "params": {}, "metrics": [],
+                                     "artifacts": [], "start_ms": _now_ms(), "end_ms": None, "status": "RUNNING"}
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.data["params"].update(_flat(params))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        now = _now_ms()
+        self.data["metrics"] += [[k, float(v), now, int(step or 0)] for k, v in metrics.items()]
+
+    def log_step_metrics(self, rows: List[Mapping[str, float]]) -> None:
+        now = _now_ms()
+        self.data["metrics"] += [[k, float(v), now, int(r["step"])] for r in rows for k, v in r.items() if k != "step"]
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.data["artifacts"].append(str(Path(path).resolve()))
+
+    def close(self, status: str) -> None:
+        import json
+        import uuid
+
+        from ..files import atomic_write_text
+
+        self.data.update(status=status, end_ms=_now_ms())
+        atomic_write_text(PENDING / f"{self.data['start_ms']}-{uuid.uuid4().hex[:12]}.json", json.dumps(self.data))
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def _tags_and_name(stage: str, cfg: Mapping[str, Any], tags: Mapping[str, Any]):
+    all_tags = {"stage": stage, "profile": cfg["profile"], **{k: str(v) for k, v in tags.items()}}
+    if os.environ.get(WORKFLOW_ENV):
+        all_tags["workflow_id"] = os.environ[WORKFLOW_ENV]
+    return all_tags, "-".join(str(all_tags[k]) for k in ("stage", "arch", "variant") if k in all_tags)
+
+
 @contextmanager
 def run(stage: str, cfg: Mapping[str, Any], tags: Mapping[str, Any], params: Optional[Mapping[str, Any]] = None) -> Iterator[Run]:
-    """``with run("evaluate", cfg, {"arch": ...}) as r: r.log_metrics(...)``."""
+    """``with run("evaluate", cfg, {"arch": ...}) as r: r.log_metrics(...)``: logged live for
+    :data:`LIVE_STAGES`, else recorded for :func:`flush`."""
     if os.environ.get(DISABLE_ENV) == "off":
         yield Run(None)
+        return
+    all_tags, name = _tags_and_name(stage, cfg, tags)
+    if stage not in LIVE_STAGES:
+        rec = Record(cfg["profile"], name, all_tags)
+        if params:
+            rec.log_params(params)
+        status = "FAILED"
+        try:
+            yield rec  # type: ignore[misc]
+            status = "FINISHED"
+        finally:
+            try:
+                rec.close(status)
+            except OSError as exc:
+                warnings.warn(f"could not write this job's MLflow record under {PENDING}: {exc}")
         return
     active = None
     try:
         import mlflow
 
         mlflow.set_experiment(experiment_id=_experiment_id(cfg["profile"]))
-        all_tags = {"stage": stage, "profile": cfg["profile"], **{k: str(v) for k, v in tags.items()}}
-        if os.environ.get(WORKFLOW_ENV):
-            all_tags["workflow_id"] = os.environ[WORKFLOW_ENV]
-        name = "-".join(str(all_tags[k]) for k in ("stage", "arch", "variant") if k in all_tags)
         active = mlflow.start_run(run_name=name, tags=all_tags)
     except Exception as exc:  # noqa: BLE001
         warnings.warn(f"MLflow store {tracking_uri()!r} unavailable, this job is not tracked: {exc}")
@@ -169,3 +238,62 @@ def run(stage: str, cfg: Mapping[str, Any], tags: Mapping[str, Any], params: Opt
                 mlflow.end_run(status=status)
             except Exception as exc:  # noqa: BLE001
                 warnings.warn(f"MLflow could not close the run: {exc}")
+
+
+def pending() -> List[Path]:
+    """The records not yet logged, oldest first."""
+    return sorted(PENDING.glob("*.json")) if PENDING.is_dir() else []
+
+
+def flush() -> int:
+    """Log every pending record as an MLflow run (start and end times, status, tags, params, metric
+    histories, artifacts) and delete it; returns how many were logged.  Nothing pending: returns at
+    once without importing MLflow.  One flush at a time (a lock beside the records); a store that
+    cannot be reached warns and keeps the records for the next flush."""
+    if os.environ.get(DISABLE_ENV) == "off" or not pending():
+        return 0
+    import json
+
+    from filelock import FileLock
+
+    done = 0
+    with FileLock(str(PENDING.resolve()) + ".lock", timeout=600):
+        records = pending()
+        if not records:
+            return 0
+        try:
+            from mlflow.entities import Metric, Param
+            from mlflow.tracking import MlflowClient
+
+            _configure()
+            client = MlflowClient(tracking_uri())
+            experiments: Dict[str, str] = {}
+            for path in records:
+                rec = json.loads(path.read_text())
+                if rec["profile"] not in experiments:
+                    experiments[rec["profile"]] = _experiment_id(rec["profile"])
+                r = client.create_run(experiments[rec["profile"]], start_time=rec["start_ms"], tags=rec["tags"], run_name=rec["run_name"])
+                rid = r.info.run_id
+                params = [Param(k, v) for k, v in rec["params"].items()]
+                for i in range(0, len(params), 100):  # MLflow's per-batch limits: 100 params, 1000 metrics
+                    client.log_batch(rid, params=params[i : i + 100])
+                metrics = [Metric(k, v, t, step) for k, v, t, step in rec["metrics"]]
+                for i in range(0, len(metrics), 1000):
+                    client.log_batch(rid, metrics=metrics[i : i + 1000])
+                for art in rec["artifacts"]:
+                    if os.path.exists(art):
+                        client.log_artifact(rid, art)
+                    else:
+                        warnings.warn(f"MLflow record {path.name}: artifact {art} is gone, not logged")
+                client.set_terminated(rid, status=rec["status"], end_time=rec["end_ms"])
+                path.unlink()
+                done += 1
+        except Exception as exc:  # noqa: BLE001 - tracking must never break the workflow
+            warnings.warn(f"MLflow store {tracking_uri()!r}: {len(pending())} job record(s) not logged, kept under {PENDING} "
+                          f"for the next flush (`python -m workflow_src track`): {exc}")
+    return done
+
+
+def flush_command(cfg: Mapping[str, Any]) -> None:
+    """The ``track`` command."""
+    print(f"{flush()} MLflow run(s) logged to {tracking_uri()}; {len(pending())} record(s) pending")
