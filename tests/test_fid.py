@@ -18,6 +18,24 @@ def test_frechet_distance_closed_form_diagonal():
     assert got == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("case", ["full-rank", "rank-deficient", "identical"])
+def test_frechet_distance_equals_pytorch_fids(case):
+    """Our distance and pytorch-fid's calculate_frechet_distance on the same statistics, including
+    covariances from fewer samples than dimensions (the singular product takes the eps fallback or a
+    complex root)."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.default_rng(11)
+    dim, n = {"full-rank": (16, 200), "rank-deficient": (64, 20), "identical": (8, 100)}[case]
+    a = rng.normal(size=(n, dim)) @ rng.normal(size=(dim, dim))
+    b = a if case == "identical" else a * 0.8 + rng.normal(size=(n, dim)) + 0.3
+    sa, sb = fid.statistics(a), fid.statistics(b)
+    expected = calculate_frechet_distance(sa[0], sa[1], sb[0], sb[1])
+    assert fid.frechet_distance(sa, sb) == pytest.approx(expected, rel=1e-6, abs=1e-8)
+    if case != "identical":
+        assert expected > 1e-3
+
+
 def test_statistics_and_self_distance():
     feats = np.random.default_rng(1).normal(size=(500, 8))
     mu, sigma = fid.statistics(feats)

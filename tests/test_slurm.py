@@ -41,12 +41,15 @@ LOCAL_RULES = {"prepare_data", "fetch_inception", "fetch_vgg16"}
 LOCAL_CLUSTER = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "3",
                  "--slurm-keep-successful-logs"]
 
-# The micro config cut to one arch and one method of each rule (min-max PTQ, MA-QAT) at w8, so that
-# every rule of the DAG runs through SLURM once or twice; and longer training and QAT than the micro
-# config, so that a checkpoint exists well before the job ends and the requeue below lands in the
-# middle of it.
+# The micro config cut to one arch and two variants, one per rule (min-max PTQ at w8, exported; MA-QAT
+# at w4), so that every rule of the DAG runs through SLURM once; and longer training and QAT than the
+# micro config, so that a checkpoint exists well before the job ends and the requeue below lands in
+# the middle of it.
 LONGER = """\
-matrix: {archs: [stylegan], methods: [ptq-minmax, ma-qat], w_bits: [8], exclude: []}
+matrix:
+  archs: [stylegan]
+  methods: [ptq-minmax, ma-qat]
+  exclude: [{method: ptq-minmax, w_bits: 4}, {method: ma-qat, w_bits: 8}]
 archs:
   stylegan:
     train: {steps: 200}

@@ -127,3 +127,12 @@ def test_tracking_can_be_switched_off(tmp_path, monkeypatch):
     with tracking.run("train", {"profile": "x"}, {}) as r:
         r.log_metrics({"a": 1.0})
     assert not (tmp_path / "mlflow.db").exists()
+    # and a job with tracking off never imports MLflow (seconds of start-up), whatever it logs
+    job = ("import sys; sys.path.insert(0, %r)\nfrom workflow_src.workflow import tracking\n"
+           "for stage in ('train', 'evaluate'):\n"
+           "    with tracking.run(stage, {'profile': 'x'}, {'arch': 'a'}, {'p': 1}) as r:\n"
+           "        r.log_params({'q': 2}); r.log_metrics({'a': 1.0}); r.log_step_metrics([{'step': 0, 'l': 1.0}]); r.log_artifact('x')\n"
+           "assert 'mlflow' not in sys.modules\n") % str(ROOT)
+    run = subprocess.run([sys.executable, "-c", job], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not (tmp_path / ".qgan").exists()

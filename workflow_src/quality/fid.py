@@ -3,7 +3,10 @@
 A :class:`FeatureSpace` maps [-1, 1] image batches to feature vectors.  Two exist:
 ``tinycnn`` (the tiny profile's self-trained network, :mod:`.featurenet`) and ``inception``
 (pytorch-fid's FID InceptionV3, 2048-d pool features, weights read from a local file).  The Frechet
-distance is always ``pytorch_fid.fid_score.calculate_frechet_distance``.
+distance is pytorch-fid's computation (``calculate_frechet_distance``: the same matrix square root,
+the same fallback for a singular product, the same check of its imaginary part), written here
+because importing ``pytorch_fid.fid_score`` imports torchvision, measured at 2-3 s of every
+evaluation job that computes a 64-d distance in milliseconds; tests/test_fid.py holds the two equal.
 """
 from __future__ import annotations
 
@@ -144,10 +147,27 @@ def statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return np.mean(features, axis=0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(stats_a: Tuple[np.ndarray, np.ndarray], stats_b: Tuple[np.ndarray, np.ndarray]) -> float:
-    from pytorch_fid.fid_score import calculate_frechet_distance
+def frechet_distance(stats_a: Tuple[np.ndarray, np.ndarray], stats_b: Tuple[np.ndarray, np.ndarray], eps: float = 1e-6) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)) between two Gaussians given as
+    (mean, covariance); a product whose square root is not finite is retried with ``eps`` added to
+    both diagonals, and a root whose diagonal is not real to 1e-3 is an error (pytorch-fid's rules)."""
+    from scipy import linalg
 
-    return float(calculate_frechet_distance(stats_a[0], stats_a[1], stats_b[0], stats_b[1]))
+    mu_a, mu_b = np.atleast_1d(stats_a[0]), np.atleast_1d(stats_b[0])
+    s_a, s_b = np.atleast_2d(stats_a[1]), np.atleast_2d(stats_b[1])
+    if mu_a.shape != mu_b.shape or s_a.shape != s_b.shape:
+        raise ValueError(f"statistics of different dimensions: means {mu_a.shape} and {mu_b.shape}, covariances {s_a.shape} and {s_b.shape}")
+    root = linalg.sqrtm(s_a @ s_b)
+    if not np.isfinite(root).all():
+        shift = np.eye(s_a.shape[0]) * eps
+        root = linalg.sqrtm((s_a + shift) @ (s_b + shift))
+    if np.iscomplexobj(root):
+        worst = np.max(np.abs(np.diagonal(root).imag))
+        if worst > 1e-3:
+            raise ValueError(f"the square root of the covariance product has imaginary parts up to {worst:.3g}")
+        root = root.real
+    delta = mu_a - mu_b
+    return float(delta @ delta + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(root))
 
 
 def save_stats(path: str | Path, features: np.ndarray, feature_space: str, keep_features: bool = False) -> None:

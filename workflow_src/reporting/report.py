@@ -59,8 +59,9 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
     cmp = paper_comparison(df, cfg)
     atomic_write_text(paper, "# The paper's numbers beside ours\n\n" + paper_comparison_md(cmp))
     note = spread_note(cfg)
-    if exports:
-        atomic_write_text(export, "# Integer exports: size and latency against FP32\n\n" + export_tables(list(exports)))
+    atomic_write_text(export, "# Integer exports: size and latency against FP32\n\n" + (
+        export_tables(list(exports)) if exports else
+        f"No variant is exported: no weight width of the matrix is in `export.w_bits` = {cfg['export']['w_bits']}.\n"))
     atomic_write_text(table4, "# Table 4 layout (paper: Performance of quantization techniques)\n\n" + note + table4_md(df, cfg))
     atomic_write_text(table3, "# Table 3 layout (paper: post-training quantization), one table per arch\n\n" + note
                       + "\n".join(table3_md(df, a) for a in sorted(set(df["arch"]))))

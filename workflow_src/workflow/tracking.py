@@ -116,12 +116,18 @@ class Run:
             warnings.warn(f"MLflow logging failed, tracking stops for this job: {exc}")
             self._run = None
 
+    # Each method returns before importing MLflow when there is no run (tracking off or failed):
+    # the import alone costs seconds.
     def log_params(self, params: Mapping[str, Any]) -> None:
+        if self._run is None:
+            return
         import mlflow
 
         self._call(mlflow.log_params, _flat(params))
 
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        if self._run is None:
+            return
         import mlflow
 
         self._call(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
@@ -142,6 +148,8 @@ class Run:
             self._call(client.log_batch, self._run.info.run_id, metrics=metrics[i : i + 1000])
 
     def log_artifact(self, path: str | Path) -> None:
+        if self._run is None:
+            return
         import mlflow
 
         self._call(mlflow.log_artifact, str(path))
