@@ -136,3 +136,18 @@ def test_tracking_can_be_switched_off(tmp_path, monkeypatch):
     run = subprocess.run([sys.executable, "-c", job], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert not (tmp_path / ".qgan").exists()
+
+
+def test_live_mode_logs_every_stage_while_it_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("QGAN_TRACKING", "live")
+    with tracking.run("evaluate", {"profile": "live"}, {"arch": "a", "variant": "v"}) as r:
+        r.log_metrics({"fid": 2.0})
+        import mlflow
+
+        assert mlflow.active_run() is not None  # in the store already, before the job ends
+    assert tracking.pending() == []
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    runs = mlflow.search_runs(experiment_names=["qgan-bench-live"])
+    assert list(runs["metrics.fid"]) == [2.0] and list(runs["status"]) == ["FINISHED"]

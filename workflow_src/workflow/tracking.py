@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ContextManager, Dict, Iterator, List, Mapping, Optional
 
 WORKFLOW_ENV = "QGAN_WORKFLOW_ID"
-DISABLE_ENV = "QGAN_TRACKING"  # set to "off" to disable tracking entirely
+DISABLE_ENV = "QGAN_TRACKING"  # "off": no tracking at all; "live": every stage logs while it runs
 LIVE_STAGES = frozenset({"train"})  # stages logged while they run; the others are recorded, then flushed
 PENDING = Path(".qgan") / "mlflow-pending"  # relative to the working directory, like mlflow.db
 
@@ -208,7 +208,7 @@ def run(stage: str, cfg: Mapping[str, Any], tags: Mapping[str, Any], params: Opt
         yield Run(None)
         return
     all_tags, name = _tags_and_name(stage, cfg, tags)
-    if stage not in LIVE_STAGES:
+    if stage not in LIVE_STAGES and os.environ.get(DISABLE_ENV) != "live":
         rec = Record(cfg["profile"], name, all_tags)
         if params:
             rec.log_params(params)
