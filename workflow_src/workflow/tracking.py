@@ -22,7 +22,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import time
+import uuid
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,9 +142,7 @@ class Run:
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
-        import time
-
-        now = int(time.time() * 1000)
+        now = _now_ms()
         metrics = [Metric(k, float(v), now, int(r["step"])) for r in rows for k, v in r.items() if k != "step"]
         client = MlflowClient()
         for i in range(0, len(metrics), 1000):
@@ -178,9 +179,6 @@ class Record:
         self.data["artifacts"].append(str(Path(path).resolve()))
 
     def close(self, status: str) -> None:
-        import json
-        import uuid
-
         from ..files import atomic_write_text
 
         self.data.update(status=status, end_ms=_now_ms())
@@ -188,8 +186,6 @@ class Record:
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 
@@ -260,8 +256,6 @@ def flush() -> int:
     cannot be reached warns and keeps the records for the next flush."""
     if os.environ.get(DISABLE_ENV) == "off" or not pending():
         return 0
-    import json
-
     from filelock import FileLock
 
     done = 0
