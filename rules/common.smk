@@ -10,6 +10,7 @@ sys.path.insert(0, workflow.basedir)
 
 from workflow_src import config as qcfg
 from workflow_src import registry
+from workflow_src.workflow import forkserver
 from workflow_src.workflow import stages as S
 from workflow_src.workflow import tracking
 
@@ -31,16 +32,22 @@ ENV = "../envs/qgan.yaml"
 os.environ.setdefault("QGAN_WORKFLOW_ID", uuid.uuid4().hex[:12])
 
 
+# A local run's jobs fork from one warm process that has imported torch and the stages
+# (workflow_src/workflow/forkserver.py; QGAN_WARM=off to start each job afresh).
 onstart:
     tracking.init_store(config["profile"])
+    if forkserver.wanted(workflow):
+        os.environ[forkserver.ENV] = forkserver.start(os.getcwd(), ".qgan/forkserver.log")
 
 
 # Jobs other than training record their MLflow runs; the store gets them when the run ends, however it ends.
 onsuccess:
+    forkserver.stop(os.environ.pop(forkserver.ENV, None))
     tracking.flush()
 
 
 onerror:
+    forkserver.stop(os.environ.pop(forkserver.ENV, None))
     tracking.flush()
 
 

@@ -73,3 +73,20 @@ def test_where_the_time_goes_sums_the_benchmark_files_and_the_logged_start_up(tm
     md = timing_md(tmp_path)
     assert "| evaluate | 3 | 60.0 | 20.0 | 43.0 | 500 | 12% |" in md and "4 jobs, 65 s of job wall time" in md
     assert "No benchmark files" in timing_md(tmp_path / "elsewhere")
+
+
+def test_a_forked_jobs_own_cpu_and_memory_record_replaces_the_benchmarks(tmp_path):
+    """A job forked by the warm process: Snakemake's benchmark measured only the waiting command
+    (0.1 CPU s, 19 MB); the job's log line holds the child's own CPU time and peak memory."""
+    from workflow_src.reporting.timing import job_times
+    from workflow_src.workflow.stages import RESOURCES_MARK, STARTUP_MARK, stage
+
+    for variant, record in [("a", True), ("b", False)]:
+        _bench(tmp_path / stage("evaluate").benchmark.format(arch="sagan", variant=variant), 12.0, 0.1, 19.0)
+        log = tmp_path / stage("evaluate").log.format(arch="sagan", variant=variant)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"{STARTUP_MARK} 0.31 s after the process started (forked by the warm process)\nwork\n"
+                       + (f"{RESOURCES_MARK} cpu 17.25 s, peak rss 812.5 MB\n" if record else ""))
+    jobs = job_times(tmp_path).set_index("job")
+    assert (jobs.loc["sagan/a", "cpu_s"], jobs.loc["sagan/a", "max_rss_mb"], jobs.loc["sagan/a", "startup_s"]) == (17.25, 812.5, 0.31)
+    assert (jobs.loc["sagan/b", "cpu_s"], jobs.loc["sagan/b", "max_rss_mb"]) == (0.1, 19.0)  # a job that died before its record

@@ -235,3 +235,34 @@ def test_snakemake_report_shows_tables_and_figures_with_captions(micro_run):
         assert (micro_run / "reports" / f"fig_samples_{arch}.png").stat().st_size > 0
     index = (micro_run / "reports" / "index.html").read_text()
     assert "fig_samples_cyclegan.png" in index and "beside ours" in index
+
+
+@pytest.mark.workflow
+def test_jobs_forked_by_the_warm_process_compute_what_fresh_processes_compute(micro_run, tmp_path):
+    """Every job of the micro run was forked by the run's warm process, which stopped with the run;
+    the same jobs rerun each in a fresh process (QGAN_WARM=off), in a copy of the run, write the same
+    weights and metrics, the seeded sampling included."""
+    import shutil
+
+    import torch
+
+    logs = [p for p in (micro_run / "logs").rglob("*.log") if "qgan-bench: work starts" in p.read_text()]
+    assert len(logs) > 50 and all("(forked by the warm process)" in p.read_text() for p in logs)
+    assert (micro_run / ".qgan" / "forkserver.log").read_text().rstrip().endswith("stopped")
+    copy = tmp_path / "copy"
+    shutil.copytree(micro_run, copy, symlinks=True)
+    variants = ["ptq-minmax-tensor-w4a8", "ma-qat-tensor-w4a8"]
+    proc = subprocess.run(SNAKEMAKE + [*[f"metrics/sagan/{v}.json" for v in variants], "-d", str(copy), "--cores", "2",
+                                       "--forcerun", "quantize", "qat", "evaluate", "--configfile", str(ROOT / "configs" / "micro.yaml")],
+                          capture_output=True, text=True, env={**os.environ, "QGAN_WARM": "off", "QGAN_TRACKING": "off"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for v in variants:
+        log = (copy / "logs" / "evaluate" / "sagan" / f"{v}.log").read_text()
+        assert "qgan-bench: work starts" in log and "forked" not in log  # rerun, afresh
+        fresh, warm = json.loads((copy / "metrics" / "sagan" / f"{v}.json").read_text()), json.loads((micro_run / "metrics" / "sagan" / f"{v}.json").read_text())
+        assert {k: fresh[k] for k in ("fid", "qfid", "fid_std", "qfid_std")} == {k: warm[k] for k in ("fid", "qfid", "fid_std", "qfid_std")}
+        a = torch.load(copy / "models" / "q" / "sagan" / f"{v}.pt", weights_only=True)
+        b = torch.load(micro_run / "models" / "q" / "sagan" / f"{v}.pt", weights_only=True)
+        flat = lambda d: {k: v for k, v in d.items() if isinstance(v, torch.Tensor)} if isinstance(d, dict) else {}
+        sa, sb = flat(a.get("state_dict", a)), flat(b.get("state_dict", b))
+        assert sa.keys() == sb.keys() and sa and all(torch.equal(sa[k], sb[k]) for k in sa), v

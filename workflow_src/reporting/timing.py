@@ -6,27 +6,40 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from ..workflow.stages import BENCHMARK_DIR, STARTUP_MARK
+from ..workflow.stages import BENCHMARK_DIR, RESOURCES_MARK, STARTUP_MARK
 
 _STARTUP = re.compile(re.escape(STARTUP_MARK) + r" ([0-9.]+) s after the process started")
+_RESOURCES = re.compile(re.escape(RESOURCES_MARK) + r" cpu ([0-9.]+) s, peak rss ([0-9.]+) MB")
+
+
+def _read(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def startup_seconds(log: Path) -> Optional[float]:
     """The start-up time a job's log records (None: the job wrote no such line)."""
-    try:
-        m = _STARTUP.search(log.read_text(errors="replace"))
-    except OSError:
-        return None
+    m = _STARTUP.search(_read(log))
     return float(m.group(1)) if m else None
+
+
+def job_resources(log: Path) -> Optional[Tuple[float, float]]:
+    """(CPU seconds, peak RSS in MB) that a finished job's log records: its own measure, which a job
+    forked by the warm process needs (Snakemake's benchmark sees only the command that waits for it)."""
+    m = _RESOURCES.search(_read(log))
+    return (float(m.group(1)), float(m.group(2))) if m else None
 
 
 def job_times(root: str | Path = ".") -> pd.DataFrame:
     """One row per job that left a benchmark file under ``root``: rule, job (its wildcards), wall and
-    CPU seconds, peak resident memory (MB) and start-up seconds (from the job's log, when there)."""
+    CPU seconds, peak resident memory (MB) and start-up seconds.  Wall time is the benchmark's; CPU
+    and memory are the job's own record in its log when there, else the benchmark's."""
     root = Path(root)
     rows: List[Dict] = []
     for tsv in sorted((root / BENCHMARK_DIR).rglob("*.tsv")):
@@ -37,9 +50,9 @@ def job_times(root: str | Path = ".") -> pd.DataFrame:
             continue
         last = bench.iloc[-1]  # a file holds one line per repeat; the workflow runs each job once
         log = root / "logs" / rel.with_suffix(".log")
+        cpu, rss = job_resources(log) or (float(last["cpu_time"]), float(last["max_rss"]))
         rows.append({"rule": rule, "job": rel.with_suffix("").as_posix()[len(rule) + 1:] if len(rel.parts) > 1 else "-",
-                     "wall_s": float(last["s"]), "cpu_s": float(last["cpu_time"]), "max_rss_mb": float(last["max_rss"]),
-                     "startup_s": startup_seconds(log)})
+                     "wall_s": float(last["s"]), "cpu_s": cpu, "max_rss_mb": rss, "startup_s": startup_seconds(log)})
     return pd.DataFrame(rows, columns=["rule", "job", "wall_s", "cpu_s", "max_rss_mb", "startup_s"])
 
 
@@ -66,8 +79,10 @@ def timing_md(root: str | Path = ".") -> str:
     known = jobs.dropna(subset=["startup_s"])
     lines = ["# Where the time goes", "",
              f"{len(jobs)} jobs, {jobs['wall_s'].sum():.0f} s of job wall time, {jobs['cpu_s'].sum():.0f} CPU seconds "
-             "(Snakemake `benchmark:` files; the report job itself is not included). Start-up: time from a job's process "
-             "start to its first line of work (interpreter and imports), as its log records it"
+             "(wall time: Snakemake `benchmark:` files; CPU and peak memory: the job's own record in its log, else the "
+             "benchmark's; the report job itself is not included). Start-up: time from a job's process "
+             "start to its first line of work (interpreter, imports and params validation; for a job forked by the "
+             "warm process, the command's start-up and the fork), as its log records it"
              + (f"; {known['startup_s'].sum() / known['wall_s'].sum():.0%} of the wall time of the {len(known)} jobs that record it."
                 if len(known) and known["wall_s"].sum() > 0 else "."),
              "", "| rule | jobs | total s | median s | CPU s | peak MB | start-up share |", "|---|---:|---:|---:|---:|---:|---:|"]

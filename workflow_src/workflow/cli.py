@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import resource
 import sys
-import time
 from typing import Any, Dict, List, Optional
 
 from .. import config as config_mod
-from .stages import COMMANDS, STARTUP_MARK, WILDCARDS, Stage, option, resources_problems
+from . import forkserver
+from .stages import COMMANDS, RESOURCES_MARK, STARTUP_MARK, WILDCARDS, Stage, option, resources_problems
 
 PARAMS_ENV = "QGAN_PARAMS"  # the resolved params file the workflow's jobs read (rules/common.smk)
 
@@ -48,12 +49,12 @@ def run(st: Stage, cfg: Dict[str, Any], args: Dict[str, Any]) -> Any:
     return _function(st)(cfg, **{name: args[name] for name in st.arguments()})
 
 
-def _seconds_since_start() -> float:
-    """Seconds since this process started (interpreter start-up, imports and params validation
-    included), from the kernel's record of its start."""
-    import psutil
-
-    return time.time() - psutil.Process().create_time()
+def _resources() -> str:
+    """This process's CPU seconds and peak memory so far, its finished children's included (for a
+    forked job: since the fork, which Snakemake's benchmark cannot see)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return f"{RESOURCES_MARK} cpu {cpu:.2f} s, peak rss {max(me.ru_maxrss, kids.ru_maxrss) / 1024:.1f} MB"
 
 
 def validate(cfg: Dict[str, Any]) -> None:
@@ -76,8 +77,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         set_threads(args["threads"])
         fn = _function(st)  # the stage's module, with torch and what else it needs
-        print(f"{STARTUP_MARK} {_seconds_since_start():.2f} s after the process started", flush=True)
+        forked = " (forked by the warm process)" if os.environ.get(forkserver.STARTED_ENV) else ""
+        print(f"{STARTUP_MARK} {forkserver.seconds_since_start():.2f} s after the process started{forked}", flush=True)
         fn(cfg, **{name: args[name] for name in st.arguments()})
+        print(_resources(), flush=True)
         return 0
     run(st, cfg, args)
     return 0

@@ -92,6 +92,7 @@ class Stage:
 
 BENCHMARK_DIR = "logs/benchmark"  # every job's benchmark file: logs/benchmark/<rule>/<wildcards>.tsv
 STARTUP_MARK = "qgan-bench: work starts"  # the CLI logs "<mark> <seconds> s after the process started"
+RESOURCES_MARK = "qgan-bench: job used"  # ... and at the end "<mark> cpu <s> s, peak rss <MB> MB"
 OPTIONAL_PREFIX = "opt_"  # the rule's params entry that holds "--name path" or "" for an optional input
 
 WILDCARDS = {

@@ -1,0 +1,149 @@
+"""The warm process (workflow_src/workflow/forkserver.py): a job's command hands its arguments,
+directory, environment and standard streams to a forked child and stands in for it (exit status,
+signals); the server declines, and the command runs the job itself, when the sources changed or the
+server cannot be reached.  The children here run tests/forkjobs.py instead of the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+
+
+def _serve(tmp_path: Path, target: str, watch: Path | None = None, parent: int | None = None) -> tuple[subprocess.Popen, str]:
+    sock = str(tmp_path / "s")
+    cmd = [sys.executable, "-m", "workflow_src.workflow.forkserver", sock, str(parent or os.getpid()), "--target", target]
+    if watch is not None:
+        cmd += ["--watch", str(watch)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while not os.path.exists(sock):
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
+        time.sleep(0.05)
+    return proc, sock
+
+
+@pytest.fixture
+def echo_server(tmp_path):
+    proc, sock = _serve(tmp_path, "forkjobs:echo")
+    yield proc, sock
+    proc.terminate()
+    proc.wait(10)
+
+
+def _command(sock: str, args, cwd, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "workflow_src", *args], cwd=cwd, env={**ENV, "QGAN_FORKSERVER": sock, "FORKTEST": "from the command"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_the_child_gets_the_commands_arguments_directory_environment_and_streams(echo_server, tmp_path):
+    server, sock = echo_server
+    seen = []
+    for code in ("0", "3"):
+        proc = _command(sock, [code, "--flag", "x y"], cwd=tmp_path)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == int(code), err
+        seen.append(json.loads(out))
+        assert err.strip() == "to stderr"
+    for s in seen:
+        assert s["cwd"] == str(tmp_path) and s["env"] == "from the command" and s["argv"][1:] == ["--flag", "x y"]
+        assert s["ppid"] == server.pid  # forked by the server, not run by the command
+    assert seen[0]["numpy"] != seen[1]["numpy"]  # numpy's global generator reseeded in every child
+    assert (tmp_path / "server.log").read_text().count("exited") == 2
+
+
+def test_signals_reach_the_child_and_its_status_is_the_commands(tmp_path):
+    server, sock = _serve(tmp_path, "forkjobs:wait_term")
+    try:
+        ready, got = tmp_path / "ready", tmp_path / "got"
+        proc = _command(sock, [str(ready), str(got)], cwd=tmp_path)
+        deadline = time.time() + 30
+        while not ready.exists():
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        assert proc.returncode == 7 and got.read_text() == "term"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_a_killed_command_takes_its_child_with_it(tmp_path):
+    server, sock = _serve(tmp_path, "forkjobs:wait_term")
+    try:
+        ready, got = tmp_path / "ready", tmp_path / "got"
+        proc = _command(sock, [str(ready), str(got)], cwd=tmp_path)
+        deadline = time.time() + 30
+        while not ready.exists():
+            assert time.time() < deadline
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL: nothing to forward; the server sees the connection close
+        proc.wait()
+        deadline = time.time() + 30
+        while not got.exists():
+            assert time.time() < deadline, "the orphaned child was not terminated"
+            time.sleep(0.05)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.mark.parametrize("target, code, text", [("forkjobs:crash", 1, "RuntimeError: the job failed: a b"),
+                                                ("forkjobs:die", 128 + signal.SIGKILL, "")])
+def test_a_failing_or_killed_child_fails_the_command(tmp_path, target, code, text):
+    server, sock = _serve(tmp_path, target)
+    try:
+        proc = _command(sock, ["a", "b"], cwd=tmp_path)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == code and text in err
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_changed_sources_or_no_server_mean_a_fresh_process(tmp_path):
+    """The command then runs the real CLI itself (here: its --help, exit 0)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "m.py").write_text("x = 1\n")
+    server, sock = _serve(tmp_path, "forkjobs:echo", watch=src)
+    try:
+        proc = _command(sock, ["0"], cwd=tmp_path)
+        assert json.loads(proc.communicate(timeout=60)[0])["ppid"] == server.pid
+        (src / "m.py").write_text("x = 2\n")
+        proc = _command(sock, ["--help"], cwd=tmp_path)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "usage: python -m workflow_src" in out
+        assert "changed after the warm process imported them" in err and "running in a fresh process" in err
+    finally:
+        server.terminate()
+        server.wait(10)
+    proc = _command(str(tmp_path / "nothing-here"), ["--help"], cwd=tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "usage:" in out and "unreachable" in err
+
+
+def test_the_server_stops_when_its_parent_is_gone(tmp_path):
+    """A Snakemake killed with SIGKILL runs no onerror: its warm process notices and stops."""
+    sock = tmp_path / "s"
+    starter = ("import os, subprocess, sys, time\n"
+               f"p = subprocess.Popen([sys.executable, '-m', 'workflow_src.workflow.forkserver', {str(sock)!r}, str(os.getpid()),"
+               " '--target', 'forkjobs:echo'], stdout=subprocess.DEVNULL)\n"
+               f"while not os.path.exists({str(sock)!r}): time.sleep(0.05)\n"
+               "print(p.pid, flush=True)\n")  # ... and exit, leaving the server behind
+    out = subprocess.run([sys.executable, "-c", starter], env=ENV, capture_output=True, text=True, timeout=120)
+    pid = int(out.stdout)
+    deadline = time.time() + 30
+    while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+        assert time.time() < deadline, "the warm process outlived its parent"
+        time.sleep(0.1)
+    assert not sock.exists()

@@ -1,0 +1,385 @@
+"""A warm process for the jobs of one local Snakemake run: it imports torch and the stage modules
+once, then forks a child per job, so a job pays a fork instead of 3-4 s of interpreter start-up and
+imports.
+
+Snakemake's ``onstart`` starts the server (:func:`start`) for local, non-dry runs and exports its
+socket in ``QGAN_FORKSERVER``; every job's command is still ``python -m workflow_src ...`` (the line
+DVC runs).  That command, seeing the variable, hands its arguments, working directory, environment
+and its stdin/stdout/stderr (``SCM_RIGHTS``) to the server (:func:`delegate`), which forks; the
+child takes those descriptors, directory and environment and runs the CLI.  The command stays the
+job's process for Snakemake: it forwards the signals it gets (SIGTERM, SIGINT, ...) to the child and
+exits with the child's status, and if the command dies, the server terminates the child.
+
+The server refuses a request, and the command then runs the job itself in a fresh process, when:
+the command's interpreter or ``workflow_src`` checkout is not the server's (``--use-conda``, another
+checkout), or a watched source file changed after the server imported it (an edit during a run).
+Snakemake's ``benchmark:`` files see only the command, not the forked child: the CLI writes the
+child's own CPU time and peak memory in its log (:data:`~.stages.RESOURCES_MARK`), which the
+report's timing reads.
+
+Only the standard library is imported at module level: the command side must stay light.
+"""
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ENV = "QGAN_FORKSERVER"  # the socket of the run's warm process (set by Snakemake's onstart)
+STARTED_ENV = "QGAN_JOB_STARTED"  # the command's process start time, for the job's start-up seconds
+PACKAGE = Path(__file__).resolve().parents[1]  # workflow_src
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_HEADER = struct.Struct("!I")
+
+
+def _identity() -> Dict[str, str]:
+    """What must match between the command and the server for a fork to run the same code."""
+    return {"prefix": sys.prefix, "executable": os.path.realpath(sys.executable), "version": sys.version, "package": str(PACKAGE)}
+
+
+# -- the command's side --------------------------------------------------------------------------
+
+
+def process_start() -> float:
+    """When this process started, in seconds on the boot clock (``/proc/self/stat``'s start time:
+    exact to a clock tick, where wall-clock start times derived from it are off by up to a second)."""
+    with open("/proc/self/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def seconds_since_start() -> float:
+    """Seconds since this job's process started; for a job forked by the warm process, since its
+    command's process started (which it passes as ``QGAN_JOB_STARTED``)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - float(os.environ.get(STARTED_ENV) or process_start())
+
+
+def _recv_line(sock: socket.socket, buf: bytearray) -> Optional[str]:
+    while b"\n" not in buf:
+        try:
+            chunk = sock.recv(4096)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return None
+        buf.extend(chunk)
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    return line.decode()
+
+
+def delegate(path: str, argv: List[str]) -> Optional[int]:
+    """Run ``python -m workflow_src argv`` as a child of the server at ``path``; its exit code, or
+    None when the server cannot take it (then the caller runs it itself: nothing was started)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        print(f"qgan-bench: warm process at {path} unreachable ({exc.strerror or exc}); running in a fresh process", file=sys.stderr, flush=True)
+        sock.close()
+        return None
+    env = dict(os.environ)
+    env.pop(ENV, None)  # the child runs the job itself; its own commands (if any) start fresh
+    env[STARTED_ENV] = repr(process_start())
+    body = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": env, **_identity()}).encode()
+    data = _HEADER.pack(len(body)) + body
+    sent = socket.send_fds(sock, [data], [0, 1, 2])
+    sock.sendall(data[sent:])
+    buf = bytearray()
+    reply = _recv_line(sock, buf)
+    if reply is None or not reply.startswith("pid "):
+        print(f"qgan-bench: warm process declined ({(reply or 'no answer')[3:]}); running in a fresh process", file=sys.stderr, flush=True)
+        sock.close()
+        return None
+    child = int(reply.split()[1])
+
+    def forward(signum, _frame):
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for s in FORWARDED:
+        signal.signal(s, forward)
+    reply = _recv_line(sock, buf)
+    if reply is None or not reply.startswith("exit "):
+        print(f"qgan-bench: the warm process ended before job {child} reported its exit status", file=sys.stderr, flush=True)
+        return 1
+    code = int(reply.split()[1])
+    return 128 - code if code < 0 else code  # killed by signal N: the shell's 128+N
+
+
+# -- the server's side ---------------------------------------------------------------------------
+
+
+def _sources(roots: List[Path]) -> Dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for r in roots for p in sorted(r.rglob("*")) if p.suffix in (".py", ".yaml") and p.is_file()}
+
+
+def _preload(target: str) -> None:
+    """Import what the jobs import: the CLI's target and every stage's module."""
+    import importlib
+
+    importlib.import_module(target.split(":")[0])
+    if target == DEFAULT_TARGET:
+        from .stages import COMMANDS
+
+        for module in sorted({st.run.split(":")[0] for st in COMMANDS.values()}):
+            try:
+                importlib.import_module(f"{PACKAGE.name}.{module}")
+            except Exception as exc:  # the job itself then imports it, and fails with its own message
+                print(f"preload {module}: {type(exc).__name__}: {exc}", flush=True)
+
+
+DEFAULT_TARGET = f"{PACKAGE.name}.workflow.cli:main"
+
+
+def _child(request: dict, fds: List[int], target: str, keep: List[socket.socket]) -> None:
+    """In the forked child: become the job, run it, exit with its status (never returns)."""
+    code = 1
+    try:
+        for s in keep:
+            s.close()
+        for s in FORWARDED + (signal.SIGCHLD,):
+            signal.signal(s, signal.SIG_DFL)
+        for i, fd in enumerate(fds[:3]):
+            os.dup2(fd, i)
+        for fd in fds:
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = ["python -m workflow_src", *request["argv"]]
+        if "numpy" in sys.modules:  # Python's `random` reseeds itself after a fork; numpy's global state does not
+            sys.modules["numpy"].random.seed()
+        import importlib
+
+        module, function = target.split(":")
+        try:
+            code = getattr(importlib.import_module(module), function)(request["argv"])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = 0 if code is None else int(code)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            import atexit
+
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+class _Job:
+    def __init__(self, conn: socket.socket, pid: int):
+        self.conn, self.pid, self.pidfd = conn, pid, os.pidfd_open(pid)
+
+
+def _read_request(conn: socket.socket):
+    conn.settimeout(10)
+    msg, fds, _flags, _addr = socket.recv_fds(conn, 1 << 16, 3)
+    if len(msg) < _HEADER.size:
+        raise ValueError("short request")
+    (size,) = _HEADER.unpack(msg[:_HEADER.size])
+    body = bytearray(msg[_HEADER.size:])
+    while len(body) < size:
+        chunk = conn.recv(size - len(body))
+        if not chunk:
+            raise ValueError("truncated request")
+        body.extend(chunk)
+    conn.settimeout(None)
+    return json.loads(body), fds
+
+
+def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[List[Path]] = None, idle_exit: float = 0) -> None:
+    """Listen on ``path`` until SIGTERM, until ``parent`` is gone, or (``idle_exit`` > 0) after that
+    many idle seconds; fork a child per request."""
+    _preload(target)
+    roots = watch if watch is not None else [PACKAGE]
+    sources = _sources(roots)
+    identity = _identity()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tmp = f"{path}.{os.getpid()}"
+    listener.bind(tmp)
+    listener.listen(64)
+    os.replace(tmp, path)  # the socket appears only once it accepts
+    print(f"warm process {os.getpid()} serving {path} ({len(sys.modules)} modules imported)", flush=True)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, "accept")
+    jobs: Dict[int, _Job] = {}
+    last = time.monotonic()
+    try:
+        while not stop and os.getppid() == parent:
+            if idle_exit and not jobs and time.monotonic() - last > idle_exit:
+                break
+            for key, _ in sel.select(timeout=1.0):
+                if key.data == "accept":
+                    conn, _ = listener.accept()
+                    job = _start(conn, identity, roots, sources, target, [listener])
+                    if job is not None:
+                        jobs[job.pid] = job
+                        sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job.pid))
+                        sel.register(job.conn, selectors.EVENT_READ, ("hangup", job.pid))
+                    last = time.monotonic()
+                    continue
+                kind, pid = key.data
+                job = jobs.get(pid)
+                if job is None:
+                    continue
+                if kind == "hangup":  # the command died (or wrote, which it never does): stop its job
+                    sel.unregister(job.conn)
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                    continue
+                _, status = os.waitpid(pid, 0)
+                code = os.waitstatus_to_exitcode(status)
+                print(f"job {pid} exited {code}", flush=True)
+                sel.unregister(job.pidfd)
+                os.close(job.pidfd)
+                try:
+                    sel.unregister(job.conn)
+                except KeyError:
+                    pass
+                try:
+                    job.conn.sendall(f"exit {code}\n".encode())
+                except OSError:
+                    pass
+                job.conn.close()
+                del jobs[pid]
+                last = time.monotonic()
+    finally:
+        for pid in jobs:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        listener.close()
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        print(f"warm process {os.getpid()} stopped", flush=True)
+
+
+def _start(conn: socket.socket, identity: Dict[str, str], roots: List[Path], sources: Dict[str, int], target: str,
+           keep: List[socket.socket]) -> Optional[_Job]:
+    fds: List[int] = []
+    try:
+        request, fds = _read_request(conn)
+        reason = next((f"{k} {request.get(k)!r} is not the warm process's {v!r}" for k, v in identity.items() if request.get(k) != v), None)
+        if reason is None and _sources(roots) != sources:
+            reason = f"sources under {', '.join(map(str, roots))} changed after the warm process imported them"
+        if reason is not None or len(fds) != 3:
+            print(f"declined: {reason or 'expected 3 descriptors'}", flush=True)
+            conn.sendall(f"no {reason or 'expected 3 descriptors'}\n".encode())
+            conn.close()
+            return None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(request, fds, target, keep + [conn])
+        print(f"job {pid}: {' '.join(request['argv'][:3])} ...", flush=True)
+        conn.sendall(f"pid {pid}\n".encode())
+        return _Job(conn, pid)
+    except (OSError, ValueError) as exc:
+        print(f"request failed: {type(exc).__name__}: {exc}", flush=True)
+        conn.close()
+        return None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+# -- Snakemake's side ----------------------------------------------------------------------------
+
+OFF_ENV = "QGAN_WARM"  # "off": every job starts its own process
+
+
+def wanted(workflow) -> bool:
+    """A warm process serves a Snakemake run that executes its jobs here, in this environment: not a
+    dry run, not a cluster executor or one of its jobs, not --use-conda/--sdm apptainer, not --touch."""
+    if os.environ.get(OFF_ENV) == "off":
+        return False
+    try:
+        methods = {str(getattr(m, "name", m)).lower() for m in workflow.deployment_settings.deployment_method}
+    except AttributeError:
+        methods = set()
+    return (workflow.local_exec and not workflow.dryrun and not workflow.touch and not workflow.remote_exec
+            and not workflow.subprocess_exec and not methods & {"conda", "apptainer"})
+
+
+_running: Dict[str, "subprocess.Popen"] = {}  # socket -> the warm process this (Snakemake) process started
+
+
+def start(workdir: str | Path, log: str | Path, timeout: float = 120.0) -> str:
+    """Start a warm process for this (Snakemake) process and wait until it accepts; its socket."""
+    sockdir = tempfile.mkdtemp(prefix="qgan-fork-")  # a short path: a unix socket's is limited to 107 bytes
+    path = os.path.join(sockdir, "s")
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", f"{PACKAGE.name}.workflow.forkserver", path, str(os.getpid())],
+                                cwd=str(workdir), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # Ctrl-C reaches the jobs' commands, which forward it
+    _running[path] = proc
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(path)
+            raise RuntimeError(f"the warm process did not start (exit {proc.poll()}): see {log}")
+        time.sleep(0.05)
+    return path
+
+
+def stop(path: Optional[str], timeout: float = 30.0) -> None:
+    """Stop the warm process at ``path`` that :func:`start` started (its running jobs get SIGTERM)
+    and remove its folder."""
+    proc = _running.pop(path, None) if path else None
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog=f"python -m {PACKAGE.name}.workflow.forkserver", description="the warm process (see module doc)")
+    p.add_argument("socket")
+    p.add_argument("parent", type=int, help="stop when this process is gone")
+    p.add_argument("--target", default=DEFAULT_TARGET, help="module:function each child calls with its argv")
+    p.add_argument("--watch", action="append", type=Path, default=None, help="decline requests once a .py/.yaml under here changes")
+    p.add_argument("--idle-exit", type=float, default=0)
+    a = p.parse_args(argv)
+    serve(a.socket, a.parent, a.target, a.watch, a.idle_exit)
+
+
+if __name__ == "__main__":
+    main()
