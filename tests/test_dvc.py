@@ -58,8 +58,11 @@ def test_params_name_exactly_what_each_stage_reads(jobs):
     assert "resources/perceptual/tinyvgg.pt" in doc["qat.sagan.lsq-qat-tensor-w4a8"]["deps"]
 
 
-def _dvc(args, cwd, check=True):
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True,
+def _dvc(args, cwd, check=True, warm=False):
+    """`dvc ARGS`; warm: under `python -m workflow_src.workflow.forkserver run`, its stages forked
+    from one warm process (the project's own copy of workflow_src)."""
+    warm_cmd = [sys.executable, "-m", "workflow_src.workflow.forkserver", "run", "--"] if warm else []
+    proc = subprocess.run([*warm_cmd, sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, "DVC_NO_ANALYTICS": "1", "QGAN_TRACKING": "off"})
     if check and proc.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -84,7 +87,8 @@ def dvc_project(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "workflow_src", "dvc-yaml", "--out", "dvc.yaml"], cwd=proj, check=True)
     _dvc(["init", "--no-scm", "-q"], proj)
     _dvc(["config", "core.analytics", "false"], proj)
-    _dvc(["repro", "-q"], proj)
+    _dvc(["repro", "-q"], proj, warm=True)
+    assert (proj / ".qgan" / "forkserver.log").read_text().count("exited 0") == len(yaml.safe_load((proj / "dvc.yaml").read_text())["stages"])
     return proj
 
 
@@ -153,6 +157,6 @@ def test_dvc_exp_run_sweeps_a_param(dvc_project):
     _dvc(["commit", "-f", "-q"], dvc_project)
     git("add", "-A")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "baseline")
-    _dvc(["exp", "run", "-q", "-n", "q999", "-S", "archs.sagan.quantiles.activation.upper=0.999"], dvc_project)
+    _dvc(["exp", "run", "-q", "-n", "q999", "-S", "archs.sagan.quantiles.activation.upper=0.999"], dvc_project, warm=True)
     shown = _dvc(["exp", "show", "--json"], dvc_project)
     assert "q999" in shown and "0.999" in shown

@@ -20,7 +20,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests
 
 def _serve(tmp_path: Path, target: str, watch: Path | None = None, parent: int | None = None) -> tuple[subprocess.Popen, str]:
     sock = str(tmp_path / "s")
-    cmd = [sys.executable, "-m", "workflow_src.workflow.forkserver", sock, str(parent or os.getpid()), "--target", target]
+    cmd = [sys.executable, "-m", "workflow_src.workflow.forkserver", "serve", sock, str(parent or os.getpid()), "--target", target]
     if watch is not None:
         cmd += ["--watch", str(watch)]
     proc = subprocess.Popen(cmd, env=ENV, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT)
@@ -136,7 +136,7 @@ def test_the_server_stops_when_its_parent_is_gone(tmp_path):
     """A Snakemake killed with SIGKILL runs no onerror: its warm process notices and stops."""
     sock = tmp_path / "s"
     starter = ("import os, subprocess, sys, time\n"
-               f"p = subprocess.Popen([sys.executable, '-m', 'workflow_src.workflow.forkserver', {str(sock)!r}, str(os.getpid()),"
+               f"p = subprocess.Popen([sys.executable, '-m', 'workflow_src.workflow.forkserver', 'serve', {str(sock)!r}, str(os.getpid()),"
                " '--target', 'forkjobs:echo'], stdout=subprocess.DEVNULL)\n"
                f"while not os.path.exists({str(sock)!r}): time.sleep(0.05)\n"
                "print(p.pid, flush=True)\n")  # ... and exit, leaving the server behind

@@ -94,10 +94,14 @@ def delegate(path: str, argv: List[str]) -> Optional[int]:
     env[STARTED_ENV] = repr(process_start())
     body = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": env, **_identity()}).encode()
     data = _HEADER.pack(len(body)) + body
-    sent = socket.send_fds(sock, [data], [0, 1, 2])
-    sock.sendall(data[sent:])
     buf = bytearray()
-    reply = _recv_line(sock, buf)
+    try:
+        sent = socket.send_fds(sock, [data], [0, 1, 2])
+        if sent < len(data):
+            sock.sendall(data[sent:])
+        reply = _recv_line(sock, buf)
+    except OSError as exc:  # it read the request and declined at once, or went away
+        reply = f"no ({exc.strerror or exc})"
     if reply is None or not reply.startswith("pid "):
         print(f"qgan-bench: warm process declined ({(reply or 'no answer')[3:]}); running in a fresh process", file=sys.stderr, flush=True)
         sock.close()
@@ -339,7 +343,9 @@ def start(workdir: str | Path, log: str | Path, timeout: float = 120.0) -> str:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", f"{PACKAGE.name}.workflow.forkserver", path, str(os.getpid())],
+        # the interpreter the jobs' `python -m workflow_src` finds on PATH (Snakemake's own may differ)
+        python = shutil.which("python") or sys.executable
+        proc = subprocess.Popen([python, "-m", f"{PACKAGE.name}.workflow.forkserver", "serve", path, str(os.getpid())],
                                 cwd=str(workdir), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # Ctrl-C reaches the jobs' commands, which forward it
     _running[path] = proc
@@ -368,18 +374,37 @@ def stop(path: Optional[str], timeout: float = 30.0) -> None:
     shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def run(command: List[str], log: str | Path = ".qgan/forkserver.log") -> int:
+    """Run ``command`` (e.g. ``dvc repro``) with a warm process for the ``python -m workflow_src``
+    commands it starts; its exit code."""
+    if not command:
+        raise SystemExit("run: give the command to run, e.g. `run -- dvc repro`")
+    path = start(os.getcwd(), log)
+    try:
+        return subprocess.run(command, env={**os.environ, ENV: path}).returncode
+    finally:
+        stop(path)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog=f"python -m {PACKAGE.name}.workflow.forkserver", description="the warm process (see module doc)")
-    p.add_argument("socket")
-    p.add_argument("parent", type=int, help="stop when this process is gone")
-    p.add_argument("--target", default=DEFAULT_TARGET, help="module:function each child calls with its argv")
-    p.add_argument("--watch", action="append", type=Path, default=None, help="decline requests once a .py/.yaml under here changes")
-    p.add_argument("--idle-exit", type=float, default=0)
+    p = argparse.ArgumentParser(prog=f"python -m {PACKAGE.name}.workflow.forkserver", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("run", help="run a command (e.g. `-- dvc repro`) whose workflow_src jobs fork from a warm process")
+    r.add_argument("command", nargs=argparse.REMAINDER)
+    sv = sub.add_parser("serve", help="be the warm process (Snakemake's onstart starts it)")
+    sv.add_argument("socket")
+    sv.add_argument("parent", type=int, help="stop when this process is gone")
+    sv.add_argument("--target", default=DEFAULT_TARGET, help="module:function each child calls with its argv")
+    sv.add_argument("--watch", action="append", type=Path, default=None, help="decline requests once a .py/.yaml under here changes")
+    sv.add_argument("--idle-exit", type=float, default=0)
     a = p.parse_args(argv)
+    if a.what == "run":
+        return run(a.command[1:] if a.command[:1] == ["--"] else a.command)
     serve(a.socket, a.parent, a.target, a.watch, a.idle_exit)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
