@@ -36,8 +36,9 @@ os.environ.setdefault("QGAN_WORKFLOW_ID", uuid.uuid4().hex[:12])
 # (workflow_src/workflow/forkserver.py; QGAN_WARM=off to start each job afresh).
 onstart:
     tracking.init_store(config["profile"])
-    if forkserver.wanted(workflow):
-        os.environ[forkserver.ENV] = forkserver.start(os.getcwd(), ".qgan/forkserver.log")
+    warm = forkserver.start(os.getcwd(), ".qgan/forkserver.log") if forkserver.wanted(workflow) else None
+    if warm:
+        os.environ[forkserver.ENV] = warm
 
 
 # Jobs other than training record their MLflow runs; the store gets them when the run ends, however it ends.
@@ -129,8 +130,7 @@ def stage_shell(rule):
 
 
 # Jobs import workflow_src from this checkout, whatever the working directory (-d) is; progress
-# bars in logs/ refresh every few seconds rather than every step.
-shell.prefix(
-    "export PYTHONPATH=%s:$PYTHONPATH; export QGAN_PARAMS=%s; export TQDM_MININTERVAL=${{TQDM_MININTERVAL:-3}}; "
-    % (shlex.quote(workflow.basedir), shlex.quote(PARAMS))
-)
+# bars in logs/ refresh every few seconds rather than every step (set here, not in the prefix: tqdm
+# reads it when imported, so the warm process needs it too).
+os.environ.setdefault("TQDM_MININTERVAL", "3")
+shell.prefix("export PYTHONPATH=%s:$PYTHONPATH; export QGAN_PARAMS=%s; " % (shlex.quote(workflow.basedir), shlex.quote(PARAMS)))

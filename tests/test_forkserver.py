@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
 
 
 def _serve(tmp_path: Path, target: str, watch: Path | None = None, parent: int | None = None) -> tuple[subprocess.Popen, str]:
@@ -39,9 +39,9 @@ def echo_server(tmp_path):
     proc.wait(10)
 
 
-def _command(sock: str, args, cwd, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "workflow_src", *args], cwd=cwd, env={**ENV, "QGAN_FORKSERVER": sock, "FORKTEST": "from the command"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+def _command(sock: str, args, cwd, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "workflow_src", *args], cwd=cwd, env=env or {**ENV, "QGAN_FORKSERVER": sock, "FORKTEST": "from the command"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_the_child_gets_the_commands_arguments_directory_environment_and_streams(echo_server, tmp_path):
@@ -119,6 +119,9 @@ def test_changed_sources_or_no_server_mean_a_fresh_process(tmp_path):
     try:
         proc = _command(sock, ["0"], cwd=tmp_path)
         assert json.loads(proc.communicate(timeout=60)[0])["ppid"] == server.pid
+        proc = _command(sock, ["--help"], cwd=tmp_path, env={**ENV, "QGAN_FORKSERVER": sock, "TQDM_MININTERVAL": "7"})
+        out, err = proc.communicate(timeout=60)  # tqdm reads TQDM_* when imported: the warm process has other values
+        assert proc.returncode == 0 and "usage: python -m workflow_src" in out and "environment differs: TQDM_MININTERVAL" in err
         (src / "m.py").write_text("x = 2\n")
         proc = _command(sock, ["--help"], cwd=tmp_path)
         out, err = proc.communicate(timeout=60)

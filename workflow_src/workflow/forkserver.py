@@ -21,6 +21,8 @@ Only the standard library is imported at module level: the command side must sta
 """
 from __future__ import annotations
 
+import atexit
+import importlib
 import json
 import os
 import selectors
@@ -41,6 +43,16 @@ STARTED_ENV = "QGAN_JOB_STARTED"  # the command's process start time, for the jo
 PACKAGE = Path(__file__).resolve().parents[1]  # workflow_src
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _HEADER = struct.Struct("!I")
+
+
+# Variables that libraries read when they are imported or initialise (tqdm's TQDM_* defaults, thread
+# pools, CUDA, hash seeds): a child of the warm process would run with the server's values, so a
+# request whose values differ runs in a fresh process.
+IMPORT_TIME_ENV = ("TQDM_", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "PYTORCH_", "TORCH", "CUDA_", "PYTHONHASHSEED", "MPL")
+
+
+def _import_time_env(env: Dict[str, str]) -> Dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
 
 
 def _identity() -> Dict[str, str]:
@@ -133,11 +145,9 @@ def _sources(roots: List[Path]) -> Dict[str, int]:
 
 def _preload(target: str) -> None:
     """Import what the jobs import: the CLI's target and every stage's module."""
-    import importlib
-
     importlib.import_module(target.split(":")[0])
     if target == DEFAULT_TARGET:
-        from .stages import COMMANDS
+        from .stages import COMMANDS  # here, not at the top: the command's side imports only the standard library
 
         for module in sorted({st.run.split(":")[0] for st in COMMANDS.values()}):
             try:
@@ -167,8 +177,6 @@ def _child(request: dict, fds: List[int], target: str, keep: List[socket.socket]
         sys.argv = ["python -m workflow_src", *request["argv"]]
         if "numpy" in sys.modules:  # Python's `random` reseeds itself after a fork; numpy's global state does not
             sys.modules["numpy"].random.seed()
-        import importlib
-
         module, function = target.split(":")
         try:
             code = getattr(importlib.import_module(module), function)(request["argv"])
@@ -180,8 +188,6 @@ def _child(request: dict, fds: List[int], target: str, keep: List[socket.socket]
         code = 1
     finally:
         try:
-            import atexit
-
             atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()
@@ -214,6 +220,9 @@ def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[
     """Listen on ``path`` until SIGTERM, until ``parent`` is gone, or (``idle_exit`` > 0) after that
     many idle seconds; fork a child per request."""
     _preload(target)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # a forked child could not use CUDA
+        raise SystemExit("the warm process initialised CUDA while importing: not serving (jobs start afresh)")
     roots = watch if watch is not None else [PACKAGE]
     sources = _sources(roots)
     identity = _identity()
@@ -290,6 +299,9 @@ def _start(conn: socket.socket, identity: Dict[str, str], roots: List[Path], sou
     try:
         request, fds = _read_request(conn)
         reason = next((f"{k} {request.get(k)!r} is not the warm process's {v!r}" for k, v in identity.items() if request.get(k) != v), None)
+        if reason is None and _import_time_env(request["env"]) != _import_time_env(dict(os.environ)):
+            mine, theirs = _import_time_env(dict(os.environ)), _import_time_env(request["env"])
+            reason = "environment differs: " + ", ".join(sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)))
         if reason is None and _sources(roots) != sources:
             reason = f"sources under {', '.join(map(str, roots))} changed after the warm process imported them"
         if reason is not None or len(fds) != 3:
@@ -335,8 +347,9 @@ def wanted(workflow) -> bool:
 _running: Dict[str, "subprocess.Popen"] = {}  # socket -> the warm process this (Snakemake) process started
 
 
-def start(workdir: str | Path, log: str | Path, timeout: float = 120.0) -> str:
-    """Start a warm process for this (Snakemake) process and wait until it accepts; its socket."""
+def start(workdir: str | Path, log: str | Path, timeout: float = 120.0) -> Optional[str]:
+    """Start a warm process for this (Snakemake) process and wait until it accepts; its socket, or
+    None (with a warning) when it did not come up: jobs then start afresh."""
     sockdir = tempfile.mkdtemp(prefix="qgan-fork-")  # a short path: a unix socket's is limited to 107 bytes
     path = os.path.join(sockdir, "s")
     Path(log).parent.mkdir(parents=True, exist_ok=True)
@@ -352,8 +365,10 @@ def start(workdir: str | Path, log: str | Path, timeout: float = 120.0) -> str:
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if proc.poll() is not None or time.monotonic() > deadline:
+            code = proc.poll()
             stop(path)
-            raise RuntimeError(f"the warm process did not start (exit {proc.poll()}): see {log}")
+            print(f"qgan-bench: the warm process did not start (exit {code}; see {log}): every job starts its own process", file=sys.stderr)
+            return None
         time.sleep(0.05)
     return path
 
@@ -381,7 +396,7 @@ def run(command: List[str], log: str | Path = ".qgan/forkserver.log") -> int:
         raise SystemExit("run: give the command to run, e.g. `run -- dvc repro`")
     path = start(os.getcwd(), log)
     try:
-        return subprocess.run(command, env={**os.environ, ENV: path}).returncode
+        return subprocess.run(command, env={**os.environ, **({ENV: path} if path else {})}).returncode
     finally:
         stop(path)
 
