@@ -151,3 +151,55 @@ def test_live_mode_logs_every_stage_while_it_runs(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(tracking.tracking_uri())
     runs = mlflow.search_runs(experiment_names=["qgan-bench-live"])
     assert list(runs["metrics.fid"]) == [2.0] and list(runs["status"]) == ["FINISHED"]
+
+
+def _record(variant: str, params=None) -> None:
+    with tracking.run("evaluate", {"profile": "q"}, {"arch": "a", "variant": variant}, params or {"p": 1}) as r:
+        r.log_metrics({"fid": 1.0})
+
+
+def _runs(tag_filter: str = ""):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    return mlflow.search_runs(experiment_names=["qgan-bench-q"], filter_string=tag_filter)
+
+
+def test_a_bad_record_is_set_aside_and_the_others_are_logged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _record("good")
+    _record("refused", {"bad!key": 1})  # MLflow allows no "!" in a param name
+    corrupt = tracking.PENDING / "0-corrupt.json"
+    corrupt.write_text('{"profile": "q", "start_ms"')  # a record cut short
+    with pytest.warns(UserWarning) as seen:
+        assert tracking.flush() == 1
+    text = " ".join(str(w.message) for w in seen)
+    assert "0-corrupt.json cannot be logged (not readable JSON" in text and "MLflow refused it" in text
+    assert tracking.pending() == [] and sorted(p.name for p in tracking.QUARANTINE.iterdir())[0] == "0-corrupt.json"
+    assert len(list(tracking.QUARANTINE.iterdir())) == 2
+    assert list(_runs()["tags.variant"]) == ["good"]  # the refused one's half-made run is deleted
+
+
+def test_a_flush_killed_half_way_is_redone_without_duplicates(tmp_path, monkeypatch):
+    """Killed after logging a run but before deleting its record: not logged again.  Killed after
+    creating a run but before finishing it: that run is deleted and the record logged afresh."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _record("done-before")
+    saved = {p: p.read_text() for p in tracking.pending()}
+    assert tracking.flush() == 1
+    for p, text in saved.items():  # the record a killed flush would have left behind
+        p.write_text(text)
+    assert tracking.flush() == 0 and tracking.pending() == []
+    _record("half-done")
+    (path,) = tracking.pending()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri())
+    exp = client.get_experiment_by_name("qgan-bench-q").experiment_id
+    client.create_run(exp, tags={tracking.RECORD_TAG: path.stem, "variant": "half-done"})  # left RUNNING
+    assert tracking.flush() == 1
+    runs = _runs()
+    assert sorted(runs["tags.variant"]) == ["done-before", "half-done"] and set(runs["status"]) == {"FINISHED"}
+    assert runs.loc[runs["tags.variant"] == "half-done", "metrics.fid"].item() == 1.0

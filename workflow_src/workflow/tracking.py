@@ -249,11 +249,37 @@ def pending() -> List[Path]:
     return sorted(PENDING.glob("*.json")) if PENDING.is_dir() else []
 
 
+QUARANTINE = PENDING / "unreadable"  # records that cannot be logged as they are (kept for a look, never retried)
+RECORD_TAG = "qgan.record"  # each flushed run names its record: a flush killed half-way is redone, not duplicated
+_FIELDS = ("profile", "start_ms", "end_ms", "tags", "run_name", "params", "metrics", "artifacts", "status")
+
+
+def _read_record(path: Path) -> Dict[str, Any]:
+    """A pending record, or ValueError naming what is wrong with it."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"not readable JSON ({exc})") from None
+    missing = [k for k in _FIELDS if not isinstance(rec, dict) or k not in rec]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    return rec
+
+
+def _quarantine(path: Path, why: str) -> None:
+    QUARANTINE.mkdir(parents=True, exist_ok=True)
+    os.replace(path, QUARANTINE / path.name)
+    warnings.warn(f"MLflow record {path.name} cannot be logged ({why}): moved to {QUARANTINE / path.name}")
+
+
 def flush() -> int:
     """Log every pending record as an MLflow run (start and end times, status, tags, params, metric
     histories, artifacts) and delete it; returns how many were logged.  Nothing pending: returns at
-    once without importing MLflow.  One flush at a time (a lock beside the records); a store that
-    cannot be reached warns and keeps the records for the next flush."""
+    once without importing MLflow.  One flush at a time (a lock beside the records).  A record that
+    cannot be logged as it is (unreadable, or refused by MLflow) is moved to ``unreadable/`` with a
+    warning and the others go on; a store that cannot be reached warns and keeps the records for the
+    next flush.  Each run is tagged with its record: a run a killed flush left unfinished is deleted
+    and logged again, one it finished is not logged twice."""
     if os.environ.get(DISABLE_ENV) == "off" or not pending():
         return 0
     from filelock import FileLock
@@ -264,24 +290,44 @@ def flush() -> int:
         if not records:
             return 0
         try:
-            from mlflow.entities import Metric, Param
+            from mlflow.entities import Metric, Param, RunStatus
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
             from mlflow.tracking import MlflowClient
 
             _configure()
             client = MlflowClient(tracking_uri())
             experiments: Dict[str, str] = {}
             for path in records:
-                rec = json.loads(path.read_text())
+                try:
+                    rec = _read_record(path)
+                except ValueError as exc:
+                    _quarantine(path, str(exc))
+                    continue
                 if rec["profile"] not in experiments:
                     experiments[rec["profile"]] = _experiment_id(rec["profile"])
-                r = client.create_run(experiments[rec["profile"]], start_time=rec["start_ms"], tags=rec["tags"], run_name=rec["run_name"])
+                earlier = client.search_runs([experiments[rec["profile"]]], filter_string=f"tags.`{RECORD_TAG}` = '{path.stem}'")
+                if any(RunStatus.is_terminated(RunStatus.from_string(r.info.status)) for r in earlier):
+                    path.unlink()  # logged in full by a flush that died before deleting the record
+                    continue
+                for r in earlier:  # begun by a flush that died half-way
+                    client.delete_run(r.info.run_id)
+                r = client.create_run(experiments[rec["profile"]], start_time=rec["start_ms"], tags={**rec["tags"], RECORD_TAG: path.stem},
+                                      run_name=rec["run_name"])
                 rid = r.info.run_id
-                params = [Param(k, v) for k, v in rec["params"].items()]
-                for i in range(0, len(params), 100):  # MLflow's per-batch limits: 100 params, 1000 metrics
-                    client.log_batch(rid, params=params[i : i + 100])
-                metrics = [Metric(k, v, t, step) for k, v, t, step in rec["metrics"]]
-                for i in range(0, len(metrics), 1000):
-                    client.log_batch(rid, metrics=metrics[i : i + 1000])
+                try:
+                    params = [Param(k, v) for k, v in rec["params"].items()]
+                    for i in range(0, len(params), 100):  # MLflow's per-batch limits: 100 params, 1000 metrics
+                        client.log_batch(rid, params=params[i : i + 100])
+                    metrics = [Metric(k, v, t, step) for k, v, t, step in rec["metrics"]]
+                    for i in range(0, len(metrics), 1000):
+                        client.log_batch(rid, metrics=metrics[i : i + 1000])
+                except MlflowException as exc:
+                    if exc.error_code != ErrorCode.Name(INVALID_PARAMETER_VALUE):
+                        raise
+                    client.delete_run(rid)
+                    _quarantine(path, f"MLflow refused it: {str(exc)[:300]}")
+                    continue
                 for art in rec["artifacts"]:
                     if os.path.exists(art):
                         client.log_artifact(rid, art)
