@@ -35,3 +35,12 @@ def crash(argv):
 
 def die(argv):
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def threads(argv):
+    """Print the thread pools' sizes the child runs with."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    print(json.dumps({"torch": torch.get_num_threads(), **{i["internal_api"]: i["num_threads"] for i in threadpool_info()}}), flush=True)
+    return 0

@@ -150,3 +150,20 @@ def test_the_server_stops_when_its_parent_is_gone(tmp_path):
         assert time.time() < deadline, "the warm process outlived its parent"
         time.sleep(0.1)
     assert not sock.exists()
+
+
+def test_the_jobs_thread_counts_are_applied_in_the_child(tmp_path):
+    """Snakemake sets OMP/OPENBLAS/MKL_NUM_THREADS for every job; libraries read them when they load,
+    which the warm process did before: the child resizes its pools to them."""
+    server, sock = _serve(tmp_path, "forkjobs:threads")
+    try:
+        for n in ("1", "2"):
+            env = {**ENV, "QGAN_FORKSERVER": sock, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+            proc = _command(sock, [], cwd=tmp_path, env=env)
+            out, err = proc.communicate(timeout=60)
+            seen = json.loads(out)
+            assert seen["torch"] == int(n) and seen["openmp"] == int(n) and seen.get("openblas", int(n)) == int(n), (seen, err)
+        assert (tmp_path / "server.log").read_text().count("exited 0") == 2  # forked, not declined
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -51,8 +51,28 @@ _HEADER = struct.Struct("!I")
 IMPORT_TIME_ENV = ("TQDM_", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "PYTORCH_", "TORCH", "CUDA_", "PYTHONHASHSEED", "MPL")
 
 
+# ... except the thread counts Snakemake sets for every job ({threads}): a child applies them itself.
+THREAD_ENV = {"OMP_NUM_THREADS": "openmp", "OPENBLAS_NUM_THREADS": "openblas", "MKL_NUM_THREADS": "mkl"}
+
+
 def _import_time_env(env: Dict[str, str]) -> Dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
+    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV) and k not in THREAD_ENV}
+
+
+def _apply_thread_env(env: Dict[str, str]) -> None:
+    """In a child: the thread pools a fresh process would size from ``THREAD_ENV`` when loading them."""
+    limits = {api: int(env[k]) for k, api in THREAD_ENV.items() if env.get(k, "").isdigit() and int(env[k]) > 0}
+    if not limits:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=limits)
+    except ImportError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None and "openmp" in limits:
+        torch.set_num_threads(limits["openmp"])
 
 
 def _identity() -> Dict[str, str]:
@@ -174,6 +194,7 @@ def _child(request: dict, fds: List[int], target: str, keep: List[socket.socket]
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        _apply_thread_env(request["env"])
         sys.argv = ["python -m workflow_src", *request["argv"]]
         if "numpy" in sys.modules:  # Python's `random` reseeds itself after a fork; numpy's global state does not
             sys.modules["numpy"].random.seed()
