@@ -4,6 +4,7 @@ signals); the server declines, and the command runs the job itself, when the sou
 server cannot be reached.  The children here run tests/forkjobs.py instead of the CLI."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,12 +32,20 @@ def _serve(tmp_path: Path, target: str, watch: Path | None = None, parent: int |
     return proc, sock
 
 
+@contextlib.contextmanager
+def _served(tmp_path: Path, target: str, watch: Path | None = None):
+    server, sock = _serve(tmp_path, target, watch)
+    try:
+        yield server, sock
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 @pytest.fixture
 def echo_server(tmp_path):
-    proc, sock = _serve(tmp_path, "forkjobs:echo")
-    yield proc, sock
-    proc.terminate()
-    proc.wait(10)
+    with _served(tmp_path, "forkjobs:echo") as served:
+        yield served
 
 
 def _command(sock: str, args, cwd, env=None) -> subprocess.Popen:
@@ -60,54 +69,40 @@ def test_the_child_gets_the_commands_arguments_directory_environment_and_streams
     assert (tmp_path / "server.log").read_text().count("exited") == 2
 
 
+def _wait_for(path: Path, proc: subprocess.Popen | None = None, what: str = "") -> None:
+    deadline = time.time() + 30
+    while not path.exists():
+        assert time.time() < deadline and (proc is None or proc.poll() is None), what or f"{path} never appeared"
+        time.sleep(0.05)
+
+
 def test_signals_reach_the_child_and_its_status_is_the_commands(tmp_path):
-    server, sock = _serve(tmp_path, "forkjobs:wait_term")
-    try:
+    with _served(tmp_path, "forkjobs:wait_term") as (server, sock):
         ready, got = tmp_path / "ready", tmp_path / "got"
         proc = _command(sock, [str(ready), str(got)], cwd=tmp_path)
-        deadline = time.time() + 30
-        while not ready.exists():
-            assert time.time() < deadline and proc.poll() is None
-            time.sleep(0.05)
+        _wait_for(ready, proc)
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
         assert proc.returncode == 7 and got.read_text() == "term"
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_a_killed_command_takes_its_child_with_it(tmp_path):
-    server, sock = _serve(tmp_path, "forkjobs:wait_term")
-    try:
+    with _served(tmp_path, "forkjobs:wait_term") as (server, sock):
         ready, got = tmp_path / "ready", tmp_path / "got"
         proc = _command(sock, [str(ready), str(got)], cwd=tmp_path)
-        deadline = time.time() + 30
-        while not ready.exists():
-            assert time.time() < deadline
-            time.sleep(0.05)
+        _wait_for(ready, proc)
         proc.kill()  # SIGKILL: nothing to forward; the server sees the connection close
         proc.wait()
-        deadline = time.time() + 30
-        while not got.exists():
-            assert time.time() < deadline, "the orphaned child was not terminated"
-            time.sleep(0.05)
-    finally:
-        server.terminate()
-        server.wait(10)
+        _wait_for(got, what="the orphaned child was not terminated")
 
 
 @pytest.mark.parametrize("target, code, text", [("forkjobs:crash", 1, "RuntimeError: the job failed: a b"),
                                                 ("forkjobs:die", 128 + signal.SIGKILL, "")])
 def test_a_failing_or_killed_child_fails_the_command(tmp_path, target, code, text):
-    server, sock = _serve(tmp_path, target)
-    try:
+    with _served(tmp_path, target) as (server, sock):
         proc = _command(sock, ["a", "b"], cwd=tmp_path)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == code and text in err
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_changed_sources_or_no_server_mean_a_fresh_process(tmp_path):
@@ -115,8 +110,7 @@ def test_changed_sources_or_no_server_mean_a_fresh_process(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "m.py").write_text("x = 1\n")
-    server, sock = _serve(tmp_path, "forkjobs:echo", watch=src)
-    try:
+    with _served(tmp_path, "forkjobs:echo", watch=src) as (server, sock):
         proc = _command(sock, ["0"], cwd=tmp_path)
         assert json.loads(proc.communicate(timeout=60)[0])["ppid"] == server.pid
         proc = _command(sock, ["--help"], cwd=tmp_path, env={**ENV, "QGAN_FORKSERVER": sock, "TQDM_MININTERVAL": "7"})
@@ -127,9 +121,6 @@ def test_changed_sources_or_no_server_mean_a_fresh_process(tmp_path):
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0 and "usage: python -m workflow_src" in out
         assert "changed after the warm process imported them" in err and "running in a fresh process" in err
-    finally:
-        server.terminate()
-        server.wait(10)
     proc = _command(str(tmp_path / "nothing-here"), ["--help"], cwd=tmp_path)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "usage:" in out and "unreachable" in err
@@ -155,8 +146,7 @@ def test_the_server_stops_when_its_parent_is_gone(tmp_path):
 def test_the_jobs_thread_counts_are_applied_in_the_child(tmp_path):
     """Snakemake sets OMP/OPENBLAS/MKL_NUM_THREADS for every job; libraries read them when they load,
     which the warm process did before: the child resizes its pools to them."""
-    server, sock = _serve(tmp_path, "forkjobs:threads")
-    try:
+    with _served(tmp_path, "forkjobs:threads") as (server, sock):
         for n in ("1", "2"):
             env = {**ENV, "QGAN_FORKSERVER": sock, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
             proc = _command(sock, [], cwd=tmp_path, env=env)
@@ -164,6 +154,3 @@ def test_the_jobs_thread_counts_are_applied_in_the_child(tmp_path):
             seen = json.loads(out)
             assert seen["torch"] == int(n) and seen["openmp"] == int(n) and seen.get("openblas", int(n)) == int(n), (seen, err)
         assert (tmp_path / "server.log").read_text().count("exited 0") == 2  # forked, not declined
-    finally:
-        server.terminate()
-        server.wait(10)
