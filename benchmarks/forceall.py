@@ -2,10 +2,10 @@
 process (QGAN_WARM=off) and once with jobs forked by the run's warm process (the default for local
 runs), in the same work directory, one after the other.  For each it prints the wall time, the
 median job start-up (a job's process start to its first line of work, as its log records it), the
-start-up share of all job wall time, and the parse time (``snakemake -n report``, timed just before
+start-up share of all job wall time, and the parse time (``snakemake -n TARGET``, timed just before
 the run) as a share of the run's wall time; then the warm/fresh ratio.
 
-    python benchmarks/forceall.py [WORKDIR] [--configfile configs/micro.yaml] [--cores 2] [--order fresh,warm]
+    python benchmarks/forceall.py [WORKDIR] [--configfile configs/micro.yaml] [--cores 2] [--order fresh,warm] [--target report]
 
 The tiny profile (no --configfile) is the README's `make report`; configs/micro.yaml is the test
 suite's run and takes minutes.  WORKDIR defaults to a scratch folder; its first run builds what a
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--configfile", default=None)
     ap.add_argument("--cores", default="2")
     ap.add_argument("--order", default="fresh,warm", help="the modes, in the order they run")
+    ap.add_argument("--target", default="report", help="what to build (default: the whole workflow)")
     args = ap.parse_args()
     scratch = None if args.workdir else tempfile.TemporaryDirectory(prefix="qgan-forceall-")
     workdir = (args.workdir or Path(scratch.name)).resolve()
@@ -53,8 +54,8 @@ def main() -> None:
     rows = {}
     for mode in args.order.split(","):
         env = {**os.environ, **MODES[mode]}
-        parse = _snakemake(workdir, ["-n", "report", "--forceall", "--cores", args.cores, *cfg], env)
-        wall = _snakemake(workdir, ["report", "--forceall", "--cores", args.cores, *cfg], env)
+        parse = _snakemake(workdir, ["-n", args.target, "--forceall", "--cores", args.cores, *cfg], env)
+        wall = _snakemake(workdir, [args.target, "--forceall", "--cores", args.cores, *cfg], env)
         jobs = job_times(workdir)
         known = jobs.dropna(subset=["startup_s"])
         rows[mode] = {"wall": wall, "jobs": len(jobs), "startup_median": statistics.median(known["startup_s"]),
