@@ -237,9 +237,8 @@ def _read_request(conn: socket.socket):
     return json.loads(body), fds
 
 
-def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[List[Path]] = None, idle_exit: float = 0) -> None:
-    """Listen on ``path`` until SIGTERM, until ``parent`` is gone, or (``idle_exit`` > 0) after that
-    many idle seconds; fork a child per request."""
+def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[List[Path]] = None) -> None:
+    """Listen on ``path`` until SIGTERM or until ``parent`` is gone; fork a child per request."""
     _preload(target)
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():  # a forked child could not use CUDA
@@ -258,11 +257,8 @@ def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, "accept")
     jobs: Dict[int, _Job] = {}
-    last = time.monotonic()
     try:
         while not stop and os.getppid() == parent:
-            if idle_exit and not jobs and time.monotonic() - last > idle_exit:
-                break
             for key, _ in sel.select(timeout=1.0):
                 if key.data == "accept":
                     conn, _ = listener.accept()
@@ -271,7 +267,6 @@ def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[
                         jobs[job.pid] = job
                         sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job.pid))
                         sel.register(job.conn, selectors.EVENT_READ, ("hangup", job.pid))
-                    last = time.monotonic()
                     continue
                 kind, pid = key.data
                 job = jobs.get(pid)
@@ -299,7 +294,6 @@ def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[
                     pass
                 job.conn.close()
                 del jobs[pid]
-                last = time.monotonic()
     finally:
         for pid in jobs:
             try:
@@ -434,11 +428,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     sv.add_argument("parent", type=int, help="stop when this process is gone")
     sv.add_argument("--target", default=DEFAULT_TARGET, help="module:function each child calls with its argv")
     sv.add_argument("--watch", action="append", type=Path, default=None, help="decline requests once a .py/.yaml under here changes")
-    sv.add_argument("--idle-exit", type=float, default=0)
     a = p.parse_args(argv)
     if a.what == "run":
         return run(a.command[1:] if a.command[:1] == ["--"] else a.command)
-    serve(a.socket, a.parent, a.target, a.watch, a.idle_exit)
+    serve(a.socket, a.parent, a.target, a.watch)
     return 0
 
 
