@@ -44,3 +44,24 @@ rule evaluate:
 
 
 ruleorder: evaluate_fp > evaluate
+
+
+rule noise_floor:
+    input:
+        **stage_input("noise_floor"),
+    output:
+        **stage_output("noise_floor"),
+    params:
+        **stage_params("noise_floor"),
+    log:
+        stage_log("noise_floor"),
+    benchmark:
+        stage_benchmark("noise_floor")
+    threads: threads_of("noise_floor")
+    resources:
+        gpu=1,
+        **resources_of("noise_floor"),
+    conda:
+        ENV
+    shell:
+        stage_shell("noise_floor")

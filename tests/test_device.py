@@ -401,9 +401,10 @@ def test_stages_compute_on_the_device_they_are_given(base_cfg, tmp_path, monkeyp
     monkeypatch.setenv("QGAN_TRACKING", "off")
     cfg = copy.deepcopy(base_cfg)
     cfg["features"]["tinycnn"].update(steps=2, batch_size=8, width=8, dim=16, input_size=16)
-    cfg["perceptual"]["tinyvgg"].update(steps=2, batch_size=8)
+    cfg["perceptual"]["tinyvgg"].update(steps=2, batch_size=8, refuse_at_chance=False)  # 2 steps: about placement, not quality
     cfg["matrix"].update(methods=["ptq-quantile", "lsq-qat"], w_bits=[4])  # the sample figure's rows
     cfg["qat"]["epochs"] = cfg["qat"]["ma_epochs"] = 1
+    cfg["sweep"]["validation_samples"] = cfg["eval"]["n_samples"]
     arch_name, variants = "stylegan", ["ptq-quantile-tensor-w4a8", "lsq-qat-tensor-w4a8"]
     data = tmp_path / "digits"
     cfg["datasets"]["digits"]["resolution"] = cfg["archs"][arch_name]["resolution"]
@@ -437,8 +438,8 @@ def test_stages_compute_on_the_device_they_are_given(base_cfg, tmp_path, monkeyp
             evaluate_stage.evaluate(cfg, arch=arch_name, variant=v, model=str(d / f"{v}.pt"), inputs=inputs, features=feats,
                                     real_stats=str(d / "real.npz"), fp_stats=str(d / "fp_stats.npz"), metrics=str(d / f"{v}.json"),
                                     samples=str(d / f"{v}.png"))
-        sweep_stage.run_sweep(cfg, arch=arch_name, fp=str(fp), distill=str(d / "distill.pt"), inputs=inputs, features=feats,
-                              fp_stats=str(d / "fp_stats.npz"), csv=str(d / "sweep.csv"), best=str(d / "best.json"))
+        sweep_stage.run_sweep(cfg, arch=arch_name, fp=str(fp), distill=str(d / "distill.pt"), data=str(data), features=feats,
+                              csv=str(d / "sweep.csv"), best=str(d / "best.json"))
         samples.sample_figure(cfg, arch=arch_name, models=[str(d / f"{v}.pt") for v in variants],
                               metrics=[str(d / f"{v}.json") for v in ["fp", *variants]], fp=str(fp), inputs=inputs, out=str(d / "figure.png"))
         return d

@@ -65,3 +65,43 @@ def test_eval_inputs_file_names_its_arch(cfg, tmp_path):
     assert extras == {} and inputs.shape == (7, int(cfg["archs"]["sagan"]["model"]["latent_dim"]))
     with pytest.raises(ValueError, match=r"holds eval inputs of arch 'sagan', expected 'stylegan'"):
         load_eval_inputs(str(out), "stylegan")
+
+
+def _rows(images: torch.Tensor) -> set:
+    return {bytes(x.numpy().tobytes()) for x in images}
+
+
+def test_validation_inputs_are_disjoint_from_the_evaluation_and_distillation_inputs(cfg, tmp_path):
+    """The quantile sweep's validation split (issue 14.2): latents of their own seed (seed + 505),
+    and for CycleGAN training images that the distillation set never draws, never test images."""
+    from workflow_src.datasets import prepared
+    from workflow_src.utils import torch_save
+    from workflow_src.workflow import distill as distill_stage
+    from workflow_src.workflow.training import _state_dicts
+
+    inputs, extras = distill_stage.validation_inputs(cfg, "stylegan", str(tmp_path / "no-data-needed"))
+    n = cfg["sweep"]["validation_samples"]
+    g = torch.Generator().manual_seed(cfg["seed"] + 505)
+    assert torch.equal(inputs, torch.randn(n, cfg["archs"]["stylegan"]["model"]["latent_dim"], generator=g))
+    assert torch.equal(extras["noise_seed"], torch.randint(0, 2**62, (n,), generator=g, dtype=torch.int64))
+    eval_inputs(cfg, arch="stylegan", data="", out=str(tmp_path / "eval.pt"))
+    assert not _rows(inputs) & _rows(load_eval_inputs(str(tmp_path / "eval.pt"), "stylegan")[0])
+
+    data = tmp_path / "h2z"
+    prepared.prepare("h2z-synthetic", cfg["datasets"]["h2z-synthetic"], data)
+    fp = tmp_path / "fp.pt"
+    torch_save({"arch": "cyclegan", "steps": 0, "state": _state_dicts(make_arch(cfg, "cyclegan").init_state(torch.device("cpu")))}, fp)
+    distill_stage.distill(cfg, arch="cyclegan", data=str(data), fp=str(fp), out=str(tmp_path / "distill.pt"))
+    distilled = torch.load(tmp_path / "distill.pt", weights_only=True)["inputs"]
+    val, _ = distill_stage.validation_inputs(cfg, "cyclegan", str(data))
+    n_train = cfg["datasets"]["h2z-synthetic"]["n_train"]
+    assert len(val) == min(n, n_train // 5) and len(distilled) == min(cfg["distill"]["size"], n_train - len(val))
+    train, test = (_rows(prepared.to_tensor(prepared.load_split(data, s)[:])) for s in ("trainA", "testA"))
+    assert _rows(val) <= train and _rows(distilled) <= train
+    assert not _rows(val) & _rows(distilled) and not _rows(val) & test
+    # asking for more than a fifth of the training images holds out a fifth, and the distillation set shrinks to the rest
+    big = dict(cfg, sweep=dict(cfg["sweep"], validation_samples=10 * n_train), distill=dict(cfg["distill"], size=10 * n_train))
+    assert len(distill_stage.validation_inputs(big, "cyclegan", str(data))[0]) == n_train // 5
+    distill_stage.distill(big, arch="cyclegan", data=str(data), fp=str(fp), out=str(tmp_path / "all.pt"))
+    everything = torch.load(tmp_path / "all.pt", weights_only=True)["inputs"]
+    assert len(everything) == n_train - n_train // 5 and not _rows(everything) & _rows(val)

@@ -45,7 +45,7 @@ def world(tmp_path_factory):
     cfg["eval"].update(n_samples=40, batch_size=8, grid=4, bootstrap=3)
     cfg["distill"].update(size=16, batch_size=8)
     cfg["calibration"]["images"] = 8
-    cfg["sweep"].update(activation=[[1.0, 0.0], [0.999, 0.001]], weight=[[1.0, 0.0], [0.99, 0.01]], w_bits=[4])
+    cfg["sweep"].update(activation=[[1.0, 0.0], [0.999, 0.001]], weight=[[1.0, 0.0], [0.99, 0.01]], validation_samples=40)
     cfg["runtime"].update(device="cpu", eval_segment=16)  # 40 samples: segments of 16, 16 and 8
     data = tmp / "digits"
     prepared.prepare("digits", cfg["datasets"]["digits"], data)
@@ -142,10 +142,8 @@ def test_evaluation_does_not_resume_other_work(world, tmp_path, monkeypatch, cap
 
 def _sweep(cfg, files, d: Path):
     d.mkdir(exist_ok=True)
-    if not (d / "fp_stats.npz").exists():
-        _evaluate_fp(cfg, files, d)
-    sweep_stage.run_sweep(cfg, arch=ARCH, fp=files["fp"], distill=files["distill"], inputs=files["inputs"], features=files["features"],
-                          fp_stats=str(d / "fp_stats.npz"), csv=str(d / "sweep.csv"), best=str(d / "best.json"))
+    sweep_stage.run_sweep(cfg, arch=ARCH, fp=files["fp"], distill=files["distill"], data=files["data"], features=files["features"],
+                          csv=str(d / "sweep.csv"), best=str(d / "best.json"))
     best = json.loads((d / "best.json").read_text())
     best.pop("environment")
     return (d / "sweep.csv").read_text(), best
@@ -156,13 +154,90 @@ def test_sweep_killed_mid_way_resumes_at_the_next_pair(world, tmp_path, monkeypa
     reference = _sweep(cfg, files, tmp_path / "reference")
     assert len(reference[0].splitlines()) == 1 + 4  # header + 2 x 2 pairs
     d = tmp_path / "killed"
-    _evaluate_fp(cfg, files, d)
-    _count_segments(monkeypatch, sweep_stage, kill_after=2 * 3 + 1)  # during the third pair (3 segments each)
+    # 40 validation samples, segments of 16: 3 segments for the FP reference, then 3 per pair
+    _count_segments(monkeypatch, sweep_stage, kill_after=3 + 2 * 3 + 1)  # during the third pair
     with pytest.raises(Killed):
         _sweep(cfg, files, d)
     assert (d / "sweep.csv.ckpt.pt").exists() and not (d / "sweep.csv").exists()
     calls = _count_segments(monkeypatch, sweep_stage)
     resumed = _sweep(cfg, files, d)
-    assert len(calls) == 2 * 3  # the third and fourth pairs only
+    assert len(calls) == 3 + 2 * 3  # the FP reference again (not checkpointed), then the third and fourth pairs only
     assert resumed == reference
     assert not (d / "sweep.csv.ckpt.pt").exists()
+
+
+def test_noise_floor_is_the_fp_generator_against_itself_and_real_split_against_split(world, tmp_path):
+    """qfid_floor: pytorch-fid's distance between the FP generator's features on the evaluation
+    latents and on latents drawn, as documented, from seed + 606; fid_floor: pytorch-fid's distance
+    between the real test and train statistics."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    from workflow_src.workflow.artifacts import feature_space
+    from workflow_src.workflow.training import load_generator
+
+    cfg, files = world
+    d = tmp_path / "floor"
+    _evaluate_fp(cfg, files, d)
+    train = str(tmp_path / "real-train.npz")
+    data_stage.real_stats(cfg, dataset="digits", split="train", data=files["data"], features=files["features"], out=train)
+    out = d / "noise_floor.json"
+    evaluate_stage.noise_floor(cfg, arch=ARCH, model=files["fp"], fp_stats=str(d / "fp_stats.npz"), data=files["data"],
+                               features=files["features"], real_test=files["real"], real_train=train, out=str(out))
+    floor = json.loads(out.read_text())
+
+    def stats(path):
+        with np.load(path) as z:
+            return z["mu"], z["sigma"]
+    assert floor["fid_floor"] == pytest.approx(calculate_frechet_distance(*stats(files["real"]), *stats(train)), rel=1e-6)
+    n, dim = cfg["eval"]["n_samples"], cfg["archs"][ARCH]["model"]["latent_dim"]
+    g = torch.Generator().manual_seed(cfg["seed"] + 606)
+    z = torch.randn(n, dim, generator=g)
+    a = make_arch(cfg, ARCH)
+    extras = a.sample_extras(n, g)
+    images = a.generate(load_generator(cfg, ARCH, files["fp"], torch.device("cpu")), z, n, extras)
+    feats = feature_space(cfg, files["features"]).extract([images], total=1).astype(np.float64)
+    want = calculate_frechet_distance(feats.mean(0), np.cov(feats, rowvar=False), *stats(d / "fp_stats.npz"))
+    assert floor["qfid_floor"] == pytest.approx(want, rel=1e-4) and floor["qfid_floor"] > 1e-6
+
+
+def test_real_statistics_of_a_sample_of_every_split(world, tmp_path):
+    """``fid_split: all`` + ``fid_images``: the paper's FID against 50000 images sampled from the
+    whole of FFHQ/CelebA (appendix A.1), here 100 of the digits' train + test images, drawn as
+    documented (seed + 707, without replacement), against numpy's mean and covariance of their
+    features."""
+    from workflow_src.workflow.artifacts import feature_space
+
+    cfg, files = world
+    cfg = copy.deepcopy(cfg)
+    cfg["datasets"]["digits"].update(fid_split="all", fid_images=100)
+    tiny = qcfg.load([ROOT / "params.yaml"])
+    tiny["datasets"]["digits"].update(fid_split="all", fid_images=100)
+    qcfg.validate(tiny)  # the keys are in the schema
+    tiny["datasets"]["digits"]["fid_split"] = "everything"
+    with pytest.raises(qcfg.ConfigError, match="fid_split"):
+        qcfg.validate(tiny)
+    out = tmp_path / "all.npz"
+    data_stage.real_stats(cfg, dataset="digits", split="all", data=files["data"], features=files["features"], out=str(out))
+    images = np.concatenate([prepared.load_split(files["data"], s)[:] for s in ("train", "test")])
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg["seed"] + 707))[:100].sort().values.numpy()
+    feats = feature_space(cfg, files["features"]).extract([prepared.to_tensor(images[idx])], total=1).astype(np.float64)
+    with np.load(out) as z:
+        assert int(z["n"]) == 100
+        np.testing.assert_allclose(z["mu"], feats.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(z["sigma"], np.cov(feats, rowvar=False), rtol=1e-4, atol=1e-7)
+    # other splits (the noise floor's) are not sampled
+    data_stage.real_stats(cfg, dataset="digits", split="test", data=files["data"], features=files["features"], out=str(tmp_path / "t.npz"))
+    with np.load(tmp_path / "t.npz") as z:
+        assert int(z["n"]) == len(prepared.load_split(files["data"], "test"))
+
+
+def test_the_paper_profile_scores_fid_as_the_paper_did():
+    from workflow_src.workflow import stages
+
+    cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"])
+    assert stages.real_statistics(cfg, {"arch": "stylegan"}) == "stats/ffhq-all.npz"
+    assert stages.real_statistics(cfg, {"arch": "sagan"}) == "stats/celeba-all.npz"
+    assert stages.real_statistics(cfg, {"arch": "cyclegan"}) == "stats/horse2zebra-testB.npz"
+    assert cfg["datasets"]["ffhq"]["fid_images"] == cfg["datasets"]["celeba"]["fid_images"] == cfg["eval"]["n_samples"] == 50000
+    tiny = qcfg.load([ROOT / "params.yaml"])
+    assert stages.real_statistics(tiny, {"arch": "sagan"}) == "stats/digits-test.npz"

@@ -28,7 +28,7 @@ class Killed(Exception):
 @pytest.fixture(scope="module")
 def cfg():
     c = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
-    c["qat"].update(epochs=3, ma_epochs=1, batch_size=4, lr_weights=1e-3, lr_qparams=1e-3, lr_d=1e-3)
+    c["qat"].update(epochs=3, ma_epochs=1, batch_size=4, lr_weights=1e-3, lr_qparams=1e-3, lr_d=1e-3, validation=0, select="last")
     c["qat"]["loss_weights"]["adversarial"] = 0.01  # micro.yaml turns it off for its workflow run; exercised here
     return c
 
@@ -244,7 +244,7 @@ def test_killed_qat_resumes_to_the_same_weights(cfg, tmp_path, kill_after):
     the MA -> LSQ switch) or epoch 1 (resumes inside LSQ), it ends with exactly the weights of an
     uninterrupted run, and its loss log has every step once."""
     c = copy.deepcopy(cfg)
-    c["qat"].update(epochs=3, ma_epochs=1, lsq_epochs=2)
+    c["qat"].update(epochs=3, ma_epochs=1, lsq_epochs=2, validation=4, select="best")  # the kept best state resumes too
     q = qat_mod.qat_params(c, "sagan")
 
     qm, D, x, y, loss = _setup(c, "sagan", "lsq-qat")
@@ -269,6 +269,57 @@ def test_killed_qat_resumes_to_the_same_weights(cfg, tmp_path, kill_after):
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
     assert log.read_text() == (tmp_path / "full.csv").read_text()
+
+
+def test_the_validation_samples_are_never_trained_on(cfg):
+    """``qat.validation`` = 4 of 16 samples: training sees only the first 12, so with ``select:
+    last`` the weights equal a run on those 12 alone, bit for bit; the held-out loss is recorded
+    at the start and after each epoch."""
+    c = copy.deepcopy(cfg)
+    c["qat"].update(validation=4, select="last")
+    qm, D, x, y, loss = _setup(c, "sagan", "ma-qat")
+    info = qat_mod.train_qat(qm, D, x, y, "ma-qat", qat_mod.qat_params(c, "sagan"), loss, seed=0)
+    ref, D2, _, _, _ = _setup(cfg, "sagan", "ma-qat")
+    qat_mod.train_qat(ref, D2, x[:12], y[:12], "ma-qat", qat_mod.qat_params(cfg, "sagan"), loss, seed=0)
+    for (k, a), b in zip(qm.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert [r["epoch"] for r in info["validation"]] == [-1, 0, 1, 2] and info["selected_epoch"] == 2
+    assert (info["train_samples"], info["validation_samples"]) == (12, 4)
+    with torch.no_grad():  # the last record is the final model's loss on the held-out samples
+        assert info["validation"][-1]["distill"] == pytest.approx(float(loss.total(loss(qm(x[12:]), y[12:]))), rel=1e-5)
+
+
+def test_select_best_keeps_the_epoch_with_the_lowest_validation_loss(cfg):
+    """Trained towards wrong targets (the FP outputs negated) on the 12 training samples, the
+    generator moves away from the FP one: the quantile-PTQ start (epoch -1) has the lowest loss on
+    the 4 held-out samples, whose targets are right, and the returned model is exactly that start."""
+    c = copy.deepcopy(cfg)
+    c["qat"].update(validation=4, select="best")
+    qm, D, x, y, loss = _setup(c, "sagan", "ma-qat")
+    start = copy.deepcopy(qm.state_dict())
+    wrong = torch.cat([-y[:12], y[12:]])
+    info = qat_mod.train_qat(qm, D, x, wrong, "ma-qat", qat_mod.qat_params(c, "sagan"), loss, seed=0)
+    losses = {r["epoch"]: r["distill"] for r in info["validation"]}
+    assert info["selected_epoch"] == min(losses, key=losses.get) == -1, losses
+    for k, v in start.items():
+        assert torch.equal(qm.state_dict()[k], v), k
+    qm, D, x, y, loss = _setup(c, "sagan", "ma-qat")  # the right targets: a trained epoch wins
+    info = qat_mod.train_qat(qm, D, x, y, "ma-qat", qat_mod.qat_params(c, "sagan"), loss, seed=0)
+    losses = {r["epoch"]: r["distill"] for r in info["validation"]}
+    assert info["selected_epoch"] == min(losses, key=losses.get)
+    with torch.no_grad():
+        assert float(loss.total(loss(qm(x[12:]), y[12:]))) == pytest.approx(losses[info["selected_epoch"]], rel=1e-5)
+
+
+def test_config_rejects_a_validation_split_that_leaves_no_training(cfg):
+    bad = qcfg.load([ROOT / "params.yaml"])
+    bad["qat"]["validation"] = bad["distill"]["size"] - 8
+    with pytest.raises(qcfg.ConfigError, match=r"qat.validation' = 248"):
+        qcfg.validate(bad)
+    bad = qcfg.load([ROOT / "params.yaml"])
+    bad["archs"]["sagan"]["qat"] = {**bad["archs"]["sagan"]["qat"], "validation": 0}
+    with pytest.raises(qcfg.ConfigError, match=r"archs.sagan.qat.select' = 'best' needs a validation split"):
+        qcfg.validate(bad)
 
 
 def test_a_crafted_vgg16_file_is_refused_and_runs_nothing(tmp_path):
@@ -307,3 +358,64 @@ def test_a_checkpoint_made_with_other_qat_params_is_not_resumed(cfg, tmp_path, c
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, qm.state_dict()[k]), k
     assert log.read_text() == (tmp_path / "fresh.csv").read_text()
+
+
+# ----------------------------------------------------------------------------- the tiny perceptual network's pretext
+def test_batched_augmentation_equals_the_per_image_one():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(48, 3, 8, 8, generator=g)
+    labels = torch.arange(48) % P.N_CLASSES
+    want = torch.stack([P._augment(im, int(l)) for im, l in zip(x, labels)])
+    assert torch.equal(P.augment_batch(x, labels), want)
+
+
+def test_pretext_accuracy_of_a_constant_guess_is_chance_and_the_bound_is_five_standard_errors():
+    class Always(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            out = torch.zeros(len(x), P.N_CLASSES)
+            out[:, 5] = 1.0
+            return out
+
+    images = [torch.rand(7, 3, 8, 8), torch.rand(5, 3, 8, 8)]
+    assert P.pretext_accuracy(Always(), images, batch_size=4) == pytest.approx(1 / 24)
+    assert P.chance_bound(2400) == pytest.approx(1 / 24 + 5 * ((1 / 24) * (23 / 24) / 2400) ** 0.5)
+
+
+def test_a_perceptual_network_at_chance_is_refused(tmp_path):
+    from workflow_src.utils import torch_save
+
+    net = P.VGGFeatures([8, "M", 8])
+    at_chance = {"heldout_accuracy": 0.05, "chance_bound": 0.06, "chance": 1 / 24, "train_accuracy": 0.05}
+    for name, pretext in (("none", None), ("chance", at_chance)):
+        torch_save({"cfg": net.cfg, "state_dict": net.state_dict(), **({"pretext": pretext} if pretext else {})}, tmp_path / f"{name}.pt")
+        with pytest.raises(ValueError, match="pretext"):
+            P.load_perceptual("tinyvgg", str(tmp_path / f"{name}.pt"))
+        P.load_perceptual("tinyvgg", str(tmp_path / f"{name}.pt"), refuse_at_chance=False)  # asked for explicitly
+    torch_save({"cfg": net.cfg, "state_dict": net.state_dict(), "pretext": {**at_chance, "heldout_accuracy": 0.2}}, tmp_path / "ok.pt")
+    P.load_perceptual("tinyvgg", str(tmp_path / "ok.pt"))
+
+
+def test_a_trained_perceptual_network_records_its_pretext_accuracy_above_chance(tmp_path):
+    """Trained on the micro datasets for 200 steps, on 90% of each domain: its accuracy on the
+    held-out 10% is recorded and above the bound (measured 0.065 > 0.058); one trained a single
+    step is refused and never written."""
+    from workflow_src.datasets import prepared
+    from workflow_src.workflow import networks
+
+    c = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
+    c["perceptual"]["tinyvgg"].update(steps=200, refuse_at_chance=True)
+    data = []
+    for name in ("digits", "h2z-synthetic"):
+        prepared.prepare(name, c["datasets"][name], tmp_path / name)
+        data.append(str(tmp_path / name))
+    networks.train_perceptual(c, data=data, out=str(tmp_path / "p.pt"))
+    pretext = torch_load(tmp_path / "p.pt")["pretext"]
+    assert pretext["heldout_accuracy"] > pretext["chance_bound"] > 1 / 24, pretext
+    c["perceptual"]["tinyvgg"]["steps"] = 1
+    with pytest.raises(ValueError, match="at chance"):
+        networks.train_perceptual(c, data=data, out=str(tmp_path / "untrained.pt"))
+    assert not (tmp_path / "untrained.pt").exists()

@@ -21,24 +21,73 @@ def test_paper_numbers_cover_tables_3_4_and_appendix_b():
     assert set(p["method"]) <= {"fp", "ptq-quantile", "ar-brecq", "ste-brecq", "ma-qat", "lsq-qat"}
 
 
-def test_comparison_puts_ours_beside_the_paper_with_the_difference():
+def test_comparison_puts_ours_beside_the_paper_with_ranks_not_differences():
     cfg = qcfg.load([ROOT / "params.yaml"])
     ours = pd.DataFrame([
         {"arch": "stylegan", "method": "lsq-qat", "per_channel": False, "w_bits": 4, "a_bits": 8, "fid": 30.0, "qfid": 12.5,
+         "fid_std": 0.4, "qfid_std": 0.2, "feature_space": "inception-2048d"},
+        {"arch": "stylegan", "method": "ma-qat", "per_channel": False, "w_bits": 4, "a_bits": 8, "fid": 35.0, "qfid": 10.0,
          "fid_std": 0.4, "qfid_std": 0.2, "feature_space": "inception-2048d"},
         {"arch": "stylegan", "method": "fp", "per_channel": None, "w_bits": 32, "a_bits": 32, "fid": 25.0, "qfid": 0.0,
          "fid_std": 0.3, "qfid_std": 0.0, "feature_space": "inception-2048d"},
     ])
     cmp = report.paper_comparison(ours, cfg)
-    lsq = cmp[(cmp["method"] == "lsq-qat") & (cmp["arch"] == "stylegan") & (cmp["bits"] == "w4a8")].iloc[0]
-    assert lsq["paper_qfid"] == 11.0 and lsq["ours_qfid"] == 12.5 and lsq["diff_qfid"] == pytest.approx(1.5)
-    assert lsq["diff_fid"] == pytest.approx(30.0 - 33.1)
-    missing = cmp[(cmp["method"] == "ma-qat") & (cmp["arch"] == "sagan")]
-    assert missing["ours_fid"].isna().all()
-    md = report.paper_comparison_md(cmp)
-    assert "| Table 4 | StyleGAN | LSQ-QAT | ✗ | w4a8 | 33.10 | 30.00 ± 0.40 | -3.10 | 11.00 | 12.50 ± 0.20 | 1.50 |" in md
+    assert not [c for c in cmp.columns if c.startswith("diff")]
+    t4 = cmp[(cmp["table"] == "Table 4") & (cmp["arch"] == "stylegan") & (cmp["bits"] == "w4a8") & (cmp["per_channel"] == False)]  # noqa: E712
+    lsq, ma = (t4[t4["method"] == m].iloc[0] for m in ("lsq-qat", "ma-qat"))
+    # paper: LSQ 11.0 < MA 18.5 (ranks 1, 2); ours: LSQ 12.5 > MA 10.0 (ranks 2, 1)
+    assert (lsq["paper_qfid"], lsq["ours_qfid"], lsq["paper_rank"], lsq["ours_rank"]) == (11.0, 12.5, 1.0, 2.0)
+    assert (ma["paper_rank"], ma["ours_rank"]) == (2.0, 1.0)
+    assert cmp[(cmp["method"] == "ma-qat") & (cmp["arch"] == "sagan")]["ours_fid"].isna().all()
+    md = report.paper_comparison_md(cmp, ours)
+    assert "| Table 4 | StyleGAN | LSQ-QAT | ✗ | w4a8 | 33.1 | 30 ± 0.4 | 11 | 12.5 ± 0.2 | 1 | 2 |" in md
     appendix_b = cmp[cmp["table"] == "App. B"]
     assert len(appendix_b) == 2 and appendix_b["ours_qfid"].isna().all()  # our QAT used the perceptual loss
+
+
+def test_spearman_equals_scipys():
+    from scipy.stats import spearmanr
+
+    a, b = [3.0, 1.0, 2.0, 5.0, 5.0, 0.5], [30.0, 12.0, 11.0, 70.0, 40.0, 1.0]
+    assert report.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    assert report.spearman(a[:2], b[:2]) != report.spearman(a[:2], b[:2])  # NaN: too few rows
+    assert report.spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+
+
+def _row(arch, method, pc, w, qfid, std, fid=None):
+    return {"arch": arch, "method": method, "per_channel": pc, "w_bits": w, "a_bits": 8, "qfid": qfid, "qfid_std": std,
+            "fid": qfid + 1 if fid is None else fid, "fid_std": std, "feature_space": "tinycnn"}
+
+
+def test_a_finding_holds_only_beyond_the_combined_spread():
+    df = pd.DataFrame([
+        _row("sagan", "ptq-quantile", True, 4, 1.0, 0.1), _row("sagan", "ptq-minmax", True, 4, 1.5, 0.1),    # 0.5 > 2*0.141: held
+        _row("sagan", "ptq-quantile", False, 4, 1.0, 0.2), _row("sagan", "ptq-minmax", False, 4, 1.3, 0.2),  # 0.3 < 2*0.283: within
+        _row("sagan", "ptq-quantile", True, 8, 0.9, 0.01), _row("sagan", "ptq-minmax", True, 8, 0.1, 0.01),  # the opposite: against
+    ])
+    cells = report.finding_cells(df, report.FINDINGS[0]).set_index(["per_channel", "w_bits"])["verdict"]
+    assert cells.to_dict() == {(True, 8): "against", (True, 4): "held", (False, 4): "within"}
+    f = report.findings(df).set_index("finding").loc["quantile"]
+    assert (f["cells"], f["held"], f["against"], f["within"], f["verdict"]) == (3, 1, 1, 1, "mixed")
+    assert report.findings(df).set_index("finding").loc["lsq-vs-ma", "verdict"] == "not run"
+
+
+def test_the_findings_compare_the_best_of_a_side_and_fixed_granularities():
+    df = pd.DataFrame([
+        _row("stylegan", "lsq-qat", False, 4, 0.10, 0.01),
+        _row("stylegan", "ptq-quantile", False, 4, 0.50, 0.01), _row("stylegan", "ste-brecq", False, 4, 0.11, 0.01),
+        _row("stylegan", "ma-qat", True, 4, 0.20, 0.01), _row("stylegan", "ma-qat", False, 4, 0.30, 0.01),
+        _row("stylegan", "lsq-qat", True, 4, 0.11, 0.01),
+        _row("stylegan", "ar-brecq", True, 4, 0.3, 0.01, fid=5.0), _row("stylegan", "ar-brecq", True, 8, 0.2, 0.01, fid=6.0),
+    ])
+    by = {f.key: f for f in report.FINDINGS}
+    qat = report.finding_cells(df, by["qat-vs-ptq"])
+    # per-channel: LSQ 0.11 vs AR-BRECQ 0.3; per-tensor: the best PTQ is STE-BRECQ's 0.11, not quantile PTQ's 0.50
+    assert qat[["a", "b", "verdict"]].values.tolist() == [["lsq-qat", "ar-brecq", "held"], ["lsq-qat", "ste-brecq", "within"]]
+    pc = report.finding_cells(df, by["per-channel"]).set_index("a")["verdict"].to_dict()
+    assert pc == {"ma-qat": "against", "lsq-qat": "held"}  # MA per-channel 0.20 beats per-tensor 0.30; LSQ 0.11 vs 0.10
+    ar = report.finding_cells(df, by["ar-4-vs-8"])
+    assert ar[["a_value", "b_value", "verdict"]].values.tolist() == [[5.0, 6.0, "held"]]  # FID at w4 below FID at w8
 
 
 def _bench(path, wall, cpu, rss):
@@ -90,3 +139,35 @@ def test_a_forked_jobs_own_cpu_and_memory_record_replaces_the_benchmarks(tmp_pat
     jobs = job_times(tmp_path).set_index("job")
     assert (jobs.loc["sagan/a", "cpu_s"], jobs.loc["sagan/a", "max_rss_mb"], jobs.loc["sagan/a", "startup_s"]) == (17.25, 812.5, 0.31)
     assert (jobs.loc["sagan/b", "cpu_s"], jobs.loc["sagan/b", "max_rss_mb"]) == (0.1, 19.0)  # a job that died before its record
+
+
+def test_results_and_tables_say_where_each_quantile_pair_came_from():
+    from workflow_src.reporting import tables
+
+    base = {"feature_space": "tinycnn", "fid": 1.0, "qfid": 0.1, "fid_std": 0.1, "qfid_std": 0.01, "a_bits": 8}
+    df = pd.DataFrame([
+        {**base, "arch": "sagan", "method": "fp", "per_channel": None, "w_bits": 32, "a_bits": 32, "quantiles": "", "quantiles_from": ""},
+        {**base, "arch": "sagan", "method": "ptq-minmax", "per_channel": True, "w_bits": 8, "quantiles": "", "quantiles_from": ""},
+        {**base, "arch": "sagan", "method": "ptq-quantile", "per_channel": True, "w_bits": 8, "quantiles": "a 1/0; w 1/0",
+         "quantiles_from": "sweep w8 (validation)"},
+        {**base, "arch": "sagan", "method": "ptq-quantile", "per_channel": True, "w_bits": 4, "quantiles": "a 0.99/0.01; w 1/0",
+         "quantiles_from": "sweep w4 (validation)"},
+        {**base, "arch": "sagan", "method": "ma-qat", "per_channel": True, "w_bits": 4, "quantiles": "a 0.999/0.001; w 1/0",
+         "quantiles_from": "archs.sagan.qat.quantiles"},
+    ])
+    out = tables.results_csv_frame(df)
+    assert list(out.columns) == tables.COLUMNS + ["quantiles", "quantiles_from"]  # added after the contract's columns
+    note = tables.quantile_note(df).strip().splitlines()
+    assert note[1:] == ["- SAGAN w8, vanilla PTQ (quantile): a 1/0; w 1/0 (sweep w8 (validation))",
+                        "- SAGAN w4, vanilla PTQ (quantile): a 0.99/0.01; w 1/0 (sweep w4 (validation))",
+                        "- SAGAN w4, MA-QAT: a 0.999/0.001; w 1/0 (archs.sagan.qat.quantiles)"]
+    assert tables.quantile_note(df.drop(columns=["quantiles", "quantiles_from"])) == ""
+
+
+def test_the_spread_note_names_each_archs_own_sample_count():
+    from workflow_src.reporting import tables
+
+    cfg = qcfg.load([ROOT / "params.yaml"])
+    df = pd.DataFrame([{"arch": "cyclegan", "n_samples": 300}, {"arch": "sagan", "n_samples": 1000}, {"arch": "sagan", "n_samples": 1000}])
+    note = tables.spread_note(cfg, df)
+    assert "CycleGAN 300" in note and "SAGAN 1000" in note and "20 bootstrap" in note and "not across training seeds" in note

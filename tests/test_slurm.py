@@ -31,7 +31,7 @@ SLURM_CONF = Path("/etc/slurm/slurm.conf")
 
 # The split: these rules need a GPU, these run on CPUs only, these on the login node.
 GPU_RULES = {"train_fp", "distill", "quantize", "qat", "evaluate", "evaluate_fp", "real_stats",
-             "train_features", "train_perceptual", "quantile_sweep"}
+             "train_features", "train_perceptual", "quantile_sweep", "noise_floor"}
 CPU_RULES = {"eval_inputs", "fig1", "sample_figure", "report", "export_fp", "export"}
 LOCAL_RULES = {"prepare_data", "fetch_inception", "fetch_vgg16"}
 

@@ -192,6 +192,19 @@ def section_value(cfg: Mapping[str, Any], arch: str, key: str, per_arch: Tuple[s
     return cur
 
 
+def own_quantiles(cfg: Mapping[str, Any], arch: str, name: str) -> Tuple[Any, str]:
+    """``(pair, key)`` when method ``name``'s own params section sets its own quantile pair (QAT:
+    ``qat.quantiles``, overridable as ``archs.<arch>.qat.quantiles``: the paper's QAT pairs differ
+    from its PTQ pairs), else ``(None, "")``: the method uses the arch's PTQ pair."""
+    m = method(name)
+    for section in m.file.sections:
+        value = section_value(cfg, arch, f"{section}.quantiles", m.file.per_arch)
+        if isinstance(value, dict):
+            per_arch = section in m.file.per_arch and isinstance((cfg["archs"][arch].get(section) or {}).get("quantiles"), dict)
+            return value, f"archs.{arch}.{section}.quantiles" if per_arch else f"{section}.quantiles"
+    return None, ""
+
+
 def _need(where: str, entry: Any) -> Need:
     if isinstance(entry, str):
         entry = {"need": entry}

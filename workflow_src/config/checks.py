@@ -40,9 +40,13 @@ def _archs(cfg: Dict[str, Any]) -> List[str]:
         ds = acfg["dataset"]
         if ds not in cfg["datasets"]:
             found.append(f"key 'archs.{arch}.dataset' = {ds!r}: no such entry under 'datasets' (known: {sorted(cfg['datasets'])})")
-        for which, pair in (acfg["quantiles"].items() if isinstance(acfg["quantiles"], dict) else ()):
-            if pair["lower"] >= pair["upper"]:
-                found.append(f"key 'archs.{arch}.quantiles.{which}': lower = {pair['lower']} must be < upper = {pair['upper']}")
+        own = [(f"archs.{arch}.{sec}.quantiles", (acfg.get(sec) or {}).get("quantiles")) for f in registry.method_files() for sec in f.per_arch]
+        if arch == next(iter(cfg["archs"])):  # the methods' own top-level pairs, once
+            own += [(f"{sec}.quantiles", (cfg.get(sec) or {}).get("quantiles")) for f in registry.method_files() for sec in f.sections]
+        for where, pairs in [(f"archs.{arch}.quantiles", acfg["quantiles"]), *own]:
+            for which, pair in (pairs.items() if isinstance(pairs, dict) else ()):
+                if pair["lower"] >= pair["upper"]:
+                    found.append(f"key '{where}.{which}': lower = {pair['lower']} must be < upper = {pair['upper']}")
         res = acfg["resolution"]
         ds_res = (cfg["datasets"].get(ds) or {}).get("resolution")
         if ds_res is not None and ds_res != res:
@@ -159,4 +163,15 @@ def _counts(cfg: Dict[str, Any]) -> List[str]:
     if cfg["calibration"]["images"] > cfg["distill"]["size"]:
         found.append(f"key 'calibration.images' = {cfg['calibration']['images']} exceeds 'distill.size' = {cfg['distill']['size']} "
                      "(calibration draws from the distillation set)")
-    return found
+    for f in registry.method_files():  # a method's validation split: the last samples of the distillation set
+        for arch in cfg["archs"]:
+            for sec in f.sections:
+                n_val = registry.section_value(cfg, arch, f"{sec}.validation", f.per_arch) or 0
+                bs = registry.section_value(cfg, arch, f"{sec}.batch_size", f.per_arch) or 0
+                if registry.section_value(cfg, arch, f"{sec}.select", f.per_arch) == "best" and not n_val:
+                    found.append(f"key 'archs.{arch}.{sec}.select' = 'best' needs a validation split ('{sec}.validation' > 0)")
+                if n_val and n_val + max(cfg["calibration"]["images"], bs) > cfg["distill"]["size"]:
+                    found.append(f"key '{sec}.validation' = {n_val} (arch {arch}): the held-out samples (the last ones of the distillation "
+                                 f"set) must leave 'calibration.images' = {cfg['calibration']['images']} and a batch ({bs}) of the "
+                                 f"'distill.size' = {cfg['distill']['size']} samples to calibration and training")
+    return sorted(set(found), key=found.index)

@@ -18,7 +18,8 @@ Layers are named as in the style-transfer literature: ``relu{stage}_{conv}``.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import math
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -120,14 +121,17 @@ def load_vgg16(path: str) -> VGGFeatures:
     return net.eval()
 
 
-def load_perceptual(kind: str, path: str, device: torch.device | None = None) -> VGGFeatures:
-    """The perceptual network ``perceptual.kind`` from ``path``, on ``device`` (default: the CPU)."""
+def load_perceptual(kind: str, path: str, device: torch.device | None = None, refuse_at_chance: bool = True) -> VGGFeatures:
+    """The perceptual network ``perceptual.kind`` from ``path``, on ``device`` (default: the CPU);
+    a tiny network whose recorded pretext accuracy is at chance is refused (:func:`check_pretext`)."""
     if kind == "vgg16":
         return load_vgg16(path).to(device)
     if kind == "tinyvgg":
         from ..utils import torch_load
 
         saved = torch_load(path)
+        if refuse_at_chance:
+            check_pretext(saved.get("pretext"), path)
         net = VGGFeatures(saved["cfg"])
         net.load_state_dict(saved["state_dict"])
         return net.eval().to(device)
@@ -138,6 +142,58 @@ def load_perceptual(kind: str, path: str, device: torch.device | None = None) ->
 # (none, horizontal, vertical, both) was applied.  Telling them apart needs colour statistics,
 # edges and shape orientation, the cues a content/style loss should compare.
 _PERMS = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+
+
+N_CLASSES = 4 * len(_PERMS)
+HELDOUT_FRACTION = 0.1  # of each domain's training images, never trained on: the held-out accuracy
+
+
+def augment_batch(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:func:`_augment` of every image ``x[i]`` (NCHW, on any device) with ``labels[i]`` (on the
+    CPU, where they are drawn), in one pass."""
+    perm = to_device(torch.tensor(_PERMS)[labels // 4], x.device)  # (n, 3)
+    x = x[to_device(torch.arange(len(x))[:, None], x.device), perm]
+    flip = to_device((labels % 4)[:, None, None, None], x.device)
+    x = torch.where(flip % 2 == 1, x.flip(3), x)
+    return torch.where(flip >= 2, x.flip(2), x)
+
+
+@torch.no_grad()
+def pretext_accuracy(clf: nn.Module, domains: List[torch.Tensor], batch_size: int = 256) -> float:
+    """Share of (image, label) pairs classified right, every image under all 24 labels."""
+    right = total = 0
+    was = clf.training
+    clf.eval()
+    device = next(clf.parameters()).device
+    for images in domains:
+        for start in range(0, len(images), batch_size):
+            x = to_device(images[start:start + batch_size], device)
+            for label in range(N_CLASSES):
+                labels = torch.full((len(x),), label)
+                right += int((clf(augment_batch(x, labels)).argmax(dim=1) == to_device(labels, device)).sum())
+                total += len(x)
+    clf.train(was)
+    return right / max(total, 1)
+
+
+def chance_bound(n_pairs: int) -> float:
+    """The held-out accuracy a network must exceed to be told apart from chance: chance (1/24)
+    plus five binomial standard errors over ``n_pairs`` evaluated pairs."""
+    p = 1.0 / N_CLASSES
+    return p + 5.0 * math.sqrt(p * (1 - p) / max(n_pairs, 1))
+
+
+def check_pretext(pretext: Dict | None, where: str) -> None:
+    """Refuse a tiny perceptual network whose pretext accuracy on held-out images (recorded when
+    it was trained) is missing or not above chance."""
+    if not pretext:
+        raise ValueError(f"{where!r}: the perceptual network records no pretext accuracy (trained before it was recorded): "
+                         "rerun train_perceptual")
+    if pretext["heldout_accuracy"] <= pretext["chance_bound"]:
+        raise ValueError(f"{where!r}: the perceptual network is at chance on its pretext task: held-out accuracy "
+                         f"{pretext['heldout_accuracy']:.3f} <= {pretext['chance_bound']:.3f} (chance {pretext['chance']:.3f} + 5 "
+                         f"standard errors; train accuracy {pretext['train_accuracy']:.3f}); train it longer "
+                         "(perceptual.tinyvgg.steps, lr) or set perceptual.tinyvgg.refuse_at_chance: false")
 
 
 def _augment(x: torch.Tensor, label: int) -> torch.Tensor:
@@ -163,27 +219,42 @@ class _Classifier(nn.Module):
         return self.head(f.mean(dim=(2, 3)))
 
 
-def train_tiny_vgg(domains: List[torch.Tensor], cfg: Dict, seed: int, device: torch.device | None = None) -> VGGFeatures:
+def train_tiny_vgg(domains: List[torch.Tensor], cfg: Dict, seed: int,
+                   device: torch.device | None = None) -> Tuple[VGGFeatures, Dict[str, Any]]:
     """Train the tiny perceptual network with the pretext task above on ``domains``: one float
     image tensor in [-1, 1] per dataset/domain (sizes may differ; each step draws from one), on
     ``device`` (default: the CPU); initialisation and batches are drawn on the CPU, the same on
-    every device."""
+    every device.  A seeded :data:`HELDOUT_FRACTION` of each domain is held out; returns the
+    network and its pretext record: train and held-out accuracy (every image under all 24
+    labels), chance, and the bound :func:`check_pretext` requires."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    train, held = [], []
+    for images in domains:
+        order = torch.randperm(len(images), generator=g)
+        k = max(1, int(round(HELDOUT_FRACTION * len(images))))
+        held.append(images[order[:k]])
+        train.append(images[order[k:]])
     net = VGGFeatures(cfg["layers"])
-    clf = _Classifier(net, 4 * len(_PERMS)).to(device)
+    clf = _Classifier(net, N_CLASSES).to(device)
     opt = torch.optim.Adam(clf.parameters(), lr=float(cfg.get("lr", 1e-3)))
     steps, bs = int(cfg.get("steps", 300)), int(cfg.get("batch_size", 64))
     bar = tqdm(range(steps), desc="perceptual net", unit="step")
+    loss = torch.zeros(())
     for step in bar:
-        images = domains[step % len(domains)]
+        images = train[step % len(train)]
         idx = torch.randint(len(images), (bs,), generator=g)
-        labels = torch.randint(4 * len(_PERMS), (bs,), generator=g)
-        batch = torch.stack([_augment(images[int(i)], int(l)) for i, l in zip(idx, labels)])
-        loss = F.cross_entropy(clf(to_device(batch, device)), to_device(labels, device))
+        labels = torch.randint(N_CLASSES, (bs,), generator=g)
+        loss = F.cross_entropy(clf(augment_batch(to_device(images[idx], device), labels)), to_device(labels, device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 50 == 0:  # a host read every 50 steps, not every step
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    return net.eval()
+    sample = [x[torch.randperm(len(x), generator=g)[: len(h)]] for x, h in zip(train, held)]  # as many train images as held out
+    n_held = sum(len(h) for h in held)
+    pretext = {"task": "which of 6 colour-channel permutations x 4 flips", "classes": N_CLASSES, "chance": 1.0 / N_CLASSES,
+               "train_accuracy": pretext_accuracy(clf, sample), "heldout_accuracy": pretext_accuracy(clf, held),
+               "heldout_images": n_held, "chance_bound": chance_bound(n_held * N_CLASSES), "steps": steps,
+               "final_loss": float(loss.detach())}
+    return net.eval(), pretext

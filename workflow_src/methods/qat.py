@@ -30,6 +30,7 @@ reaches.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from pathlib import Path
@@ -164,14 +165,25 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
     ``fingerprint`` (:mod:`..resume`; default: of ``mode``, ``qcfg``, ``seed`` and this code) is what
     a checkpoint must have been made with to be resumed.  ``feed(idx)``: the context in which
     ``qmodel`` sees the extra inputs of samples ``idx`` (see :func:`.ptq.sample_feed`); ``None``: no
-    extras."""
+    extras.
+
+    ``qat.validation`` holds the last samples of ``inputs`` out of training (and of calibration,
+    which reads the first ones): their distillation loss (the perceptual or MSE terms, without the
+    adversarial one) is measured at the start and after every epoch, and with ``qat.select: best``
+    the model of the epoch, or the quantile-PTQ start, with the lowest one is kept: early stopping
+    on a validation split, never on evaluation inputs."""
     if fingerprint is None:
         fingerprint = resume.fingerprint({"mode": mode, "qcfg": qcfg, "seed": seed, "loss": loss.kind}, [__name__])
     epochs, bs = int(qcfg["epochs"]), int(qcfg["batch_size"])
     device = module_device(qmodel)
-    n = len(inputs)
+    n_val = int(qcfg.get("validation", 0))  # the last n_val samples: never trained on
+    n = len(inputs) - n_val
     if n < bs:
-        raise ValueError(f"qat.batch_size = {bs} is larger than the distillation set ({n} samples)")
+        raise ValueError(f"qat.batch_size = {bs} is larger than the distillation set's {n} training samples "
+                         f"({len(inputs)} minus qat.validation = {n_val})")
+    select = qcfg.get("select", "last")
+    if select == "best" and n_val == 0:
+        raise ValueError("qat.select = 'best' needs a validation split (qat.validation > 0)")
     steps_per_epoch = n // bs
     total = epochs * steps_per_epoch
     ma_epochs = int(qcfg.get("ma_epochs", epochs))
@@ -205,8 +217,19 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
     # deletes a job's outputs before rerunning it (a SLURM requeue, a retry), never this.
     log = None if losses_out is None else resume.log_beside(ckpt) if ckpt is not None else Path(losses_out)
     saved = None if ckpt is None else resume.load_checkpoint(ckpt, fingerprint)
+    validation: List[Dict[str, float]] = []
+    best: Optional[Dict[str, Any]] = None  # {"epoch", "loss", "state"}: the static-quantizer state to keep
+
+    def validate(epoch: int) -> None:
+        nonlocal best
+        record = {"epoch": epoch, **_validation_loss(qmodel, inputs, targets, range(n, n + n_val), bs, loss, feed)}
+        validation.append(record)
+        if select == "best" and (best is None or record["distill"] < best["loss"]):
+            best = {"epoch": epoch, "loss": record["distill"], "state": _static_state(qmodel)}
+
     if saved is not None:
         start = int(saved["epoch"])
+        validation, best = list(saved.get("validation", [])), saved.get("best")
         if saved["lsq"] and not lsq:
             map_quantizers(qmodel, _to_lsq)
             lsq, opt_g = True, make_opt_g(True)
@@ -221,8 +244,10 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
     if log is not None:
         truncate_rows(log, "epoch", start)
 
-    qmodel.eval()  # fixed noise, frozen BN statistics: outputs comparable with the FP targets
+    qmodel.eval()  # frozen BN statistics: outputs comparable with the FP targets
     D.train()
+    if n_val and start == 0:
+        validate(-1)  # the starting point (quantile PTQ) competes too
     epoch_means: List[Dict[str, float]] = []
     bar = tqdm(total=total, initial=start * steps_per_epoch, desc=f"{mode}", unit="step")
     for epoch in range(start, epochs):
@@ -250,6 +275,8 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
                 rows.append({"epoch": epoch, "step": step, **distill_step(qmodel, D, x, y, loss, w_adv, opt_g, opt_d)})
             bar.update(1)
         set_tracking(qmodel, False)
+        if n_val:
+            validate(epoch)
         rows = rows_to_host(rows)  # the losses stay on the device during the epoch: one sync per epoch
         epoch_means.append({"epoch": epoch, **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k not in ("epoch", "step")}})
         bar.set_postfix(epoch=epoch, loss_g=f"{epoch_means[-1]['loss_g']:.3g}")
@@ -259,7 +286,8 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
             tracker.log_step_metrics([{k: v for k, v in r.items() if k != "epoch"} for r in rows])
         if ckpt is not None and epoch + 1 < epochs:
             torch_save({"epoch": epoch + 1, "lsq": lsq, "model": qmodel.state_dict(), "D": D.state_dict(),
-                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "fingerprint": fingerprint, **rng_state(device)}, ckpt)
+                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "fingerprint": fingerprint,
+                        "validation": validation, "best": best, **rng_state(device)}, ckpt)
         if epoch_hook is not None:
             epoch_hook(epoch, qmodel)
     bar.close()
@@ -267,9 +295,38 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
         copy_atomic(log, losses_out)  # copied: the log stays beside the checkpoint until that is gone
     if lsq:
         map_quantizers(qmodel, _to_static)
+    if best is not None:
+        qmodel.load_state_dict(best["state"])
     qmodel.requires_grad_(False)
     return {"epochs": epochs, "steps": total, "steps_per_epoch": steps_per_epoch, "resumed_at_epoch": start,
-            "ma_epochs": min(ma_epochs, lsq_start), "lsq_epochs": max(0, epochs - lsq_start), "epoch_losses": epoch_means}
+            "ma_epochs": min(ma_epochs, lsq_start), "lsq_epochs": max(0, epochs - lsq_start), "epoch_losses": epoch_means,
+            "train_samples": n, "validation_samples": n_val, "validation": validation, "select": select,
+            "selected_epoch": best["epoch"] if best is not None else epochs - 1}
+
+
+def _static_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """``model``'s state with static quantizers (the layout every saved variant has), on the CPU."""
+    static = copy.deepcopy(model)
+    map_quantizers(static, _to_static)
+    return {k: v.detach().cpu().clone() for k, v in static.state_dict().items()}
+
+
+@torch.no_grad()
+def _validation_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, index: range, bs: int,
+                     loss: DistillLoss, feed: Optional[Callable[[torch.Tensor], ContextManager]]) -> Dict[str, float]:
+    """Mean distillation terms and their weighted sum (``distill``) of ``model`` against the FP
+    targets on samples ``index`` (one host read at the end)."""
+    device = module_device(model)
+    sums: Dict[str, torch.Tensor] = {}
+    for start in range(index.start, index.stop, bs):
+        idx = torch.arange(start, min(start + bs, index.stop))
+        y = to_device(targets[idx], device).float()
+        with feed(idx) if feed is not None else contextlib.nullcontext():
+            out = model(to_device(inputs[idx], device))
+        terms = loss(out, y)
+        for k, v in {**terms, "distill": loss.total(terms)}.items():
+            sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
+    return {k: float(v) / len(index) for k, v in sums.items()}
 
 
 def qat(mode: str):
@@ -335,6 +392,16 @@ PARAMS = {
             "schedule": {"enum": ["cosine", "constant"]},
             "momentum": {"$ref": "#/$defs/prob"},
             "distill_loss": {"enum": ["perceptual", "mse"]},
+            "validation": {"description": "the last N distillation samples, held out of training and calibration: their distillation "
+                                          "loss is measured at the start and after every epoch", "type": "integer", "minimum": 0},
+            "select": {"description": "last: the final model; best: the epoch, or the quantile-PTQ start, with the lowest "
+                                      "validation loss (needs validation > 0)", "enum": ["last", "best"]},
+            "quantiles": {"description": "the quantile pair QAT's quantile-PTQ start calibrates with: ptq (the arch's PTQ pair, "
+                                         "archs.<arch>.quantiles) or its own {activation, weight} pair (the paper's MA-QAT pairs "
+                                         "differ from its PTQ pairs, section 4.2)",
+                          "oneOf": [{"const": "ptq"},
+                                    {"type": "object", "additionalProperties": False, "required": ["activation", "weight"],
+                                     "properties": {"activation": {"$ref": "#/$defs/quantile_pair"}, "weight": {"$ref": "#/$defs/quantile_pair"}}}]},
             "loss_weights": {"type": "object", "additionalProperties": False, "properties": {
                 "adversarial": {"type": "number", "minimum": 0}, "content": {"type": "number", "minimum": 0},
                 "style": {"type": "number", "minimum": 0}, "mse": {"type": "number", "minimum": 0}}},

@@ -13,7 +13,8 @@ from ..config import FP, variants
 from ..files import atomic_path, atomic_write_text
 from ..workflow import tracking
 from .paper import paper_comparison, paper_comparison_md
-from .tables import spread_note, arch_title, export_tables, load_results, merge_exports, results_csv_frame
+from .tables import (RESULTS_FLOAT, arch_title, export_tables, floor_note, fmt_value, load_results, merge_exports, merge_floors, quantile_note,
+                     results_csv_frame, spread_note)
 from .tables import table3 as table3_md
 from .tables import table4 as table4_md
 from .timing import timing_md
@@ -42,23 +43,24 @@ def arch_figure(arch: str, rows: List[tuple], out: Path) -> None:
 
 
 def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1: str, figures: List[str], exports: List[str],
-           results: str, table4: str, table3: str, paper: str, export: str, timing: str, html: str) -> None:
+           floors: List[str], results: str, table4: str, table3: str, paper: str, export: str, timing: str, html: str) -> None:
     """Every table and the HTML page from the variants' metrics, samples, export summaries and
     figures.  The page links the figures relative to itself and writes a per-arch sample overview
     (``samples_<arch>.png``) beside itself."""
     tracking.flush()  # the jobs' MLflow records, for runs without Snakemake's onsuccess (DVC)
     page_dir = Path(html).parent
     page_dir.mkdir(parents=True, exist_ok=True)
-    df = merge_exports(load_results(metrics), list(exports))
+    df = merge_floors(merge_exports(load_results(metrics), list(exports)), list(floors))
     bad = df[~df[["fid", "qfid"]].map(lambda x: pd.notna(x) and abs(x) != float("inf")).all(axis=1)]
     if len(bad):
         raise ValueError(f"non-finite metrics for {bad[['arch', 'variant']].values.tolist()}")
     csv_df = results_csv_frame(df)
     with atomic_path(results) as tmp:
-        csv_df.to_csv(tmp, index=False, float_format="%.4f")
+        csv_df.to_csv(tmp, index=False, float_format=RESULTS_FLOAT)
     cmp = paper_comparison(df, cfg)
-    atomic_write_text(paper, "# The paper's numbers beside ours\n\n" + paper_comparison_md(cmp))
-    note = spread_note(cfg)
+    floor = floor_note(list(floors))
+    atomic_write_text(paper, "# The paper's findings and numbers beside ours\n\n" + paper_comparison_md(cmp, df, floor))
+    note = spread_note(cfg, df) + floor + quantile_note(df)
     atomic_write_text(export, "# Integer exports: size and latency against FP32\n\n" + (
         export_tables(list(exports)) if exports else
         f"No variant is exported: no weight width of the matrix is in `export.w_bits` = {cfg['export']['w_bits']}.\n"))
@@ -76,7 +78,7 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
         arch_figure(arch, rows, fig)
         sub = df[df["arch"] == arch][["variant", "fid", "qfid"]]
         sections.append(f"<h2>{arch_title(arch)}</h2><img src='{fig.name}' alt='{arch} samples'>"
-                        + sub.to_html(index=False, float_format=lambda x: f"{x:.2f}"))
+                        + sub.to_html(index=False, float_format=fmt_value))
     link = lambda p: os.path.relpath(p, page_dir)  # noqa: E731
     figure_of = {Path(p).stem[len("fig_samples_"):]: p for p in figures}
     page = (
@@ -84,12 +86,11 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:2px 6px}img{image-rendering:pixelated;max-width:100%}</style>"
         f"<h1>qgan-bench report: profile {html_module.escape(cfg['profile'])}</h1>"
-        f"<p>FID: generated vs real test images; qFID: quantized vs full-precision generator on the same inputs. "
+        f"<p>FID: generated vs real images (each dataset's FID split); qFID: quantized vs full-precision generator on the same inputs. "
         f"Feature space: {html_module.escape(', '.join(sorted(set(df['feature_space']))))}. Activations 8-bit asymmetric static; weights symmetric.</p>"
-        "<h2>Results</h2>" + csv_df.to_html(index=False, float_format=lambda x: f"{x:.2f}")
-        + "<h2>The paper's numbers beside ours</h2><p>Paper: Inception features, 50000 images, paper-scale models; "
-        "differences are meaningful only for a paper-profile run.</p>"
-        + cmp.drop(columns=[c for c in cmp.columns if c.endswith("_std")]).to_html(index=False, float_format=lambda x: f"{x:.2f}", na_rep="–")
+        "<h2>Results</h2>" + csv_df.to_html(index=False, float_format=fmt_value)
+        + "<h2>The paper's findings and numbers beside ours</h2>"
+        + f"<pre>{html_module.escape(Path(paper).read_text())}</pre>"
         + (f"<h2>Figure 1: quantile sweep</h2><img src='{link(fig1)}' alt='quantile sweep'>" if Path(fig1).exists() else "")
         + "".join(f"<h2>Samples by method: {arch_title(a)}</h2><img src='{link(figure_of[a])}' alt='{a} samples by method'>"
                   for a in archs if a in figure_of and Path(figure_of[a]).exists())

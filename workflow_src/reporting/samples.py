@@ -20,12 +20,12 @@ from ..files import atomic_path
 from ..workflow.artifacts import load_eval_inputs, load_quantized, make_arch
 from ..workflow.stages import figure_variants
 from ..workflow.training import load_generator
-from .tables import FP_TITLE, arch_title, method_title
+from .tables import FP_TITLE, arch_title, fmt_value, method_title
 
 
 def _caption(metrics: Dict[str, Any]) -> str:
     std = metrics.get("fid_std")
-    return f"{metrics['fid']:.2f}" + (f" ± {std:.2f}" if isinstance(std, (int, float)) and std == std else "")
+    return fmt_value(metrics["fid"]) + (f" ± {fmt_value(std)}" if isinstance(std, (int, float)) and std == std else "")
 
 
 def _strip(images: torch.Tensor) -> torch.Tensor:

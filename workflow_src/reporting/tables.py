@@ -18,7 +18,17 @@ COLUMNS = ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "
 # Integer export (rule export): the fastest runtime's ratios against FP32 at the largest batch, plus each runtime's.
 EXPORT_COLUMNS = ["runtime", "size_ratio", "latency_ratio", "latency_ratio_b1", "export_within_step", "export_qfid",
                   "onnxruntime_latency_ratio", "onnxruntime_size_ratio", "pt2e_latency_ratio", "pt2e_size_ratio"]
+# The quantile pair a method started from ("a U/L; w U/L") and where it came from: the sweep's pick
+# for the width on validation inputs, or the params key that set it (empty for methods without one).
+QUANTILE_COLUMNS = ["quantiles", "quantiles_from"]
+# The arch's noise floor (rule noise_floor): qFID of the FP generator against itself on other inputs,
+# and FID between the real evaluation and training splits; a value below them is not a difference.
+FLOOR_COLUMNS = ["qfid_floor", "fid_floor"]
+# Trained methods (QAT): the epoch kept, by lowest loss on held-out distillation samples with
+# qat.select: best (-1: the quantile-PTQ start was better than every epoch), else the last one.
+TRAINING_COLUMNS = ["selected_epoch"]
 KEY = ["arch", "method", "per_channel", "w_bits", "a_bits"]
+RESULTS_FLOAT = "%.6g"  # results.csv: six significant digits (a qFID of 3e-5 is not 0.0000)
 FP_TITLE = "full-precision"
 
 
@@ -48,16 +58,24 @@ def sort_results(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def results_csv_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """The ``results.csv`` contract: COLUMNS (then EXPORT_COLUMNS where exports exist),
+    """The ``results.csv`` contract: COLUMNS (then EXPORT_COLUMNS where exports exist, then
+    QUANTILE_COLUMNS where the metrics record them, then FLOOR_COLUMNS where floors were measured,
+    then TRAINING_COLUMNS),
     ``per_channel`` as True/False (empty for FP)."""
-    cols = COLUMNS + [c for c in EXPORT_COLUMNS if c in df.columns]
+    cols = COLUMNS + [c for c in EXPORT_COLUMNS + QUANTILE_COLUMNS + FLOOR_COLUMNS + TRAINING_COLUMNS if c in df.columns]
     out = sort_results(df)[cols].copy()
     out["per_channel"] = out["per_channel"].map(lambda x: "" if x is None or pd.isna(x) else str(bool(x)))
     return out
 
 
+SIG = 3  # significant digits in every table: tiny qFIDs are 1e-4..1e-1, paper FIDs 10..150
+
+
 def fmt_value(x: Any) -> str:
-    return "–" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{x:.2f}"
+    """``x`` to :data:`SIG` significant digits (no exponent above 1e-4), "–" when missing."""
+    if x is None or (isinstance(x, float) and pd.isna(x)):
+        return "–"
+    return f"{x:.{SIG}g}" if x == 0 or abs(x) >= 1e-4 else f"{x:.{SIG - 1}e}"
 
 
 def fmt_spread(row: Any, key: str) -> str:
@@ -65,7 +83,7 @@ def fmt_spread(row: Any, key: str) -> str:
     std = row.get(f"{key}_std") if hasattr(row, "get") else None
     if std is None or pd.isna(std) or pd.isna(row[key]):
         return fmt_value(row[key])
-    return f"{row[key]:.2f} ± {std:.2f}"
+    return f"{fmt_value(row[key])} ± {fmt_value(std)}"
 
 
 def table4(df: pd.DataFrame, cfg: Dict[str, Any]) -> str:
@@ -109,12 +127,56 @@ def table3(df: pd.DataFrame, arch: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def spread_note(cfg: Dict[str, Any]) -> str:
+def spread_note(cfg: Dict[str, Any], df: pd.DataFrame | None = None) -> str:
+    """What ± means, with each arch's number of generated images (``n_samples`` of its metrics:
+    an image-to-image GAN's evaluation set is its test split, which may hold fewer)."""
     b = int(cfg["eval"].get("bootstrap", 0))
     if b < 2:
         return ""
-    return (f"± is the standard deviation over {b} bootstrap resamples of the {cfg['eval']['n_samples']} generated images "
-            "(FID: against the fixed real statistics; qFID: quantized and FP features resampled in pairs, same inputs).\n\n")
+    counts = f"the {cfg['eval']['n_samples']} generated images"
+    if df is not None and "n_samples" in df.columns:
+        per_arch = df.dropna(subset=["n_samples"]).groupby("arch", sort=True)["n_samples"].max()
+        counts = "the generated images (" + ", ".join(f"{arch_title(a)} {int(n)}" for a, n in per_arch.items()) + ")"
+    return (f"± is the standard deviation over {b} bootstrap resamples of {counts} "
+            "(FID: against the fixed real statistics; qFID: quantized and FP features resampled in pairs, same inputs): "
+            "a spread across samples, not across training seeds.\n\n")
+
+
+def quantile_note(df: pd.DataFrame) -> str:
+    """Which quantile pair each arch's methods started from at each width, and where it came from
+    (results.csv's ``quantiles``/``quantiles_from``)."""
+    if "quantiles" not in df.columns:
+        return ""
+    rows = df[df["quantiles"].map(lambda q: isinstance(q, str) and q != "")]
+    if rows.empty:
+        return ""
+    lines = ["Quantile pairs (a: activations, w: weights; upper/lower) and where each came from:"]
+    for (arch, pair, source), g in rows.groupby(["arch", "quantiles", "quantiles_from"], sort=False):  # in report order
+        widths = "/".join(f"w{b}" for b in sorted({int(b) for b in g["w_bits"]}, reverse=True))
+        lines.append(f"- {arch_title(arch)} {widths}, {', '.join(method_title(m) for m in dict.fromkeys(g['method']))}: "
+                     f"{pair} ({source})")
+    return "\n".join(lines) + "\n\n"
+
+
+def merge_floors(df: pd.DataFrame, floor_files: List[str]) -> pd.DataFrame:
+    """``df`` with each arch's FLOOR_COLUMNS (rule noise_floor) on every row of the arch."""
+    if not floor_files:
+        return df
+    floors = pd.DataFrame([json.loads(Path(p).read_text()) for p in floor_files])[["arch"] + FLOOR_COLUMNS]
+    return df.merge(floors, on="arch", how="left")
+
+
+def floor_note(floor_files: List[str]) -> str:
+    """One line per arch: the noise floor of qFID and FID in the tables' feature space."""
+    if not floor_files:
+        return ""
+    floors = sorted((json.loads(Path(p).read_text()) for p in floor_files), key=lambda f: f["arch"])
+    lines = [f"Noise floor [{', '.join(sorted({f['feature_space'] for f in floors}))}]: a difference below it is not one. "
+             "qFID floor: the FP generator against itself on other inputs; FID floor: real evaluation images against real "
+             "training images."]
+    lines += [f"- {arch_title(f['arch'])}: qFID floor {fmt_value(f['qfid_floor'])} ({f['qfid_floor_inputs']}); "
+              f"FID floor {fmt_value(f['fid_floor'])} ({f['fid_floor_splits']})" for f in floors]
+    return "\n".join(lines) + "\n\n"
 
 
 def merge_exports(df: pd.DataFrame, export_files: List[str]) -> pd.DataFrame:

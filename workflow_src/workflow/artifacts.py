@@ -71,27 +71,53 @@ def load_distill(path: str, arch: str) -> Dict[str, Any]:
 def load_quantized(cfg: Dict[str, Any], arch: str, path: str, device: torch.device | None = None) -> torch.nn.Module:
     """A quantized generator written by rule quantize or qat, in eval mode, on ``device`` (default:
     the CPU)."""
+    return read_quantized(cfg, arch, path, device)[0]
+
+
+def read_quantized(cfg: Dict[str, Any], arch: str, path: str, device: torch.device | None = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """:func:`load_quantized` and the record the quantize stage saved with the model (``info``)."""
     saved = torch_load(path)
     if saved.get("arch") != arch:
         raise ValueError(f"{path!r} holds a quantized {saved.get('arch')!r} model, expected {arch!r}")
     registry.method(Variant.parse(saved["variant"]).method).implementation()  # its file may register its observers
     qmodel = quantize_model(make_arch(cfg, arch).build_generator().eval(), QuantSpec.from_dict(saved["spec"]))
     qmodel.load_state_dict(saved["state_dict"])
-    return qmodel.to(device).eval()
+    return qmodel.to(device).eval(), dict(saved.get("info") or {})
 
 
 def feature_space(cfg: Dict[str, Any], features_path: str, device: torch.device | None = None) -> fid.FeatureSpace:
     return fid.load_feature_space(cfg["features"]["kind"], features_path, device)
 
 
-def arch_params(cfg: Dict[str, Any], arch: str, sweep_best: str | None = None) -> Dict[str, Any]:
-    """``archs.<arch>`` with ``quantiles: sweep`` replaced by the sweep's best pair."""
+def pair_text(pair: Dict[str, Dict[str, float]]) -> str:
+    """``a U/L; w U/L``: a quantile pair as results.csv prints it."""
+    return "; ".join(f"{k[0]} {pair[k]['upper']:g}/{pair[k]['lower']:g}" for k in ("activation", "weight"))
+
+
+def arch_params(cfg: Dict[str, Any], arch: str, sweep_best: str | None = None, v: Optional[Variant] = None) -> Dict[str, Any]:
+    """``archs.<arch>`` with ``quantiles`` resolved for variant ``v``: the method's own pair if it
+    sets one (:func:`registry.own_quantiles`), else the arch's; ``sweep`` is replaced by the quantile sweep's
+    pair for ``v``'s weight width.  ``quantiles_from`` says where the pair came from."""
     acfg = dict(cfg["archs"][arch])
-    if acfg["quantiles"] == "sweep":
+    own, key = registry.own_quantiles(cfg, arch, v.method) if v is not None else (None, "")
+    if own is not None:
+        acfg["quantiles"], acfg["quantiles_from"] = own, key
+    elif acfg["quantiles"] == "sweep":
         if not sweep_best:
             raise ValueError(f"archs.{arch}.quantiles is 'sweep': pass the quantile sweep's best.json (--quantiles)")
         best = json.loads(Path(sweep_best).read_text())
-        acfg["quantiles"] = {"activation": best["activation"], "weight": best["weight"]}
+        if "w_bits" not in best:
+            raise ValueError(f"{sweep_best!r} holds no pair per weight width (written before the sweep chose one per width "
+                             "on validation inputs): rerun quantile_sweep")
+        widths = sorted(best["w_bits"], key=int)
+        if v is None or str(v.w_bits) not in best["w_bits"]:
+            raise ValueError(f"{sweep_best!r} has pairs for weight widths {widths}, not for "
+                             f"{'this variant' if v is None else f'{v.name} (w{v.w_bits})'}: rerun quantile_sweep")
+        pick = best["w_bits"][str(v.w_bits)]
+        acfg["quantiles"] = {"activation": pick["activation"], "weight": pick["weight"]}
+        acfg["quantiles_from"] = f"sweep w{v.w_bits} ({best.get('selected_on', 'validation')})"
+    else:
+        acfg["quantiles_from"] = f"archs.{arch}.quantiles"
     return acfg
 
 

@@ -17,7 +17,7 @@ from ..files import atomic_path, write_json
 from ..quality import fid
 from ..utils import seed_everything, torch_save
 from . import tracking
-from .artifacts import feature_space, load_eval_inputs, load_quantized, make_arch, segment_features, segments, variant_tags
+from .artifacts import feature_space, load_eval_inputs, make_arch, read_quantized, segment_features, segments, variant_tags
 from .stages import param_values
 from .training import load_generator
 
@@ -61,10 +61,11 @@ def _evaluate(cfg: Dict[str, Any], arch: str, v: Optional[Variant], model_path: 
 
 
 def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out, out, device=None) -> Dict[str, Any]:
+    info: Dict[str, Any] = {}
     if v is None:
         model = load_generator(cfg, arch, model_path, device)
     else:
-        model = load_quantized(cfg, arch, model_path, device)
+        model, info = read_quantized(cfg, arch, model_path, device)
     inputs, extras = load_eval_inputs(inputs_path, arch)
     a, n, keep = make_arch(cfg, arch), len(inputs), int(cfg["eval"]["grid"])
     # Resumable: after each segment the features so far are checkpointed beside the metrics (a job
@@ -101,4 +102,43 @@ def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats
     save_grid(torch.cat(grids), samples_out)
     resume.finish(ckpt)
     return {"fid": fid_real, "qfid": qfid, "fid_std": fid_std, "qfid_std": qfid_std, "bootstrap": n_boot,
-            "n_samples": int(n), "generate_seconds": gen_seconds}
+            "n_samples": int(n), "generate_seconds": gen_seconds,
+            # the quantile pair the method started from and where it came from (methods that read one)
+            "quantiles": info.get("quantiles", ""), "quantiles_from": info.get("quantiles_from", ""),
+            # trained methods: the epoch kept (qat.select: best picks it on held-out samples; -1: the PTQ start)
+            "selected_epoch": info.get("selected_epoch")}
+
+
+FLOOR_SEED = 606  # offset from `seed`: the noise floor's fresh latents (distill 101, eval 202, validation 505)
+
+
+def noise_floor(cfg: Dict[str, Any], *, arch: str, model: str, fp_stats: str, data: str, features: str, real_test: str,
+                real_train: str, out: str) -> None:
+    """What the feature space cannot tell apart, printed beside every table: ``qfid_floor``, the
+    Fréchet distance between the FP generator on the evaluation inputs (``fp_stats``) and the same
+    FP generator on other inputs (latents of their own seed and the evaluation count; image-to-image
+    GANs: the training images held out for validation), so a qFID below it is indistinguishable from
+    FP; and ``fid_floor``, the distance between the real images of the test split and of the
+    training split (``real_test`` vs ``real_train``)."""
+    from .distill import validation_inputs
+
+    seed_everything(cfg["seed"])
+    device = resolve_device(cfg)
+    fs = feature_space(cfg, features, device)
+    a = make_arch(cfg, arch)
+    if a.input_kind == "latent":
+        g = torch.Generator().manual_seed(cfg["seed"] + FLOOR_SEED)
+        inputs = a.sample_inputs(int(cfg["eval"]["n_samples"]), g)
+        extras, other = a.sample_extras(len(inputs), g), f"{len(inputs)} latents of another seed"
+    else:
+        inputs, extras = validation_inputs(cfg, arch, data)
+        other = f"{len(inputs)} training images held out of distillation"
+    g_fp = load_generator(cfg, arch, model, device)
+    feats = np.concatenate([segment_features(cfg, a, g_fp, inputs, extras, fs, sl)[0]
+                            for sl in tqdm(list(segments(cfg, len(inputs))), desc=f"noise floor {arch}", unit="segment")])
+    reference = fid.load_stats(fp_stats, fs.name)
+    write_json(out, {"arch": arch, "feature_space": fs.name,
+                     "qfid_floor": fid.frechet_distance(fid.statistics(feats), reference), "qfid_floor_inputs": other,
+                     "fid_floor": fid.frechet_distance(fid.load_stats(real_test, fs.name), fid.load_stats(real_train, fs.name)),
+                     "fid_floor_splits": f"{Path(real_test).stem} vs {Path(real_train).stem}",
+                     "environment": describe_runtime(device)})

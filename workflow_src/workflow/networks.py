@@ -3,6 +3,8 @@ profile, pytorch-fid's Inception weights for the paper) and QAT's perceptual net
 offline, or torchvision's VGG16 weights).  Rules in rules/data.smk and rules/qat.smk."""
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List
@@ -42,10 +44,15 @@ def train_features(cfg: Dict[str, Any], *, data: List[str], out: str) -> None:
 
 
 def train_perceptual(cfg: Dict[str, Any], *, data: List[str], out: str) -> None:
-    """Train the tiny profile's perceptual network on the training splits of ``data``."""
-    net = perceptual.train_tiny_vgg(_train_domains(data), cfg["perceptual"]["tinyvgg"], seed=cfg["seed"] + 303,
-                                     device=resolve_device(cfg))
-    torch_save({"cfg": net.cfg, "state_dict": net.state_dict()}, out)
+    """Train the tiny profile's perceptual network on the training splits of ``data``; its pretext
+    accuracy (on trained and on held-out images) is saved with it, and a network at chance is
+    never written (unless ``perceptual.tinyvgg.refuse_at_chance`` is false)."""
+    pcfg = cfg["perceptual"]["tinyvgg"]
+    net, pretext = perceptual.train_tiny_vgg(_train_domains(data), pcfg, seed=cfg["seed"] + 303, device=resolve_device(cfg))
+    print("perceptual network pretext:", json.dumps(pretext))
+    if pcfg.get("refuse_at_chance", True):
+        perceptual.check_pretext(pretext, out)
+    torch_save({"cfg": net.cfg, "state_dict": net.state_dict(), "pretext": pretext}, out)
 
 
 def fetch_weights(section: Dict[str, Any], key: str, default_url: str, file_name: str, dest: Path,

@@ -16,7 +16,7 @@ from ..methods.perceptual import load_perceptual
 from ..utils import torch_save
 from . import tracking
 from .stages import param_values
-from .artifacts import arch_params, load_distill, make_arch, variant_tags
+from .artifacts import arch_params, load_distill, make_arch, pair_text, variant_tags
 from .training import load_discriminator, load_generator
 
 
@@ -28,7 +28,7 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
     v = Variant.parse(variant)
     method = registry.method(v.method)
     needs = method.needs_for(cfg, arch)
-    acfg = arch_params(cfg, arch, quantiles) if "quantiles" in needs else cfg["archs"][arch]
+    acfg = arch_params(cfg, arch, quantiles, v) if "quantiles" in needs else cfg["archs"][arch]
     device = resolve_device(cfg)
     g = load_generator(cfg, arch, fp, device)
     distill_set = load_distill(distill, arch)
@@ -41,7 +41,8 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
     if "perceptual" in needs:
         if not perceptual:
             raise ValueError(f"{v.method} needs --perceptual (the perceptual network, perceptual.kind)")
-        extra["perceptual"] = load_perceptual(cfg["perceptual"]["kind"], perceptual, device)
+        extra["perceptual"] = load_perceptual(cfg["perceptual"]["kind"], perceptual, device,
+                                              refuse_at_chance=cfg["perceptual"].get("tinyvgg", {}).get("refuse_at_chance", True))
     if method.trains:
         if not losses:
             raise ValueError(f"{v.method} writes per-step losses: pass --losses")
@@ -52,6 +53,8 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
         qmodel, spec, record = run_method(g, distill_set["inputs"], v, acfg, cfg, arch=make_arch(cfg, arch), ckpt=ckpt, tracker=run, extras=distill_set["extras"],
                                             job_params=param_values(cfg, "qat" if method.trains else "quantize", {"arch": arch, "variant": v.name}), **extra)
         record["seconds"] = time.time() - t0
+        if "quantiles" in needs:  # the pair the method started from, and where it came from (results.csv)
+            record.update(quantiles=pair_text(acfg["quantiles"]), quantiles_from=acfg["quantiles_from"])
         record["environment"] = describe_runtime(device)  # where and how it computed (issue 15)
         torch_save({"arch": arch, "variant": v.name, "spec": spec.to_dict(), "state_dict": qmodel.state_dict(), "info": record}, model)
         write_json(info, {"arch": arch, "variant": v.name, **record})

@@ -123,20 +123,28 @@ def feature_network(cfg: Mapping[str, Any], w: Mapping[str, str] = None) -> str:
     return "resources/features/tinycnn.pt" if cfg["features"]["kind"] == "tinycnn" else "resources/inception"
 
 
-def real_split(cfg: Mapping[str, Any], arch: str) -> str:
-    """The split of real images FID compares with (two-domain datasets: the target domain B)."""
-    split = cfg["eval"]["real_split"]
-    return f"{split}B" if is_two_domain(cfg["datasets"][cfg["archs"][arch]["dataset"]]["kind"]) else split
+def real_split(cfg: Mapping[str, Any], arch: str, split: str = "") -> str:
+    """The split of real images FID compares with: ``datasets.<name>.fid_split``, default
+    ``eval.real_split`` (two-domain datasets: of the target domain B); ``split`` names another."""
+    ds = cfg["datasets"][cfg["archs"][arch]["dataset"]]
+    split = split or ds.get("fid_split", cfg["eval"]["real_split"])
+    return f"{split}B" if is_two_domain(ds["kind"]) else split
 
 
 def real_statistics(cfg: Mapping[str, Any], w: Mapping[str, str]) -> str:
     return f"stats/{cfg['archs'][w['arch']]['dataset']}-{real_split(cfg, w['arch'])}.npz"
 
 
+def split_statistics(split: str) -> Callable[[Mapping[str, Any], Mapping[str, str]], str]:
+    """The real statistics of the arch's dataset's ``split`` (the noise floor's train and test)."""
+    return lambda cfg, w: f"stats/{cfg['archs'][w['arch']]['dataset']}-{real_split(cfg, w['arch'], split)}.npz"
+
+
 def sweep_best(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
     """The quantile sweep's best pair, for methods that need quantiles when the arch asks for `sweep`."""
     m = registry.method(Variant.parse(w["variant"]).method)
-    if "quantiles" in m.needs_for(cfg, w["arch"]) and cfg["archs"][w["arch"]]["quantiles"] == "sweep":
+    if "quantiles" in m.needs_for(cfg, w["arch"]) and cfg["archs"][w["arch"]]["quantiles"] == "sweep" \
+            and registry.own_quantiles(cfg, w["arch"], m.name)[0] is None:
         return f"sweeps/{w['arch']}/best.json"
     return []
 
@@ -201,8 +209,8 @@ _STAGES = [
           params=("features.inception",), threads=False),
     Stage("real_stats", "feature statistics of real images", "workflow.data:real_stats", wildcards=("dataset", "split"),
           inputs={"data": Artifact("data/{dataset}", "the prepared dataset"), "features": Artifact(feature_network, "the FID feature network")},
-          outputs={"out": Artifact("stats/{dataset}-{split}.npz", "mean and covariance of the split's features")},
-          params=("features", "eval.batch_size")),
+          outputs={"out": Artifact("stats/{dataset}-{split}.npz", "mean and covariance of the split's features (all: every split)")},
+          params=("seed", "features", "eval.batch_size", "eval.real_split", "datasets.{dataset}")),
     # full-precision GANs (rules/train.smk)
     Stage("train_fp", "train a full-precision GAN (resumes from --ckpt)", "workflow.fp:train_fp", wildcards=("arch",),
           inputs={"data": Artifact(arch_data, "the prepared dataset")},
@@ -220,7 +228,7 @@ _STAGES = [
     Stage("distill", "generate the distillation set", "workflow.distill:distill", wildcards=("arch",),
           inputs={"data": Artifact(arch_data, "the prepared dataset (CycleGAN: the source images)"),
                   "fp": Artifact("models/fp/{arch}.pt", "the FP networks")},
-          outputs={"out": Artifact("distill/{arch}.pt", "inputs and the FP generator's outputs")}, params=("seed", "distill", *_ARCH)),
+          outputs={"out": Artifact("distill/{arch}.pt", "inputs and the FP generator's outputs")}, params=("seed", "distill", "sweep.validation_samples", *_ARCH)),
     Stage("eval_inputs", "draw the seeded evaluation inputs", "workflow.distill:eval_inputs", wildcards=("arch",),
           inputs={"data": Artifact(arch_data, "the prepared dataset (CycleGAN: the source images)")},
           outputs={"out": Artifact("eval/{arch}/inputs.pt", "latents or source images, and per-sample extras")},
@@ -262,14 +270,24 @@ _STAGES = [
           outputs={"metrics": Artifact("metrics/{arch}/{variant}.json", "FID, qFID and their bootstrap spreads"),
                    "samples": Artifact("samples/{arch}/{variant}.png", "a row of samples")},
           params=("seed", "eval")),
+    Stage("noise_floor", "the feature space's noise floor: FP vs FP on other inputs, real split vs split",
+          "workflow.evaluate:noise_floor", wildcards=("arch",),
+          inputs={"model": Artifact("models/fp/{arch}.pt", "the FP networks"),
+                  "fp_stats": Artifact("eval/{arch}/fp_stats.npz", "the FP generator's feature statistics on the evaluation inputs"),
+                  "data": Artifact(arch_data, "the prepared dataset (CycleGAN: the held-out training images)"),
+                  "features": Artifact(feature_network, "the FID feature network"),
+                  "real_test": Artifact(split_statistics("test"), "the real test images' statistics"),
+                  "real_train": Artifact(split_statistics("train"), "the real training images' statistics")},
+          outputs={"out": Artifact("metrics/{arch}/noise_floor.json", "qfid_floor and fid_floor")},
+          params=("seed", "eval", "sweep.validation_samples", "distill.size", *_ARCH)),
     # the quantile sweep, paper Figure 1 (rules/sweep.smk)
     Stage("quantile_sweep", "qFID over activation/weight quantile pairs (Figure 1)", "workflow.sweep:run_sweep", wildcards=("arch",),
           inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "distill": Artifact("distill/{arch}.pt", "the distillation set"),
-                  "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs"), "features": Artifact(feature_network, "the FID feature network"),
-                  "fp_stats": Artifact("eval/{arch}/fp_stats.npz", "the FP generator's feature statistics")},
-          outputs={"csv": Artifact("sweeps/{arch}/quantile_sweep.csv", "qFID per pair and weight width"),
-                   "best": Artifact("sweeps/{arch}/best.json", "the best pair")},
-          params=("seed", "sweep", "calibration", "distill.batch_size", "eval", *_ARCH)),
+                  "data": Artifact(arch_data, "the prepared dataset (CycleGAN: validation images outside the distillation set)"),
+                  "features": Artifact(feature_network, "the FID feature network")},
+          outputs={"csv": Artifact("sweeps/{arch}/quantile_sweep.csv", "validation qFID per pair and weight width"),
+                   "best": Artifact("sweeps/{arch}/best.json", "the best pair per weight width")},
+          params=("seed", "sweep", "matrix", "calibration", "distill", "eval", *_ARCH)),
     Stage("fig1", "the quantile-sweep figure and table", "workflow.sweep:figure",
           inputs={"sweeps": Artifact(lambda cfg, w=None: [f"sweeps/{a}/quantile_sweep.csv" for a in cfg["matrix"]["archs"]],
                                      "every arch's sweep", many=True)},
@@ -305,7 +323,9 @@ _STAGES = [
                   "fig1": Artifact("reports/fig1_quantile_sweep.png", "Figure 1"),
                   "figures": Artifact(lambda cfg, w=None: [f"reports/fig_samples_{a}.png" for a in cfg["matrix"]["archs"]], "the sample figures", many=True),
                   "exports": Artifact(_every("metrics/{arch}/{variant}.export.json", lambda cfg: [v.name for v in exported_variants(cfg)]),
-                                      "the export summaries (rule export)", many=True, optional=True)},
+                                      "the export summaries (rule export)", many=True, optional=True),
+                  "floors": Artifact(lambda cfg, w=None: [f"metrics/{a}/noise_floor.json" for a in cfg["matrix"]["archs"]],
+                                     "each arch's noise floor (rule noise_floor)", many=True)},
           outputs={"results": Artifact("reports/results.csv", "one row per variant", report={"caption": "captions/results.rst", "category": "Tables"}),
                    "table4": Artifact("reports/table4.md", "Table 4 layout", report={"caption": "captions/table4.rst", "category": "Tables"}),
                    "table3": Artifact("reports/table3.md", "Table 3 layout", report={"caption": "captions/table3.rst", "category": "Tables"}),

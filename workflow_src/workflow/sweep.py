@@ -1,10 +1,13 @@
 """The quantile sweep of the paper's Figure 1: qFID of vanilla quantile PTQ as a function of the
 activation quantile pair, with the weight quantile pair as a second axis, for every arch.
 
-One job per arch quantizes the generator once per (activation pair, weight pair, weight bits),
-calibrates on the distillation set and measures qFID against the FP generator on the shared
-evaluation inputs.  The best pair (lowest mean qFID over the swept bit widths) is written to
-``best.json``; ``archs.<arch>.quantiles: sweep`` makes vanilla PTQ and BRECQ use it.
+One job per arch quantizes the generator once per (activation pair, weight pair, weight width),
+calibrates on the distillation set and measures qFID against the FP generator, both on the arch's
+validation inputs (:func:`.distill.validation_inputs`): never the evaluation inputs or the real
+statistics the report scores, so the pair it picks is not chosen on the test set.  It sweeps every
+weight width at which the matrix has a method that reads the pair (:func:`sweep_widths`) and picks
+the pair with the lowest validation qFID per width; ``best.json`` holds one pair per width and
+``archs.<arch>.quantiles: sweep`` makes those methods use their width's pair.
 """
 from __future__ import annotations
 
@@ -16,12 +19,13 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import registry, resume
-from ..config import Variant
+from ..config import Variant, variants
 from ..device import describe_runtime, resolve_device
 from ..files import atomic_path, write_json
 from ..quality import fid
 from ..utils import torch_save
-from .artifacts import feature_space, load_distill, load_eval_inputs, make_arch, segment_features, segments
+from .artifacts import feature_space, load_distill, make_arch, segment_features, segments
+from .distill import validation_inputs
 from .stages import param_values
 from .training import load_generator
 
@@ -30,10 +34,29 @@ def pair_label(pair) -> str:
     return f"{pair[0]:g}/{pair[1]:g}"
 
 
-def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, inputs: str, features: str, fp_stats: str,
+def sweep_widths(cfg: Dict[str, Any]) -> List[int]:
+    """The weight widths the sweep runs at: every width of the matrix at which some method reads
+    the quantile pair (widest first)."""
+    return sorted({v.w_bits for v in variants(cfg) if registry.method(v.method).may_need("quantiles")}, reverse=True)
+
+
+def choose(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Per weight width (a string key, as in JSON), the pair with the lowest validation qFID;
+    ties go to the pair swept first."""
+    best: Dict[str, Dict[str, Any]] = {}
+    for r in rows:
+        k = str(int(r["w_bits"]))
+        if k not in best or r["qfid"] < best[k]["qfid"]:
+            best[k] = {"activation": {"upper": r["act_upper"], "lower": r["act_lower"]},
+                       "weight": {"upper": r["weight_upper"], "lower": r["weight_lower"]}, "qfid": r["qfid"]}
+    return best
+
+
+def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, data: str, features: str,
               csv: str, best: str) -> List[Dict[str, Any]]:
     """Quantize ``arch``'s FP generator with the swept method (the registry's ``sweep`` method:
-    vanilla quantile PTQ) for every pair; qFID of each on the evaluation inputs; the best pair."""
+    vanilla quantile PTQ) for every pair and width; qFID of each against the FP generator on the
+    validation inputs; the best pair per width."""
     out_csv, out_best = csv, best
     scfg = cfg["sweep"]
     method = registry.swept_method()
@@ -41,31 +64,38 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, inputs: 
     device = resolve_device(cfg)
     g = load_generator(cfg, arch, fp, device)
     distill_set = load_distill(distill, arch)
-    inputs, extras = load_eval_inputs(inputs, arch)
+    inputs, extras = validation_inputs(cfg, arch, data)
     a = make_arch(cfg, arch)
     fs = feature_space(cfg, features, device)
-    fp_stats = fid.load_stats(fp_stats, fs.name)
-    grid = [(a, w, b) for a in scfg["activation"] for w in scfg["weight"] for b in scfg["w_bits"]]
+    widths = sweep_widths(cfg)
+    if not widths:
+        raise ValueError("the quantile sweep has no weight width to run at: no method of 'matrix.methods' reads the quantile pair")
+    grid = [(a, w, b) for b in widths for a in scfg["activation"] for w in scfg["weight"]]
     # Resumable: the rows of the pairs done are checkpointed beside the CSV after each pair (a job
     # killed at its wall time resumes at the next pair), resumed only by the same work.
     ckpt = Path(str(out_csv) + ".ckpt.pt")
     fingerprint = resume.job_fingerprint(param_values(cfg, "quantile_sweep", {"arch": arch}), [__name__, *resume.modules_of(a)],
-                                         features=fs.name, inputs=resume.tensor_digest(g.state_dict(), distill_set, inputs, extras))
+                                         features=fs.name, widths=widths,
+                                         inputs=resume.tensor_digest(g.state_dict(), distill_set, inputs, extras))
     saved = resume.load_checkpoint(ckpt, fingerprint)
     rows: List[Dict[str, Any]] = [] if saved is None else list(saved["rows"])
     if rows:
         print(f"resuming the sweep from {ckpt} after {len(rows)} of {len(grid)} variants")
+
+    def features_of(model) -> np.ndarray:  # generated and scored segment by segment: one segment's images in memory at a time
+        return np.concatenate([segment_features(cfg, a, model, inputs, extras, fs, sl)[0] for sl in segments(cfg, len(inputs))])
+
+    reference = fid.statistics(features_of(g))  # the FP generator on the same validation inputs
     for a_pair, w_pair, bits in tqdm(grid[len(rows):], initial=len(rows), total=len(grid), desc=f"quantile sweep {arch}", unit="variant"):
         arch_cfg = {**cfg["archs"][arch], "quantiles": {"activation": {"upper": a_pair[0], "lower": a_pair[1]},
                                                          "weight": {"upper": w_pair[0], "lower": w_pair[1]}}}
         v = Variant(method.name, bool(scfg["per_channel"]), int(bits), 8)
         q, _, _ = run_method(g, distill_set["inputs"], v, arch_cfg, cfg, arch=a, extras=distill_set["extras"])
-        # generated and scored segment by segment: one segment's images in memory at a time
-        feats = np.concatenate([segment_features(cfg, a, q, inputs, extras, fs, sl)[0] for sl in segments(cfg, len(inputs))])
         rows.append({"arch": arch, "act_upper": a_pair[0], "act_lower": a_pair[1], "weight_upper": w_pair[0],
                      "weight_lower": w_pair[1], "w_bits": int(bits), "a_bits": 8, "per_channel": bool(scfg["per_channel"]),
-                     "qfid": fid.frechet_distance(fid.statistics(feats), fp_stats), "feature_space": fs.name})
-        del q, feats
+                     "qfid": fid.frechet_distance(fid.statistics(features_of(q)), reference), "feature_space": fs.name,
+                     "split": "validation", "samples": len(inputs)})
+        del q
         if len(rows) < len(grid):
             torch_save({"rows": rows, "fingerprint": fingerprint}, ckpt)
     with atomic_path(out_csv) as tmp:
@@ -73,16 +103,16 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, inputs: 
             w = csv_module.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    # best pair: the lowest qFID averaged over the swept weight bit widths
-    scores: Dict[tuple, List[float]] = {}
-    for r in rows:
-        scores.setdefault((r["act_upper"], r["act_lower"], r["weight_upper"], r["weight_lower"]), []).append(r["qfid"])
-    best = min(scores, key=lambda k: sum(scores[k]) / len(scores[k]))
-    write_json(out_best, {"arch": arch, "activation": {"upper": best[0], "lower": best[1]},
-                          "weight": {"upper": best[2], "lower": best[3]}, "mean_qfid": sum(scores[best]) / len(scores[best]),
+    write_json(out_best, {"arch": arch, "w_bits": choose(rows),
+                          "selected_on": f"validation qFID against the FP generator on {len(inputs)} validation inputs "
+                                         f"({VALIDATION_NOTE[a.input_kind]}), {'per-channel' if scfg['per_channel'] else 'per-tensor'} weights, a8",
                           "environment": describe_runtime(device)})
     resume.finish(ckpt)
     return rows
+
+
+VALIDATION_NOTE = {"latent": "latents of their own seed, not the evaluation latents",
+                   "image": "training images held out of the distillation set, not the test split"}
 
 
 def figure(cfg: Dict[str, Any], *, sweeps: List[str], png: str, csv: str) -> None:
@@ -110,10 +140,11 @@ def figure(cfg: Dict[str, Any], *, sweeps: List[str], png: str, csv: str) -> Non
         ax.set_xscale("log")
         ax.invert_xaxis()
         ax.set_xlabel("1 - upper activation quantile (1e-5 = min/max)")
-        ax.set_ylabel(f"qFID [{sub['feature_space'].iloc[0]}]")
+        ax.set_ylabel(f"validation qFID [{sub['feature_space'].iloc[0]}]")
         ax.set_title(arch)
         ax.legend(fontsize=6)
-    fig.suptitle("Figure 1: vanilla PTQ qFID vs activation quantile (lower quantile symmetric)", fontsize=9)
+    fig.suptitle("Figure 1: vanilla PTQ qFID vs activation quantile (lower quantile symmetric), "
+                 "on validation inputs (not the evaluation inputs)", fontsize=9)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
