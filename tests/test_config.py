@@ -82,6 +82,13 @@ def test_lower_quantile_must_be_below_upper(base):
     cfg = _mutated(base, ("archs", "cyclegan", "quantiles", "activation"), {"upper": 0.9, "lower": 0.9})
     with pytest.raises(qcfg.ConfigError, match=r"archs\.cyclegan\.quantiles\.activation.*0\.9"):
         qcfg.validate(cfg)
+    # a method's own pair, top-level and per arch, named once each
+    for where in (("qat",), ("archs", "sagan", "qat")):
+        cfg = _mutated(base, (*where, "quantiles"), {**PAIRS, "weight": {"upper": 0.5, "lower": 0.6}})
+        with pytest.raises(qcfg.ConfigError) as err:
+            qcfg.validate(cfg)
+        key = ".".join(where) + ".quantiles.weight"
+        assert str(err.value).count(f"'{key}'") == 1, str(err.value)
 
 
 def test_cross_references(base):

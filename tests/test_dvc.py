@@ -34,8 +34,9 @@ def test_dvc_and_snakemake_agree(jobs):
         for j in jobs:
             st = stages[j["name"]]
             assert sorted(o.def_path for o in st.outs) == sorted(j["outputs"]), j["name"]
-            deps = sorted(d.def_path for d in st.deps if d.def_path != "params.yaml")
-            assert deps == sorted(j["inputs"]), j["name"]
+            deps = [d.def_path for d in st.deps if d.def_path != "params.yaml"]
+            assert sorted(d for d in deps if not d.startswith("workflow_src/")) == sorted(j["inputs"]), j["name"]
+            assert [d for d in deps if d.startswith("workflow_src/")] == dvc_yaml.code_deps(j["rule"], j["wildcards"], j["inputs"]), j["name"]
         # edges: a DVC stage depends on exactly the stages whose outputs Snakemake feeds into it
         producer = {o: j["name"] for j in jobs for o in j["outputs"]}
         for j in jobs:
@@ -51,11 +52,29 @@ def test_params_name_exactly_what_each_stage_reads(jobs):
     assert "archs.stylegan.quantiles" in q and "archs.stylegan.quantiles" not in m
     assert not any("sagan" in p or "cyclegan" in p for p in q)
     # the report reads the matrix, the bootstrap size and sample count (its caption), and which QAT
-    # loss ran (the appendix B comparison)
-    assert doc["report"]["params"] == ["matrix", "eval.bootstrap", "eval.n_samples", "qat.distill_loss"]
+    # loss ran, per arch (the appendix B comparison)
+    assert doc["report"]["params"] == ["matrix", "eval.bootstrap", "eval.n_samples", "qat.distill_loss", "archs"]
     qat = doc["qat.sagan.lsq-qat-tensor-w4a8"]["params"]
     assert {"qat", "archs.sagan.qat", "perceptual"} <= set(qat) and "brecq" not in qat
     assert "resources/perceptual/tinyvgg.pt" in doc["qat.sagan.lsq-qat-tensor-w4a8"]["deps"]
+
+
+def test_each_stage_depends_on_the_code_it_runs():
+    """A stage's code dependencies are its stage module, the method and arch its wildcards name,
+    and what they import: BRECQ's file for an AR-BRECQ variant, not QAT's; the arch's own file,
+    not another arch's; no method file for the FP evaluation."""
+    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    code = lambda name: {d for d in doc[name]["deps"] if d.endswith(".py")}  # noqa: E731
+    brecq = code("quantize.cyclegan.ar-brecq-tensor-w4a8")
+    assert {"workflow_src/workflow/quantize.py", "workflow_src/methods/brecq.py", "workflow_src/archs/cyclegan.py",
+            "workflow_src/quant/adaround.py"} <= brecq
+    assert "workflow_src/methods/qat.py" not in brecq and "workflow_src/archs/sagan.py" not in brecq
+    assert "workflow_src/methods/qat.py" in code("qat.cyclegan.ma-qat-tensor-w4a8")
+    assert "workflow_src/methods/qat.py" in code("evaluate.cyclegan.ma-qat-tensor-w4a8")  # loading the model imports its method
+    assert {"workflow_src/methods/qat.py", "workflow_src/methods/brecq.py"} <= code("sample_figure.cyclegan")  # every method's models
+    fp = code("evaluate_fp.cyclegan")
+    assert "workflow_src/workflow/evaluate.py" in fp and not any(d.startswith("workflow_src/methods/") for d in fp)
+    assert all((ROOT / d).is_file() for s in doc for d in code(s))
 
 
 def _dvc(args, cwd, check=True, warm=False):
@@ -132,6 +151,25 @@ def _check_only_quantile_readers_change(dvc_project, params):
     dry = _dvc(["repro", "--dry"], dvc_project)
     ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert ran and not any("ptq-minmax" in s or "train" in s or "distill" in s for s in ran), ran
+
+
+@pytest.mark.workflow
+def test_editing_a_method_file_reruns_only_the_stages_that_run_it(dvc_project):
+    """A comment appended to MA-QAT's file changes exactly the stages whose code it is (its
+    training, evaluation, export and the figures and report that load its models): never the
+    FP training, the distillation set or the PTQ variants."""
+    qat = dvc_project / "workflow_src" / "methods" / "qat.py"
+    before = qat.read_text()
+    qat.write_text(before + "# an edit\n")
+    try:
+        import json
+
+        changed = set(json.loads(_dvc(["status", "--json"], dvc_project)))
+    finally:  # the other tests share the built project
+        qat.write_text(before)
+    assert "qat.sagan.ma-qat-tensor-w4a8" in changed
+    assert changed and all("ma-qat" in s or s.split(".")[0] in ("report", "sample_figure") for s in changed), sorted(changed)
+    assert "up to date" in _dvc(["status"], dvc_project).lower()
 
 
 @pytest.mark.workflow

@@ -155,11 +155,11 @@ def test_sweep_killed_mid_way_resumes_at_the_next_pair(world, tmp_path, monkeypa
     assert len(reference[0].splitlines()) == 1 + 4  # header + 2 x 2 pairs
     d = tmp_path / "killed"
     # 40 validation samples, segments of 16: 3 segments for the FP reference, then 3 per pair
-    _count_segments(monkeypatch, sweep_stage, kill_after=3 + 2 * 3 + 1)  # during the third pair
+    _count_segments(monkeypatch, distill_stage, kill_after=3 + 2 * 3 + 1)  # during the third pair (the sweep scores through distill.ValidationQFID)
     with pytest.raises(Killed):
         _sweep(cfg, files, d)
     assert (d / "sweep.csv.ckpt.pt").exists() and not (d / "sweep.csv").exists()
-    calls = _count_segments(monkeypatch, sweep_stage)
+    calls = _count_segments(monkeypatch, distill_stage)
     resumed = _sweep(cfg, files, d)
     assert len(calls) == 3 + 2 * 3  # the FP reference again (not checkpointed), then the third and fourth pairs only
     assert resumed == reference

@@ -28,7 +28,7 @@ class Killed(Exception):
 @pytest.fixture(scope="module")
 def cfg():
     c = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
-    c["qat"].update(epochs=3, ma_epochs=1, batch_size=4, lr_weights=1e-3, lr_qparams=1e-3, lr_d=1e-3, validation=0, select="last")
+    c["qat"].update(epochs=3, ma_epochs=1, batch_size=4, lr_weights=1e-3, lr_qparams=1e-3, lr_d=1e-3, validation=0, select="last", select_on="loss")
     c["qat"]["loss_weights"]["adversarial"] = 0.01  # micro.yaml turns it off for its workflow run; exercised here
     return c
 
@@ -313,13 +313,46 @@ def test_select_best_keeps_the_epoch_with_the_lowest_validation_loss(cfg):
 
 def test_config_rejects_a_validation_split_that_leaves_no_training(cfg):
     bad = qcfg.load([ROOT / "params.yaml"])
-    bad["qat"]["validation"] = bad["distill"]["size"] - 8
+    bad["qat"]["validation"] = bad["distill"]["size"] - 8  # (the tiny profile holds none out: it selects on the validation qFID)
     with pytest.raises(qcfg.ConfigError, match=r"qat.validation' = 248"):
         qcfg.validate(bad)
     bad = qcfg.load([ROOT / "params.yaml"])
-    bad["archs"]["sagan"]["qat"] = {**bad["archs"]["sagan"]["qat"], "validation": 0}
-    with pytest.raises(qcfg.ConfigError, match=r"archs.sagan.qat.select' = 'best' needs a validation split"):
+    bad["archs"]["sagan"]["qat"] = {**bad["archs"]["sagan"]["qat"], "validation": 0, "select": "best", "select_on": "loss"}
+    with pytest.raises(qcfg.ConfigError, match=r"archs.sagan.qat.select' = 'best' on the validation loss needs a validation split"):
         qcfg.validate(bad)
+    bad["archs"]["sagan"]["qat"]["select_on"] = "qfid"  # selecting on the validation inputs' qFID needs no held-out samples
+    qcfg.validate(bad)
+
+
+def test_select_on_qfid_keeps_the_epoch_the_scorer_ranks_best(cfg):
+    """``select_on: qfid``: every validation record carries the scorer's qFID, and the model kept
+    is exactly the one of the epoch with the lowest (here epoch 0 of -1..2, then the PTQ start),
+    whatever the held-out loss says; without a scorer it refuses to start."""
+    c = copy.deepcopy(cfg)
+    c["qat"].update(validation=0, select="best", select_on="qfid")
+    for scores, chosen in (([0.5, 0.1, 0.3, 0.2], 0), ([0.1, 0.5, 0.3, 0.2], -1)):
+        qm, D, x, y, loss = _setup(c, "sagan", "ma-qat")
+        states = {-1: copy.deepcopy(qm.state_dict())}
+        calls = iter(scores)
+        info = qat_mod.train_qat(qm, D, x, y, "ma-qat", qat_mod.qat_params(c, "sagan"), loss, seed=0,
+                                 scorer=lambda m: {"qfid": next(calls)},
+                                 epoch_hook=lambda e, m: states.__setitem__(e, copy.deepcopy(m.state_dict())))
+        assert [r["qfid"] for r in info["validation"]] == scores and "distill" not in info["validation"][0]
+        assert info["selected_epoch"] == chosen and info["select_on"] == "qfid"
+        for k, v in states[chosen].items():
+            assert torch.equal(qm.state_dict()[k], v), k
+        assert any(not torch.equal(states[2][k], v) for k, v in states[chosen].items())  # not simply the last model
+    c["qat"]["select_spreads"] = 1.0  # an epoch must beat the kept model by more than one combined spread
+    scores = [(0.5, 0.1), (0.45, 0.1), (0.2, 0.1), (0.15, 0.1)]  # 0.45 and 0.15 are within the noise of what they follow
+    for spreads, chosen in ((1.0, 1), (0.0, 2)):
+        c["qat"]["select_spreads"] = spreads
+        qm, D, x, y, loss = _setup(c, "sagan", "ma-qat")
+        calls = iter(scores)
+        info = qat_mod.train_qat(qm, D, x, y, "ma-qat", qat_mod.qat_params(c, "sagan"), loss, seed=0,
+                                 scorer=lambda m: dict(zip(("qfid", "qfid_std"), next(calls))))
+        assert info["selected_epoch"] == chosen, spreads
+    with pytest.raises(ValueError, match="select_on = 'qfid' needs the validation scorer"):
+        qat_mod.train_qat(qm, D, x, y, "ma-qat", qat_mod.qat_params(c, "sagan"), loss, seed=0)
 
 
 def test_a_crafted_vgg16_file_is_refused_and_runs_nothing(tmp_path):

@@ -43,6 +43,15 @@ def test_comparison_puts_ours_beside_the_paper_with_ranks_not_differences():
     assert "| Table 4 | StyleGAN | LSQ-QAT | ✗ | w4a8 | 33.1 | 30 ± 0.4 | 11 | 12.5 ± 0.2 | 1 | 2 |" in md
     appendix_b = cmp[cmp["table"] == "App. B"]
     assert len(appendix_b) == 2 and appendix_b["ours_qfid"].isna().all()  # our QAT used the perceptual loss
+    # an arch whose QAT distils with pixel MSE: its QAT rows meet the paper's MSE ablation (appendix B), not Table 4
+    ours.loc[len(ours)] = {"arch": "stylegan", "method": "ma-qat", "per_channel": True, "w_bits": 8, "a_bits": 8, "fid": 30.0,
+                           "qfid": 7.0, "fid_std": 0.4, "qfid_std": 0.2, "feature_space": "inception-2048d"}
+    cfg["archs"]["stylegan"]["qat"] = {**cfg["archs"]["stylegan"]["qat"], "distill_loss": "mse"}
+    cmp = report.paper_comparison(ours, cfg)
+    b = cmp[(cmp["table"] == "App. B") & (cmp["arch"] == "stylegan")].iloc[0]
+    assert (b["paper_qfid"], b["ours_qfid"]) == (41.2, 7.0)
+    assert cmp[(cmp["table"] == "Table 4") & (cmp["arch"] == "stylegan") & cmp["method"].isin(["ma-qat", "lsq-qat"])]["ours_qfid"].isna().all()
+    assert cmp[(cmp["table"] == "App. B") & (cmp["arch"] == "sagan")]["ours_qfid"].isna().all()  # SAGAN's QAT stays perceptual
 
 
 def test_spearman_equals_scipys():
@@ -171,3 +180,15 @@ def test_the_spread_note_names_each_archs_own_sample_count():
     df = pd.DataFrame([{"arch": "cyclegan", "n_samples": 300}, {"arch": "sagan", "n_samples": 1000}, {"arch": "sagan", "n_samples": 1000}])
     note = tables.spread_note(cfg, df)
     assert "CycleGAN 300" in note and "SAGAN 1000" in note and "20 bootstrap" in note and "not across training seeds" in note
+
+
+def test_the_selection_note_counts_the_cells_that_kept_their_ptq_start():
+    from workflow_src.reporting.tables import selection_note
+
+    df = pd.DataFrame({"arch": ["sagan"] * 4, "method": ["ma-qat", "ma-qat", "lsq-qat", "ptq-minmax"],
+                       "selected_epoch": [-1, 5, 7, None],
+                       "selected_on": ["validation qfid", "validation qfid", "last epoch", None]})
+    note = selection_note(df)
+    assert "- MA-QAT: the start in 1 of 2 cells; epochs kept [-1, 5] (validation qfid)" in note
+    assert "- LSQ-QAT: the start in 0 of 1 cells; epochs kept [7] (last epoch)" in note
+    assert "Min-max" not in note and selection_note(df.drop(columns=["selected_epoch"])) == ""

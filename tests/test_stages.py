@@ -83,6 +83,15 @@ def test_paths_that_depend_on_the_params():
     assert stages.sweep_best(cfg, w) == [] and stages.perceptual_network(cfg, w) == []
     w["variant"] = "lsq-qat-tensor-w4a8"
     assert stages.sweep_best(cfg, w) == "sweeps/cyclegan/best.json"
+    cfg["archs"]["cyclegan"]["qat"]["distill_loss"] = "perceptual"
     assert stages.perceptual_network(cfg, w) == "resources/perceptual/tinyvgg.pt"
-    cfg["archs"]["cyclegan"]["qat"]["distill_loss"] = "mse"  # the appendix B ablation needs no perceptual network
+    cfg["archs"]["cyclegan"]["qat"]["distill_loss"] = "mse"  # the appendix B loss (the tiny CycleGAN's) needs no perceptual network
     assert stages.perceptual_network(cfg, w) == []
+    for select_on, planned in (("loss", ([], [])), ("qfid", ("resources/features/tinycnn.pt", "data/h2z-synthetic"))):
+        cfg["archs"]["cyclegan"]["qat"].update(select="best", select_on=select_on)  # a validation qFID reads the feature network and the dataset
+        assert (stages.validation_features(cfg, w), stages.validation_data(cfg, w)) == planned, select_on
+    cfg["archs"]["cyclegan"]["qat"]["select"] = "last"  # nothing is selected: nothing scored
+    assert (stages.validation_features(cfg, w), stages.validation_data(cfg, w)) == ([], [])
+    cfg["archs"]["cyclegan"]["qat"]["select"] = "best"
+    w["variant"] = "ar-brecq-tensor-w4a8"  # methods without that need never read them
+    assert (stages.validation_features(cfg, w), stages.validation_data(cfg, w)) == ([], [])

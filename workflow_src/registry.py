@@ -62,7 +62,7 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple
 PACKAGE = Path(__file__).resolve().parent
 
 KINDS = ("ptq", "reconstruction", "qat")
-NEEDS = ("quantiles", "discriminator", "perceptual", "distill")
+NEEDS = ("quantiles", "discriminator", "perceptual", "distill", "validation")
 # Which kinds each table shows by default (the paper's Table 3: post-training methods; Table 4:
 # vanilla PTQ against QAT).
 TABLES = {"table3": ("ptq", "reconstruction"), "table4": ("ptq", "qat")}
@@ -70,8 +70,10 @@ TABLES = {"table3": ("ptq", "reconstruction"), "table4": ("ptq", "qat")}
 # in batches of distill.batch_size, of the arch's generator.
 COMMON_READS = ("calibration.images", "distill.batch_size", "archs.{arch}.model", "archs.{arch}.resolution")
 # What a need implies the method reads: the quantile pair (or the sweep's best pair) and the
-# quantile observer's moving-average momentum; the perceptual network's section.
-NEED_READS = {"quantiles": ("calibration.momentum", "archs.{arch}.quantiles"), "perceptual": ("perceptual",)}
+# quantile observer's moving-average momentum; the perceptual network's section; the validation
+# inputs (workflow/distill.py: validation_inputs) and the feature space a validation qFID is measured in.
+NEED_READS = {"quantiles": ("calibration.momentum", "archs.{arch}.quantiles"), "perceptual": ("perceptual",),
+              "validation": ("sweep.validation_samples", "features")}
 
 
 class RegistryError(ValueError):

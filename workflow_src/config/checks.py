@@ -31,8 +31,21 @@ def _finite(cfg: Any, key: str = "") -> List[str]:
     return []
 
 
+def _quantile_pairs(cfg: Dict[str, Any]) -> List[str]:
+    """Every quantile pair the params set: the archs' (archs.<arch>.quantiles), and the methods' own
+    (a method section's ``quantiles``, top-level and per arch), lower below upper."""
+    files = registry.method_files()
+    places = [(f"{sec}.quantiles", (cfg.get(sec) or {}).get("quantiles")) for f in files for sec in f.sections]
+    for arch, acfg in cfg["archs"].items():
+        places.append((f"archs.{arch}.quantiles", acfg["quantiles"]))
+        places += [(f"archs.{arch}.{sec}.quantiles", (acfg.get(sec) or {}).get("quantiles")) for f in files for sec in f.per_arch]
+    return [f"key '{where}.{which}': lower = {pair['lower']} must be < upper = {pair['upper']}"
+            for where, pairs in places for which, pair in (pairs.items() if isinstance(pairs, dict) else ())
+            if pair["lower"] >= pair["upper"]]
+
+
 def _archs(cfg: Dict[str, Any]) -> List[str]:
-    found: List[str] = []
+    found: List[str] = _quantile_pairs(cfg)
     for arch in cfg["matrix"]["archs"]:
         if arch not in cfg["archs"]:
             found.append(f"key 'matrix.archs' names {arch!r} but 'archs.{arch}' is not configured")
@@ -40,13 +53,6 @@ def _archs(cfg: Dict[str, Any]) -> List[str]:
         ds = acfg["dataset"]
         if ds not in cfg["datasets"]:
             found.append(f"key 'archs.{arch}.dataset' = {ds!r}: no such entry under 'datasets' (known: {sorted(cfg['datasets'])})")
-        own = [(f"archs.{arch}.{sec}.quantiles", (acfg.get(sec) or {}).get("quantiles")) for f in registry.method_files() for sec in f.per_arch]
-        if arch == next(iter(cfg["archs"])):  # the methods' own top-level pairs, once
-            own += [(f"{sec}.quantiles", (cfg.get(sec) or {}).get("quantiles")) for f in registry.method_files() for sec in f.sections]
-        for where, pairs in [(f"archs.{arch}.quantiles", acfg["quantiles"]), *own]:
-            for which, pair in (pairs.items() if isinstance(pairs, dict) else ()):
-                if pair["lower"] >= pair["upper"]:
-                    found.append(f"key '{where}.{which}': lower = {pair['lower']} must be < upper = {pair['upper']}")
         res = acfg["resolution"]
         ds_res = (cfg["datasets"].get(ds) or {}).get("resolution")
         if ds_res is not None and ds_res != res:
@@ -168,8 +174,10 @@ def _counts(cfg: Dict[str, Any]) -> List[str]:
             for sec in f.sections:
                 n_val = registry.section_value(cfg, arch, f"{sec}.validation", f.per_arch) or 0
                 bs = registry.section_value(cfg, arch, f"{sec}.batch_size", f.per_arch) or 0
-                if registry.section_value(cfg, arch, f"{sec}.select", f.per_arch) == "best" and not n_val:
-                    found.append(f"key 'archs.{arch}.{sec}.select' = 'best' needs a validation split ('{sec}.validation' > 0)")
+                on_loss = (registry.section_value(cfg, arch, f"{sec}.select_on", f.per_arch) or "loss") == "loss"
+                if registry.section_value(cfg, arch, f"{sec}.select", f.per_arch) == "best" and on_loss and not n_val:
+                    found.append(f"key 'archs.{arch}.{sec}.select' = 'best' on the validation loss needs a validation split "
+                                 f"('{sec}.validation' > 0, or '{sec}.select_on' = 'qfid')")
                 if n_val and n_val + max(cfg["calibration"]["images"], bs) > cfg["distill"]["size"]:
                     found.append(f"key '{sec}.validation' = {n_val} (arch {arch}): the held-out samples (the last ones of the distillation "
                                  f"set) must leave 'calibration.images' = {cfg['calibration']['images']} and a batch ({bs}) of the "

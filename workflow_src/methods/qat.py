@@ -156,7 +156,8 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
               losses_out: Optional[Path] = None, tracker=None,
               epoch_hook: Optional[Callable[[int, nn.Module], None]] = None,
               fingerprint: Optional[Dict[str, Any]] = None,
-              feed: Optional[Callable[[torch.Tensor], ContextManager]] = None) -> Dict[str, Any]:
+              feed: Optional[Callable[[torch.Tensor], ContextManager]] = None,
+              scorer: Optional[Callable[[nn.Module], Dict[str, float]]] = None) -> Dict[str, Any]:
     """Train the calibrated quantized generator ``qmodel`` in place, on its device (``D`` and the
     loss's network on the same one; ``inputs``/``targets`` may stay on the CPU: each batch is moved);
     returns the info record.
@@ -171,7 +172,14 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
     which reads the first ones): their distillation loss (the perceptual or MSE terms, without the
     adversarial one) is measured at the start and after every epoch, and with ``qat.select: best``
     the model of the epoch, or the quantile-PTQ start, with the lowest one is kept: early stopping
-    on a validation split, never on evaluation inputs."""
+    on a validation split, never on evaluation inputs.  ``scorer(qmodel)`` (optional) adds more
+    validation metrics to each of those records (the workflow's: ``qfid``, against the FP generator
+    on the validation inputs of :func:`workflow_src.workflow.distill.validation_inputs`);
+    ``qat.select_on`` names the one ``select: best`` minimises (``loss``: the held-out
+    distillation loss; ``qfid``: the scorer's).  With ``qat.select_spreads`` = k, an epoch replaces
+    the model kept so far only if its metric is lower by more than k combined spreads (the records'
+    ``<metric>_std``, where the scorer gives one): training must beat its start beyond the
+    validation noise to be kept."""
     if fingerprint is None:
         fingerprint = resume.fingerprint({"mode": mode, "qcfg": qcfg, "seed": seed, "loss": loss.kind}, [__name__])
     epochs, bs = int(qcfg["epochs"]), int(qcfg["batch_size"])
@@ -181,9 +189,12 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
     if n < bs:
         raise ValueError(f"qat.batch_size = {bs} is larger than the distillation set's {n} training samples "
                          f"({len(inputs)} minus qat.validation = {n_val})")
-    select = qcfg.get("select", "last")
-    if select == "best" and n_val == 0:
-        raise ValueError("qat.select = 'best' needs a validation split (qat.validation > 0)")
+    select, select_on = qcfg.get("select", "last"), qcfg.get("select_on", "loss")
+    key, spreads = SELECT_KEYS[select_on], float(qcfg.get("select_spreads", 0.0))
+    if select_on == "loss" and select == "best" and n_val == 0:
+        raise ValueError("qat.select = 'best' on the validation loss needs a validation split (qat.validation > 0)")
+    if select == "best" and select_on != "loss" and scorer is None:
+        raise ValueError(f"qat.select_on = {select_on!r} needs the validation scorer (scorer=...)")
     steps_per_epoch = n // bs
     total = epochs * steps_per_epoch
     ma_epochs = int(qcfg.get("ma_epochs", epochs))
@@ -222,10 +233,15 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
 
     def validate(epoch: int) -> None:
         nonlocal best
-        record = {"epoch": epoch, **_validation_loss(qmodel, inputs, targets, range(n, n + n_val), bs, loss, feed)}
+        record: Dict[str, float] = {"epoch": epoch}
+        if n_val:
+            record.update(_validation_loss(qmodel, inputs, targets, range(n, n + n_val), bs, loss, feed))
+        if scorer is not None:
+            record.update(scorer(qmodel))
         validation.append(record)
-        if select == "best" and (best is None or record["distill"] < best["loss"]):
-            best = {"epoch": epoch, "loss": record["distill"], "state": _static_state(qmodel)}
+        std = float(record.get(f"{key}_std", 0.0))
+        if select == "best" and (best is None or record[key] + spreads * math.hypot(std, best.get("std", 0.0)) < best["loss"]):
+            best = {"epoch": epoch, "loss": record[key], "std": std, "state": _static_state(qmodel)}
 
     if saved is not None:
         start = int(saved["epoch"])
@@ -246,7 +262,8 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
 
     qmodel.eval()  # frozen BN statistics: outputs comparable with the FP targets
     D.train()
-    if n_val and start == 0:
+    validating = bool(n_val) or scorer is not None
+    if validating and start == 0:
         validate(-1)  # the starting point (quantile PTQ) competes too
     epoch_means: List[Dict[str, float]] = []
     bar = tqdm(total=total, initial=start * steps_per_epoch, desc=f"{mode}", unit="step")
@@ -275,7 +292,7 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
                 rows.append({"epoch": epoch, "step": step, **distill_step(qmodel, D, x, y, loss, w_adv, opt_g, opt_d)})
             bar.update(1)
         set_tracking(qmodel, False)
-        if n_val:
+        if validating:
             validate(epoch)
         rows = rows_to_host(rows)  # the losses stay on the device during the epoch: one sync per epoch
         epoch_means.append({"epoch": epoch, **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k not in ("epoch", "step")}})
@@ -300,8 +317,12 @@ def train_qat(qmodel: nn.Module, D: nn.Module, inputs: torch.Tensor, targets: to
     qmodel.requires_grad_(False)
     return {"epochs": epochs, "steps": total, "steps_per_epoch": steps_per_epoch, "resumed_at_epoch": start,
             "ma_epochs": min(ma_epochs, lsq_start), "lsq_epochs": max(0, epochs - lsq_start), "epoch_losses": epoch_means,
-            "train_samples": n, "validation_samples": n_val, "validation": validation, "select": select,
+            "train_samples": n, "validation_samples": n_val, "validation": validation, "select": select, "select_on": select_on,
             "selected_epoch": best["epoch"] if best is not None else epochs - 1}
+
+
+# qat.select_on -> the validation record's key that `select: best` minimises
+SELECT_KEYS = {"loss": "distill", "qfid": "qfid"}
 
 
 def _static_state(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -334,7 +355,10 @@ def qat(mode: str):
             arch=None, ckpt: Optional[Path] = None, distill: Optional[Dict[str, torch.Tensor]] = None,
             discriminator: Optional[nn.Module] = None, perceptual: Optional[nn.Module] = None,
             losses_out: Optional[Path] = None, tracker=None, extras: Optional[Dict[str, Any]] = None,
-            job_params: Optional[Dict[str, Any]] = None, **_):
+            job_params: Optional[Dict[str, Any]] = None,
+            validation=None, **_):
+        """``validation``: the workflow's :class:`~workflow_src.workflow.distill.ValidationQFID`
+        (its ``score`` is the validation metric, its ``digest`` part of the resume fingerprint)."""
         if distill is None or discriminator is None:
             raise ValueError(f"{mode} needs the distillation set and the FP discriminator")
         qcfg = qat_params(cfg, arch.name)
@@ -345,11 +369,13 @@ def qat(mode: str):
         seen = calibrate(qmodel, sample_batches(arch, qmodel, calib_inputs[:n_cal], cfg["distill"]["batch_size"], extras))
         loss = make_loss(cfg, qcfg, perceptual)
         t0 = time.time()
-        fingerprint = resume.job_fingerprint(job_params or cfg, [__name__, *resume.modules_of(arch)],
-                                             arch_cfg=arch_cfg, inputs=inputs_digest)
+        fingerprint = resume.job_fingerprint(job_params or cfg, [__name__, *resume.modules_of(arch, validation)],
+                                             arch_cfg=arch_cfg, inputs=inputs_digest,
+                                             validation=getattr(validation, "digest", None))  # its inputs and reference
         info = train_qat(qmodel, discriminator, distill["inputs"], distill["outputs"], mode, qcfg, loss,
                          cfg["seed"], ckpt=ckpt, losses_out=losses_out, tracker=tracker, fingerprint=fingerprint,
-                         feed=sample_feed(arch, qmodel, extras))
+                         feed=sample_feed(arch, qmodel, extras),
+                         scorer=None if validation is None else validation.score)
         info.update(calibration_images=seen, train_seconds=time.time() - t0, init="ptq-quantile",
                     distill_loss=loss.kind, distill_images=int(len(distill["inputs"])))
         return qmodel.eval(), spec, info
@@ -367,9 +393,11 @@ lsq_qat = qat("lsq-qat")
 # uses the pixel MSE ablation (appendix B).
 METHODS = [
     {"name": "ma-qat", "kind": "qat", "title": "MA-QAT", "run": "ma_qat", "reads": ["seed", "qat", "archs.{arch}.qat"],
-     "needs": ["quantiles", "discriminator", "distill", {"need": "perceptual", "when": {"qat.distill_loss": "perceptual"}}]},
+     "needs": ["quantiles", "discriminator", "distill", {"need": "perceptual", "when": {"qat.distill_loss": "perceptual"}},
+               {"need": "validation", "when": {"qat.select": "best", "qat.select_on": "qfid"}}]},
     {"name": "lsq-qat", "kind": "qat", "title": "LSQ-QAT", "run": "lsq_qat", "reads": ["seed", "qat", "archs.{arch}.qat"],
-     "needs": ["quantiles", "discriminator", "distill", {"need": "perceptual", "when": {"qat.distill_loss": "perceptual"}}]},
+     "needs": ["quantiles", "discriminator", "distill", {"need": "perceptual", "when": {"qat.distill_loss": "perceptual"}},
+               {"need": "validation", "when": {"qat.select": "best", "qat.select_on": "qfid"}}]},
 ]
 PARAMS = {
     "sections": {"qat": {
@@ -395,7 +423,14 @@ PARAMS = {
             "validation": {"description": "the last N distillation samples, held out of training and calibration: their distillation "
                                           "loss is measured at the start and after every epoch", "type": "integer", "minimum": 0},
             "select": {"description": "last: the final model; best: the epoch, or the quantile-PTQ start, with the lowest "
-                                      "validation loss (needs validation > 0)", "enum": ["last", "best"]},
+                                      "validation metric (select_on)", "enum": ["last", "best"]},
+            "select_on": {"description": "what select: best minimises: loss, the distillation loss of the held-out samples "
+                                         "(needs validation > 0); qfid, qFID against the FP generator on the validation inputs "
+                                         "(sweep.validation_samples, never the evaluation inputs) in the FID feature space",
+                          "enum": ["loss", "qfid"]},
+            "select_spreads": {"description": "select: best keeps an epoch over the model kept so far only if its metric is lower by more "
+                                              "than this many combined bootstrap spreads (qfid: eval.bootstrap resamples of the "
+                                              "validation inputs; the loss has none); 0: any lower value", "type": "number", "minimum": 0},
             "quantiles": {"description": "the quantile pair QAT's quantile-PTQ start calibrates with: ptq (the arch's PTQ pair, "
                                          "archs.<arch>.quantiles) or its own {activation, weight} pair (the paper's MA-QAT pairs "
                                          "differ from its PTQ pairs, section 4.2)",

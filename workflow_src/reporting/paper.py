@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from .. import registry
 from .tables import arch_title, fmt_spread, fmt_value, method_title
 
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.csv"
@@ -36,18 +37,24 @@ def _ours(df: pd.DataFrame) -> pd.DataFrame:
     return ours
 
 
+def distill_loss(cfg: Dict[str, Any], arch: str) -> str:
+    """The distillation loss ``arch``'s QAT used (``qat.distill_loss``, or its arch's override)."""
+    return ((cfg["archs"].get(arch) or {}).get("qat") or {}).get("distill_loss", cfg["qat"].get("distill_loss", "perceptual"))
+
+
 def paper_comparison(df: pd.DataFrame, cfg: Dict[str, Any]) -> pd.DataFrame:
     """Every row the paper reports beside ours (same arch, method, granularity, bits), with each
     row's rank among the quantized rows of its table and arch, in the paper and in ours (1: the
     lowest qFID).  Appendix B rows (MSE distillation) are matched only when this run's QAT used
-    ``distill_loss: mse``."""
+    ``distill_loss: mse`` for that arch, Table 4's QAT rows (perceptual distillation) only when it did not."""
     ours = _ours(df)
     rows = []
+    trained = {m.name for m in registry.methods().values() if m.kind == "qat"}
     for _, p in paper_numbers().iterrows():
         sel = ours[(ours["arch"] == p["arch"]) & (ours["method"] == p["method"]) & (ours["w_bits"] == p["w_bits"]) & (ours["a_bits"] == p["a_bits"])]
         sel = sel[sel["_pc"].map(lambda x: x == p["per_channel"])]
-        if p["table"] == "B" and cfg["qat"].get("distill_loss") != "mse":
-            sel = sel.iloc[0:0]
+        if p["method"] in trained and (distill_loss(cfg, p["arch"]) == "mse") != (p["table"] == "B"):
+            sel = sel.iloc[0:0]  # appendix B rows are MSE-distilled QAT, Table 4's perceptual
         o = sel.iloc[0] if len(sel) else None
         row = {"table": PAPER_TABLES.get(p["table"], p["table"]), "arch": p["arch"], "method": p["method"],
                "per_channel": p["per_channel"], "bits": f"w{p['w_bits']}a{p['a_bits']}"}

@@ -14,7 +14,7 @@ from ..files import atomic_path, atomic_write_text
 from ..workflow import tracking
 from .paper import paper_comparison, paper_comparison_md
 from .tables import (RESULTS_FLOAT, arch_title, export_tables, floor_note, fmt_value, load_results, merge_exports, merge_floors, quantile_note,
-                     results_csv_frame, spread_note)
+                     results_csv_frame, selection_note, spread_note)
 from .tables import table3 as table3_md
 from .tables import table4 as table4_md
 from .timing import timing_md
@@ -60,7 +60,7 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
     cmp = paper_comparison(df, cfg)
     floor = floor_note(list(floors))
     atomic_write_text(paper, "# The paper's findings and numbers beside ours\n\n" + paper_comparison_md(cmp, df, floor))
-    note = spread_note(cfg, df) + floor + quantile_note(df)
+    note = spread_note(cfg, df) + floor + quantile_note(df) + selection_note(df)
     atomic_write_text(export, "# Integer exports: size and latency against FP32\n\n" + (
         export_tables(list(exports)) if exports else
         f"No variant is exported: no weight width of the matrix is in `export.w_bits` = {cfg['export']['w_bits']}.\n"))

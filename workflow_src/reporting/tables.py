@@ -24,9 +24,9 @@ QUANTILE_COLUMNS = ["quantiles", "quantiles_from"]
 # The arch's noise floor (rule noise_floor): qFID of the FP generator against itself on other inputs,
 # and FID between the real evaluation and training splits; a value below them is not a difference.
 FLOOR_COLUMNS = ["qfid_floor", "fid_floor"]
-# Trained methods (QAT): the epoch kept, by lowest loss on held-out distillation samples with
-# qat.select: best (-1: the quantile-PTQ start was better than every epoch), else the last one.
-TRAINING_COLUMNS = ["selected_epoch"]
+# Trained methods (QAT): the epoch kept (-1: the quantile-PTQ start) and what chose it: with
+# qat.select: best the lowest validation qFID or held-out loss, else the last epoch.
+TRAINING_COLUMNS = ["selected_epoch", "selected_on"]
 KEY = ["arch", "method", "per_channel", "w_bits", "a_bits"]
 RESULTS_FLOAT = "%.6g"  # results.csv: six significant digits (a qFID of 3e-5 is not 0.0000)
 FP_TITLE = "full-precision"
@@ -140,6 +140,23 @@ def spread_note(cfg: Dict[str, Any], df: pd.DataFrame | None = None) -> str:
     return (f"± is the standard deviation over {b} bootstrap resamples of {counts} "
             "(FID: against the fixed real statistics; qFID: quantized and FP features resampled in pairs, same inputs): "
             "a spread across samples, not across training seeds.\n\n")
+
+
+def selection_note(df: pd.DataFrame) -> str:
+    """Per trained method, how often early stopping kept the quantile-PTQ start (``selected_epoch``
+    -1) and on what it chose: a QAT cell equal to its PTQ start is that, not training that matched it."""
+    if "selected_epoch" not in df.columns:
+        return ""
+    rows = df[pd.to_numeric(df["selected_epoch"], errors="coerce").notna()]
+    if rows.empty:
+        return ""
+    lines = ["Epoch kept by each trained method (-1: its quantile-PTQ start, kept because no epoch was better):"]
+    for method, g in rows.groupby("method", sort=False):
+        on = ", ".join(sorted({str(x) for x in g.get("selected_on", pd.Series(dtype=str)).dropna()})) or "?"
+        epochs = pd.to_numeric(g["selected_epoch"]).astype(int)
+        lines.append(f"- {method_title(method)}: the start in {int((epochs == -1).sum())} of {len(g)} cells; "
+                     f"epochs kept {sorted(epochs.tolist())} ({on})")
+    return "\n".join(lines) + "\n\n"
 
 
 def quantile_note(df: pd.DataFrame) -> str:

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
+from torch import nn
+
 import numpy as np
 import torch
 
+from .. import resume
 from ..device import resolve_device
 from ..config import arch_dataset
 from ..datasets import prepared
 from ..datasets.kinds import is_two_domain
+from ..quality import fid
 from ..utils import torch_save
-from .artifacts import make_arch
+from .artifacts import make_arch, segment_features, segments
 from .training import load_generator
 
 
@@ -102,3 +106,40 @@ def validation_inputs(cfg: Dict[str, Any], arch: str, data: str) -> Tuple[torch.
     shuffle = torch.Generator().manual_seed(cfg["seed"] + DISTILL_SEED)  # the distillation set's shuffle: its last n_val
     inputs = _inputs(cfg, arch, data, n_val, shuffle, split, skip=n_train - n_val)
     return inputs, a.sample_extras(len(inputs), g)
+
+
+class ValidationQFID:
+    """qFID against the FP generator ``fp`` on the arch's validation inputs
+    (:func:`validation_inputs`), in the feature space ``fs``: the score every choice made from data
+    is made on (the quantile sweep, QAT's early stopping).  The FP reference is computed once;
+    each call generates and scores one model, a segment of images at a time.  :meth:`score` adds
+    the qFID's spread over ``eval.bootstrap`` resamples of the inputs (the FP features resampled in
+    pairs, as the evaluation's ``qfid_std``)."""
+
+    def __init__(self, cfg: Dict[str, Any], arch: str, fp: nn.Module, data: str, fs: fid.FeatureSpace):
+        self.cfg, self.arch, self.fs = cfg, make_arch(cfg, arch), fs
+        self.inputs, self.extras = validation_inputs(cfg, arch, data)
+        self.fp_features = self.features(fp)
+        self.reference = fid.statistics(self.fp_features)
+
+    def features(self, model: nn.Module) -> np.ndarray:
+        return np.concatenate([segment_features(self.cfg, self.arch, model, self.inputs, self.extras, self.fs, sl)[0]
+                               for sl in segments(self.cfg, len(self.inputs))])
+
+    @property
+    def digest(self) -> str:
+        """What the scores depend on besides the model: the inputs and the FP reference (a
+        resumed job must have been scoring against the same ones)."""
+        return resume.tensor_digest(self.inputs, self.extras, torch.from_numpy(self.reference[0]), torch.from_numpy(self.reference[1]))
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> float:
+        return fid.frechet_distance(fid.statistics(self.features(model)), self.reference)
+
+    @torch.no_grad()
+    def score(self, model: nn.Module) -> Dict[str, float]:
+        """``{"qfid": ..., "qfid_std": ...}`` of ``model``."""
+        feats = self.features(model)
+        n_boot = int(self.cfg["eval"].get("bootstrap", 0))
+        return {"qfid": fid.frechet_distance(fid.statistics(feats), self.reference),
+                "qfid_std": fid.bootstrap_std(feats, self.fp_features, n_boot, self.cfg["seed"] + VALIDATION_SEED) if n_boot > 1 else 0.0}

@@ -4,6 +4,12 @@ One source of truth: the stage declarations (:mod:`.stages`) give the rules thei
 commands and the params keys each job reads; :func:`dvc_stages` turns Snakemake's own plan of jobs
 into ``dvc.yaml`` with the same commands, files and keys (under ``params:``).  Nothing is written
 twice, and ``tests/test_dvc.py`` fails if the committed ``dvc.yaml`` is stale.
+
+Each stage also depends on the code it runs (DVC's advice: a code change reruns the stages it
+changes): the source files of its stage function's module, of the method and arch its wildcards
+name (loaded through the registry), and of every package module they import, the same files whose
+edits restart a resumed job (:func:`workflow_src.resume.source_digests`).  Snakemake's DAG has
+no code edges; its own ``code`` rerun trigger covers the rule's command.
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ from typing import Any, Dict, List
 import yaml
 
 from ..files import atomic_write_text
+from .. import registry, resume
+from ..config import FP, Variant
 from .stages import param_keys, stage
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: Snakefile, rules/, params.yaml
@@ -61,6 +69,22 @@ def snakemake_jobs(root: Path, configfiles: List[str] = (), target: str = "repor
     return sorted(jobs, key=lambda j: j["name"])
 
 
+_QUANTIZED_MODEL = re.compile(r"models/q/[^/]+/([^/]+)\.pt$")
+
+
+def code_deps(rule: str, wildcards: Dict[str, str], inputs: List[str] = ()) -> List[str]:
+    """The package source files a job of ``rule`` runs (paths relative to the checkout): its stage
+    module, the method of its ``variant`` and of every quantized model among its ``inputs`` (loading
+    one imports its method's file), the arch of its ``arch``, and their imports."""
+    variants = [wildcards["variant"]] if wildcards.get("variant", FP) != FP else []
+    variants += [m.group(1) for i in inputs if (m := _QUANTIZED_MODEL.search(i))]
+    entries = {f"{resume.PACKAGE}.{stage(rule).run.split(':')[0]}"}
+    entries |= {registry.method(Variant.parse(v).method).module for v in variants}
+    if "arch" in wildcards:
+        entries.add(registry.arch(wildcards["arch"]).module)
+    return list(resume.source_digests(tuple(sorted(entries))))
+
+
 def dvc_stages(root: Path) -> Dict[str, Any]:
     """The content of ``dvc.yaml`` for the default params (params.yaml)."""
     stages = {}
@@ -77,8 +101,7 @@ def dvc_stages(root: Path) -> Dict[str, Any]:
             else:
                 outs.append(("outs", o))
         stage: Dict[str, Any] = {"cmd": cmd}
-        if job["inputs"]:
-            stage["deps"] = sorted(job["inputs"])
+        stage["deps"] = sorted(job["inputs"]) + code_deps(job["rule"], job["wildcards"], job["inputs"])
         stage["params"] = param_keys(job["rule"], job["wildcards"])
         for kind in ("outs", "metrics", "plots"):
             items = [o for k, o in outs if k == kind]

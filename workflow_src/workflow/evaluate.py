@@ -106,7 +106,15 @@ def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats
             # the quantile pair the method started from and where it came from (methods that read one)
             "quantiles": info.get("quantiles", ""), "quantiles_from": info.get("quantiles_from", ""),
             # trained methods: the epoch kept (qat.select: best picks it on held-out samples; -1: the PTQ start)
-            "selected_epoch": info.get("selected_epoch")}
+            "selected_epoch": info.get("selected_epoch"), "selected_on": selected_on(info)}
+
+
+def selected_on(info: Dict[str, Any]) -> str:
+    """What chose a trained model's epoch (its ``info``): ``validation qfid``, ``validation loss`` or
+    ``last epoch``; empty for methods that do not train."""
+    if "select" not in info:
+        return ""
+    return f"validation {info.get('select_on', 'loss')}" if info["select"] == "best" else "last epoch"
 
 
 FLOOR_SEED = 606  # offset from `seed`: the noise floor's fresh latents (distill 101, eval 202, validation 505)

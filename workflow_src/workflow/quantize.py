@@ -16,15 +16,18 @@ from ..methods.perceptual import load_perceptual
 from ..utils import torch_save
 from . import tracking
 from .stages import param_values
-from .artifacts import arch_params, load_distill, make_arch, pair_text, variant_tags
+from .artifacts import arch_params, feature_space, load_distill, make_arch, pair_text, variant_tags
+from .distill import ValidationQFID
 from .training import load_discriminator, load_generator
 
 
 def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: str, model: str, info: str,
-             quantiles: Optional[str] = None, perceptual: Optional[str] = None, losses: Optional[str] = None) -> None:
+             quantiles: Optional[str] = None, perceptual: Optional[str] = None, losses: Optional[str] = None,
+             features: Optional[str] = None, data: Optional[str] = None) -> None:
     """Quantize one variant.  ``info`` (JSON next to the model) records calibration size, time and,
     for block reconstruction, each block's error before/after.  Methods that train (QAT) write
-    their per-step losses to ``losses``."""
+    their per-step losses to ``losses``; those that select on a validation qFID get its scorer
+    (the feature network ``features``, the dataset ``data`` for image-to-image validation inputs)."""
     v = Variant.parse(variant)
     method = registry.method(v.method)
     needs = method.needs_for(cfg, arch)
@@ -43,6 +46,10 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
             raise ValueError(f"{v.method} needs --perceptual (the perceptual network, perceptual.kind)")
         extra["perceptual"] = load_perceptual(cfg["perceptual"]["kind"], perceptual, device,
                                               refuse_at_chance=cfg["perceptual"].get("tinyvgg", {}).get("refuse_at_chance", True))
+    if "validation" in needs:
+        if not features or not data:
+            raise ValueError(f"{v.method} selects on a validation qFID: pass --features (the FID feature network) and --data")
+        extra["validation"] = ValidationQFID(cfg, arch, g, data, feature_space(cfg, features, device))
     if method.trains:
         if not losses:
             raise ValueError(f"{v.method} writes per-step losses: pass --losses")

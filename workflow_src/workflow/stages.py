@@ -158,6 +158,21 @@ def perceptual_network(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[st
     return PERCEPTUAL_NETWORKS[cfg["perceptual"]["kind"]] if "perceptual" in m.needs_for(cfg, w["arch"]) else []
 
 
+def _needs_validation(cfg: Mapping[str, Any], w: Mapping[str, str]) -> bool:
+    return "validation" in registry.method(Variant.parse(w["variant"]).method).needs_for(cfg, w["arch"])
+
+
+def validation_features(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
+    """The FID feature network, for methods that select on a validation qFID (qat.select_on: qfid)."""
+    return feature_network(cfg, w) if _needs_validation(cfg, w) else []
+
+
+def validation_data(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
+    """The arch's prepared dataset, for methods that select on a validation qFID (image-to-image
+    GANs hold their validation inputs out of its training split)."""
+    return arch_data(cfg, w) if _needs_validation(cfg, w) else []
+
+
 def published_checkpoint(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
     """The published checkpoint file once it is there; before that nothing, so that the paper run
     can be planned (``snakemake -n``) on a fresh clone: rule import_fp then downloads it
@@ -244,7 +259,9 @@ _STAGES = [
           inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks (generator and discriminator)"),
                   "distill": Artifact("distill/{arch}.pt", "the distillation set"),
                   "quantiles": Artifact(sweep_best, "the quantile sweep's best.json (archs.<arch>.quantiles: sweep)", optional=True),
-                  "perceptual": Artifact(perceptual_network, "the perceptual network (perceptual.kind)", optional=True)},
+                  "perceptual": Artifact(perceptual_network, "the perceptual network (perceptual.kind)", optional=True),
+                  "features": Artifact(validation_features, "the FID feature network (qat.select_on: qfid)", optional=True),
+                  "data": Artifact(validation_data, "the prepared dataset, for its validation inputs (qat.select_on: qfid)", optional=True)},
           outputs={"model": Artifact("models/q/{arch}/{variant}.pt", "the quantized generator"),
                    "info": Artifact("models/q/{arch}/{variant}.json", "calibration and training record"),
                    "losses": Artifact("models/q/{arch}/{variant}.losses.csv", "per-step losses")},
@@ -335,7 +352,8 @@ _STAGES = [
                    "timing": Artifact("reports/timing.md", "where the time goes: per rule, jobs, wall/CPU seconds, peak memory, "
                                       "start-up share (the jobs' benchmark files and logs)"),
                    "html": Artifact("reports/index.html", "the report page")},
-          params=("matrix", "eval.bootstrap", "eval.n_samples", "qat.distill_loss"), threads=False),
+          # archs: which distillation loss each arch's QAT used (archs.<arch>.qat.distill_loss: the paper rows it meets)
+          params=("matrix", "eval.bootstrap", "eval.n_samples", "qat.distill_loss", "archs"), threads=False),
     # commands without a rule
     Stage("validate", "validate the params and print the experiment matrix", "workflow.cli:validate", rule=False, threads=False),
     Stage("track", "log the jobs' pending MLflow records (Snakemake does it when a run ends, the report stage too)",

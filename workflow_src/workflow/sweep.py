@@ -15,17 +15,15 @@ import csv as csv_module
 from pathlib import Path
 from typing import Any, Dict, List
 
-import numpy as np
 from tqdm import tqdm
 
 from .. import registry, resume
 from ..config import Variant, variants
 from ..device import describe_runtime, resolve_device
 from ..files import atomic_path, write_json
-from ..quality import fid
 from ..utils import torch_save
-from .artifacts import feature_space, load_distill, make_arch, segment_features, segments
-from .distill import validation_inputs
+from .artifacts import feature_space, load_distill, make_arch
+from .distill import ValidationQFID
 from .stages import param_values
 from .training import load_generator
 
@@ -64,9 +62,10 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, data: st
     device = resolve_device(cfg)
     g = load_generator(cfg, arch, fp, device)
     distill_set = load_distill(distill, arch)
-    inputs, extras = validation_inputs(cfg, arch, data)
     a = make_arch(cfg, arch)
     fs = feature_space(cfg, features, device)
+    score = ValidationQFID(cfg, arch, g, data, fs)  # the FP generator on the same validation inputs is the reference
+    inputs, extras = score.inputs, score.extras
     widths = sweep_widths(cfg)
     if not widths:
         raise ValueError("the quantile sweep has no weight width to run at: no method of 'matrix.methods' reads the quantile pair")
@@ -74,7 +73,7 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, data: st
     # Resumable: the rows of the pairs done are checkpointed beside the CSV after each pair (a job
     # killed at its wall time resumes at the next pair), resumed only by the same work.
     ckpt = Path(str(out_csv) + ".ckpt.pt")
-    fingerprint = resume.job_fingerprint(param_values(cfg, "quantile_sweep", {"arch": arch}), [__name__, *resume.modules_of(a)],
+    fingerprint = resume.job_fingerprint(param_values(cfg, "quantile_sweep", {"arch": arch}), [__name__, ValidationQFID.__module__, *resume.modules_of(a)],
                                          features=fs.name, widths=widths,
                                          inputs=resume.tensor_digest(g.state_dict(), distill_set, inputs, extras))
     saved = resume.load_checkpoint(ckpt, fingerprint)
@@ -82,10 +81,6 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, data: st
     if rows:
         print(f"resuming the sweep from {ckpt} after {len(rows)} of {len(grid)} variants")
 
-    def features_of(model) -> np.ndarray:  # generated and scored segment by segment: one segment's images in memory at a time
-        return np.concatenate([segment_features(cfg, a, model, inputs, extras, fs, sl)[0] for sl in segments(cfg, len(inputs))])
-
-    reference = fid.statistics(features_of(g))  # the FP generator on the same validation inputs
     for a_pair, w_pair, bits in tqdm(grid[len(rows):], initial=len(rows), total=len(grid), desc=f"quantile sweep {arch}", unit="variant"):
         arch_cfg = {**cfg["archs"][arch], "quantiles": {"activation": {"upper": a_pair[0], "lower": a_pair[1]},
                                                          "weight": {"upper": w_pair[0], "lower": w_pair[1]}}}
@@ -93,7 +88,7 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, data: st
         q, _, _ = run_method(g, distill_set["inputs"], v, arch_cfg, cfg, arch=a, extras=distill_set["extras"])
         rows.append({"arch": arch, "act_upper": a_pair[0], "act_lower": a_pair[1], "weight_upper": w_pair[0],
                      "weight_lower": w_pair[1], "w_bits": int(bits), "a_bits": 8, "per_channel": bool(scfg["per_channel"]),
-                     "qfid": fid.frechet_distance(fid.statistics(features_of(q)), reference), "feature_space": fs.name,
+                     "qfid": score(q), "feature_space": fs.name,
                      "split": "validation", "samples": len(inputs)})
         del q
         if len(rows) < len(grid):
