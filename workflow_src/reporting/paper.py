@@ -37,11 +37,6 @@ def _ours(df: pd.DataFrame) -> pd.DataFrame:
     return ours
 
 
-def distill_loss(cfg: Dict[str, Any], arch: str) -> str:
-    """The distillation loss ``arch``'s QAT used (``qat.distill_loss``, or its arch's override)."""
-    return ((cfg["archs"].get(arch) or {}).get("qat") or {}).get("distill_loss", cfg["qat"].get("distill_loss", "perceptual"))
-
-
 def paper_comparison(df: pd.DataFrame, cfg: Dict[str, Any]) -> pd.DataFrame:
     """Every row the paper reports beside ours (same arch, method, granularity, bits), with each
     row's rank among the quantized rows of its table and arch, in the paper and in ours (1: the
@@ -53,7 +48,8 @@ def paper_comparison(df: pd.DataFrame, cfg: Dict[str, Any]) -> pd.DataFrame:
     for _, p in paper_numbers().iterrows():
         sel = ours[(ours["arch"] == p["arch"]) & (ours["method"] == p["method"]) & (ours["w_bits"] == p["w_bits"]) & (ours["a_bits"] == p["a_bits"])]
         sel = sel[sel["_pc"].map(lambda x: x == p["per_channel"])]
-        if p["method"] in trained and (distill_loss(cfg, p["arch"]) == "mse") != (p["table"] == "B"):
+        mse = p["arch"] in cfg["archs"] and registry.section_value(cfg, p["arch"], "qat.distill_loss", ("qat",)) == "mse"
+        if p["method"] in trained and mse != (p["table"] == "B"):
             sel = sel.iloc[0:0]  # appendix B rows are MSE-distilled QAT, Table 4's perceptual
         o = sel.iloc[0] if len(sel) else None
         row = {"table": PAPER_TABLES.get(p["table"], p["table"]), "arch": p["arch"], "method": p["method"],
