@@ -7,7 +7,7 @@ CORES ?= all
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: setup report test dry-run-paper lint clean
+.PHONY: setup report test dry-run-paper lint clean mlflow-server
 
 setup: $(STAMP)
 
@@ -24,6 +24,18 @@ report: setup
 
 test: setup
 	python -m pytest -q --durations=25 tests
+
+# The MLflow tracking server for cluster runs (README "Tracking with MLflow"): the workflow's own store
+# (MLFLOW_DIR/mlflow.db, artifacts in MLFLOW_DIR/mlruns) served over HTTP, so that jobs on compute nodes
+# log through one process instead of writing sqlite on a shared file system.  On the login node:
+#   make mlflow-server MLFLOW_HOST=0.0.0.0   and   export MLFLOW_TRACKING_URI=http://<login node>:5000
+MLFLOW_DIR ?= $(CURDIR)
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+mlflow-server: setup
+	exec mlflow server --backend-store-uri "sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db" \
+		--serve-artifacts --artifacts-destination "$(abspath $(MLFLOW_DIR))/mlruns" \
+		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers 1
 
 dry-run-paper: setup
 	snakemake -n report --configfile configs/paper.yaml
