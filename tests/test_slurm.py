@@ -58,8 +58,8 @@ train: {checkpoint_every: 20}
 """
 
 
-# MLflow tracking is the micro workflow test's (tests/test_workflow.py); here it would only add its
-# import and store opening to every job.
+# The failure test does not track; the micro run logs to a `make mlflow-server` (the README's way
+# on a cluster: one server on the login node, MLFLOW_TRACKING_URI exported to the jobs).
 UNTRACKED = {**os.environ, "QGAN_TRACKING": "off"}
 
 
@@ -130,13 +130,24 @@ def _start_now(jobid: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def micro_on_slurm(cluster, tmp_path_factory):
+def tracking_server(tmp_path_factory):
+    from mlflow_server import served_store
+
+    store = tmp_path_factory.mktemp("mlflow-server")
+    with served_store(store) as uri:
+        yield {"uri": uri, "store": store}
+
+
+@pytest.fixture(scope="module")
+def micro_on_slurm(cluster, tracking_server, tmp_path_factory):
     work = tmp_path_factory.mktemp("slurm-micro")
     (work / "longer.yaml").write_text(LONGER)
     started = time.time()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_server["uri"]}
+    env.pop("QGAN_TRACKING", None)
     with open(work / "snakemake.out", "w") as out:
         proc = subprocess.Popen(snakemake(work, "report", "--configfile", str(MICRO), str(work / "longer.yaml")),
-                                env=UNTRACKED, stdout=out, stderr=subprocess.STDOUT, text=True)
+                                env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
             requeued = {
                 "train_fp": _requeue_when_checkpointed(work, "models/fp/stylegan.ckpt.pt", "train_fp", proc, started + 1500),
@@ -165,6 +176,22 @@ def test_micro_report_through_the_slurm_executor(micro_on_slurm):
     assert len(df) == len(archs) * (1 + len(variants))
     assert (work / "reports" / "index.html").stat().st_size > 0
     assert "SLURM run ID" in micro_on_slurm["log"]
+
+
+def test_the_jobs_log_to_the_tracking_server(micro_on_slurm, tracking_server):
+    """Every evaluation job of the run is an MLflow run on the server (`make mlflow-server`), tagged
+    with this invocation's workflow id; the server's store holds them and the working directory
+    has no sqlite store of its own."""
+    from mlflow.tracking import MlflowClient
+
+    work = micro_on_slurm["work"]
+    client = MlflowClient(tracking_server["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("qgan-bench-micro").experiment_id], max_results=1000)
+    evaluated = {(r.data.tags["arch"], r.data.tags.get("variant")) for r in runs if r.data.tags.get("stage") == "evaluate"}
+    jobs = [j for j in micro_on_slurm["jobs"] if rule_of(j) in ("evaluate", "evaluate_fp")]
+    assert len(evaluated) == len(jobs) > 0
+    assert len({r.data.tags["workflow_id"] for r in runs}) == 1
+    assert (tracking_server["store"] / "mlflow.db").stat().st_size > 0 and not (work / "mlflow.db").exists()
 
 
 def test_gpu_rules_ask_slurm_for_a_gpu_and_cpu_rules_do_not(micro_on_slurm):

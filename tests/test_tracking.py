@@ -209,30 +209,11 @@ def test_make_mlflow_server_serves_the_store_that_jobs_log_to(tmp_path, monkeypa
     """`make mlflow-server` (the cluster's tracking server) serves MLFLOW_DIR's store over HTTP: a
     live job (training) and a recorded one, flushed, both become runs on it, read back through the
     server, and its sqlite file is the one in MLFLOW_DIR."""
-    import os
-    import signal
-    import socket
-    import urllib.request
+    from mlflow_server import served_store
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     store = tmp_path / "store"
     store.mkdir()
-    server = subprocess.Popen(["make", "-s", "-C", str(ROOT), "mlflow-server", f"MLFLOW_DIR={store}", f"MLFLOW_PORT={port}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None and time.time() < deadline, f"the server did not come up:\n{server.stdout.read() if server.poll() is not None else ''}"
-            time.sleep(0.5)
+    with served_store(store) as uri:
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         monkeypatch.delenv("QGAN_TRACKING", raising=False)
@@ -248,6 +229,3 @@ def test_make_mlflow_server_serves_the_store_that_jobs_log_to(tmp_path, monkeypa
         assert set(runs) == {"train", "evaluate"} and runs["evaluate"].data.metrics["fid"] == 3.0
         assert [m.step for m in client.get_metric_history(runs["train"].info.run_id, "loss")] == list(range(5))
         assert (store / "mlflow.db").stat().st_size > 0 and not (tmp_path / "mlflow.db").exists()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
