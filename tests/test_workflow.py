@@ -44,7 +44,7 @@ def test_every_artifact_and_finite_metrics(micro_run):
     assert list(df.columns) == ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space", "fid_std", "qfid_std",
                                 "runtime", "size_ratio", "latency_ratio", "latency_ratio_b1", "export_within_step", "export_qfid",
                                 "onnxruntime_latency_ratio", "onnxruntime_size_ratio", "pt2e_latency_ratio", "pt2e_size_ratio",
-                                "quantiles", "quantiles_from", "qfid_floor", "fid_floor", "selected_epoch", "selected_on"]
+                                "quantiles", "quantiles_from", "qfid_floor", "fid_floor", "selected_epoch", "selected_on", "distill_loss"]
     readers = df["method"].isin(["ptq-quantile", "ar-brecq", "ste-brecq", "ma-qat", "lsq-qat"])
     assert df[readers]["quantiles_from"].str.startswith("sweep w4").all() and df[~readers]["quantiles"].isna().all()
     assert (df["qfid_floor"] > 0).all() and (df["fid_floor"] > 0).all()
@@ -52,7 +52,8 @@ def test_every_artifact_and_finite_metrics(micro_run):
     assert df[qat]["selected_epoch"].between(-1, cfg["qat"]["epochs"] - 1).all() and df[~qat]["selected_epoch"].isna().all()
     # micro CycleGAN selects on the validation qFID (the tiny profile's way), the other archs keep the last epoch (the paper's)
     assert set(df[qat]["arch"] + ":" + df[qat]["selected_on"]) == {"cyclegan:validation qfid", "stylegan:last epoch", "sagan:last epoch"}
-    assert df[~qat]["selected_on"].isna().all()
+    assert df[~qat]["selected_on"].isna().all() and df[~qat]["distill_loss"].isna().all()
+    assert set(df[qat]["arch"] + ":" + df[qat]["distill_loss"]) == {"cyclegan:mse", "stylegan:perceptual", "sagan:perceptual"}
     assert "Epoch kept by each trained method" in (micro_run / "reports" / "table4.md").read_text()
     info = json.loads((micro_run / "models" / "q" / "cyclegan" / "ma-qat-tensor-w4a8.json").read_text())
     scores = {r["epoch"]: r["qfid"] for r in info["validation"]}  # the start and every epoch, scored on held-out images

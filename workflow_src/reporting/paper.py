@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -37,20 +37,19 @@ def _ours(df: pd.DataFrame) -> pd.DataFrame:
     return ours
 
 
-def paper_comparison(df: pd.DataFrame, cfg: Dict[str, Any]) -> pd.DataFrame:
+def paper_comparison(df: pd.DataFrame) -> pd.DataFrame:
     """Every row the paper reports beside ours (same arch, method, granularity, bits), with each
     row's rank among the quantized rows of its table and arch, in the paper and in ours (1: the
-    lowest qFID).  Appendix B rows (MSE distillation) are matched only when this run's QAT used
-    ``distill_loss: mse`` for that arch, Table 4's QAT rows (perceptual distillation) only when it did not."""
+    lowest qFID).  A QAT row of ours meets the paper's appendix B row (MSE distillation) when its
+    ``distill_loss`` (results.csv) is ``mse``, and Table 4's (perceptual distillation) when it is not."""
     ours = _ours(df)
     rows = []
     trained = {m.name for m in registry.methods().values() if m.kind == "qat"}
     for _, p in paper_numbers().iterrows():
         sel = ours[(ours["arch"] == p["arch"]) & (ours["method"] == p["method"]) & (ours["w_bits"] == p["w_bits"]) & (ours["a_bits"] == p["a_bits"])]
         sel = sel[sel["_pc"].map(lambda x: x == p["per_channel"])]
-        mse = p["arch"] in cfg["archs"] and registry.section_value(cfg, p["arch"], "qat.distill_loss", ("qat",)) == "mse"
-        if p["method"] in trained and mse != (p["table"] == "B"):
-            sel = sel.iloc[0:0]  # appendix B rows are MSE-distilled QAT, Table 4's perceptual
+        if p["method"] in trained:  # appendix B rows are MSE-distilled QAT, Table 4's perceptual
+            sel = sel[(sel.get("distill_loss", pd.Series("", index=sel.index)) == "mse") == (p["table"] == "B")]
         o = sel.iloc[0] if len(sel) else None
         row = {"table": PAPER_TABLES.get(p["table"], p["table"]), "arch": p["arch"], "method": p["method"],
                "per_channel": p["per_channel"], "bits": f"w{p['w_bits']}a{p['a_bits']}"}

@@ -57,7 +57,7 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
     csv_df = results_csv_frame(df)
     with atomic_path(results) as tmp:
         csv_df.to_csv(tmp, index=False, float_format=RESULTS_FLOAT)
-    cmp = paper_comparison(df, cfg)
+    cmp = paper_comparison(df)
     floor = floor_note(list(floors))
     atomic_write_text(paper, "# The paper's findings and numbers beside ours\n\n" + paper_comparison_md(cmp, df, floor))
     note = spread_note(cfg, df) + floor + quantile_note(df) + selection_note(df)

@@ -24,9 +24,10 @@ QUANTILE_COLUMNS = ["quantiles", "quantiles_from"]
 # The arch's noise floor (rule noise_floor): qFID of the FP generator against itself on other inputs,
 # and FID between the real evaluation and training splits; a value below them is not a difference.
 FLOOR_COLUMNS = ["qfid_floor", "fid_floor"]
-# Trained methods (QAT): the epoch kept (-1: the quantile-PTQ start) and what chose it: with
-# qat.select: best the lowest validation qFID or held-out loss, else the last epoch.
-TRAINING_COLUMNS = ["selected_epoch", "selected_on"]
+# Trained methods (QAT): the epoch kept (-1: the quantile-PTQ start) and what chose it (with
+# qat.select: best the lowest validation qFID or held-out loss, else the last epoch), and the
+# distillation loss it trained with (perceptual, or mse: the paper's appendix B).
+TRAINING_COLUMNS = ["selected_epoch", "selected_on", "distill_loss"]
 KEY = ["arch", "method", "per_channel", "w_bits", "a_bits"]
 RESULTS_FLOAT = "%.6g"  # results.csv: six significant digits (a qFID of 3e-5 is not 0.0000)
 FP_TITLE = "full-precision"

@@ -106,7 +106,7 @@ def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats
             # the quantile pair the method started from and where it came from (methods that read one)
             "quantiles": info.get("quantiles", ""), "quantiles_from": info.get("quantiles_from", ""),
             # trained methods: the epoch kept (qat.select: best picks it on held-out samples; -1: the PTQ start)
-            "selected_epoch": info.get("selected_epoch"), "selected_on": selected_on(info)}
+            "selected_epoch": info.get("selected_epoch"), "selected_on": selected_on(info), "distill_loss": info.get("distill_loss", "")}
 
 
 def selected_on(info: Dict[str, Any]) -> str:

@@ -352,8 +352,7 @@ _STAGES = [
                    "timing": Artifact("reports/timing.md", "where the time goes: per rule, jobs, wall/CPU seconds, peak memory, "
                                       "start-up share (the jobs' benchmark files and logs)"),
                    "html": Artifact("reports/index.html", "the report page")},
-          # archs: which distillation loss each arch's QAT used (archs.<arch>.qat.distill_loss: the paper rows it meets)
-          params=("matrix", "eval.bootstrap", "eval.n_samples", "qat.distill_loss", "archs"), threads=False),
+          params=("matrix", "eval.bootstrap", "eval.n_samples"), threads=False),
     # commands without a rule
     Stage("validate", "validate the params and print the experiment matrix", "workflow.cli:validate", rule=False, threads=False),
     Stage("track", "log the jobs' pending MLflow records (Snakemake does it when a run ends, the report stage too)",
