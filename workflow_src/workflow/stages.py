@@ -140,10 +140,20 @@ def split_statistics(split: str) -> Callable[[Mapping[str, Any], Mapping[str, st
     return lambda cfg, w: f"stats/{cfg['archs'][w['arch']]['dataset']}-{real_split(cfg, w['arch'], split)}.npz"
 
 
+def _method(w: Mapping[str, str]) -> "registry.Method":
+    """The method of a quantized variant's job."""
+    return registry.method(Variant.parse(w["variant"]).method)
+
+
+def _needs(cfg: Mapping[str, Any], w: Mapping[str, str], need: str) -> bool:
+    """Whether the job's method needs ``need`` (registry NEEDS) for its arch under ``cfg``."""
+    return need in _method(w).needs_for(cfg, w["arch"])
+
+
 def sweep_best(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
     """The quantile sweep's best pair, for methods that need quantiles when the arch asks for `sweep`."""
-    m = registry.method(Variant.parse(w["variant"]).method)
-    if "quantiles" in m.needs_for(cfg, w["arch"]) and cfg["archs"][w["arch"]]["quantiles"] == "sweep" \
+    m = _method(w)
+    if _needs(cfg, w, "quantiles") and cfg["archs"][w["arch"]]["quantiles"] == "sweep" \
             and registry.own_quantiles(cfg, w["arch"], m.name)[0] is None:
         return f"sweeps/{w['arch']}/best.json"
     return []
@@ -154,23 +164,18 @@ PERCEPTUAL_NETWORKS = {"tinyvgg": "resources/perceptual/tinyvgg.pt", "vgg16": "r
 
 def perceptual_network(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
     """The perceptual network, for methods that need it for this arch."""
-    m = registry.method(Variant.parse(w["variant"]).method)
-    return PERCEPTUAL_NETWORKS[cfg["perceptual"]["kind"]] if "perceptual" in m.needs_for(cfg, w["arch"]) else []
-
-
-def _needs_validation(cfg: Mapping[str, Any], w: Mapping[str, str]) -> bool:
-    return "validation" in registry.method(Variant.parse(w["variant"]).method).needs_for(cfg, w["arch"])
+    return PERCEPTUAL_NETWORKS[cfg["perceptual"]["kind"]] if _needs(cfg, w, "perceptual") else []
 
 
 def validation_features(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
     """The FID feature network, for methods that select on a validation qFID (qat.select_on: qfid)."""
-    return feature_network(cfg, w) if _needs_validation(cfg, w) else []
+    return feature_network(cfg, w) if _needs(cfg, w, "validation") else []
 
 
 def validation_data(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
     """The arch's prepared dataset, for methods that select on a validation qFID (image-to-image
     GANs hold their validation inputs out of its training split)."""
-    return arch_data(cfg, w) if _needs_validation(cfg, w) else []
+    return arch_data(cfg, w) if _needs(cfg, w, "validation") else []
 
 
 def published_checkpoint(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
@@ -203,7 +208,7 @@ def _every(pattern: str, which: Callable[[Mapping[str, Any]], List[str]]) -> Cal
 
 def _quantize_keys(w: Mapping[str, str]) -> List[str]:
     """A quantized variant's job reads what its method reads (registry)."""
-    return registry.method(Variant.parse(w["variant"]).method).params_keys
+    return _method(w).params_keys
 
 
 _ALL_VARIANTS = lambda cfg: ["fp"] + [v.name for v in variants(cfg)]  # noqa: E731
