@@ -139,6 +139,12 @@ def export_program(model: nn.Module, example: torch.Tensor, out: str | Path) -> 
     """``torch.export`` of ``model`` (decomposed int8 or FP32) saved to ``out`` (``.pt2``)."""
     with torch.no_grad():
         ep = torch.export.export(model.eval(), (example,))
+    # Each node records the Python stack that traced it, absolute file paths included: the file's size
+    # (results.csv's pt2e_size_ratio) would depend on where the checkout and the venv live.
+    for module in ep.graph_module.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            for node in module.graph.nodes:
+                node.meta.pop("stack_trace", None)
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         torch.export.save(ep, fh)
 
