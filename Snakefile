@@ -30,6 +30,13 @@ include: "rules/report.smk"
 
 
 rule all:
+    """the report and every job it needs; the default target"""
     input:
         rules.report.output,
     default_target: True
+
+
+# `snakemake --list-rules` describes each stage's rule by the help of its command (workflow_src/workflow/stages.py).
+for _rule in workflow.rules:
+    if _rule.name in S.STAGES:
+        _rule.docstring = S.stage(_rule.name).help

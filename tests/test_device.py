@@ -551,9 +551,10 @@ def test_runtime_settings_are_no_params_of_any_job():
     """Changing runtime.device reruns nothing: no rule or method reads the `runtime` section."""
     from workflow_src.workflow.stages import STAGES, param_keys
 
+    cfg = qcfg.load([ROOT / "params.yaml"])
     wildcards = {"arch": "stylegan", "variant": "lsq-qat-tensor-w4a8", "dataset": "digits", "split": "test"}
-    keys = [k for rule in STAGES for k in param_keys(rule, wildcards)]
-    keys += [k for m in registry.methods().values() for k in m.params_keys]
+    keys = [k for rule in STAGES for k in param_keys(cfg, rule, wildcards)]
+    keys += [k for m in registry.methods().values() for k in m.params_keys(cfg, "stylegan")]
     assert keys and not [k for k in keys if k.startswith("runtime")]
 
 

@@ -4,6 +4,8 @@ search written here from scratch (PyTorch's own observer for the scale and zero 
 round/clamp arithmetic in float64 for the error), on data and on a model's captured activations."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver as TorchMinMax
 from torch.ao.quantization.observer import PerChannelMinMaxObserver as TorchPerChannel
 
+from workflow_src import config as qcfg
 from workflow_src import registry
 from workflow_src.config import Variant
 from workflow_src.methods import ptq_mse as M
@@ -156,5 +159,6 @@ def test_registered_as_a_post_training_method():
     m = registry.method("ptq-mse")
     assert (m.kind, m.rule, m.implementation()) == ("ptq", "quantize", M.ptq_mse)
     assert "ptq-mse" in registry.methods_in_table("table3") and "ptq-mse" in registry.methods_in_table("table4")
-    assert m.params_keys == list(registry.COMMON_READS)  # reads no quantiles: a quantile change does not rerun it
+    cfg = qcfg.load([Path(__file__).resolve().parents[1] / "params.yaml"])
+    assert m.params_keys(cfg, "sagan") == list(registry.COMMON_READS)  # reads no quantiles: a quantile change does not rerun it
     np.testing.assert_allclose(M.clip_ratios().numpy(), RATIOS)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import inspect
 import textwrap
+from pathlib import Path
 
 import pytest
 
+from workflow_src import config as qcfg
 from workflow_src import registry
 from workflow_src.archs.base import GANArch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = qcfg.load([ROOT / "params.yaml"])
 
 
 def test_every_declared_method_points_to_its_implementation():
@@ -20,13 +25,27 @@ def test_every_declared_method_points_to_its_implementation():
         params = list(inspect.signature(run).parameters)
         assert params[:5] == ["generator", "calib_inputs", "variant", "arch_cfg", "cfg"], (name, params)
         assert m.kind in registry.KINDS and m.tables and set(m.tables) <= set(registry.TABLES)
-        keys = m.params_keys
+        keys = m.params_keys(TINY, "stylegan")
         assert keys[: len(registry.COMMON_READS)] == list(registry.COMMON_READS) and len(keys) == len(set(keys))
-        # what a need implies is read, and a method that trains writes a loss log (rule qat)
-        for need in ("quantiles", "perceptual"):
+        # what a need implies is read (the tiny profile's StyleGAN: every need of every method holds),
+        # and a method that trains writes a loss log (rule qat)
+        for need in ("quantiles", "perceptual", "validation"):
             if m.may_need(need):
                 assert set(registry.NEED_READS[need]) <= set(keys), name
         assert m.rule == ("qat" if m.kind == "qat" else "quantize")
+
+
+def test_a_job_reads_the_keys_of_the_needs_that_hold_for_its_arch():
+    """On the micro config CycleGAN's QAT keeps the epoch the validation qFID ranks best and distils with
+    pixel MSE, the other archs keep the last epoch with the perceptual loss: each QAT job reads the
+    scorer's keys (the validation count, the feature network, the eval batch size and bootstrap count),
+    or the perceptual network's, only where that holds."""
+    micro = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
+    qat = registry.method("lsq-qat")
+    cyc, sty = set(qat.params_keys(micro, "cyclegan")), set(qat.params_keys(micro, "stylegan"))
+    assert set(registry.NEED_READS["validation"]) <= cyc and not set(registry.NEED_READS["validation"]) & sty
+    assert "perceptual" in sty and "perceptual" not in cyc
+    assert {"qat", "archs.{arch}.qat"} <= cyc & sty  # what decides the needs is read either way
 
 
 def test_reports_order_and_tables_follow_kinds():

@@ -18,12 +18,14 @@ from workflow_src.workflow import cli, stages
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_every_rule_is_a_declared_stage():
+def test_every_rule_is_a_declared_stage_and_listed_with_what_it_does():
+    """`snakemake --list-rules` shows every rule with a description: a stage's is its command's help."""
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--list-rules"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rules = {line.strip() for line in proc.stdout.splitlines() if re.fullmatch(r"\s*\w+\s*", line)} - {"all"}
-    assert rules == set(stages.STAGES)
+    listed = dict(m.groups() for m in re.finditer(r"^(\w+) \((.+)\)$", proc.stdout, re.M))
+    assert set(listed) - {"all"} == set(stages.STAGES) and listed["all"]
+    assert all(listed[r] == stages.stage(r).help for r in stages.STAGES)
 
 
 @pytest.mark.parametrize("command", sorted(stages.COMMANDS))
@@ -60,6 +62,18 @@ def test_options_come_in_any_order():
     orders = [list(pairs), list(reversed(pairs))] + [random.Random(seed).sample(pairs, len(pairs)) for seed in range(3)]
     parsed = [vars(cli._parser().parse_args(["quantize"] + [x for p in order for x in p])) for order in orders]
     assert all(p == parsed[0] for p in parsed) and parsed[0]["quantiles"] is None and parsed[0]["model"] == "v-model"
+
+
+@pytest.mark.parametrize("argv", [["--config", "a.yaml", "--config", "b.yaml", "--threads", "3", "validate"],
+                                  ["validate", "--config", "a.yaml", "--threads", "3", "--config", "b.yaml"],
+                                  ["--threads", "3", "validate", "--config", "a.yaml", "--config", "b.yaml"],
+                                  ["--config", "x.yaml", "--threads", "3", "validate", "--config", "a.yaml", "--config", "b.yaml"]])
+def test_config_and_threads_come_before_or_after_the_command(argv):
+    """The help shows `COMMAND --config ...`, so both places work; given after COMMAND they replace
+    what came before it."""
+    args = vars(cli._parser().parse_args(argv))
+    assert args["config"] == ["a.yaml", "b.yaml"] and args["threads"] == 3 and args["command"] == "validate"
+    assert vars(cli._parser().parse_args(["validate"]))["config"] is None and vars(cli._parser().parse_args(["validate"]))["threads"] == 1
 
 
 def test_shell_lines_pass_every_artifact_by_name():

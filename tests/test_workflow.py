@@ -1,4 +1,5 @@
 """The workflow, run for real: the whole DAG on the micro config in a temporary directory."""
+import collections
 import json
 import math
 import os
@@ -126,6 +127,38 @@ def test_second_run_is_a_no_op(micro_run):
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
 
 
+@pytest.mark.workflow
+def test_changing_the_sample_grid_reruns_the_evaluations_and_what_reads_them(micro_run, tmp_path):
+    """eval.grid (how many images a sample row shows) is read by the evaluations alone; before, the
+    quantile sweep declared the whole `eval` section, and every quantize and QAT job followed it."""
+    cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"eval: {{grid: {cfg['eval']['grid'] // 2}}}\n")
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(micro_run), "--cores", "1", "-n", "report", "--configfile", str(ROOT / "configs" / "micro.yaml"), str(grid)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    planned = collections.Counter(re.findall(r"^(?:local)?rule (\w+):$", proc.stdout, re.M))
+    archs = cfg["matrix"]["archs"]
+    assert planned["evaluate"] == len(archs) * len(qcfg.variants(cfg)) and planned["evaluate_fp"] == len(archs)
+    # downstream of the FP statistics and the metrics: the noise floor, the sample figures, the report
+    assert set(planned) == {"evaluate", "evaluate_fp", "noise_floor", "sample_figure", "report"}, planned
+
+
+@pytest.mark.workflow
+def test_changing_the_bootstrap_count_reruns_qat_only_where_it_selects_on_the_validation_qfid(micro_run, tmp_path):
+    """eval.bootstrap sets the spread that a QAT epoch must beat on the validation qFID (micro CycleGAN
+    selects so, the other archs keep the last epoch): CycleGAN's QAT jobs rerun, no other arch's."""
+    cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
+    other = tmp_path / "bootstrap.yaml"
+    other.write_text(f"eval: {{bootstrap: {cfg['eval']['bootstrap'] + 1}}}\n")
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(micro_run), "--cores", "1", "-n", "-p", "report", "--configfile", str(ROOT / "configs" / "micro.yaml"), str(other)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    qat = re.findall(r"workflow_src --threads \S+ qat --arch (\w+)", proc.stdout)
+    assert qat and set(qat) == {"cyclegan"}, qat
+    assert not re.search(r"^(?:local)?rule (quantize|quantile_sweep|train_fp|distill):$", proc.stdout, re.M)
+
+
 def _with_published_checkpoint(wd, checkpoint):
     """The paper profile imports StyleGAN from rosinality's checkpoint (configs/paper.yaml); put a
     fabricated one in the published layout where it expects it."""
@@ -201,6 +234,12 @@ def test_results_rebuilt_from_mlflow_equal_the_metrics_files(micro_run, monkeypa
     train = runs[runs["tags.stage"] == "train"]
     history = mlflow.tracking.MlflowClient().get_metric_history(train.iloc[0]["run_id"], "loss_g")
     assert len(history) > 10, "per-step losses are logged as step metrics"
+    # a quantize or QAT run holds the hyperparameters its job read: BRECQ's, QAT's, the per-arch overrides
+    quantize = runs[runs["tags.stage"] == "quantize"].set_index(["tags.arch", "tags.variant"])
+    cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
+    ar, qat = quantize.loc[("sagan", "ar-brecq-tensor-w4a8")], quantize.loc[("cyclegan", "lsq-qat-tensor-w4a8")]
+    assert ar["params.brecq.ar_steps"] == str(cfg["brecq"]["ar_steps"]) and ar["params.calibration.images"] == str(cfg["calibration"]["images"])
+    assert qat["params.qat.epochs"] == str(cfg["qat"]["epochs"]) and qat["params.archs.cyclegan.qat.select_on"] == "qfid"
 
 
 @pytest.mark.workflow

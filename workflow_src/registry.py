@@ -71,9 +71,10 @@ TABLES = {"table3": ("ptq", "reconstruction"), "table4": ("ptq", "qat")}
 COMMON_READS = ("calibration.images", "distill.batch_size", "archs.{arch}.model", "archs.{arch}.resolution")
 # What a need implies the method reads: the quantile pair (or the sweep's best pair) and the
 # quantile observer's moving-average momentum; the perceptual network's section; the validation
-# inputs (workflow/distill.py: validation_inputs) and the feature space a validation qFID is measured in.
+# inputs (workflow/distill.py: validation_inputs), the feature space a validation qFID is measured in, and
+# the batch size and bootstrap count it is scored with (the spread a new epoch must beat: qat.select_spreads).
 NEED_READS = {"quantiles": ("calibration.momentum", "archs.{arch}.quantiles"), "perceptual": ("perceptual",),
-              "validation": ("sweep.validation_samples", "features")}
+              "validation": ("sweep.validation_samples", "features", "eval.batch_size", "eval.bootstrap")}
 
 
 class RegistryError(ValueError):
@@ -163,12 +164,16 @@ class Method:
         return frozenset(n.name for n in self.needs
                          if all(section_value(cfg, arch, key, self.file.per_arch) == value for key, value in n.when))
 
-    @property
-    def params_keys(self) -> List[str]:
-        """The params keys a job of this method reads, in order ("{arch}" to be filled)."""
+    def params_keys(self, cfg: Mapping[str, Any], arch: str) -> List[str]:
+        """The params keys a job of this method reads for ``arch`` under ``cfg``, in order ("{arch}"
+        to be filled): those of the needs that hold there (a QAT that keeps its last epoch reads
+        nothing the validation scorer would).  The keys a need's condition tests are the method's
+        own section, which ``reads`` names."""
+        held = self.needs_for(cfg, arch)
         keys = list(COMMON_READS)
         for n in self.needs:
-            keys += NEED_READS.get(n.name, ())
+            if n.name in held:
+                keys += NEED_READS.get(n.name, ())
         keys += self.reads
         return list(dict.fromkeys(keys))
 

@@ -19,15 +19,24 @@ from .stages import COMMANDS, RESOURCES_MARK, STARTUP_MARK, WILDCARDS, Stage, op
 PARAMS_ENV = "QGAN_PARAMS"  # the resolved params file the workflow's jobs read (rules/common.smk)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m workflow_src", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", action="append", default=None,
+def _common_options(after_command: bool) -> argparse.ArgumentParser:
+    """--config and --threads, accepted before COMMAND and after it (there, given ones replace those
+    given before; absent ones leave them as they were)."""
+    keep = argparse.SUPPRESS if after_command else None
+    c = argparse.ArgumentParser(add_help=False)
+    c.add_argument("--config", action="append", default=keep,
                    help="params YAML; repeat to merge overrides (default: $QGAN_PARAMS, the workflow's resolved params, else params.yaml)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (Snakemake's {threads})")
+    c.add_argument("--threads", type=int, default=keep or 1, help="torch intra-op threads (Snakemake's {threads}; default 1)")
+    return c
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m workflow_src", description=__doc__, parents=[_common_options(False)],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for st in COMMANDS.values():
-        sp = sub.add_parser(st.command, help=st.help, description=f"{st.help} (rule {st.name})" if st.rule else st.help)
+        sp = sub.add_parser(st.command, help=st.help, description=f"{st.help} (rule {st.name})" if st.rule else st.help,
+                            parents=[_common_options(True)])
         for name, (kind, a) in st.arguments().items():
             if a is None:
                 sp.add_argument(option(name), dest=name, required=True, help=WILDCARDS[name])

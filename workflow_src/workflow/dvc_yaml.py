@@ -24,7 +24,7 @@ import yaml
 
 from ..files import atomic_write_text
 from .. import registry, resume
-from ..config import FP, Variant
+from ..config import FP, Variant, load
 from .stages import param_keys, stage
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: Snakefile, rules/, params.yaml
@@ -87,7 +87,7 @@ def code_deps(rule: str, wildcards: Dict[str, str], inputs: List[str] = ()) -> L
 
 def dvc_stages(root: Path) -> Dict[str, Any]:
     """The content of ``dvc.yaml`` for the default params (params.yaml)."""
-    stages = {}
+    stages, cfg = {}, load([root / "params.yaml"])
     for job in snakemake_jobs(root):
         cmd = _REDIRECT.sub("", job["cmd"]).replace("python -m workflow_src ", "python -m workflow_src --config params.yaml ", 1)
         outs = []
@@ -102,7 +102,7 @@ def dvc_stages(root: Path) -> Dict[str, Any]:
                 outs.append(("outs", o))
         stage: Dict[str, Any] = {"cmd": cmd}
         stage["deps"] = sorted(job["inputs"]) + code_deps(job["rule"], job["wildcards"], job["inputs"])
-        stage["params"] = param_keys(job["rule"], job["wildcards"])
+        stage["params"] = param_keys(cfg, job["rule"], job["wildcards"])
         for kind in ("outs", "metrics", "plots"):
             items = [o for k, o in outs if k == kind]
             if items:

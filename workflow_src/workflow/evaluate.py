@@ -50,7 +50,7 @@ def _evaluate(cfg: Dict[str, Any], arch: str, v: Optional[Variant], model_path: 
     device = resolve_device(cfg)
     fs = feature_space(cfg, features_path, device)
     tags = variant_tags(arch, v)
-    with tracking.run("evaluate", cfg, {**tags, "feature_space": fs.name}, {"eval": cfg["eval"]}) as run:
+    with tracking.run("evaluate", cfg, {**tags, "feature_space": fs.name}, param_values(cfg, *_job(arch, v))) as run:
         metrics = _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out, out, device)
         environment = describe_runtime(device)  # where and how it computed (issue 15)
         write_json(out, {**tags, **metrics, "feature_space": fs.name, "profile": cfg["profile"], "environment": environment})
@@ -58,6 +58,11 @@ def _evaluate(cfg: Dict[str, Any], arch: str, v: Optional[Variant], model_path: 
         run.log_metrics({k: metrics[k] for k in ("fid", "qfid", "fid_std", "qfid_std", "generate_seconds")})
         run.log_artifact(out)
         run.log_artifact(samples_out)
+
+
+def _job(arch: str, v: Optional[Variant]):
+    """The rule and wildcards of the job that evaluates ``v`` (None: the FP generator)."""
+    return ("evaluate_fp", {"arch": arch}) if v is None else ("evaluate", {"arch": arch, "variant": v.name})
 
 
 def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out, out, device=None) -> Dict[str, Any]:
@@ -71,8 +76,7 @@ def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats
     # Resumable: after each segment the features so far are checkpointed beside the metrics (a job
     # killed at its wall time resumes at the next segment), resumed only by the same work.
     ckpt = Path(str(out) + ".ckpt.pt")
-    rule, wildcards = ("evaluate_fp", {"arch": arch}) if v is None else ("evaluate", {"arch": arch, "variant": v.name})
-    fingerprint = resume.job_fingerprint(param_values(cfg, rule, wildcards), [__name__, *resume.modules_of(a)], features=fs.name,
+    fingerprint = resume.job_fingerprint(param_values(cfg, *_job(arch, v)), [__name__, *resume.modules_of(a)], features=fs.name,
                                          inputs=resume.tensor_digest(model.state_dict(), inputs, extras))
     saved = resume.load_checkpoint(ckpt, fingerprint)
     done, chunks, grids, gen_seconds = 0, [], [], 0.0

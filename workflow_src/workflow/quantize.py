@@ -55,10 +55,12 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
             raise ValueError(f"{v.method} writes per-step losses: pass --losses")
         extra["losses_out"] = Path(losses)
     run_method = method.implementation()
-    with tracking.run("quantize", cfg, variant_tags(arch, v)) as run:
+    job_params = param_values(cfg, method.rule, {"arch": arch, "variant": v.name})
+    # the run holds every hyperparameter the job reads (brecq.*, qat.*, the quantile pair, ...), as its params
+    with tracking.run("quantize", cfg, variant_tags(arch, v), job_params) as run:
         t0 = time.time()
         qmodel, spec, record = run_method(g, distill_set["inputs"], v, acfg, cfg, arch=make_arch(cfg, arch), ckpt=ckpt, tracker=run, extras=distill_set["extras"],
-                                            job_params=param_values(cfg, "qat" if method.trains else "quantize", {"arch": arch, "variant": v.name}), **extra)
+                                            job_params=job_params, **extra)
         record["seconds"] = time.time() - t0
         if "quantiles" in needs:  # the pair the method started from, and where it came from (results.csv)
             record.update(quantiles=pair_text(acfg["quantiles"]), quantiles_from=acfg["quantiles_from"])

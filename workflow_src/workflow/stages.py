@@ -49,7 +49,7 @@ class Stage:
     inputs: Mapping[str, Artifact] = field(default_factory=dict)
     outputs: Mapping[str, Artifact] = field(default_factory=dict)
     extra: Mapping[str, Artifact] = field(default_factory=dict)  # paths given to the command that are neither
-    params: Union[Tuple[str, ...], Callable[[Mapping[str, str]], List[str]]] = ()  # the params keys it reads
+    params: Union[Tuple[str, ...], Callable[[Mapping[str, Any], Mapping[str, str]], List[str]]] = ()  # the params keys it reads (or (cfg, wildcards) -> them)
     threads: bool = True  # passes Snakemake's {threads} as --threads
     rule: bool = True  # False: a command without a rule (validate, dvc-yaml)
 
@@ -206,13 +206,16 @@ def _every(pattern: str, which: Callable[[Mapping[str, Any]], List[str]]) -> Cal
     return lambda cfg, w=None: [pattern.format(arch=a, variant=v) for a in cfg["matrix"]["archs"] for v in which(cfg)]
 
 
-def _quantize_keys(w: Mapping[str, str]) -> List[str]:
-    """A quantized variant's job reads what its method reads (registry)."""
-    return _method(w).params_keys
+def _quantize_keys(cfg: Mapping[str, Any], w: Mapping[str, str]) -> List[str]:
+    """A quantized variant's job reads what its method reads there (registry)."""
+    return _method(w).params_keys(cfg, w["arch"])
 
 
 _ALL_VARIANTS = lambda cfg: ["fp"] + [v.name for v in variants(cfg)]  # noqa: E731
 _ARCH = ("archs.{arch}.model", "archs.{arch}.resolution")
+# An evaluation reads its batch size, grid and bootstrap count; the sample count comes with its inputs
+# (rule eval_inputs), and the real split with the real statistics.
+_EVALUATE = ("seed", "eval.batch_size", "eval.grid", "eval.bootstrap")
 
 # ------------------------------------------------------------------------------ the stages
 _STAGES = [
@@ -283,7 +286,7 @@ _STAGES = [
           outputs={"metrics": Artifact("metrics/{arch}/fp.json", "FID and its bootstrap spread"),
                    "stats": Artifact("eval/{arch}/fp_stats.npz", "the FP generator's feature statistics"),
                    "samples": Artifact("samples/{arch}/fp.png", "a row of samples")},
-          params=("seed", "eval")),
+          params=_EVALUATE),
     Stage("evaluate", "FID and qFID of one quantized variant", "workflow.evaluate:evaluate", wildcards=("arch", "variant"),
           inputs={"model": Artifact("models/q/{arch}/{variant}.pt", "the quantized generator"),
                   "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs"),
@@ -291,7 +294,7 @@ _STAGES = [
                   "fp_stats": Artifact("eval/{arch}/fp_stats.npz", "the FP generator's feature statistics")},
           outputs={"metrics": Artifact("metrics/{arch}/{variant}.json", "FID, qFID and their bootstrap spreads"),
                    "samples": Artifact("samples/{arch}/{variant}.png", "a row of samples")},
-          params=("seed", "eval")),
+          params=_EVALUATE),
     Stage("noise_floor", "the feature space's noise floor: FP vs FP on other inputs, real split vs split",
           "workflow.evaluate:noise_floor", wildcards=("arch",),
           inputs={"model": Artifact("models/fp/{arch}.pt", "the FP networks"),
@@ -301,7 +304,7 @@ _STAGES = [
                   "real_test": Artifact(split_statistics("test"), "the real test images' statistics"),
                   "real_train": Artifact(split_statistics("train"), "the real training images' statistics")},
           outputs={"out": Artifact("metrics/{arch}/noise_floor.json", "qfid_floor and fid_floor")},
-          params=("seed", "eval", "sweep.validation_samples", "distill.size", *_ARCH)),
+          params=("seed", "eval.n_samples", "eval.batch_size", "sweep.validation_samples", "distill.size", *_ARCH)),
     # the quantile sweep, paper Figure 1 (rules/sweep.smk)
     Stage("quantile_sweep", "qFID over activation/weight quantile pairs (Figure 1)", "workflow.sweep:run_sweep", wildcards=("arch",),
           inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "distill": Artifact("distill/{arch}.pt", "the distillation set"),
@@ -309,7 +312,7 @@ _STAGES = [
                   "features": Artifact(feature_network, "the FID feature network")},
           outputs={"csv": Artifact("sweeps/{arch}/quantile_sweep.csv", "validation qFID per pair and weight width"),
                    "best": Artifact("sweeps/{arch}/best.json", "the best pair per weight width")},
-          params=("seed", "sweep", "matrix", "calibration", "distill", "eval", *_ARCH)),
+          params=("seed", "sweep", "matrix", "calibration", "distill", "eval.batch_size", *_ARCH)),
     Stage("fig1", "the quantile-sweep figure and table", "workflow.sweep:figure",
           inputs={"sweeps": Artifact(lambda cfg, w=None: [f"sweeps/{a}/quantile_sweep.csv" for a in cfg["matrix"]["archs"]],
                                      "every arch's sweep", many=True)},
@@ -376,10 +379,10 @@ def stage(rule: str) -> Stage:
         raise KeyError(f"rule {rule!r} is not declared in workflow_src/workflow/stages.py (rules: {sorted(STAGES)})") from None
 
 
-def param_keys(rule: str, wildcards: Mapping[str, str]) -> List[str]:
-    """The params keys job ``rule`` with ``wildcards`` reads."""
+def param_keys(cfg: Mapping[str, Any], rule: str, wildcards: Mapping[str, str]) -> List[str]:
+    """The params keys job ``rule`` with ``wildcards`` reads under ``cfg``."""
     st = stage(rule)
-    keys = st.params(wildcards) if callable(st.params) else st.params
+    keys = st.params(cfg, wildcards) if callable(st.params) else st.params
     return [k.format(**dict(wildcards)) for k in keys]
 
 
@@ -392,7 +395,7 @@ def lookup(cfg: Mapping[str, Any], key: str) -> Any:
 
 def param_values(cfg: Mapping[str, Any], rule: str, wildcards: Mapping[str, str]) -> Dict[str, Any]:
     """``{key: value}`` of what the job reads (Snakemake's ``params.section``, a rerun trigger)."""
-    return {k: lookup(cfg, k) for k in param_keys(rule, wildcards)}
+    return {k: lookup(cfg, k) for k in param_keys(cfg, rule, wildcards)}
 
 
 def resources_problems(cfg: Mapping[str, Any]) -> List[str]:
