@@ -7,7 +7,7 @@ CORES ?= all
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: setup report test dry-run-paper lint clean mlflow-server
+.PHONY: setup report test dry-run-paper lint clean mlflow-server adopt
 
 setup: $(STAMP)
 
@@ -36,6 +36,17 @@ mlflow-server: setup
 	exec mlflow server --backend-store-uri "sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db" \
 		--serve-artifacts --artifacts-destination "$(abspath $(MLFLOW_DIR))/mlruns" \
 		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers 1
+
+# Hand a built tree from one tool to the other (README "Snakemake and DVC on one tree"): the outputs stay
+# as they are; DVC records every output in dvc.lock and its cache (which rewrites the files, so their times
+# no longer follow the DAG), then Snakemake marks each output of the report's DAG up to date.  Both end
+# by saying that nothing is left to run.  For a tree built with params.yaml alone (what dvc.yaml describes).
+SNAKEMAKE_ARGS ?=
+adopt: setup
+	dvc commit --force --quiet
+	snakemake report --cores 1 --touch $(SNAKEMAKE_ARGS) --quiet rules
+	dvc status
+	snakemake --dry-run report $(SNAKEMAKE_ARGS) | tail -n 1
 
 dry-run-paper: setup
 	snakemake -n report --configfile configs/paper.yaml

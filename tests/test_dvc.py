@@ -59,6 +59,13 @@ def test_params_name_exactly_what_each_stage_reads(jobs):
     assert "resources/perceptual/tinyvgg.pt" in doc["qat.sagan.lsq-qat-tensor-w4a8"]["deps"]
 
 
+def test_dvc_metrics_are_one_summary_file():
+    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert [m for st in doc.values() for item in st.get("metrics", []) for m in item] == ["reports/summary.json"]
+    outs = {o if isinstance(o, str) else next(iter(o)): o for st in doc.values() for o in st.get("outs", [])}
+    assert outs["metrics/sagan/fp.json"] == {"metrics/sagan/fp.json": {"cache": False}}  # each job's record: in git
+
+
 def test_each_stage_depends_on_the_code_it_runs():
     """A stage's code dependencies are its stage module, the method and arch its wildcards name,
     and what they import: BRECQ's file for an AR-BRECQ variant, not QAT's; the arch's own file,
@@ -96,7 +103,7 @@ def dvc_project(tmp_path_factory):
     from workflow_src import config as qcfg
 
     proj = tmp_path_factory.mktemp("dvcproj")
-    for item in ("Snakefile", "rules", "workflow_src", "profiles", "envs", "configs"):
+    for item in ("Snakefile", "rules", "workflow_src", "profiles", "envs", "configs", "Makefile"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, proj / item)
     cfg = qcfg.deep_merge(qcfg.load_yaml(ROOT / "params.yaml"), qcfg.load_yaml(ROOT / "configs" / "micro.yaml"))
@@ -118,6 +125,48 @@ def test_dvc_repro_builds_then_is_a_no_op(dvc_project):
     out = _dvc(["repro"], dvc_project)
     assert "Stage 'report' didn't change" in out and "Running stage" not in out
     assert "up to date" in _dvc(["status"], dvc_project).lower()
+    import json
+
+    import pandas as pd
+
+    shown = json.loads(_dvc(["metrics", "show", "--json"], dvc_project))
+    files = {f: d["data"] for ws in shown.values() for f, d in ws["data"].items()}
+    assert list(files) == ["reports/summary.json"]
+    results = pd.read_csv(dvc_project / "reports" / "results.csv")
+    variants = files["reports/summary.json"]["sagan"]
+    assert len(variants) == len(results)
+    for _, r in results.iterrows():
+        name = "fp" if r["method"] == "fp" else f"{r['method']}-{'channel' if r['per_channel'] else 'tensor'}-w{r['w_bits']}a{r['a_bits']}"
+        assert variants[name]["qfid"] == pytest.approx(r["qfid"], rel=1e-5) and variants[name]["fid"] == pytest.approx(r["fid"], rel=1e-5)
+
+
+def _tool_env():
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "QGAN_TRACKING": "off",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # this environment's dvc and snakemake
+
+
+def _make_adopt(project):
+    # `-o`: the copy has no environment of its own to set up; it uses this one
+    proc = subprocess.run(["make", "-o", ".venv/.installed", "adopt"], cwd=project, capture_output=True, text=True, env=_tool_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.workflow
+def test_make_adopt_hands_a_tree_from_one_tool_to_the_other(dvc_project):
+    """Built by DVC: after `make adopt` Snakemake has nothing to run either.  Then Snakemake reruns
+    the report: DVC sees exactly that stage changed, and `make adopt` leaves both with nothing to run."""
+    import json
+
+    out = _make_adopt(dvc_project)
+    assert "Nothing to be done" in out and "Data and pipelines are up to date" in out, out
+    smk = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--forcerun", "report", "report"], cwd=dvc_project,
+                         capture_output=True, text=True, env=_tool_env())
+    assert smk.returncode == 0, smk.stderr[-3000:]
+    assert set(json.loads(_dvc(["status", "--json"], dvc_project))) == {"report"}
+    out = _make_adopt(dvc_project)
+    assert "Nothing to be done" in out and "Data and pipelines are up to date" in out, out
+    assert json.loads(_dvc(["status", "--json"], dvc_project)) == {}
 
 
 @pytest.mark.workflow

@@ -191,3 +191,34 @@ def test_the_selection_note_counts_the_cells_that_kept_their_ptq_start():
     assert "- MA-QAT: the start in 1 of 2 cells; epochs kept [-1, 5] (validation qfid)" in note
     assert "- LSQ-QAT: the start in 0 of 1 cells; epochs kept [7] (last epoch)" in note
     assert "Min-max" not in note and selection_note(df.drop(columns=["selected_epoch"])) == ""
+
+
+def test_the_page_names_the_best_method_per_width_and_what_the_spreads_cannot_tell_apart():
+    from workflow_src.reporting import page
+
+    df = pd.DataFrame([
+        _row("sagan", "ptq-minmax", False, 4, 1.0, 0.1), _row("sagan", "ptq-quantile", False, 4, 1.2, 0.1),  # 0.2 < 2*0.141: tied
+        _row("sagan", "lsq-qat", False, 4, 2.0, 0.1),                                                           # 1.0 apart
+        _row("cyclegan", "ptq-minmax", True, 8, 0.02, 0.0), _row("cyclegan", "lsq-qat", True, 8, 0.01, 0.0),  # both below the floor
+        _row("cyclegan", "ma-qat", True, 8, 0.5, 0.0),
+    ])
+    df["qfid_floor"] = df["arch"].map({"sagan": 0.5, "cyclegan": 0.05})
+    best = page.best_by_width(df).set_index("arch")
+    assert best.loc["sagan", "best"] == page.method_title("ptq-minmax") + ", per-tensor"
+    assert best.loc["sagan", "tied"] == [page._variant_label(df.iloc[1])] and bool(best.loc["sagan", "above_floor"])
+    assert best.loc["cyclegan", "best"] == page.method_title("lsq-qat") + ", per-channel"
+    assert best.loc["cyclegan", "tied"] == [page._variant_label(df.iloc[3])] and not best.loc["cyclegan", "above_floor"]
+
+
+def test_a_lower_fid_than_full_precision_is_a_gain_only_beyond_the_spread_and_the_floor():
+    from workflow_src.reporting import page
+
+    fp = {"arch": "sagan", "method": "fp", "variant": "fp", "per_channel": None, "w_bits": 32, "a_bits": 32, "fid": 0.81, "fid_std": 0.12,
+          "qfid": 0.0, "qfid_std": 0.0, "feature_space": "tinycnn"}
+    rows = [fp, {**_row("sagan", "ptq-minmax", False, 4, 0.3, 0.01, fid=0.62), "fid_std": 0.05, "variant": "a"},  # 0.19 < 2*0.13
+            {**_row("sagan", "lsq-qat", False, 4, 0.3, 0.01, fid=0.2), "fid_std": 0.01, "variant": "b"},         # 0.61 > 2*0.12
+            {**_row("sagan", "ma-qat", False, 4, 0.3, 0.01, fid=1.0), "variant": "c"}]                           # higher: not listed
+    df = pd.DataFrame(rows)
+    assert page.fid_against_fp(df).set_index("variant")["real"].to_dict() == {"a": False, "b": True}
+    df["fid_floor"] = 0.7  # a difference of 0.61 is inside the real images' own FID
+    assert page.fid_against_fp(df).set_index("variant")["real"].to_dict() == {"a": False, "b": False}

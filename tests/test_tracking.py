@@ -229,3 +229,19 @@ def test_make_mlflow_server_serves_the_store_that_jobs_log_to(tmp_path, monkeypa
         assert set(runs) == {"train", "evaluate"} and runs["evaluate"].data.metrics["fid"] == 3.0
         assert [m.step for m in client.get_metric_history(runs["train"].info.run_id, "loss")] == list(range(5))
         assert (store / "mlflow.db").stat().st_size > 0 and not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_experiment_opens_on_its_runs_and_the_page_links_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    old = mlflow.create_experiment("qgan-bench-old")  # made before the kind tag existed
+    text, url = tracking.experiment_link("old")
+    assert url == f"http://127.0.0.1:5000/#/experiments/{old}/runs" and "make mlflow-server" in text
+    new_id = tracking.init_store("new")
+    for exp in (old, new_id):  # MLflow 3's UI picks the runs view, not the GenAI traces page, for this kind
+        assert mlflow.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+    monkeypatch.setenv("QGAN_TRACKING", "off")
+    assert tracking.experiment_link("new")[1] == ""

@@ -38,7 +38,6 @@ def test_every_artifact_and_finite_metrics(micro_run):
         for v in variants:
             for p in [f"models/q/{arch}/{v}.pt", f"metrics/{arch}/{v}.json", f"samples/{arch}/{v}.png"]:
                 assert (micro_run / p).stat().st_size > 0, p
-        assert (micro_run / "reports" / f"samples_{arch}.png").exists()
     df = pd.read_csv(micro_run / "reports" / "results.csv")
     # the contract's columns first and unchanged, then the integer-export columns (issue 9), then where each
     # quantile pair came from, the arch's noise floor and QAT's kept epoch (issue 14)
@@ -73,9 +72,8 @@ def test_every_artifact_and_finite_metrics(micro_run):
     assert set(df["method"]) == {"fp"} | set(cfg["matrix"]["methods"])
     assert df["feature_space"].str.startswith("tinycnn").all()
     table = (micro_run / "reports" / "table4.md").read_text()
-    assert "StyleGAN FID" in table and "a8/w4" in table and "tinycnn" in table and " ± " in table and "bootstrap" in table
+    assert "StyleGAN FID" in table and "| w4a8 |" in table and "tinycnn" in table and " ± " in table and "bootstrap" in table
     html = (micro_run / "reports" / "index.html").read_text()
-    assert all(f"samples_{a}.png" in html for a in archs)
     sweep = pd.read_csv(micro_run / "reports" / "quantile_sweep.csv")
     assert set(sweep["arch"]) == set(archs) and sweep["qfid"].map(math.isfinite).all()
     assert (micro_run / "reports" / "fig1_quantile_sweep.png").stat().st_size > 0
@@ -109,6 +107,70 @@ def test_every_artifact_and_finite_metrics(micro_run):
     assert "Where the time goes" in html
     # no temporary files left behind
     assert not list(micro_run.rglob("*.tmp"))
+
+
+@pytest.mark.workflow
+def test_the_results_page_stands_alone_with_findings_tables_plots_and_provenance(micro_run):
+    """reports/index.html read as a browser would: every image decodes from the page itself, every
+    link resolves (a file beside the page, an anchor on it, or the MLflow experiment's runs), and it
+    holds the findings, the tables as tables, the plots and the provenance."""
+    import base64
+    import io
+    from html.parser import HTMLParser
+
+    from PIL import Image
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.imgs, self.links, self.ids, self.cells, self.headings, self.pre, self._cell = [], [], set(), [], [], 0, None
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            self.ids |= {a["id"]} if "id" in a else set()
+            if tag == "img":
+                self.imgs.append(a)
+            elif tag == "a" and "href" in a:
+                self.links.append(a["href"])
+            elif tag in ("td", "th", "h2", "h3"):
+                self._cell = (tag, [])
+            self.pre += tag == "pre"
+
+        def handle_data(self, data):
+            if self._cell:
+                self._cell[1].append(data)
+
+        def handle_endtag(self, tag):
+            if self._cell and tag == self._cell[0]:
+                (self.headings if tag in ("h2", "h3") else self.cells).append("".join(self._cell[1]).strip())
+                self._cell = None
+
+    page = Page()
+    page.feed((micro_run / "reports" / "index.html").read_text())
+    assert len(page.imgs) >= 2 + 2 * 3  # qFID plot, Figure 1, each arch's sample figure and overview
+    for img in page.imgs:
+        assert img["src"].startswith("data:image/png;base64,") and img.get("alt"), img.get("alt")
+        Image.open(io.BytesIO(base64.b64decode(img["src"].split(",", 1)[1]))).verify()
+    for href in page.links:
+        if href.startswith("#"):
+            assert href[1:] in page.ids, href
+        elif href.startswith("http"):
+            assert re.fullmatch(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs", href), href
+        else:
+            assert (micro_run / "reports" / href).resolve().is_file(), href
+    linked = {Path(h).name for h in page.links}
+    assert {"results.csv", "table3.md", "table4.md", "export.md", "paper_comparison.md", "fig1_quantile_sweep.png",
+            "quantile_sweep.csv"} <= linked and any(h.startswith("http") for h in page.links)
+    assert page.pre == 0  # tables as tables, not Markdown in <pre>
+    assert {"Findings", "Plots", "Tables 3 and 4", "Integer exports", "All results", "Provenance and files"} <= set(page.headings)
+    assert not {"nan", "NaN", "None", "True", "False"} & set(page.cells)
+    text = " ".join(page.cells)
+    for arch in ("StyleGAN", "SAGAN", "CycleGAN"):
+        assert f"{arch} | w8a8" in " | ".join(page.cells) and f"{arch} | w4a8" in " | ".join(page.cells)
+    assert "quantile ranges beat min-max ranges" in text and "ratio" in (micro_run / "reports" / "index.html").read_text()
+    html = (micro_run / "reports" / "index.html").read_text()
+    assert re.search(r"<dt>Resolved params \(sha256\)</dt><dd>[0-9a-f]{64}", html) and "<dt>Commit</dt>" in html
+    assert "snakemake 9." in html and "torch 2." in html and "Evaluated on</dt><dd>cpu" in html
 
 
 @pytest.mark.workflow

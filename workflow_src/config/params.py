@@ -95,12 +95,18 @@ def rule_resources(cfg: Dict[str, Any], rule: str) -> Dict[str, int]:
     return {**res["default"], **(res.get("rules") or {}).get(rule, {})}
 
 
+def resolved_digest(cfg: Dict[str, Any]) -> str:
+    """sha256 of the merged ``cfg`` as :func:`dump_resolved` writes it (its file name carries the
+    first 16 digits)."""
+    return hashlib.sha256(yaml.safe_dump(cfg, sort_keys=False).encode()).hexdigest()
+
+
 def dump_resolved(cfg: Dict[str, Any], directory: str | Path) -> Path:
     """The merged ``cfg`` as ``directory/params-<sha256 prefix of its content>.yaml``: written once
     (atomically) and never changed, so each invocation's jobs read their own params, whatever
     another invocation (a dry run of another config) writes beside them."""
     text = yaml.safe_dump(cfg, sort_keys=False)
-    path = Path(directory) / f"params-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    path = Path(directory) / f"params-{resolved_digest(cfg)[:16]}.yaml"
     if not path.exists() or path.read_text() != text:
         atomic_write_text(path, text)
     return path

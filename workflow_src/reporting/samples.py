@@ -20,6 +20,7 @@ from ..files import atomic_path
 from ..workflow.artifacts import load_eval_inputs, load_quantized, make_arch
 from ..workflow.stages import figure_variants
 from ..workflow.training import load_generator
+from .layout import fig_title
 from .tables import FP_TITLE, arch_title, fmt_value, method_title
 
 
@@ -64,6 +65,8 @@ def sample_figure(cfg: Dict[str, Any], *, arch: str, models: List[str], metrics:
     fp_metrics = json.loads(Path(metrics_of[FP]).read_text())
     rows: List[Tuple[str, List[torch.Tensor]]] = [
         (f"{FP_TITLE}: FID {_caption(fp_metrics)}", [show(load_generator(cfg, arch_name, fp_path, device))])]
+    if arch.input_kind == "image":  # what an image-to-image generator translated, above its outputs
+        rows.insert(0, ("source images (the generators' inputs)", [_strip(inputs)]))
     by_method: Dict[str, List[Variant]] = {}
     for v in figure_variants(cfg):
         by_method.setdefault(v.method, []).append(v)
@@ -88,9 +91,8 @@ def sample_figure(cfg: Dict[str, Any], *, arch: str, models: List[str], metrics:
                 ax.axis("off")
         axes[r, 0].set_title(label, fontsize=7, loc="left", pad=2)
     how = arch.truncation_doc.format(t=trunc)
-    fig.suptitle(f"{arch_title(arch_name)}: samples by method, weight widths left to right as each caption lists them; "
-                 f"display only: {how} (FID without)", fontsize=8)
-    fig.tight_layout()
+    fig_title(fig, f"{arch_title(arch_name)}: samples by method, weight widths left to right as each caption lists them; "
+                   f"display only: {how} (FID without)", fontsize=8)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

@@ -101,7 +101,7 @@ def table4(df: pd.DataFrame, cfg: Dict[str, Any]) -> str:
         if v.method not in shown:
             continue
         sel = df[(df["method"] == v.method) & (df["per_channel"] == v.per_channel) & (df["w_bits"] == v.w_bits) & (df["a_bits"] == v.a_bits)].set_index("arch")
-        cells = [method_title(v.method), "✓" if v.per_channel else "✗", f"a{v.a_bits}/w{v.w_bits}"]
+        cells = [method_title(v.method), "✓" if v.per_channel else "✗", f"w{v.w_bits}a{v.a_bits}"]
         cells += [c for a in archs for c in ((fmt_spread(sel.loc[a], "fid"), fmt_spread(sel.loc[a], "qfid")) if a in sel.index else ("–", "–"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -69,6 +69,7 @@ def snakemake_jobs(root: Path, configfiles: List[str] = (), target: str = "repor
     return sorted(jobs, key=lambda j: j["name"])
 
 
+SUMMARY = "reports/summary.json"
 _QUANTIZED_MODEL = re.compile(r"models/q/[^/]+/([^/]+)\.pt$")
 
 
@@ -92,11 +93,13 @@ def dvc_stages(root: Path) -> Dict[str, Any]:
         cmd = _REDIRECT.sub("", job["cmd"]).replace("python -m workflow_src ", "python -m workflow_src --config params.yaml ", 1)
         outs = []
         for o in job["outputs"]:
-            if o.startswith("metrics/") and o.endswith(".json"):
+            if o == SUMMARY:  # the one file `dvc metrics show` prints: every variant's FID and qFID
                 outs.append(("metrics", {o: {"cache": False}}))
+            elif o.startswith("metrics/") and o.endswith(".json"):  # each job's full record: in git, not a metrics file
+                outs.append(("outs", {o: {"cache": False}}))
             elif o.endswith(".losses.csv"):
                 outs.append(("plots", {o: {"x": "step"}}))  # cached: pushed with the model
-            elif o.endswith("quantile_sweep.csv"):
+            elif o.startswith("sweeps/") and o.endswith("quantile_sweep.csv"):  # one arch's sweep (the report's table mixes them)
                 outs.append(("plots", {o: {"x": "act_upper", "y": "qfid"}}))
             else:
                 outs.append(("outs", o))

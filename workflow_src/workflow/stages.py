@@ -359,7 +359,8 @@ _STAGES = [
                    "export": Artifact("reports/export.md", "integer exports", report={"caption": "captions/export.rst", "category": "Tables"}),
                    "timing": Artifact("reports/timing.md", "where the time goes: per rule, jobs, wall/CPU seconds, peak memory, "
                                       "start-up share (the jobs' benchmark files and logs)"),
-                   "html": Artifact("reports/index.html", "the report page")},
+                   "html": Artifact("reports/index.html", "the results page"),
+                   "summary": Artifact("reports/summary.json", "every variant's FID and qFID by arch: DVC's one metrics file")},
           params=("matrix", "eval.bootstrap", "eval.n_samples"), threads=False),
     # commands without a rule
     Stage("validate", "validate the params and print the experiment matrix", "workflow.cli:validate", rule=False, threads=False),

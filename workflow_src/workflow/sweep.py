@@ -21,6 +21,7 @@ from .. import registry, resume
 from ..config import Variant, variants
 from ..device import describe_runtime, resolve_device
 from ..files import atomic_path, write_json
+from ..reporting.layout import fig_title
 from ..utils import torch_save
 from .artifacts import feature_space, load_distill, make_arch
 from .distill import ValidationQFID
@@ -138,9 +139,8 @@ def figure(cfg: Dict[str, Any], *, sweeps: List[str], png: str, csv: str) -> Non
         ax.set_ylabel(f"validation qFID [{sub['feature_space'].iloc[0]}]")
         ax.set_title(arch)
         ax.legend(fontsize=6)
-    fig.suptitle("Figure 1: vanilla PTQ qFID vs activation quantile (lower quantile symmetric), "
-                 "on validation inputs (not the evaluation inputs)", fontsize=9)
-    fig.tight_layout()
+    fig_title(fig, "Figure 1: vanilla PTQ qFID vs activation quantile (lower quantile symmetric), "
+                   "on validation inputs (not the evaluation inputs)", fontsize=9)
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

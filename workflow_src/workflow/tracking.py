@@ -67,6 +67,10 @@ def _store_lock() -> ContextManager:
     return FileLock(str(Path("mlflow.db.lock").resolve()), timeout=600)
 
 
+# MLflow 3's UI opens an experiment of this kind on its runs (without it: on an empty GenAI traces page)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def _experiment_id(profile: str) -> str:
     """The profile's experiment, created (with the store) if need be."""
     import mlflow
@@ -77,7 +81,9 @@ def _experiment_id(profile: str) -> str:
         exp = mlflow.get_experiment_by_name(experiment_name(profile))
         if exp is None:
             artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else Path("mlruns").resolve().as_uri()
-            return mlflow.create_experiment(experiment_name(profile), artifact_location=artifacts)
+            return mlflow.create_experiment(experiment_name(profile), artifact_location=artifacts, tags=dict([EXPERIMENT_KIND]))
+        if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # an experiment made before the tag was set
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
 
 
@@ -91,6 +97,25 @@ def init_store(profile: str) -> Optional[str]:
     except Exception as exc:  # noqa: BLE001 - tracking must never break the workflow
         warnings.warn(f"MLflow store {tracking_uri()!r} unavailable, runs will not be tracked: {exc}")
         return None
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # where `make mlflow-server` serves the local store
+
+
+def experiment_link(profile: str) -> tuple:
+    """(text, URL) of the profile's experiment in the MLflow UI, opened on its runs: the tracking
+    server's own address, or for the local store the address `make mlflow-server` serves it on;
+    URL "" when tracking is off or the store cannot be reached."""
+    name = experiment_name(profile)
+    if os.environ.get(DISABLE_ENV) == "off":
+        return f"not tracked ({DISABLE_ENV}=off)", ""
+    exp = init_store(profile)
+    if exp is None:
+        return f"experiment {name}: store {tracking_uri()} unavailable when this page was written", ""
+    server = os.environ.get("MLFLOW_TRACKING_URI", "")
+    base = server if server.startswith(("http://", "https://")) else LOCAL_UI
+    how = "" if base == server else f" (store {tracking_uri()}; serve it with `make mlflow-server`)"
+    return f"experiment {name}, its runs{how}", f"{base.rstrip('/')}/#/experiments/{exp}/runs"
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
