@@ -149,5 +149,23 @@ def describe_runtime(device: torch.device | str) -> Dict[str, Any]:
     return info
 
 
-__all__ = ["resolve_device", "module_device", "to_device", "map_tensors", "to_cpu", "rows_to_host", "rng_state", "restore_rng",
+def backward(loss: torch.Tensor) -> None:
+    """``loss.backward()``; on the CPU with one intra-op thread.  oneDNN reduces convolution weight
+    and bias gradients in an order that depends on the thread count on some CPUs (measured on an AMD
+    EPYC: 1 and 2 threads gave different conv weight gradients, while forward passes, input
+    gradients, linear and batch-norm layers were bit-identical), so a job that trains would learn
+    other weights with other ``{threads}``.  With one thread for the backward pass the thread count
+    changes no result; forward passes keep every thread.  On CUDA nothing changes."""
+    n = torch.get_num_threads()
+    if loss.device.type != "cpu" or n == 1:
+        loss.backward()
+        return
+    torch.set_num_threads(1)
+    try:
+        loss.backward()
+    finally:
+        torch.set_num_threads(n)
+
+
+__all__ = ["backward", "resolve_device", "module_device", "to_device", "map_tensors", "to_cpu", "rows_to_host", "rng_state", "restore_rng",
            "describe_runtime"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..device import to_device
+from ..device import backward, to_device
 from . import ops
 from .base import GANArch
 
@@ -159,7 +159,7 @@ class CycleGAN(GANArch):
         loss_cyc = lc * (F.l1_loss(rec_A, A) + F.l1_loss(rec_B, B))
         loss_g = loss_gan + loss_cyc + loss_idt
         state["opt_g"].zero_grad(set_to_none=True)
-        loss_g.backward()
+        backward(loss_g)
         state["opt_g"].step()
         D_A.requires_grad_(True), D_B.requires_grad_(True)
 
@@ -170,7 +170,7 @@ class CycleGAN(GANArch):
 
         loss_d_A, loss_d_B = d_loss(D_A, A, fake_A), d_loss(D_B, B, fake_B)
         state["opt_d"].zero_grad(set_to_none=True)
-        (loss_d_A + loss_d_B).backward()
+        backward(loss_d_A + loss_d_B)
         state["opt_d"].step()
         losses = {"loss_g": loss_g, "loss_gan": loss_gan, "loss_cycle": loss_cyc, "loss_idt": loss_idt, "loss_d_A": loss_d_A, "loss_d_B": loss_d_B}
         return {k: v.detach() for k, v in losses.items()}

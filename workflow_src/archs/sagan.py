@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ..device import to_device
+from ..device import backward, to_device
 from . import ops
 from .base import LatentEMAGAN
 from .stylegan import check_levels, ema_beta, update_ema
@@ -167,13 +167,13 @@ class SAGAN(LatentEMAGAN):
 
         loss_d = F.relu(1.0 - D(real)).mean() + F.relu(1.0 + D(fake.detach())).mean()
         state["opt_d"].zero_grad(set_to_none=True)
-        loss_d.backward()
+        backward(loss_d)
         state["opt_d"].step()
 
         D.requires_grad_(False)
         loss_g = -D(fake).mean()
         state["opt_g"].zero_grad(set_to_none=True)
-        loss_g.backward()
+        backward(loss_g)
         state["opt_g"].step()
         D.requires_grad_(True)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..device import module_device, to_device
+from ..device import backward, module_device, to_device
 from .base import LatentEMAGAN
 from .rosinality import RosinalityDiscriminator, RosinalityGenerator
 from .stylegan import StyleDiscriminator, StyleGenerator, check_levels, ema_beta, fixed_noise, seeded_noise, update_ema
@@ -104,14 +104,14 @@ class StyleGAN(LatentEMAGAN):
             r1 = grad.pow(2).flatten(1).sum(1).mean()
             loss_d = loss_d + 0.5 * gamma * every * r1
         state["opt_d"].zero_grad(set_to_none=True)
-        loss_d.backward()
+        backward(loss_d)
         state["opt_d"].step()
 
         # generator: non-saturating loss
         D.requires_grad_(False)
         loss_g = F.softplus(-D(fake)).mean()
         state["opt_g"].zero_grad(set_to_none=True)
-        loss_g.backward()
+        backward(loss_g)
         state["opt_g"].step()
         D.requires_grad_(True)
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from ..config import Variant
 from ..archs.layers import bake
-from ..device import to_device
+from ..device import backward, to_device
 from ..quant import QuantConv2d, QuantLinear, QuantOp, calibrate, quantize_model
 from ..quant.adaround import AdaRoundQuantizer, LinearTempDecay
 from ..quant.blocks import Block, capture, index_record, record_len, split_blocks
@@ -192,7 +192,7 @@ def _reconstruct_block(block: Block, x_rec: Any, y: torch.Tensor, mode: str, bcf
                                    values.double().tolist()))  # one host read, once per block
             loss = loss + reg
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         opt.step()
         if t % 50 == 0:  # a host read every 50 steps
             bar.set_postfix(rec=f"{rec.item():.2e}")

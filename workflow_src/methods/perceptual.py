@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config.vgg import VGG16_CFG, layer_names  # noqa: F401  (the layouts and their layer names)
-from ..device import to_device
+from ..device import backward, to_device
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's file name: the sha256 prefix follows the dash
 VGG16_URL = "https://download.pytorch.org/models/" + VGG16_FILE
@@ -247,7 +247,7 @@ def train_tiny_vgg(domains: List[torch.Tensor], cfg: Dict, seed: int,
         labels = torch.randint(N_CLASSES, (bs,), generator=g)
         loss = F.cross_entropy(clf(augment_batch(to_device(images[idx], device), labels)), to_device(labels, device))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         opt.step()
         if step % 50 == 0:  # a host read every 50 steps, not every step
             bar.set_postfix(loss=f"{loss.item():.3f}")

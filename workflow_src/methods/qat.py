@@ -42,7 +42,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import Variant, deep_merge
-from ..device import module_device, restore_rng, rng_state, rows_to_host, to_device
+from ..device import backward, module_device, restore_rng, rng_state, rows_to_host, to_device
 from ..quant import calibrate, map_quantizers, quantize_model
 from ..quant.lsq import LSQQuantizer
 from ..quant.quantizer import FakeQuantizer
@@ -124,14 +124,14 @@ def distill_step(G: nn.Module, D: nn.Module, x: torch.Tensor, y: torch.Tensor, l
         loss_g = loss_g + w_adv * adv
         D.requires_grad_(True)
     opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
+    backward(loss_g)
     opt_g.step()
     row = {"loss_g": loss_g.detach(), "distill": distill.detach(), **{k: v.detach() for k, v in terms.items()}}
     if w_adv > 0:
         p_real, p_fake = D(y), D(out.detach())
         loss_d = 0.5 * (F.mse_loss(p_real, torch.ones_like(p_real)) + F.mse_loss(p_fake, torch.zeros_like(p_fake)))
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        backward(loss_d)
         opt_d.step()
         row.update(adversarial=adv.detach(), loss_d=loss_d.detach())
     return row
