@@ -159,13 +159,13 @@ def test_make_adopt_hands_a_tree_from_one_tool_to_the_other(dvc_project):
     import json
 
     out = _make_adopt(dvc_project)
-    assert "Nothing to be done" in out and "Data and pipelines are up to date" in out, out
+    assert "Snakemake: nothing to be done." in out and "Data and pipelines are up to date" in out, out
     smk = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--forcerun", "report", "report"], cwd=dvc_project,
                          capture_output=True, text=True, env=_tool_env())
     assert smk.returncode == 0, smk.stderr[-3000:]
     assert set(json.loads(_dvc(["status", "--json"], dvc_project))) == {"report"}
     out = _make_adopt(dvc_project)
-    assert "Nothing to be done" in out and "Data and pipelines are up to date" in out, out
+    assert "Snakemake: nothing to be done." in out and "Data and pipelines are up to date" in out, out
     assert json.loads(_dvc(["status", "--json"], dvc_project)) == {}
 
 

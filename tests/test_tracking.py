@@ -245,3 +245,44 @@ def test_the_experiment_opens_on_its_runs_and_the_page_links_there(tmp_path, mon
         assert mlflow.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     monkeypatch.setenv("QGAN_TRACKING", "off")
     assert tracking.experiment_link("new")[1] == ""
+
+
+def test_each_variant_gets_one_parent_run_with_its_params_and_metrics(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = {"profile": "par"}
+    v = {"arch": "sagan", "variant": "ar-brecq-tensor-w4a8", "method": "ar-brecq", "per_channel": False, "w_bits": 4, "a_bits": 8}
+    fp = {"arch": "sagan", "variant": "fp", "method": "fp", "per_channel": None, "w_bits": 32, "a_bits": 32}
+
+    def jobs(iters):
+        with tracking.run("quantize", cfg, v, {"brecq.iters": iters, "calibration.images": 64}) as r:
+            r.log_metrics({"block_mse": 0.5})
+        with tracking.run("evaluate", cfg, v, {"eval.n_samples": 200}) as r:
+            r.log_metrics({"fid": 3.0, "qfid": 0.25})
+        with tracking.run("evaluate", cfg, fp, {"eval.n_samples": 200}) as r:
+            r.log_metrics({"fid": 2.0, "qfid": 0.0})
+        with tracking.run("evaluate", cfg, {**v, "arch": "cyclegan"}, {"eval.n_samples": 100}) as r:  # another arch: not this row's
+            r.log_metrics({"fid": 9.0, "qfid": 9.0})
+        tracking.flush()
+
+    import mlflow
+
+    jobs(100)
+    assert tracking.link_variants("par", [v, fp]) == 2
+    assert tracking.link_variants("par", [v, fp]) == 2  # the report again: the same parents
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    runs = mlflow.search_runs(experiment_names=["qgan-bench-par"])
+    rows = runs[runs["tags.stage"] == "variant"].set_index("tags.variant")
+    assert sorted(rows.index) == ["ar-brecq-tensor-w4a8", "fp"]
+    row = rows.loc["ar-brecq-tensor-w4a8"]
+    assert (row["params.brecq.iters"], row["params.calibration.images"], row["params.eval.n_samples"]) == ("100", "64", "200")
+    assert (row["metrics.fid"], row["metrics.qfid"], row["metrics.block_mse"]) == (3.0, 0.25, 0.5) and row["status"] == "FINISHED"
+    kids = runs[runs["tags.mlflow.parentRunId"] == row["run_id"]]
+    assert sorted(kids["tags.stage"]) == ["evaluate", "quantize"] and set(kids["tags.arch"]) == {"sagan"}
+    jobs(200)  # rerun with another hyperparameter: a new parent holds it and the newest runs
+    tracking.link_variants("par", [v, fp])
+    runs = mlflow.search_runs(experiment_names=["qgan-bench-par"], order_by=["attributes.start_time DESC"])
+    brecq = runs[(runs["tags.stage"] == "variant") & (runs["tags.variant"] == v["variant"])]
+    assert sorted(brecq["params.brecq.iters"]) == ["100", "200"]
+    newest = brecq.sort_values("start_time").iloc[-1]
+    assert newest["params.brecq.iters"] == "200" and (runs["tags.mlflow.parentRunId"] == newest["run_id"]).sum() == 2

@@ -291,8 +291,25 @@ def test_results_rebuilt_from_mlflow_equal_the_metrics_files(micro_run, monkeypa
     import mlflow
 
     runs = mlflow.search_runs(experiment_names=["qgan-bench-micro"])
-    assert set(runs["tags.stage"]) == {"train", "quantize", "evaluate", "export"}
-    assert runs["tags.workflow_id"].nunique() == 1
+    # every job that trains or evaluates, the helper networks and the sweep included, and one parent per variant
+    assert set(runs["tags.stage"]) == {"train", "quantize", "evaluate", "export", "variant", "train_features", "train_perceptual", "quantile_sweep"}
+    sweep = runs[(runs["tags.stage"] == "quantile_sweep") & (runs["tags.arch"] == "sagan")].iloc[0]
+    sweep_rows = pd.read_csv(micro_run / "sweeps" / "sagan" / "quantile_sweep.csv")
+    history = mlflow.tracking.MlflowClient().get_metric_history(sweep["run_id"], "validation_qfid")
+    assert sorted((m.step, round(m.value, 6)) for m in history) == [(i, round(q, 6)) for i, q in enumerate(sweep_rows["qfid"])]
+    assert runs["tags.workflow_id"].dropna().nunique() == 1
+    # one parent run per row of results.csv, with every hyperparameter and final metric of the variant
+    variants = mlflow.search_runs(experiment_names=["qgan-bench-micro"], filter_string="tags.stage = 'variant'")
+    assert len(variants) == len(from_files) and not variants.duplicated(["tags.arch", "tags.variant"]).any()
+    row = variants.set_index(["tags.arch", "tags.variant"]).loc[("sagan", "ar-brecq-tensor-w8a8")]
+    expect = from_files[(from_files["arch"] == "sagan") & (from_files["method"] == "ar-brecq") & (from_files["per_channel"] == "False")
+                        & (from_files["w_bits"] == 8)].iloc[0]
+    cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
+    assert row["metrics.qfid"] == pytest.approx(float(expect["qfid"]), rel=1e-5) and row["params.brecq.ar_steps"] == str(cfg["brecq"]["ar_steps"])
+    assert row["params.eval.bootstrap"] == str(cfg["eval"]["bootstrap"]) and row["metrics.onnxruntime.size_ratio"] > 0  # evaluation's and export's too
+    kids = runs[runs["tags.mlflow.parentRunId"] == row["run_id"]]
+    assert sorted(kids["tags.stage"]) == ["evaluate", "export", "quantize"]
+    assert set(runs[runs["tags.variant"] == "fp"]["tags.mlflow.parentRunId"].dropna()) <= set(variants["run_id"])
     train = runs[runs["tags.stage"] == "train"]
     history = mlflow.tracking.MlflowClient().get_metric_history(train.iloc[0]["run_id"], "loss_g")
     assert len(history) > 10, "per-step losses are logged as step metrics"
@@ -368,7 +385,7 @@ def test_snakemake_report_shows_tables_and_figures_with_captions(micro_run):
     for arch in ("stylegan", "sagan", "cyclegan"):
         assert (micro_run / "reports" / f"fig_samples_{arch}.png").stat().st_size > 0
     index = (micro_run / "reports" / "index.html").read_text()
-    assert "fig_samples_cyclegan.png" in index and "beside ours" in index
+    assert "fig_samples_cyclegan.png" in index and "Beside the paper" in index
 
 
 @pytest.mark.workflow

@@ -65,6 +65,7 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
     if len(bad):
         raise ValueError(f"non-finite metrics for {bad[['arch', 'variant']].values.tolist()}")
     csv_df = results_csv_frame(df)
+    tracking.link_variants(cfg["profile"], df[["arch", "variant", "method", "per_channel", "w_bits", "a_bits"]].to_dict("records"))
     with atomic_path(results) as tmp:
         csv_df.to_csv(tmp, index=False, float_format=RESULTS_FLOAT)
     write_json(summary, summary_metrics(df))

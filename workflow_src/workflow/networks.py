@@ -19,6 +19,7 @@ from ..methods import perceptual
 from ..quality import fid
 from ..quality.featurenet import train_featurenet
 from ..utils import torch_save
+from . import tracking
 
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + fid.INCEPTION_FILE
 
@@ -38,9 +39,11 @@ def train_features(cfg: Dict[str, Any], *, data: List[str], out: str) -> None:
     """Train the tiny feature network on the training splits of the prepared datasets ``data``."""
     domains = _train_domains(data)
     fcfg = dict(cfg["features"].get("tinycnn", {}))
-    net = train_featurenet(domains, fcfg, seed=cfg["seed"], device=resolve_device(cfg))
-    hparams = {"n_classes": 4 * len(domains), "input_size": net.input_size, "width": fcfg.get("width", 32), "dim": fcfg.get("dim", 64)}
-    torch_save({"hparams": hparams, "state_dict": net.state_dict()}, out)
+    with tracking.run("train_features", cfg, {"network": "tinycnn"}, {"features.tinycnn": fcfg, "seed": cfg["seed"]}) as run:
+        net = train_featurenet(domains, fcfg, seed=cfg["seed"], device=resolve_device(cfg))
+        hparams = {"n_classes": 4 * len(domains), "input_size": net.input_size, "width": fcfg.get("width", 32), "dim": fcfg.get("dim", 64)}
+        torch_save({"hparams": hparams, "state_dict": net.state_dict()}, out)
+        run.log_params({"hparams": hparams})
 
 
 def train_perceptual(cfg: Dict[str, Any], *, data: List[str], out: str) -> None:
@@ -48,11 +51,13 @@ def train_perceptual(cfg: Dict[str, Any], *, data: List[str], out: str) -> None:
     accuracy (on trained and on held-out images) is saved with it, and a network at chance is
     never written (unless ``perceptual.tinyvgg.refuse_at_chance`` is false)."""
     pcfg = cfg["perceptual"]["tinyvgg"]
-    net, pretext = perceptual.train_tiny_vgg(_train_domains(data), pcfg, seed=cfg["seed"] + 303, device=resolve_device(cfg))
-    print("perceptual network pretext:", json.dumps(pretext))
-    if pcfg.get("refuse_at_chance", True):
-        perceptual.check_pretext(pretext, out)
-    torch_save({"cfg": net.cfg, "state_dict": net.state_dict(), "pretext": pretext}, out)
+    with tracking.run("train_perceptual", cfg, {"network": "tinyvgg"}, {"perceptual.tinyvgg": pcfg, "seed": cfg["seed"]}) as run:
+        net, pretext = perceptual.train_tiny_vgg(_train_domains(data), pcfg, seed=cfg["seed"] + 303, device=resolve_device(cfg))
+        print("perceptual network pretext:", json.dumps(pretext))
+        run.log_metrics({f"pretext.{k}": float(v) for k, v in pretext.items() if isinstance(v, (int, float))})
+        if pcfg.get("refuse_at_chance", True):
+            perceptual.check_pretext(pretext, out)
+        torch_save({"cfg": net.cfg, "state_dict": net.state_dict(), "pretext": pretext}, out)
 
 
 def fetch_weights(section: Dict[str, Any], key: str, default_url: str, file_name: str, dest: Path,

@@ -23,6 +23,7 @@ from ..device import describe_runtime, resolve_device
 from ..files import atomic_path, write_json
 from ..reporting.layout import fig_title
 from ..utils import torch_save
+from . import tracking
 from .artifacts import feature_space, load_distill, make_arch
 from .distill import ValidationQFID
 from .stages import param_values
@@ -99,6 +100,10 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, data: st
             w = csv_module.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
+    with tracking.run("quantile_sweep", cfg, {"arch": arch, "method": method.name}, param_values(cfg, "quantile_sweep", {"arch": arch})) as run:
+        run.log_step_metrics([{"step": i, "validation_qfid": r["qfid"]} for i, r in enumerate(rows)])  # step: the pair's place in the CSV
+        run.log_metrics({f"best_w{b}_validation_qfid": r["qfid"] for b, r in choose(rows).items()})
+        run.log_artifact(out_csv)
     write_json(out_best, {"arch": arch, "w_bits": choose(rows),
                           "selected_on": f"validation qFID against the FP generator on {len(inputs)} validation inputs "
                                          f"({VALIDATION_NOTE[a.input_kind]}), {'per-channel' if scfg['per_channel'] else 'per-tensor'} weights, a8",

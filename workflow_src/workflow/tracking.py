@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -370,3 +371,75 @@ def flush() -> int:
 def flush_command(cfg: Mapping[str, Any]) -> None:
     """The ``track`` command."""
     print(f"{flush()} MLflow run(s) logged to {tracking_uri()}; {len(pending())} record(s) pending")
+
+
+VARIANT_STAGE = "variant"  # the tag `stage` of a variant's parent run
+CHILD_STAGES = ("train", "quantize", "evaluate", "export")  # the jobs whose runs a variant's parent gathers
+DIGEST_TAG = "qgan.params_digest"
+
+
+def _all_runs(client: Any, experiment_id: str) -> List[Any]:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def link_variants(profile: str, variant_tags: List[Mapping[str, Any]]) -> int:
+    """One parent run per variant (tag ``stage=variant``), so that ``mlflow.search_runs(filter_string=
+    "tags.stage = 'variant'")`` gives one row per row of results.csv: it holds the params of the
+    variant's newest finished runs (its quantization or QAT job, evaluation and export; for FP its
+    training and evaluation), their final metrics, and is the parent of those runs.  A parent is
+    reused while its params are the same (a rerun of the report adds nothing) and a new one made when
+    they changed (MLflow params never change).  Returns how many variants were linked; failures warn."""
+    if os.environ.get(DISABLE_ENV) == "off" or not variant_tags:
+        return 0
+    try:
+        from mlflow.entities import Metric, Param, RunStatus
+        from mlflow.tracking import MlflowClient
+
+        _configure()
+        client = MlflowClient(tracking_uri())
+        exp = _experiment_id(profile)
+        newest: Dict[tuple, Any] = {}
+        parents: Dict[tuple, Any] = {}
+        for r in sorted(_all_runs(client, exp), key=lambda r: r.info.start_time or 0):
+            t = r.data.tags
+            if t.get("stage") == VARIANT_STAGE:
+                parents[(t.get("arch"), t.get("variant"), t.get(DIGEST_TAG))] = r
+            elif t.get("stage") in CHILD_STAGES and r.info.status == RunStatus.to_string(RunStatus.FINISHED):
+                newest[(t["stage"], t.get("arch"), t.get("variant", "fp" if t["stage"] == "train" else None))] = r
+        now = _now_ms()
+        for tags in variant_tags:
+            arch, variant = str(tags["arch"]), str(tags["variant"])
+            kids = [newest[k] for k in ((s, arch, variant) for s in CHILD_STAGES) if k in newest]
+            params: Dict[str, str] = {}
+            metrics: Dict[str, float] = {}
+            for kid in kids:  # the first stage's value of a key both log (an environment record) stays
+                for k, v in kid.data.params.items():
+                    params.setdefault(k, v)
+                for k, v in kid.data.metrics.items():
+                    metrics.setdefault(k, v)
+            digest = hashlib.sha256(json.dumps(sorted(params.items())).encode()).hexdigest()[:16]
+            parent = parents.get((arch, variant, digest))
+            if parent is None:
+                run_tags = {"stage": VARIANT_STAGE, "profile": profile, DIGEST_TAG: digest, **{k: str(v) for k, v in tags.items()}}
+                parent = client.create_run(exp, start_time=min(k.info.start_time for k in kids) if kids else now, tags=run_tags,
+                                           run_name=f"{VARIANT_STAGE}-{arch}-{variant}")
+                ps = [Param(k, v) for k, v in params.items()]
+                for i in range(0, len(ps), 100):
+                    client.log_batch(parent.info.run_id, params=ps[i : i + 100])
+            ms = [Metric(k, v, now, 0) for k, v in metrics.items()]
+            for i in range(0, len(ms), 1000):
+                client.log_batch(parent.info.run_id, metrics=ms[i : i + 1000])
+            client.set_terminated(parent.info.run_id, status="FINISHED", end_time=max((k.info.end_time or now) for k in kids) if kids else now)
+            for kid in kids:
+                if kid.data.tags.get("mlflow.parentRunId") != parent.info.run_id:
+                    client.set_tag(kid.info.run_id, "mlflow.parentRunId", parent.info.run_id)
+        return len(variant_tags)
+    except Exception as exc:  # noqa: BLE001 - tracking must never break the workflow
+        warnings.warn(f"MLflow store {tracking_uri()!r}: variants not linked to parent runs: {exc}")
+        return 0
