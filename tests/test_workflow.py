@@ -301,14 +301,17 @@ def test_results_rebuilt_from_mlflow_equal_the_metrics_files(micro_run, monkeypa
     # one parent run per row of results.csv, with every hyperparameter and final metric of the variant
     variants = mlflow.search_runs(experiment_names=["qgan-bench-micro"], filter_string="tags.stage = 'variant'")
     assert len(variants) == len(from_files) and not variants.duplicated(["tags.arch", "tags.variant"]).any()
-    row = variants.set_index(["tags.arch", "tags.variant"]).loc[("sagan", "ar-brecq-tensor-w8a8")]
-    expect = from_files[(from_files["arch"] == "sagan") & (from_files["method"] == "ar-brecq") & (from_files["per_channel"] == "False")
+    by_variant = variants.set_index(["tags.arch", "tags.variant"])
+    row = by_variant.loc[("sagan", "ptq-minmax-tensor-w8a8")]  # quantized, evaluated and exported
+    expect = from_files[(from_files["arch"] == "sagan") & (from_files["method"] == "ptq-minmax") & (from_files["per_channel"] == "False")
                         & (from_files["w_bits"] == 8)].iloc[0]
     cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
-    assert row["metrics.qfid"] == pytest.approx(float(expect["qfid"]), rel=1e-5) and row["params.brecq.ar_steps"] == str(cfg["brecq"]["ar_steps"])
-    assert row["params.eval.bootstrap"] == str(cfg["eval"]["bootstrap"]) and row["metrics.onnxruntime.size_ratio"] > 0  # evaluation's and export's too
+    assert row["metrics.qfid"] == pytest.approx(float(expect["qfid"]), rel=1e-5) and row["metrics.fid"] == pytest.approx(float(expect["fid"]), rel=1e-5)
+    assert row["params.eval.bootstrap"] == str(cfg["eval"]["bootstrap"]) and row["metrics.onnxruntime.size_ratio"] > 0  # evaluation's and export's
+    assert row["params.calibration.images"] == str(cfg["calibration"]["images"])  # and the quantization job's
     kids = runs[runs["tags.mlflow.parentRunId"] == row["run_id"]]
     assert sorted(kids["tags.stage"]) == ["evaluate", "export", "quantize"]
+    assert by_variant.loc[("sagan", "ar-brecq-tensor-w4a8"), "params.brecq.ar_steps"] == str(cfg["brecq"]["ar_steps"])
     assert set(runs[runs["tags.variant"] == "fp"]["tags.mlflow.parentRunId"].dropna()) <= set(variants["run_id"])
     train = runs[runs["tags.stage"] == "train"]
     history = mlflow.tracking.MlflowClient().get_metric_history(train.iloc[0]["run_id"], "loss_g")
