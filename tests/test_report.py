@@ -204,9 +204,9 @@ def test_the_page_names_the_best_method_per_width_and_what_the_spreads_cannot_te
     ])
     df["qfid_floor"] = df["arch"].map({"sagan": 0.5, "cyclegan": 0.05})
     best = page.best_by_width(df).set_index("arch")
-    assert best.loc["sagan", "best"] == page.method_title("ptq-minmax") + ", per-tensor"
+    assert best.loc["sagan", "best"] == page.method_title("ptq-minmax") + " (per-tensor)"
     assert best.loc["sagan", "tied"] == [page._variant_label(df.iloc[1])] and bool(best.loc["sagan", "above_floor"])
-    assert best.loc["cyclegan", "best"] == page.method_title("lsq-qat") + ", per-channel"
+    assert best.loc["cyclegan", "best"] == page.method_title("lsq-qat") + " (per-channel)"
     assert best.loc["cyclegan", "tied"] == [page._variant_label(df.iloc[3])] and not best.loc["cyclegan", "above_floor"]
 
 

@@ -38,7 +38,7 @@ nav a{margin-right:1em}
 
 def _variant_label(row: Mapping[str, Any]) -> str:
     pc = row.get("per_channel")
-    gran = "" if pc is None or (isinstance(pc, float) and math.isnan(pc)) else (", per-channel" if bool(pc) else ", per-tensor")
+    gran = "" if pc is None or (isinstance(pc, float) and math.isnan(pc)) else (" (per-channel)" if bool(pc) else " (per-tensor)")
     return f"{method_title(row['method'])}{gran}"
 
 
@@ -222,7 +222,7 @@ def _findings_html(df: pd.DataFrame) -> str:
              "<th>Above the noise floor?</th></tr>"]
     for _, r in best.iterrows():
         above = "–" if r["above_floor"] is None else ("yes" if r["above_floor"] else f"no (floor {fmt_value(r['floor'])}): as good as FP")
-        tied = ", ".join(r["tied"]) if r["tied"] else f"none of the other {r['n'] - 1}"
+        tied = "; ".join(r["tied"]) if r["tied"] else f"none of the other {r['n'] - 1}"
         parts.append(f"<tr><td>{_e(arch_title(r['arch']))}</td><td>w{r['w_bits']}a8</td><td>{_e(r['best'])}</td><td>{_e(r['qfid'])}</td>"
                      f"<td>{_e(tied)}</td><td>{_e(above)}</td></tr>")
     parts.append("</table>")
