@@ -109,3 +109,22 @@ def test_paths_that_depend_on_the_params():
     cfg["archs"]["cyclegan"]["qat"]["select"] = "best"
     w["variant"] = "ar-brecq-tensor-w4a8"  # methods without that need never read them
     assert (stages.validation_features(cfg, w), stages.validation_data(cfg, w)) == ([], [])
+
+
+def test_the_sweep_reads_the_variant_list_of_the_matrix_not_its_archs():
+    """Another arch joining the matrix reruns no other arch's sweep: the sweep reads the matrix only
+    through the variant list (its weight widths), which the archs do not change."""
+    import copy
+
+    from workflow_src import config as qcfg
+    from workflow_src.workflow import sweep
+
+    cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
+    keys = stages.param_keys(cfg, "quantile_sweep", {"arch": "sagan"})
+    assert {"matrix.methods", "matrix.per_channel", "matrix.w_bits", "matrix.a_bits", "matrix.exclude"} <= set(keys)
+    assert not {"matrix", "matrix.archs"} & set(keys)
+    fewer = copy.deepcopy(cfg)
+    fewer["matrix"]["archs"] = ["sagan"]
+    assert sweep.sweep_widths(fewer) == sweep.sweep_widths(cfg) and stages.param_values(fewer, "quantile_sweep", {"arch": "sagan"}) == \
+        stages.param_values(cfg, "quantile_sweep", {"arch": "sagan"})
+    assert "matrix.exclude" not in stages.param_keys(qcfg.load([ROOT / "params.yaml"]), "quantile_sweep", {"arch": "sagan"})

@@ -215,6 +215,12 @@ _ALL_VARIANTS = lambda cfg: ["fp"] + [v.name for v in variants(cfg)]  # noqa: E7
 _ARCH = ("archs.{arch}.model", "archs.{arch}.resolution")
 # An evaluation reads its batch size, grid and bootstrap count; the sample count comes with its inputs
 # (rule eval_inputs), and the real split with the real statistics.
+def _variant_matrix(cfg: Mapping[str, Any]) -> Tuple[str, ...]:
+    """The ``matrix`` keys the variant list reads (``config.variants``): not ``matrix.archs``, so that a
+    sweep does not rerun when another arch joins the matrix."""
+    return ("matrix.methods", "matrix.per_channel", "matrix.w_bits", "matrix.a_bits") + (("matrix.exclude",) if "exclude" in cfg["matrix"] else ())
+
+
 _EVALUATE = ("seed", "eval.batch_size", "eval.grid", "eval.bootstrap")
 
 # ------------------------------------------------------------------------------ the stages
@@ -312,7 +318,7 @@ _STAGES = [
                   "features": Artifact(feature_network, "the FID feature network")},
           outputs={"csv": Artifact("sweeps/{arch}/quantile_sweep.csv", "validation qFID per pair and weight width"),
                    "best": Artifact("sweeps/{arch}/best.json", "the best pair per weight width")},
-          params=("seed", "sweep", "matrix", "calibration", "distill", "eval.batch_size", *_ARCH)),
+          params=lambda cfg, w=None: ("seed", "sweep", *_variant_matrix(cfg), "calibration", "distill", "eval.batch_size", *_ARCH)),
     Stage("fig1", "the quantile-sweep figure and table", "workflow.sweep:figure",
           inputs={"sweeps": Artifact(lambda cfg, w=None: [f"sweeps/{a}/quantile_sweep.csv" for a in cfg["matrix"]["archs"]],
                                      "every arch's sweep", many=True)},
