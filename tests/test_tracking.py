@@ -280,9 +280,13 @@ def test_each_variant_gets_one_parent_run_with_its_params_and_metrics(tmp_path, 
     kids = runs[runs["tags.mlflow.parentRunId"] == row["run_id"]]
     assert sorted(kids["tags.stage"]) == ["evaluate", "quantize"] and set(kids["tags.arch"]) == {"sagan"}
     jobs(200)  # rerun with another hyperparameter: a new parent holds it and the newest runs
+    monkeypatch.setenv("QGAN_WORKFLOW_ID", "second")
     tracking.link_variants("par", [v, fp])
     runs = mlflow.search_runs(experiment_names=["qgan-bench-par"], order_by=["attributes.start_time DESC"])
     brecq = runs[(runs["tags.stage"] == "variant") & (runs["tags.variant"] == v["variant"])]
     assert sorted(brecq["params.brecq.iters"]) == ["100", "200"]
     newest = brecq.sort_values("start_time").iloc[-1]
     assert newest["params.brecq.iters"] == "200" and (runs["tags.mlflow.parentRunId"] == newest["run_id"]).sum() == 2
+    # each parent names the workflow invocation that linked it last: the FP parent was reused by the second
+    assert set(runs[runs["tags.stage"] == "variant"].set_index("tags.variant").loc["fp", ["tags.workflow_id"]]) == {"second"}
+    assert newest["tags.workflow_id"] == "second"

@@ -9,9 +9,9 @@ from typing import Any, Dict, List
 import pandas as pd
 
 from ..config import FP, variants
+from ..figures import fig_title
 from ..files import atomic_path, atomic_write_text, write_json
 from ..workflow import tracking
-from .layout import fig_title
 from .page import write_page
 from .paper import paper_comparison, paper_comparison_md
 from .tables import (RESULTS_FLOAT, arch_title, export_tables, floor_note, load_results, merge_exports, merge_floors, quantile_note,

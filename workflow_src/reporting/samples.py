@@ -16,11 +16,11 @@ import torch
 
 from ..config import FP, Variant
 from ..device import resolve_device
+from ..figures import fig_title
 from ..files import atomic_path
 from ..workflow.artifacts import load_eval_inputs, load_quantized, make_arch
 from ..workflow.stages import figure_variants
 from ..workflow.training import load_generator
-from .layout import fig_title
 from .tables import FP_TITLE, arch_title, fmt_value, method_title
 
 

@@ -20,8 +20,8 @@ from tqdm import tqdm
 from .. import registry, resume
 from ..config import Variant, variants
 from ..device import describe_runtime, resolve_device
+from ..figures import fig_title
 from ..files import atomic_path, write_json
-from ..reporting.layout import fig_title
 from ..utils import torch_save
 from . import tracking
 from .artifacts import feature_space, load_distill, make_arch

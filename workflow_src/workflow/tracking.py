@@ -425,8 +425,11 @@ def link_variants(profile: str, variant_tags: List[Mapping[str, Any]]) -> int:
                     metrics.setdefault(k, v)
             digest = hashlib.sha256(json.dumps(sorted(params.items())).encode()).hexdigest()[:16]
             parent = parents.get((arch, variant, digest))
+            invocation = {"workflow_id": os.environ[WORKFLOW_ENV]} if os.environ.get(WORKFLOW_ENV) else {}  # the one that linked it last
+            if parent is not None and invocation and parent.data.tags.get("workflow_id") != invocation["workflow_id"]:
+                client.set_tag(parent.info.run_id, "workflow_id", invocation["workflow_id"])
             if parent is None:
-                run_tags = {"stage": VARIANT_STAGE, "profile": profile, DIGEST_TAG: digest, **{k: str(v) for k, v in tags.items()}}
+                run_tags = {"stage": VARIANT_STAGE, "profile": profile, DIGEST_TAG: digest, **invocation, **{k: str(v) for k, v in tags.items()}}
                 parent = client.create_run(exp, start_time=min(k.info.start_time for k in kids) if kids else now, tags=run_tags,
                                            run_name=f"{VARIANT_STAGE}-{arch}-{variant}")
                 ps = [Param(k, v) for k, v in params.items()]

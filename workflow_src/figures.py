@@ -1,4 +1,5 @@
-"""Figure layout shared by every figure the workflow draws."""
+"""Figure layout shared by every figure the workflow draws (the sweep's Figure 1 and the report's):
+below both the workflow and the reporting layers."""
 from __future__ import annotations
 
 import textwrap
