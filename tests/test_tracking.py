@@ -239,9 +239,9 @@ def test_the_experiment_opens_on_its_runs_and_the_page_links_there(tmp_path, mon
     mlflow.set_tracking_uri(tracking.tracking_uri())
     old = mlflow.create_experiment("qgan-bench-old")  # made before the kind tag existed
     text, url = tracking.experiment_link("old")
-    assert url == f"http://127.0.0.1:5000/#/experiments/{old}/runs" and "make mlflow-server" in text
+    assert url == f"http://127.0.0.1:5000/#/experiments/{old}/runs?workflowType=machine_learning" and "make mlflow-server" in text
     new_id = tracking.init_store("new")
-    for exp in (old, new_id):  # MLflow 3's UI picks the runs view, not the GenAI traces page, for this kind
+    for exp in (old, new_id):  # recorded as model development, not GenAI
         assert mlflow.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     monkeypatch.setenv("QGAN_TRACKING", "off")
     assert tracking.experiment_link("new")[1] == ""

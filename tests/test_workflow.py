@@ -155,7 +155,7 @@ def test_the_results_page_stands_alone_with_findings_tables_plots_and_provenance
         if href.startswith("#"):
             assert href[1:] in page.ids, href
         elif href.startswith("http"):
-            assert re.fullmatch(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs", href), href
+            assert re.fullmatch(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning", href), href
         else:
             assert (micro_run / "reports" / href).resolve().is_file(), href
     linked = {Path(h).name for h in page.links}

@@ -68,7 +68,7 @@ def _store_lock() -> ContextManager:
     return FileLock(str(Path("mlflow.db.lock").resolve()), timeout=600)
 
 
-# MLflow 3's UI opens an experiment of this kind on its runs (without it: on an empty GenAI traces page)
+# The experiment's kind as MLflow 3 records it: classic model development, not GenAI
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
@@ -116,7 +116,9 @@ def experiment_link(profile: str) -> tuple:
     server = os.environ.get("MLFLOW_TRACKING_URI", "")
     base = server if server.startswith(("http://", "https://")) else LOCAL_UI
     how = "" if base == server else f" (store {tracking_uri()}; serve it with `make mlflow-server`)"
-    return f"experiment {name}, its runs{how}", f"{base.rstrip('/')}/#/experiments/{exp}/runs"
+    # workflowType: MLflow 3.17's UI opens every experiment on its GenAI overview, whatever the experiment's
+    # kind tag says (seen in headless Chromium), unless the address asks for the model-training views
+    return f"experiment {name}, its runs{how}", f"{base.rstrip('/')}/#/experiments/{exp}/runs?workflowType=machine_learning"
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
