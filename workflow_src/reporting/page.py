@@ -16,13 +16,13 @@ import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
 from ..config import FP
 from ..config.params import resolved_digest
-from .paper import BEYOND, findings
+from .paper import BEYOND, bootstrap_std, findings
 from .tables import arch_title, fmt_spread, fmt_value, method_title
 
 PACKAGES = ("torch", "torchvision", "snakemake", "dvc", "mlflow", "pytorch-fid", "pandas", "numpy", "onnxruntime")
@@ -42,18 +42,13 @@ def _variant_label(row: Mapping[str, Any]) -> str:
     return f"{method_title(row['method'])}{gran}"
 
 
-def _std(row: Mapping[str, Any], metric: str) -> float:
-    s = row.get(f"{metric}_std")
-    return 0.0 if s is None or pd.isna(s) else float(s)
-
-
 def _apart(a: Mapping[str, Any], b: Mapping[str, Any], metric: str, floor: Optional[float]) -> bool:
     """Whether ``a`` and ``b`` differ in ``metric`` beyond :data:`BEYOND` combined bootstrap spreads
     and are not both at or below the noise floor ``floor``."""
     va, vb = float(a[metric]), float(b[metric])
     if floor is not None and va <= floor and vb <= floor:
         return False
-    return abs(va - vb) > BEYOND * math.hypot(_std(a, metric), _std(b, metric))
+    return abs(va - vb) > BEYOND * math.hypot(bootstrap_std(a, metric), bootstrap_std(b, metric))
 
 
 def _floor(df: pd.DataFrame, arch: str, column: str) -> Optional[float]:
@@ -92,7 +87,7 @@ def fid_against_fp(df: pd.DataFrame) -> pd.DataFrame:
         fp = fp.iloc[0]
         floor = _floor(df, arch, "fid_floor")
         for _, r in g[(g["method"] != FP) & (g["fid"] < fp["fid"])].iterrows():
-            beyond = abs(float(fp["fid"]) - float(r["fid"])) > BEYOND * math.hypot(_std(fp, "fid"), _std(r, "fid"))
+            beyond = _apart(fp, r, "fid", None)
             below_floor = floor is not None and float(fp["fid"]) - float(r["fid"]) <= floor
             rows.append({"arch": arch, "variant": r["variant"], "fid": fmt_spread(r, "fid"), "fp_fid": fmt_spread(fp, "fid"),
                          "real": beyond and not below_floor})

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -162,7 +162,7 @@ def finding_cells(df: pd.DataFrame, f: Finding) -> pd.DataFrame:
                     b = _side(ours, arch, side_b, pb, f.b_width or w, f.metric)
                     if a is None or b is None:
                         continue
-                    spread = math.hypot(_std(a, f.metric), _std(b, f.metric))
+                    spread = math.hypot(bootstrap_std(a, f.metric), bootstrap_std(b, f.metric))
                     diff = float(b[f.metric]) - float(a[f.metric])  # > 0: side a is lower (better)
                     if f.kind == "better":
                         verdict = "held" if diff > BEYOND * spread else "against" if -diff > BEYOND * spread else "within"
@@ -174,7 +174,8 @@ def finding_cells(df: pd.DataFrame, f: Finding) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["finding", "arch", "per_channel", "w_bits", "a", "a_value", "b", "b_value", "spread", "verdict"])
 
 
-def _std(row: pd.Series, metric: str) -> float:
+def bootstrap_std(row: Mapping[str, Any], metric: str) -> float:
+    """A results row's bootstrap spread of ``metric`` (0 where it has none)."""
     s = row.get(f"{metric}_std")
     return 0.0 if s is None or pd.isna(s) else float(s)
 

@@ -403,6 +403,8 @@ def link_variants(profile: str, variant_tags: List[Mapping[str, Any]]) -> int:
         from mlflow.entities import Metric, Param, RunStatus
         from mlflow.tracking import MlflowClient
 
+        from ..config import FP
+
         _configure()
         client = MlflowClient(tracking_uri())
         exp = _experiment_id(profile)
@@ -413,7 +415,7 @@ def link_variants(profile: str, variant_tags: List[Mapping[str, Any]]) -> int:
             if t.get("stage") == VARIANT_STAGE:
                 parents[(t.get("arch"), t.get("variant"), t.get(DIGEST_TAG))] = r
             elif t.get("stage") in CHILD_STAGES and r.info.status == RunStatus.to_string(RunStatus.FINISHED):
-                newest[(t["stage"], t.get("arch"), t.get("variant", "fp" if t["stage"] == "train" else None))] = r
+                newest[(t["stage"], t.get("arch"), t.get("variant", FP if t["stage"] == "train" else None))] = r
         now = _now_ms()
         for tags in variant_tags:
             arch, variant = str(tags["arch"]), str(tags["variant"])
