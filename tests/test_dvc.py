@@ -53,7 +53,7 @@ def test_params_name_exactly_what_each_stage_reads(jobs):
     assert not any("sagan" in p or "cyclegan" in p for p in q)
     # the report reads the matrix and the bootstrap size and sample count (its caption); which QAT loss
     # each row trained with (the appendix B comparison) comes with the row (results.csv's distill_loss)
-    assert doc["report"]["params"] == ["matrix", "eval.bootstrap", "eval.n_samples"]
+    assert doc["report"]["params"] == ["profile", "matrix", "eval.bootstrap", "eval.n_samples"]
     qat = doc["qat.sagan.lsq-qat-tensor-w4a8"]["params"]
     assert {"qat", "archs.sagan.qat", "perceptual"} <= set(qat) and "brecq" not in qat
     assert "resources/perceptual/tinyvgg.pt" in doc["qat.sagan.lsq-qat-tensor-w4a8"]["deps"]

@@ -12,16 +12,21 @@ import pandas as pd
 import pytest
 
 from workflow_src import config as qcfg
+from workflow_src.config import trace
+from workflow_src.workflow.stages import param_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+
+
+PARAM_READS = Path(".qgan") / "param-reads"  # each job's params reads (workflow_src/config/trace.py), in the run's directory
 
 
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("micro")
     proc = subprocess.run(SNAKEMAKE + ["-d", str(work), "--cores", "2", "report", "--configfile", str(ROOT / "configs" / "micro.yaml")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, trace.TRACE_ENV: str(work / PARAM_READS)})
     if proc.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "logs").rglob("*.log")))
         pytest.fail(f"workflow failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n{logs}")
@@ -187,6 +192,43 @@ def test_second_run_is_a_no_op(micro_run):
     proc = subprocess.run(SNAKEMAKE + ["-d", str(micro_run), "--cores", "1", "-n", "report", "--configfile", str(ROOT / "configs" / "micro.yaml")],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def _under(key: str, section: str) -> bool:
+    return key == section or key.startswith(section + ".")
+
+
+@pytest.mark.workflow
+def test_each_job_reads_exactly_the_params_keys_its_rule_declares(micro_run):
+    """Each job of the micro run recorded the params keys its stage read (the CLI hands it a params
+    mapping that records them, config/trace.py).  Every key read is one its rule declares, so its change
+    reruns the job (Snakemake's params trigger, DVC's params:); every declared key is read, so no other
+    change reruns it; every key of the params is read by some job, except what the Snakefile alone reads
+    (which jobs exist: matrix.archs; what they ask a cluster for: resources) and `runtime` (how a job
+    runs, never what it computes: read by many, declared by none)."""
+    cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
+    records = [json.loads(p.read_text()) for p in sorted((micro_run / PARAM_READS).rglob("*.json"))]
+    assert {r["rule"] for r in records} == {"prepare_data", "train_features", "real_stats", "train_fp", "distill", "eval_inputs", "quantize",
+                                            "qat", "train_perceptual", "evaluate_fp", "evaluate", "noise_floor", "quantile_sweep", "fig1",
+                                            "export_fp", "export", "sample_figure", "report"}
+    assert len(records) == len(list((micro_run / "logs").rglob("*.log"))), "a job without its record of reads"
+    undeclared, unread = [], []
+    for r in records:
+        declared = param_keys(cfg, r["rule"], r["wildcards"])
+        assert not [d for d in declared if _under(d, "runtime")], (r["rule"], declared)
+        job = f"{r['rule']} {r['wildcards']}"
+        undeclared += [f"{job}: {k}" for k in r["reads"] if not _under(k, "runtime") and not any(_under(k, d) for d in declared)]
+        unread += [f"{job}: {d}" for d in declared if not any(_under(k, d) or _under(d, k) for k in r["reads"])]
+    assert not undeclared, "read but not declared (a change would not rerun the job):\n" + "\n".join(undeclared)
+    assert not unread, "declared but never read (a change would rerun the job for nothing):\n" + "\n".join(unread)
+
+    def leaves(d, prefix=""):
+        for k, v in d.items():
+            yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+    read = {k for r in records for k in r["reads"]}
+    never = [k for k in leaves(cfg) if not any(_under(k, x) or _under(x, k) for x in read)
+             and not any(_under(k, s) for s in ("matrix.archs", "resources", "runtime"))]
+    assert not never, f"params keys no job reads: {never}"
 
 
 @pytest.mark.workflow

@@ -38,7 +38,7 @@ class GANArch(ABC):
 
     def __init__(self, model_cfg: Dict[str, Any], train_cfg: Dict[str, Any], resolution: int):
         self.model_cfg = dict(model_cfg)
-        self.train_cfg = dict(train_cfg)
+        self.train_cfg = train_cfg  # read by training alone (a job that only generates reads none of it)
         self.resolution = int(resolution)
 
     # -- networks ---------------------------------------------------------------------------
@@ -47,10 +47,20 @@ class GANArch(ABC):
         """A freshly initialised generator: ``G(inputs) -> images``."""
 
     @abstractmethod
+    def init_networks(self, device: torch.device) -> Dict[str, nn.Module]:
+        """Every network of the GAN, freshly initialised on ``device`` (what loading the trained
+        weights needs: no training params are read)."""
+
+    @abstractmethod
+    def optimizers(self, nets: Dict[str, nn.Module]) -> Dict[str, torch.optim.Optimizer]:
+        """FP training's optimisers of ``nets`` (``archs.<arch>.train``)."""
+
     def init_state(self, device: torch.device) -> Dict[str, Any]:
         """Everything FP training needs: modules and optimisers, in a dict whose values are
         ``nn.Module`` or ``torch.optim.Optimizer`` (so it can be checkpointed generically with
         ``state_dict``/``load_state_dict``)."""
+        nets = self.init_networks(device)
+        return {**nets, **self.optimizers(nets)}
 
     @abstractmethod
     def train_step(self, state: Dict[str, Any], batches: Iterator[Dict[str, torch.Tensor]], step: int) -> Dict[str, torch.Tensor]:
@@ -132,17 +142,16 @@ class LatentEMAGAN(GANArch):
     def build_discriminator(self) -> nn.Module:
         """A freshly initialised discriminator."""
 
-    def init_state(self, device: torch.device) -> Dict[str, Any]:
-        t = self.train_cfg
+    def init_networks(self, device: torch.device) -> Dict[str, nn.Module]:
         G = self.build_generator().to(device)
         D = self.build_discriminator().to(device)
-        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        return {"G": G, "D": D, "G_ema": copy.deepcopy(G).eval().requires_grad_(False)}
+
+    def optimizers(self, nets: Dict[str, nn.Module]) -> Dict[str, torch.optim.Optimizer]:
+        t = self.train_cfg
         betas = tuple(float(b) for b in t["betas"])
-        return {
-            "G": G, "D": D, "G_ema": G_ema,
-            "opt_g": torch.optim.Adam(G.parameters(), lr=float(t["lr_g"]), betas=betas),
-            "opt_d": torch.optim.Adam(D.parameters(), lr=float(t["lr_d"]), betas=betas),
-        }
+        return {"opt_g": torch.optim.Adam(nets["G"].parameters(), lr=float(t["lr_g"]), betas=betas),
+                "opt_d": torch.optim.Adam(nets["D"].parameters(), lr=float(t["lr_d"]), betas=betas)}
 
     def sample_inputs(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(n, self.latent_dim, generator=generator)

@@ -105,19 +105,21 @@ class CycleGAN(GANArch):
         init_weights(d)
         return d
 
-    def init_state(self, device: torch.device) -> Dict[str, Any]:
-        t = self.train_cfg
-        nets = {k: (self.build_generator() if k.startswith("G") else self.build_discriminator()).to(device)
+    def init_networks(self, device: torch.device) -> Dict[str, nn.Module]:
+        return {k: (self.build_generator() if k.startswith("G") else self.build_discriminator()).to(device)
                 for k in ("G_AB", "G_BA", "D_A", "D_B")}
+
+    def optimizers(self, nets: Dict[str, nn.Module]) -> Dict[str, torch.optim.Optimizer]:
+        t = self.train_cfg
         betas = tuple(float(b) for b in t["betas"])
-        nets["opt_g"] = torch.optim.Adam(itertools.chain(nets["G_AB"].parameters(), nets["G_BA"].parameters()),
-                                         lr=float(t["lr_g"]), betas=betas)
-        nets["opt_d"] = torch.optim.Adam(itertools.chain(nets["D_A"].parameters(), nets["D_B"].parameters()),
-                                         lr=float(t["lr_d"]), betas=betas)
-        for opt in (nets["opt_g"], nets["opt_d"]):
+        opts = {"opt_g": torch.optim.Adam(itertools.chain(nets["G_AB"].parameters(), nets["G_BA"].parameters()),
+                                          lr=float(t["lr_g"]), betas=betas),
+                "opt_d": torch.optim.Adam(itertools.chain(nets["D_A"].parameters(), nets["D_B"].parameters()),
+                                          lr=float(t["lr_d"]), betas=betas)}
+        for opt in opts.values():
             for group in opt.param_groups:
                 group["base_lr"] = group["lr"]
-        return nets
+        return opts
 
     def generator(self, state: Dict[str, Any]) -> nn.Module:
         return state["G_AB"]

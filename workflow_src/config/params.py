@@ -20,6 +20,7 @@ import yaml
 from ..files import atomic_write_text
 from . import checks
 from .errors import ConfigError
+from .trace import plain
 from .schema import schema
 
 
@@ -97,8 +98,8 @@ def rule_resources(cfg: Dict[str, Any], rule: str) -> Dict[str, int]:
 
 def resolved_digest(cfg: Dict[str, Any]) -> str:
     """sha256 of the merged ``cfg`` as :func:`dump_resolved` writes it (its file name carries the
-    first 16 digits)."""
-    return hashlib.sha256(yaml.safe_dump(cfg, sort_keys=False).encode()).hexdigest()
+    first 16 digits).  Provenance, not a read of the params (:func:`.trace.plain`)."""
+    return hashlib.sha256(yaml.safe_dump(plain(cfg), sort_keys=False).encode()).hexdigest()
 
 
 def dump_resolved(cfg: Dict[str, Any], directory: str | Path) -> Path:

@@ -209,7 +209,7 @@ def brecq(mode: str):
         bcfg = cfg["brecq"]
         # a checkpoint is resumed only by the same params, FP weights, calibration inputs and code
         fingerprint = resume.job_fingerprint(job_params or cfg, [__name__, *resume.modules_of(arch)],
-                                             arch_cfg=arch_cfg, inputs=resume.tensor_digest(generator.state_dict(), calib_inputs, extras or {}))
+                                             quantiles=arch_cfg["quantiles"], inputs=resume.tensor_digest(generator.state_dict(), calib_inputs, extras or {}))
         spec = spec_for(variant, "quantile", arch_cfg, cfg)
         fp = bake(copy.deepcopy(generator)).eval()
         qmodel = quantize_model(generator, spec)

@@ -20,15 +20,16 @@ from ..quant import QuantSpec, calibrate, quantize_model
 
 def spec_for(variant: Variant, observer: str, arch_cfg: Dict[str, Any], cfg: Dict[str, Any]) -> QuantSpec:
     """The variant's QuantSpec; only the quantile observer reads ``arch_cfg["quantiles"]``
-    (already resolved if it was ``sweep``)."""
+    (already resolved if it was ``sweep``) and its moving average's ``calibration.momentum``."""
     pairs = {}
     if observer == "quantile":
         q = arch_cfg["quantiles"]
         pairs = {"w_quantiles": (q["weight"]["upper"], q["weight"]["lower"]),
-                 "a_quantiles": (q["activation"]["upper"], q["activation"]["lower"])}
+                 "a_quantiles": (q["activation"]["upper"], q["activation"]["lower"]),
+                 "momentum": cfg["calibration"]["momentum"]}
     return QuantSpec(
         w_bits=variant.w_bits, a_bits=variant.a_bits, per_channel=variant.per_channel,
-        w_observer=observer, a_observer=observer, momentum=cfg["calibration"]["momentum"], **pairs,
+        w_observer=observer, a_observer=observer, **pairs,
     )
 
 

@@ -370,7 +370,7 @@ def qat(mode: str):
         loss = make_loss(cfg, qcfg, perceptual)
         t0 = time.time()
         fingerprint = resume.job_fingerprint(job_params or cfg, [__name__, *resume.modules_of(arch, validation)],
-                                             arch_cfg=arch_cfg, inputs=inputs_digest,
+                                             quantiles=arch_cfg["quantiles"], inputs=inputs_digest,
                                              validation=getattr(validation, "digest", None))  # its inputs and reference
         info = train_qat(qmodel, discriminator, distill["inputs"], distill["outputs"], mode, qcfg, loss,
                          cfg["seed"], ckpt=ckpt, losses_out=losses_out, tracker=tracker, fingerprint=fingerprint,

@@ -191,7 +191,7 @@ def provenance(cfg: Mapping[str, Any], metrics: Sequence[str]) -> Dict[str, str]
         if env:
             devices.add(env["device"] + (f" ({env['gpu_name']})" if env.get("gpu_name") else "")
                         + f", torch {env.get('torch_version')}" + (f", CUDA {env['cuda_version']}" if env.get("gpu_name") else ""))
-    digest = resolved_digest(dict(cfg))
+    digest = resolved_digest(cfg)
     dumped = Path(".qgan") / f"params-{digest[:16]}.yaml"  # what the Snakemake run's jobs read (DVC's read params.yaml)
     return {"Commit": commit, "Profile": str(cfg["profile"]),
             "Resolved params (sha256)": digest + (f" ({dumped})" if dumped.exists() else ""),

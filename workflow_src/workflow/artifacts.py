@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections import ChainMap
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, MutableMapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -94,11 +95,11 @@ def pair_text(pair: Dict[str, Dict[str, float]]) -> str:
     return "; ".join(f"{k[0]} {pair[k]['upper']:g}/{pair[k]['lower']:g}" for k in ("activation", "weight"))
 
 
-def arch_params(cfg: Dict[str, Any], arch: str, sweep_best: str | None = None, v: Optional[Variant] = None) -> Dict[str, Any]:
+def arch_params(cfg: Dict[str, Any], arch: str, sweep_best: str | None = None, v: Optional[Variant] = None) -> MutableMapping[str, Any]:
     """``archs.<arch>`` with ``quantiles`` resolved for variant ``v``: the method's own pair if it
     sets one (:func:`registry.own_quantiles`), else the arch's; ``sweep`` is replaced by the quantile sweep's
     pair for ``v``'s weight width.  ``quantiles_from`` says where the pair came from."""
-    acfg = dict(cfg["archs"][arch])
+    acfg: MutableMapping[str, Any] = ChainMap({}, cfg["archs"][arch])  # the resolved pair over the params: none copied (read)
     own, key = registry.own_quantiles(cfg, arch, v.method) if v is not None else (None, "")
     if own is not None:
         acfg["quantiles"], acfg["quantiles_from"] = own, key

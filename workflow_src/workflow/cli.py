@@ -13,6 +13,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from .. import config as config_mod
+from ..config import trace
 from . import forkserver
 from .stages import COMMANDS, RESOURCES_MARK, STARTUP_MARK, WILDCARDS, Stage, option, resources_problems
 
@@ -88,7 +89,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         fn = _function(st)  # the stage's module, with torch and what else it needs
         forked = " (forked by the warm process)" if os.environ.get(forkserver.STARTED_ENV) else ""
         print(f"{STARTUP_MARK} {forkserver.seconds_since_start():.2f} s after the process started{forked}", flush=True)
-        fn(cfg, **{name: args[name] for name in st.arguments()})
+        trace_dir, reads = os.environ.get(trace.TRACE_ENV), set()
+        fn(trace.Traced(cfg, reads) if trace_dir else cfg, **{name: args[name] for name in st.arguments()})
+        if trace_dir:  # which params keys the stage read (tests/test_workflow.py checks them against its declaration)
+            wildcards = {w: args[w] for w in st.wildcards}
+            trace.write_reads(trace_dir, st.log.format(**wildcards)[len("logs/"):-len(".log")], st.name, wildcards, reads)
         print(_resources(), flush=True)
         return 0
     run(st, cfg, args)

@@ -49,7 +49,10 @@ class Stage:
     inputs: Mapping[str, Artifact] = field(default_factory=dict)
     outputs: Mapping[str, Artifact] = field(default_factory=dict)
     extra: Mapping[str, Artifact] = field(default_factory=dict)  # paths given to the command that are neither
-    params: Union[Tuple[str, ...], Callable[[Mapping[str, Any], Mapping[str, str]], List[str]]] = ()  # the params keys it reads (or (cfg, wildcards) -> them)
+    # the params keys it reads, "{wildcard}" filled in: a tuple of keys and of functions (cfg, wildcards) -> keys,
+    # or one such function; `runtime` (how a job runs, never what it computes) is read by many and declared by none
+    params: Union[Tuple[Union[str, Callable[[Mapping[str, Any], Mapping[str, str]], List[str]]], ...],
+                  Callable[[Mapping[str, Any], Mapping[str, str]], List[str]]] = ()
     threads: bool = True  # passes Snakemake's {threads} as --threads
     rule: bool = True  # False: a command without a rule (validate, dvc-yaml)
 
@@ -207,21 +210,45 @@ def _every(pattern: str, which: Callable[[Mapping[str, Any]], List[str]]) -> Cal
 
 
 def _quantize_keys(cfg: Mapping[str, Any], w: Mapping[str, str]) -> List[str]:
-    """A quantized variant's job reads what its method reads there (registry)."""
-    return _method(w).params_keys(cfg, w["arch"])
+    """A quantized variant's job reads what its method reads there (registry), the profile (its MLflow
+    run) and, where it holds training images out for a validation qFID, the arch's dataset."""
+    held_out = _needs(cfg, w, "validation") and translates_images(cfg, w)
+    return ["profile", *_method(w).params_keys(cfg, w["arch"]), *(_dataset_kind(cfg, w) if held_out else [])]
 
 
 _ALL_VARIANTS = lambda cfg: ["fp"] + [v.name for v in variants(cfg)]  # noqa: E731
 _ARCH = ("archs.{arch}.model", "archs.{arch}.resolution")
 # An evaluation reads its batch size, grid and bootstrap count; the sample count comes with its inputs
 # (rule eval_inputs), and the real split with the real statistics.
-def _variant_matrix(cfg: Mapping[str, Any]) -> Tuple[str, ...]:
+def _variant_matrix(cfg: Mapping[str, Any], w: Mapping[str, str] = None) -> Tuple[str, ...]:
     """The ``matrix`` keys the variant list reads (``config.variants``): not ``matrix.archs``, so that a
     sweep does not rerun when another arch joins the matrix."""
     return ("matrix.methods", "matrix.per_channel", "matrix.w_bits", "matrix.a_bits") + (("matrix.exclude",) if "exclude" in cfg["matrix"] else ())
 
 
-_EVALUATE = ("seed", "eval.batch_size", "eval.grid", "eval.bootstrap")
+def translates_images(cfg: Mapping[str, Any], w: Mapping[str, str]) -> bool:
+    """Whether the arch's generator takes source images (a two-domain dataset: CycleGAN) rather than latents."""
+    return is_two_domain(cfg["datasets"][cfg["archs"][w["arch"]]["dataset"]]["kind"])
+
+
+def _dataset_kind(cfg: Mapping[str, Any], w: Mapping[str, str]) -> List[str]:
+    """The arch's dataset and its kind (one or two domains: which splits the job reads)."""
+    return [f"archs.{w['arch']}.dataset", f"datasets.{cfg['archs'][w['arch']]['dataset']}.kind"]
+
+
+_Keys = Callable[[Mapping[str, Any], Mapping[str, str]], List[str]]
+
+
+def _if_images(*keys: Union[str, _Keys], otherwise: Tuple[Union[str, _Keys], ...] = ()) -> _Keys:
+    """``keys`` (names, or functions of params and wildcards) for an arch that translates images,
+    ``otherwise`` for one that samples latents."""
+    def chosen(cfg: Mapping[str, Any], w: Mapping[str, str]) -> List[str]:
+        return [x for k in (keys if translates_images(cfg, w) else otherwise) for x in (k(cfg, w) if callable(k) else [k])]
+    return chosen
+
+
+# Jobs that log an MLflow run or write the profile's name into their record read `profile`.
+_EVALUATE = ("seed", "profile", "eval.batch_size", "eval.grid", "eval.bootstrap", "features.kind", *_ARCH)
 
 # ------------------------------------------------------------------------------ the stages
 _STAGES = [
@@ -232,21 +259,21 @@ _STAGES = [
           params=("datasets.{dataset}",), threads=False),
     Stage("train_features", "train the tiny profile's FID feature network", "workflow.networks:train_features",
           inputs={"data": Artifact(used_data, "the prepared datasets (their training splits)", many=True)},
-          outputs={"out": Artifact("resources/features/tinycnn.pt", "the feature network")}, params=("seed", "features.tinycnn")),
+          outputs={"out": Artifact("resources/features/tinycnn.pt", "the feature network")}, params=("seed", "profile", "features.tinycnn")),
     Stage("fetch_inception", "download pytorch-fid's FID Inception weights (sha256-verified)", "workflow.networks:fetch_inception",
           outputs={"out": Artifact("resources/inception", "the weights, in torch hub's layout", directory=True)},
           params=("features.inception",), threads=False),
     Stage("real_stats", "feature statistics of real images", "workflow.data:real_stats", wildcards=("dataset", "split"),
           inputs={"data": Artifact("data/{dataset}", "the prepared dataset"), "features": Artifact(feature_network, "the FID feature network")},
           outputs={"out": Artifact("stats/{dataset}-{split}.npz", "mean and covariance of the split's features (all: every split)")},
-          params=("seed", "features", "eval.batch_size", "eval.real_split", "datasets.{dataset}")),
+          params=("features", "eval.batch_size", "datasets.{dataset}")),
     # full-precision GANs (rules/train.smk)
     Stage("train_fp", "train a full-precision GAN (resumes from --ckpt)", "workflow.fp:train_fp", wildcards=("arch",),
           inputs={"data": Artifact(arch_data, "the prepared dataset")},
           outputs={"model": Artifact("models/fp/{arch}.pt", "every network of the trained GAN"),
                    "losses": Artifact("models/fp/{arch}.losses.csv", "per-step losses (written beside the model)", implicit=True)},
           extra={"ckpt": Artifact("models/fp/{arch}.ckpt.pt", "the resumable checkpoint (deleted at the end)")},
-          params=("seed", "train", "archs.{arch}.dataset", *_ARCH, "archs.{arch}.train")),
+          params=("seed", "profile", "train", _dataset_kind, *_ARCH, "archs.{arch}.train")),
     Stage("import_fp", "import the FP networks from a published checkpoint (archs.<arch>.fp_checkpoint)",
           "workflow.fp:import_fp", wildcards=("arch",),
           inputs={"checkpoint": Artifact(published_checkpoint, "the published checkpoint file (absent: fetched from "
@@ -257,11 +284,11 @@ _STAGES = [
     Stage("distill", "generate the distillation set", "workflow.distill:distill", wildcards=("arch",),
           inputs={"data": Artifact(arch_data, "the prepared dataset (CycleGAN: the source images)"),
                   "fp": Artifact("models/fp/{arch}.pt", "the FP networks")},
-          outputs={"out": Artifact("distill/{arch}.pt", "inputs and the FP generator's outputs")}, params=("seed", "distill", "sweep.validation_samples", *_ARCH)),
+          outputs={"out": Artifact("distill/{arch}.pt", "inputs and the FP generator's outputs")}, params=("seed", "distill", _if_images("sweep.validation_samples"), _dataset_kind, *_ARCH)),
     Stage("eval_inputs", "draw the seeded evaluation inputs", "workflow.distill:eval_inputs", wildcards=("arch",),
           inputs={"data": Artifact(arch_data, "the prepared dataset (CycleGAN: the source images)")},
           outputs={"out": Artifact("eval/{arch}/inputs.pt", "latents or source images, and per-sample extras")},
-          params=("seed", "eval.n_samples", "eval.real_split", *_ARCH), threads=False),
+          params=("seed", "eval.n_samples", _if_images("eval.real_split"), _dataset_kind, *_ARCH), threads=False),
     # quantization (rules/quantize.smk, rules/qat.smk): the method's own file says what it reads
     Stage("quantize", "quantize a generator with one method/variant", "workflow.quantize:quantize", wildcards=("arch", "variant"),
           inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "distill": Artifact("distill/{arch}.pt", "the distillation set"),
@@ -282,7 +309,7 @@ _STAGES = [
           params=_quantize_keys),
     Stage("train_perceptual", "train the tiny profile's perceptual network (QAT's distillation loss)", "workflow.networks:train_perceptual",
           inputs={"data": Artifact(used_data, "the prepared datasets (their training splits)", many=True)},
-          outputs={"out": Artifact(PERCEPTUAL_NETWORKS["tinyvgg"], "the perceptual network")}, params=("seed", "perceptual.tinyvgg")),
+          outputs={"out": Artifact(PERCEPTUAL_NETWORKS["tinyvgg"], "the perceptual network")}, params=("seed", "profile", "perceptual.tinyvgg")),
     Stage("fetch_vgg16", "download torchvision's VGG16 weights for the perceptual loss (sha256-verified)", "workflow.networks:fetch_vgg16",
           outputs={"out": Artifact(PERCEPTUAL_NETWORKS["vgg16"], "the weights")}, params=("perceptual.vgg16",), threads=False),
     # FID and qFID (rules/evaluate.smk)
@@ -310,7 +337,8 @@ _STAGES = [
                   "real_test": Artifact(split_statistics("test"), "the real test images' statistics"),
                   "real_train": Artifact(split_statistics("train"), "the real training images' statistics")},
           outputs={"out": Artifact("metrics/{arch}/noise_floor.json", "qfid_floor and fid_floor")},
-          params=("seed", "eval.n_samples", "eval.batch_size", "sweep.validation_samples", "distill.size", *_ARCH)),
+          params=("seed", "eval.batch_size", "features.kind", *_ARCH,
+                  _if_images("sweep.validation_samples", _dataset_kind, otherwise=("eval.n_samples",)))),
     # the quantile sweep, paper Figure 1 (rules/sweep.smk)
     Stage("quantile_sweep", "qFID over activation/weight quantile pairs (Figure 1)", "workflow.sweep:run_sweep", wildcards=("arch",),
           inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "distill": Artifact("distill/{arch}.pt", "the distillation set"),
@@ -318,13 +346,13 @@ _STAGES = [
                   "features": Artifact(feature_network, "the FID feature network")},
           outputs={"csv": Artifact("sweeps/{arch}/quantile_sweep.csv", "validation qFID per pair and weight width"),
                    "best": Artifact("sweeps/{arch}/best.json", "the best pair per weight width")},
-          params=lambda cfg, w=None: ("seed", "sweep", *_variant_matrix(cfg), "calibration", "distill", "eval.batch_size", *_ARCH)),
+          params=("seed", "profile", "sweep", _variant_matrix, "calibration", "distill", "eval.batch_size", "features.kind", _dataset_kind, *_ARCH)),
     Stage("fig1", "the quantile-sweep figure and table", "workflow.sweep:figure",
           inputs={"sweeps": Artifact(lambda cfg, w=None: [f"sweeps/{a}/quantile_sweep.csv" for a in cfg["matrix"]["archs"]],
                                      "every arch's sweep", many=True)},
           outputs={"png": Artifact("reports/fig1_quantile_sweep.png", "Figure 1", report={"caption": "captions/fig1.rst", "category": "Figures"}),
                    "csv": Artifact("reports/quantile_sweep.csv", "every sweep in one table")},
-          params=("sweep",), threads=False),
+          threads=False),
     # integer exports (rules/export.smk)
     Stage("export_fp", "FP32 exports of a generator (the baselines of rule export)", "workflow.export:export_fp", wildcards=("arch",),
           inputs={"model": Artifact("models/fp/{arch}.pt", "the FP networks"), "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs")},
@@ -337,7 +365,7 @@ _STAGES = [
                   "features": Artifact(feature_network, "the FID feature network")},
           outputs={"files": Artifact("exports/{arch}/{variant}", "one file per runtime and batch size", directory=True),
                    "summary": Artifact("metrics/{arch}/{variant}.export.json", "sizes, latencies, agreement with the fake-quant model")},
-          params=("export", "eval.batch_size")),
+          params=("profile", "export", "eval.batch_size", "features.kind", *_ARCH)),
     # tables, figures, the HTML page (rules/report.smk)
     Stage("sample_figure", "samples by method at w8/w4 with FID captions (paper Figures 2-4)", "reporting.samples:sample_figure",
           wildcards=("arch",),
@@ -347,7 +375,7 @@ _STAGES = [
                   "fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs")},
           outputs={"out": Artifact("reports/fig_samples_{arch}.png", "the figure",
                                    report={"caption": "captions/fig_samples.rst", "category": "Figures", "subcategory": "Samples"})},
-          params=("seed", "matrix", "figures")),
+          params=("matrix", "figures", *_ARCH, _if_images(otherwise=("seed",)))),
     Stage("report", "tables, figures and the HTML report", "reporting.report:report",
           inputs={"metrics": Artifact(_every("metrics/{arch}/{variant}.json", _ALL_VARIANTS), "every variant's metrics", many=True),
                   "samples": Artifact(_every("samples/{arch}/{variant}.png", _ALL_VARIANTS), "every variant's samples", many=True),
@@ -367,7 +395,7 @@ _STAGES = [
                                       "start-up share (the jobs' benchmark files and logs)"),
                    "html": Artifact("reports/index.html", "the results page"),
                    "summary": Artifact("reports/summary.json", "every variant's FID and qFID by arch: DVC's one metrics file")},
-          params=("matrix", "eval.bootstrap", "eval.n_samples"), threads=False),
+          params=("profile", "matrix", "eval.bootstrap", "eval.n_samples"), threads=False),
     # commands without a rule
     Stage("validate", "validate the params and print the experiment matrix", "workflow.cli:validate", rule=False, threads=False),
     Stage("track", "log the jobs' pending MLflow records (Snakemake does it when a run ends, the report stage too)",
@@ -389,8 +417,10 @@ def stage(rule: str) -> Stage:
 def param_keys(cfg: Mapping[str, Any], rule: str, wildcards: Mapping[str, str]) -> List[str]:
     """The params keys job ``rule`` with ``wildcards`` reads under ``cfg``."""
     st = stage(rule)
-    keys = st.params(cfg, wildcards) if callable(st.params) else st.params
-    return [k.format(**dict(wildcards)) for k in keys]
+    keys: List[str] = []
+    for k in ([st.params] if callable(st.params) else st.params):
+        keys += k(cfg, wildcards) if callable(k) else [k]
+    return list(dict.fromkeys(k.format(**dict(wildcards)) for k in keys))
 
 
 def lookup(cfg: Mapping[str, Any], key: str) -> Any:

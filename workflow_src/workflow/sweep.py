@@ -12,6 +12,7 @@ the pair with the lowest validation qFID per width; ``best.json`` holds one pair
 from __future__ import annotations
 
 import csv as csv_module
+from collections import ChainMap
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -84,8 +85,8 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, data: st
         print(f"resuming the sweep from {ckpt} after {len(rows)} of {len(grid)} variants")
 
     for a_pair, w_pair, bits in tqdm(grid[len(rows):], initial=len(rows), total=len(grid), desc=f"quantile sweep {arch}", unit="variant"):
-        arch_cfg = {**cfg["archs"][arch], "quantiles": {"activation": {"upper": a_pair[0], "lower": a_pair[1]},
-                                                         "weight": {"upper": w_pair[0], "lower": w_pair[1]}}}
+        arch_cfg = ChainMap({"quantiles": {"activation": {"upper": a_pair[0], "lower": a_pair[1]},  # the arch's params,
+                                           "weight": {"upper": w_pair[0], "lower": w_pair[1]}}}, cfg["archs"][arch])  # this pair over them
         v = Variant(method.name, bool(scfg["per_channel"]), int(bits), 8)
         q, _, _ = run_method(g, distill_set["inputs"], v, arch_cfg, cfg, arch=a, extras=distill_set["extras"])
         rows.append({"arch": arch, "act_upper": a_pair[0], "act_lower": a_pair[1], "weight_upper": w_pair[0],

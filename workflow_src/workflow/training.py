@@ -92,13 +92,13 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
 
 
 def load_fp_state(cfg: Dict[str, Any], arch_name: str, fp_path: str | Path, device: torch.device | None = None) -> Dict[str, Any]:
-    """Every network of the trained FP GAN ``arch_name`` (see ``GANArch.init_state``), on ``device``
-    (default: the CPU)."""
+    """Every network of the trained FP GAN ``arch_name`` (see ``GANArch.init_networks``; not its
+    optimisers), on ``device`` (default: the CPU)."""
     arch = make_arch(cfg, arch_name)
     saved = torch_load(fp_path)
     if saved.get("arch") != arch_name:
         raise ValueError(f"{str(fp_path)!r} holds a {saved.get('arch')!r} model, expected {arch_name!r}")
-    state = arch.init_state(torch.device(device or "cpu"))
+    state: Dict[str, Any] = arch.init_networks(torch.device(device or "cpu"))
     _load_state_dicts(state, saved["state"])
     if saved.get("imported"):  # a published checkpoint (workflow_src.workflow.fp.import_fp)
         state["imported"] = saved["imported"]
