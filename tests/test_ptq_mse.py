@@ -160,5 +160,5 @@ def test_registered_as_a_post_training_method():
     assert (m.kind, m.rule, m.implementation()) == ("ptq", "quantize", M.ptq_mse)
     assert "ptq-mse" in registry.methods_in_table("table3") and "ptq-mse" in registry.methods_in_table("table4")
     cfg = qcfg.load([Path(__file__).resolve().parents[1] / "params.yaml"])
-    assert m.params_keys(cfg, "sagan") == list(registry.COMMON_READS)  # reads no quantiles: a quantile change does not rerun it
+    assert m.params_keys(cfg, "sagan") == [*registry.COMMON_READS, "distill.batch_size"]  # reads no quantiles: a quantile change does not rerun it
     np.testing.assert_allclose(M.clip_ratios().numpy(), RATIOS)

@@ -66,9 +66,10 @@ NEEDS = ("quantiles", "discriminator", "perceptual", "distill", "validation")
 # Which kinds each table shows by default (the paper's Table 3: post-training methods; Table 4:
 # vanilla PTQ against QAT).
 TABLES = {"table3": ("ptq", "reconstruction"), "table4": ("ptq", "qat")}
-# Every method calibrates on the first calibration.images inputs of the distillation set,
-# in batches of distill.batch_size, of the arch's generator.
-COMMON_READS = ("calibration.images", "distill.batch_size", "archs.{arch}.model", "archs.{arch}.resolution")
+# Every method calibrates the arch's generator on the first calibration.images inputs of the
+# distillation set; those that feed them in batches of distill.batch_size name it in their own
+# `reads` (BRECQ batches by brecq.batch_size).
+COMMON_READS = ("calibration.images", "archs.{arch}.model", "archs.{arch}.resolution")
 # What a need implies the method reads: the quantile pair (or the sweep's best pair) and the
 # quantile observer's moving-average momentum; the perceptual network's section; the validation
 # inputs (workflow/distill.py: validation_inputs), the feature space a validation qFID is measured in, and
@@ -175,6 +176,8 @@ class Method:
             if n.name in held:
                 keys += NEED_READS.get(n.name, ())
         keys += self.reads
+        if "quantiles" in held and (own := own_quantiles(cfg, arch, self.name)[1]):
+            keys.append(own)  # the method's own pair, where its section sets one (the paper's QAT pairs)
         return list(dict.fromkeys(keys))
 
     def implementation(self) -> Callable:

@@ -55,6 +55,9 @@ class Traced(dict):
             self._reads.add(self._prefix[:-1])
         return list(dict.keys(self))
 
+    def __len__(self) -> int:  # `if section:`, `section or {}`: whether it is empty is a read of it
+        return len(self._listed())
+
     # overriding __iter__ also makes `dict(t)` and `{**t}` go through keys() and __getitem__
     def __iter__(self) -> Iterator[Any]:
         return iter(self._listed())

@@ -266,9 +266,13 @@ ste_brecq = brecq("ste-brecq")
 # literals without importing this file).
 METHODS = [
     {"name": "ar-brecq", "kind": "reconstruction", "title": "AR-BRECQ", "run": "ar_brecq", "needs": ["quantiles"],
-     "reads": ["seed", "brecq"], "requires": ["brecq.ar_steps"]},
+     "reads": ["seed", "brecq.calib_images", "brecq.batch_size", "brecq.betas", "brecq.lr_qparams", "brecq.zeta", "brecq.gamma",
+               "brecq.ar_steps", "brecq.ar_warmup", "brecq.lr_rounding", "brecq.reg_weight", "brecq.beta_range"],
+     "requires": ["brecq.ar_steps"]},
     {"name": "ste-brecq", "kind": "reconstruction", "title": "STE-BRECQ", "run": "ste_brecq", "needs": ["quantiles"],
-     "reads": ["seed", "brecq"], "requires": ["brecq.ste_steps"]},
+     "reads": ["seed", "brecq.calib_images", "brecq.batch_size", "brecq.betas", "brecq.lr_qparams", "brecq.zeta", "brecq.gamma",
+               "brecq.ste_steps", "brecq.lr_weights"],
+     "requires": ["brecq.ste_steps"]},
 ]
 PARAMS = {
     "sections": {"brecq": {

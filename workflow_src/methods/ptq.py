@@ -75,7 +75,7 @@ ptq_quantile = _ptq("quantile")
 
 # What these methods are (workflow_src/registry.py reads these literals without importing this file).
 METHODS = [
-    {"name": "ptq-minmax", "kind": "ptq", "title": "vanilla PTQ (min-max)", "run": "ptq_minmax"},
-    {"name": "ptq-quantile", "kind": "ptq", "title": "vanilla PTQ (quantile)", "run": "ptq_quantile", "needs": ["quantiles"],
+    {"name": "ptq-minmax", "kind": "ptq", "title": "vanilla PTQ (min-max)", "run": "ptq_minmax", "reads": ["distill.batch_size"]},
+    {"name": "ptq-quantile", "kind": "ptq", "title": "vanilla PTQ (quantile)", "run": "ptq_quantile", "needs": ["quantiles"], "reads": ["distill.batch_size"],
      "sweep": True},
 ]

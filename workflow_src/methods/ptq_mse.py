@@ -106,4 +106,4 @@ def ptq_mse(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, 
 
 
 # What this method is (workflow_src/registry.py reads this literal without importing this file).
-METHODS = [{"name": "ptq-mse", "kind": "ptq", "title": "vanilla PTQ (MSE)", "run": "ptq_mse"}]
+METHODS = [{"name": "ptq-mse", "kind": "ptq", "title": "vanilla PTQ (MSE)", "run": "ptq_mse", "reads": ["distill.batch_size"]}]

@@ -392,10 +392,10 @@ lsq_qat = qat("lsq-qat")
 # literals without importing this file).  The perceptual network is needed unless the arch's QAT
 # uses the pixel MSE ablation (appendix B).
 METHODS = [
-    {"name": "ma-qat", "kind": "qat", "title": "MA-QAT", "run": "ma_qat", "reads": ["seed", "qat", "archs.{arch}.qat"],
+    {"name": "ma-qat", "kind": "qat", "title": "MA-QAT", "run": "ma_qat", "reads": ["seed", "distill.batch_size", "qat", "archs.{arch}.qat"],
      "needs": ["quantiles", "discriminator", "distill", {"need": "perceptual", "when": {"qat.distill_loss": "perceptual"}},
                {"need": "validation", "when": {"qat.select": "best", "qat.select_on": "qfid"}}]},
-    {"name": "lsq-qat", "kind": "qat", "title": "LSQ-QAT", "run": "lsq_qat", "reads": ["seed", "qat", "archs.{arch}.qat"],
+    {"name": "lsq-qat", "kind": "qat", "title": "LSQ-QAT", "run": "lsq_qat", "reads": ["seed", "distill.batch_size", "qat", "archs.{arch}.qat"],
      "needs": ["quantiles", "discriminator", "distill", {"need": "perceptual", "when": {"qat.distill_loss": "perceptual"}},
                {"need": "validation", "when": {"qat.select": "best", "qat.select_on": "qfid"}}]},
 ]

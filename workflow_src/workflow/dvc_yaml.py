@@ -32,10 +32,11 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: Snakefile, rules/, p
 _REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1\s*$")
 
 
-def snakemake_jobs(root: Path, configfiles: List[str] = (), target: str = "report") -> List[Dict[str, Any]]:
-    """Every job of the DAG for ``target`` as Snakemake plans it: a dry run (``-n -p``) in an empty
-    working directory, parsed into rule, wildcards, inputs, outputs, log and shell command."""
-    with tempfile.TemporaryDirectory() as wd:
+def snakemake_jobs(root: Path, configfiles: List[str] = (), target: str = "report", workdir: str | Path | None = None) -> List[Dict[str, Any]]:
+    """The jobs Snakemake plans for ``target``: a dry run (``-n -p``) in ``workdir`` (default: an empty
+    directory, so every job of the DAG), parsed into rule, wildcards, inputs, outputs, log and shell command."""
+    with tempfile.TemporaryDirectory() as empty:
+        wd = str(workdir or empty)
         cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", wd, "-n", "-p", "--cores", "1", target]
         if configfiles:
             cmd += ["--configfile", *[str(Path(c).resolve()) for c in configfiles]]

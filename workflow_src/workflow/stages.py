@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from .. import registry
 from ..config import Variant, variants
+from ..config.trace import plain
 from ..datasets.kinds import is_two_domain
 
 Path_ = Union[str, Callable[[Mapping[str, Any], Mapping[str, str]], Union[str, List[str]]]]
@@ -346,7 +347,8 @@ _STAGES = [
                   "features": Artifact(feature_network, "the FID feature network")},
           outputs={"csv": Artifact("sweeps/{arch}/quantile_sweep.csv", "validation qFID per pair and weight width"),
                    "best": Artifact("sweeps/{arch}/best.json", "the best pair per weight width")},
-          params=("seed", "profile", "sweep", _variant_matrix, "calibration", "distill", "eval.batch_size", "features.kind", _dataset_kind, *_ARCH)),
+          params=("seed", "profile", "sweep", _variant_matrix, "calibration", "distill", "eval.batch_size", "features.kind", *_ARCH,
+                  _if_images(_dataset_kind))),
     Stage("fig1", "the quantile-sweep figure and table", "workflow.sweep:figure",
           inputs={"sweeps": Artifact(lambda cfg, w=None: [f"sweeps/{a}/quantile_sweep.csv" for a in cfg["matrix"]["archs"]],
                                      "every arch's sweep", many=True)},
@@ -415,8 +417,9 @@ def stage(rule: str) -> Stage:
 
 
 def param_keys(cfg: Mapping[str, Any], rule: str, wildcards: Mapping[str, str]) -> List[str]:
-    """The params keys job ``rule`` with ``wildcards`` reads under ``cfg``."""
-    st = stage(rule)
+    """The params keys job ``rule`` with ``wildcards`` reads under ``cfg``.  Deciding them is no read
+    of the params by the job (a job's record of its reads, :mod:`..config.trace`, leaves them out)."""
+    st, cfg = stage(rule), plain(cfg)
     keys: List[str] = []
     for k in ([st.params] if callable(st.params) else st.params):
         keys += k(cfg, wildcards) if callable(k) else [k]
@@ -431,7 +434,9 @@ def lookup(cfg: Mapping[str, Any], key: str) -> Any:
 
 
 def param_values(cfg: Mapping[str, Any], rule: str, wildcards: Mapping[str, str]) -> Dict[str, Any]:
-    """``{key: value}`` of what the job reads (Snakemake's ``params.section``, a rerun trigger)."""
+    """``{key: value}`` of what the job reads (Snakemake's ``params.section``, a rerun trigger; a job's
+    MLflow params and resume fingerprint), taken unrecorded: the stage's own reads are what it computes with."""
+    cfg = plain(cfg)
     return {k: lookup(cfg, k) for k in param_keys(cfg, rule, wildcards)}
 
 
