@@ -5,6 +5,9 @@
 # and the state directory.  Safe to run any number of times, and after a failed or partial
 # slurm-up; it never touches a slurm.conf that is not its own symlink.  The packages stay installed.
 set -u
+# The daemons and scontrol live in /usr/sbin, which a PATH without the sbin directories (env -i,
+# a non-root shell on Debian) lacks.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 STATE=${QGAN_SLURM_DIR:-/tmp/qgan-slurm}
 CONF=/etc/slurm/slurm.conf

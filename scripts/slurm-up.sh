@@ -10,6 +10,9 @@
 # Exit status: 0 up; 3 this machine cannot host it (not root, no apt, packages not installable, a
 # foreign SLURM config present) -- the reason is the last line on stderr; anything else: a failure.
 set -euo pipefail
+# The daemons and scontrol live in /usr/sbin, which a PATH without the sbin directories (env -i,
+# a non-root shell on Debian) lacks.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 STATE=${QGAN_SLURM_DIR:-/tmp/qgan-slurm}
 PARTITION=${QGAN_SLURM_PARTITION:-gpu}
