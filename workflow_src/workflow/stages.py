@@ -219,8 +219,6 @@ def _quantize_keys(cfg: Mapping[str, Any], w: Mapping[str, str]) -> List[str]:
 
 _ALL_VARIANTS = lambda cfg: ["fp"] + [v.name for v in variants(cfg)]  # noqa: E731
 _ARCH = ("archs.{arch}.model", "archs.{arch}.resolution")
-# An evaluation reads its batch size, grid and bootstrap count; the sample count comes with its inputs
-# (rule eval_inputs), and the real split with the real statistics.
 def _variant_matrix(cfg: Mapping[str, Any], w: Mapping[str, str] = None) -> Tuple[str, ...]:
     """The ``matrix`` keys the variant list reads (``config.variants``): not ``matrix.archs``, so that a
     sweep does not rerun when another arch joins the matrix."""
@@ -248,7 +246,10 @@ def _if_images(*keys: Union[str, _Keys], otherwise: Tuple[Union[str, _Keys], ...
     return chosen
 
 
-# Jobs that log an MLflow run or write the profile's name into their record read `profile`.
+# An evaluation reads its batch size, grid and bootstrap count, the feature network's kind, the arch's
+# networks and the profile (its MLflow run and metrics record: so do training, quantization, the sweep
+# and the exports); the sample count comes with its inputs (rule eval_inputs), the real split with the
+# real statistics.
 _EVALUATE = ("seed", "profile", "eval.batch_size", "eval.grid", "eval.bootstrap", "features.kind", *_ARCH)
 
 # ------------------------------------------------------------------------------ the stages
