@@ -51,7 +51,7 @@ def test_params_name_exactly_what_each_stage_reads(jobs):
     m = doc["quantize.stylegan.ptq-minmax-tensor-w4a8"]["params"]
     assert "archs.stylegan.quantiles" in q and "archs.stylegan.quantiles" not in m
     assert not any("sagan" in p or "cyclegan" in p for p in q)
-    # the report reads the matrix and the bootstrap size and sample count (its caption); which QAT loss
+    # the report reads the profile (MLflow), the matrix and the bootstrap size and sample count (its caption); which QAT loss
     # each row trained with (the appendix B comparison) comes with the row (results.csv's distill_loss)
     assert doc["report"]["params"] == ["profile", "matrix", "eval.bootstrap", "eval.n_samples"]
     qat = doc["qat.sagan.lsq-qat-tensor-w4a8"]["params"]

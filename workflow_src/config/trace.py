@@ -82,8 +82,9 @@ class Traced(dict):
 
 
 def plain(cfg: Mapping[str, Any]) -> Any:
-    """``cfg`` as plain dicts, nothing recorded."""
-    if isinstance(cfg, dict):
+    """``cfg`` as plain dicts, nothing recorded (the params as loaded are returned as they are: the
+    Snakefile asks for every job's keys)."""
+    if isinstance(cfg, Traced):
         return {k: plain(v) for k, v in dict.items(cfg)}
     return cfg
 
