@@ -183,3 +183,25 @@ def test_bad_job_resources_are_named(base):
         qcfg.validate(_mutated(base, ("resources", "rules", "trian_fp"), {"runtime": 5}), extra_checks=[resources_problems])
     with pytest.raises(qcfg.ConfigError, match=r"resources\.default.*runtime"):
         qcfg.validate(_mutated(base, ("resources", "default"), {"cpus": 1, "mem_mb": 1000}))
+
+
+def test_traced_params_record_exactly_the_reads_a_hand_count_gives():
+    """The record behind the per-job params test (config/trace.py), against reads counted by hand:
+    CPython's dict fast paths (`{**d}`, `dict(d)`, json) must not bypass it, and a section handed
+    on is no read until a leaf is taken from it."""
+    import copy
+    import json
+
+    from workflow_src.config import trace
+
+    data = {"a": {"x": 1, "y": {"z": 2}}, "b": 3, "c": {}, "d": {"u": 4, "v": 5}, "e": {"w": 6}, "f": {"k": [7]}}
+    reads: set = set()
+    t = trace.Traced(data, reads)
+    section = t["a"]["y"]  # handed on, not read
+    assert reads == set() and isinstance(section, dict)
+    assert {**t["d"]} == {"u": 4, "v": 5}  # the ** fast path
+    assert t.get("missing", 9) == 9 and not t["c"]  # an absent key's default; an empty section's truthiness
+    assert json.dumps(t["e"]) == '{"w": 6}' and copy.deepcopy(t["f"]) == {"k": [7]}
+    assert reads == {"d", "d.u", "d.v", "missing", "c", "e", "e.w", "f", "f.k"}
+    assert trace.plain(t) == data and reads == {"d", "d.u", "d.v", "missing", "c", "e", "e.w", "f", "f.k"}  # unrecorded
+    assert trace.plain(data) is data  # untraced params are returned as they are

@@ -9,8 +9,9 @@ every dotted key the stage read (``tests/test_workflow.py`` compares them with t
 A read is a leaf (a value that is not a section) handed out by ``[]``, ``get``, ``items``,
 ``values``, ``**`` or ``dict(...)``, a lookup of an absent key (its default is a read of that key),
 or a section's list of keys (iterating it); ``copy.deepcopy`` reads every leaf below.  A section
-handed out is not yet a read: the leaves taken from it are.  :func:`plain` unwraps the params unrecorded, for provenance only (the digest of
-the whole params on the results page is no input to what any stage computes).
+handed out is not yet a read: the leaves taken from it are.  :func:`plain` unwraps the params
+unrecorded, for what is no input to a stage's computation: the provenance digest on the results page,
+and deciding which keys a job declares and their values (:func:`..workflow.stages.param_keys`).
 """
 from __future__ import annotations
 
