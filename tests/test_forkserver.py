@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -154,3 +155,71 @@ def test_the_jobs_thread_counts_are_applied_in_the_child(tmp_path):
             seen = json.loads(out)
             assert seen["torch"] == int(n) and seen["openmp"] == int(n) and seen.get("openblas", int(n)) == int(n), (seen, err)
         assert (tmp_path / "server.log").read_text().count("exited 0") == 2  # forked, not declined
+
+
+_FIRST_USES = r"""
+import sys, tempfile, threading, torch, tqdm
+from pathlib import Path
+from workflow_src.workflow import forkserver
+torch.set_num_threads(2)
+forkserver._preload(forkserver.DEFAULT_TARGET)
+print("after preload: python threads", threading.active_count(), "torch threads", torch.get_num_threads(),
+      "tqdm monitor", tqdm.tqdm.monitor_interval, file=sys.stderr)
+before = set(sys.modules)
+from workflow_src.config import params
+from workflow_src.deploy import onnx_qdq, pt2
+from workflow_src.quality import fid
+import numpy as np
+params.validate(params.load(["params.yaml"]))
+m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+x = torch.randn(1, 3, 8, 8)
+opt = torch.optim.Adam(m.parameters())
+m(x).sum().backward()
+opt.step()
+out = Path(tempfile.mkdtemp())
+pt2.export_program(m, x, out / "m.pt2")
+pt2.load_lowered(out / "m.pt2", x)
+onnx_qdq.export_float(m, x, out / "m.onnx")
+f = np.random.default_rng(0).normal(size=(50, 4))
+fid.frechet_distance(fid.statistics(f), fid.statistics(f + 1))
+print("\n".join(sorted(set(sys.modules) - before)))
+"""
+
+
+@pytest.fixture(scope="module")
+def first_uses():
+    """One preloaded process that then does what the stages do on first use (shared by two tests)."""
+    out = subprocess.run([sys.executable, "-c", _FIRST_USES], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_a_forked_job_finds_the_libraries_its_stage_imports_on_first_use_already_imported(first_uses):
+    """The warm process imports what stages import inside their calls (the optimizers' torch._dynamo,
+    torch.export, Inductor's freezing passes, torchao, onnx, scipy, jsonschema): a job forked from it
+    that exports, lowers, steps an optimizer, computes a FID and checks params imports none of them."""
+    out = first_uses
+    heavy = ("torch._dynamo", "torch._inductor", "torch.export", "torch._export", "torchao", "onnx", "scipy", "jsonschema")
+    late = [m for m in out.stdout.split() if m.startswith(heavy)]
+    assert not late, f"imported by the job, not by the warm process ({len(late)}): {late[:20]}"
+
+
+def test_the_warm_process_exports_and_lowers_once_and_leaves_no_thread_behind(first_uses):
+    """The preload's export warm-up ran (it prints its seconds), on one thread: afterwards the process
+    has no Python thread but its main one (torch.fx's progress bar would start tqdm's monitor thread,
+    which a forked child lacks) and its torch thread count is back to what it was."""
+    assert re.search(r"warm-up workflow_src\.deploy\.pt2:warm_up: \d+\.\d\d s", first_uses.stdout), first_uses.stdout[:2000]
+    assert "after preload: python threads 1 torch threads 2 tqdm monitor 10" in first_uses.stderr, first_uses.stderr[-2000:]
+
+
+def test_the_workflows_warm_process_serves_a_job_in_the_environment_it_was_started_in(tmp_path):
+    """The workflow's own preload (stage modules and first-use libraries) may set variables for itself
+    (importing torch._dynamo sets TORCHINDUCTOR_CACHE_DIR): a request from the environment the server
+    started in is still forked, not declined as an environment that differs."""
+    with _served(tmp_path, "workflow_src.workflow.cli:main") as (_server, sock):
+        proc = _command(sock, ["--config", "params.yaml", "validate"], cwd=ROOT)
+        out, err = proc.communicate(timeout=300)
+    log = (tmp_path / "server.log").read_text()
+    assert proc.returncode == 0, err[-2000:]
+    assert "declined" not in log and "declined" not in err, log[-2000:] + err[-2000:]
+    assert "job " in log and "exited 0" in log, log[-2000:]

@@ -44,9 +44,10 @@ def _module_file(module: str) -> Optional[Path]:
     return None
 
 
-def _imported(module: str, path: Path) -> set[str]:
+@functools.lru_cache(maxsize=None)
+def _imported(module: str, path: Path) -> frozenset[str]:
     """Package modules (and possibly attributes) that ``module`` imports anywhere in its source,
-    function-level imports included."""
+    function-level imports included.  Read once per process, like :func:`source_digests`."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -60,7 +61,21 @@ def _imported(module: str, path: Path) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found.update(f"{base}.{a.name}" for a in node.names)  # `from . import data`: a module
-    return {m for m in found if (m == PACKAGE or m.startswith(PACKAGE + ".")) and m not in BOOKKEEPING}
+    return frozenset(m for m in found if (m == PACKAGE or m.startswith(PACKAGE + ".")) and m not in BOOKKEEPING)
+
+
+@functools.lru_cache(maxsize=None)
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_sources() -> None:
+    """Parse and hash every source file of the package now: the warm process does, so that the jobs
+    it forks find them read (it forks none after a source changes: they would be stale)."""
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        rel = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+        _imported(".".join(rel[:-1] if rel[-1] == "__init__" else rel), path)
+        _sha256(path)
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,7 +93,7 @@ def source_digests(entry_modules: tuple[str, ...]) -> Dict[str, str]:
         parts = module.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]
         todo += sorted(_imported(module, path))
-    return {p.relative_to(PACKAGE_DIR.parent).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+    return {p.relative_to(PACKAGE_DIR.parent).as_posix(): _sha256(p)
             for p in sorted(p for p in files.values() if p is not None)}
 
 

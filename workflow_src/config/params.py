@@ -21,7 +21,7 @@ from ..files import atomic_write_text
 from . import checks
 from .errors import ConfigError
 from .trace import plain
-from .schema import schema
+from .schema import SAFE_LOADER, schema
 
 
 def deep_merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
@@ -39,7 +39,7 @@ def load_yaml(path: str | Path) -> Dict[str, Any]:
     path = Path(path)
     try:
         with open(path) as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=SAFE_LOADER)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except yaml.YAMLError as exc:

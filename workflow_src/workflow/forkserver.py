@@ -163,17 +163,64 @@ def _sources(roots: List[Path]) -> Dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for r in roots for p in sorted(r.rglob("*")) if p.suffix in (".py", ".yaml") and p.is_file()}
 
 
+# What the stages import on first use, inside a call, rather than with their modules: without these a
+# forked job still imported them itself (measured after the stage modules' preload, one tiny job each:
+# export 1,988 more modules in 3.5 s of its 9.8 s, through torch.export, Inductor's freezing passes,
+# torchao's x86 patterns and onnx; QAT and BRECQ 1.3 s, torch._dynamo through the optimizers' first
+# step; evaluate 0.13 s, scipy's sqrtm; every job the params schema's jsonschema).  None of them starts
+# a thread that a fork would lose mid-work or initialises CUDA (serve checks the latter).
+FIRST_USE = ("jsonschema", "scipy.linalg", "torch._dynamo", "torch.export._trace", "torch._export.passes.replace_set_grad_with_hop_pass",
+             "torch._export.passes.replace_autocast_with_hop_pass", "torch._export.passes._node_metadata_hook",
+             "torch._inductor.constant_folding", "torch._inductor.freezing", "torch._inductor.fx_passes.binary_folding",
+             "torch._inductor.fx_passes.freezing_patterns", "torch._inductor.compiler_bisector",
+             "torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", "onnx")
+
+
 def _preload(target: str) -> None:
-    """Import what the jobs import: the CLI's target and every stage's module."""
+    """Import what the jobs import: the CLI's target, every stage's module and :data:`FIRST_USE`; read
+    the package's sources for the resume fingerprints, build the params schema, and export and lower
+    a small model once (measured in forked export jobs of the tiny SAGAN: 3.6-3.9 CPU s of export
+    and lowering without it, 2.6-2.8 s with it; the files written are the same bytes)."""
     importlib.import_module(target.split(":")[0])
     if target == DEFAULT_TARGET:
         from .stages import COMMANDS  # here, not at the top: the command's side imports only the standard library
 
-        for module in sorted({st.run.split(":")[0] for st in COMMANDS.values()}):
+        modules = [f"{PACKAGE.name}.{m}" for m in sorted({st.run.split(":")[0] for st in COMMANDS.values()})]
+        for module in modules + list(FIRST_USE):
             try:
-                importlib.import_module(f"{PACKAGE.name}.{module}")
+                importlib.import_module(module)
             except Exception as exc:  # the job itself then imports it, and fails with its own message
                 print(f"preload {module}: {type(exc).__name__}: {exc}", flush=True)
+        from .. import resume
+        from ..config import ConfigError, validate
+
+        resume.read_sources()  # the resume fingerprints' source digests (0.1 s of a job otherwise)
+        try:  # the params schema, built from the registry, and jsonschema's checkers (0.09 s of a job otherwise)
+            validate({})
+        except ConfigError:
+            pass
+        _warm_up(f"{PACKAGE.name}.deploy.pt2:warm_up")
+
+
+def _warm_up(name: str) -> None:
+    """Call ``module:function`` once (one-time set-up the jobs then skip), on one thread and without
+    tqdm's monitor thread (torch.fx's interpreter opens a progress bar): what this process runs must
+    leave no thread behind that a forked child would lack.  A failure is printed, not raised: the
+    jobs then pay the set-up themselves."""
+    import torch
+    import tqdm
+
+    threads, interval = torch.get_num_threads(), tqdm.tqdm.monitor_interval
+    torch.set_num_threads(1)
+    tqdm.tqdm.monitor_interval = 0
+    try:
+        module, function = name.split(":")
+        print(f"warm-up {name}: {getattr(importlib.import_module(module), function)():.2f} s", flush=True)
+    except Exception as exc:
+        print(f"warm-up {name}: {type(exc).__name__}: {exc}", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+        tqdm.tqdm.monitor_interval = interval
 
 
 DEFAULT_TARGET = f"{PACKAGE.name}.workflow.cli:main"
@@ -239,6 +286,11 @@ def _read_request(conn: socket.socket):
 
 def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[List[Path]] = None) -> None:
     """Listen on ``path`` until SIGTERM or until ``parent`` is gone; fork a child per request."""
+    # What the requests' environments are compared with: the one this process started in.  The preload
+    # may set variables for itself (importing torch._dynamo sets TORCHINDUCTOR_CACHE_DIR to its default),
+    # which a fresh job's process sets the same way when it imports them; a child runs in its request's
+    # environment anyway.
+    started_env = _import_time_env(dict(os.environ))
     _preload(target)
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():  # a forked child could not use CUDA
@@ -262,7 +314,7 @@ def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[
             for key, _ in sel.select(timeout=1.0):
                 if key.data == "accept":
                     conn, _ = listener.accept()
-                    job = _start(conn, identity, roots, sources, target, [listener])
+                    job = _start(conn, identity, started_env, roots, sources, target, [listener])
                     if job is not None:
                         jobs[job.pid] = job
                         sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job.pid))
@@ -308,14 +360,14 @@ def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[
         print(f"warm process {os.getpid()} stopped", flush=True)
 
 
-def _start(conn: socket.socket, identity: Dict[str, str], roots: List[Path], sources: Dict[str, int], target: str,
-           keep: List[socket.socket]) -> Optional[_Job]:
+def _start(conn: socket.socket, identity: Dict[str, str], env: Dict[str, str], roots: List[Path], sources: Dict[str, int],
+           target: str, keep: List[socket.socket]) -> Optional[_Job]:
     fds: List[int] = []
     try:
         request, fds = _read_request(conn)
         reason = next((f"{k} {request.get(k)!r} is not the warm process's {v!r}" for k, v in identity.items() if request.get(k) != v), None)
-        if reason is None and _import_time_env(request["env"]) != _import_time_env(dict(os.environ)):
-            mine, theirs = _import_time_env(dict(os.environ)), _import_time_env(request["env"])
+        if reason is None and _import_time_env(request["env"]) != env:
+            mine, theirs = env, _import_time_env(request["env"])
             reason = "environment differs: " + ", ".join(sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)))
         if reason is None and _sources(roots) != sources:
             reason = f"sources under {', '.join(map(str, roots))} changed after the warm process imported them"
