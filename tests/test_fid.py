@@ -233,3 +233,32 @@ def test_fetch_inception_downloads_verifies_and_loads(tmp_path, http_server, ran
     with pytest.raises(ValueError, match=page):
         stages.fetch_inception(_fetch_cfg({"url": page}), out=str(tmp_path / "out2"))
     assert not (tmp_path / "out2" / "checkpoints" / fid.INCEPTION_FILE).exists()
+
+
+def test_the_tiny_feature_space_folds_batch_norms_and_computes_the_networks_own_features(tmp_path):
+    """load_feature_space('tinycnn') runs the network with each batch norm folded into its conv, channels
+    last: its features equal the network's own eval-mode forward (PyTorch's batch-norm op with the
+    running statistics) to float rounding, and so do the FIDs; a network in training mode is refused."""
+    from workflow_src.utils import torch_save
+
+    torch.manual_seed(0)
+    hp = {"n_classes": 8, "input_size": 32, "width": 8, "dim": 16}
+    net = TinyFeatureNet(**hp)
+    with torch.no_grad():  # running statistics and affine parameters far from the identity
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.2, 3), m.weight.uniform_(0.5, 2), m.bias.uniform_(-1, 1)
+    torch_save({"hparams": hp, "state_dict": net.state_dict()}, tmp_path / "f.pt")
+    space = fid.load_feature_space("tinycnn", tmp_path / "f.pt")
+    x = torch.rand(64, 3, 16, 16) * 2 - 1
+    y = (0.5 * x + 0.4).flip(-1)  # another distribution
+    with torch.no_grad():
+        ref = [net.eval().features(v).numpy() for v in (x, y)]
+        got = [space.extract(v.split(16)) for v in (x, y)]
+    for r, g in zip(ref, got):
+        assert np.abs(r).max() > 0.5 and np.allclose(g, r, rtol=0, atol=1e-5), np.abs(g - r).max()
+    expected = fid.frechet_distance(fid.statistics(ref[0].astype(np.float64)), fid.statistics(ref[1].astype(np.float64)))
+    assert expected > 1e-3, expected
+    assert fid.frechet_distance(fid.statistics(got[0]), fid.statistics(got[1])) == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(RuntimeError, match="training mode"):
+        net.train().feature_extractor()

@@ -94,8 +94,8 @@ def load_feature_space(kind: str, path: str | Path, device: torch.device | None 
         ckpt = torch_load(path)
         net = TinyFeatureNet(**ckpt["hparams"])
         net.load_state_dict(ckpt["state_dict"])
-        net.eval().to(device)
-        return FeatureSpace(f"tinycnn-{ckpt['hparams']['dim']}d", ckpt["hparams"]["dim"], lambda x: net.features(to_device(x, device)))
+        extract = net.eval().to(device).feature_extractor()
+        return FeatureSpace(f"tinycnn-{ckpt['hparams']['dim']}d", ckpt["hparams"]["dim"], lambda x: extract(to_device(x, device)))
     if kind == "inception":
         weights = Path(path) / "checkpoints" / INCEPTION_FILE
         if not weights.exists():
