@@ -6,6 +6,10 @@ import sys
 import time
 from pathlib import Path
 
+# Loaded by the warm process itself, as the real preload does: their BLAS pools are sized before the fork.
+import numpy  # noqa: F401
+import scipy.linalg  # noqa: F401
+
 
 def echo(argv):
     """Print what the child sees; exit with the code given as the first argument."""
@@ -42,5 +46,8 @@ def threads(argv):
     import torch
     from threadpoolctl import threadpool_info
 
-    print(json.dumps({"torch": torch.get_num_threads(), **{i["internal_api"]: i["num_threads"] for i in threadpool_info()}}), flush=True)
+    seen = {"torch": [torch.get_num_threads()]}
+    for pool in threadpool_info():
+        seen.setdefault(pool["internal_api"], []).append(pool["num_threads"])
+    print(json.dumps(seen), flush=True)
     return 0

@@ -153,7 +153,9 @@ def test_the_jobs_thread_counts_are_applied_in_the_child(tmp_path):
             proc = _command(sock, [], cwd=tmp_path, env=env)
             out, err = proc.communicate(timeout=60)
             seen = json.loads(out)
-            assert seen["torch"] == int(n) and seen["openmp"] == int(n) and seen.get("openblas", int(n)) == int(n), (seen, err)
+            # numpy's and scipy's OpenBLAS both (loaded by the warm process, which sized them to this machine's cores)
+            assert len(seen.get("openblas", [])) == 2 and "openmp" in seen, (seen, err)
+            assert all(v == int(n) for pools in seen.values() for v in pools), (seen, err)
         assert (tmp_path / "server.log").read_text().count("exited 0") == 2  # forked, not declined
 
 

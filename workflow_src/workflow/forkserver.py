@@ -65,11 +65,13 @@ def _apply_thread_env(env: Dict[str, str]) -> None:
     if not limits:
         return
     try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=limits)
+        from threadpoolctl import ThreadpoolController
     except ImportError:
         pass
+    else:  # by internal API: threadpool_limits's dict keys are user APIs ("blas") or file prefixes, never "openblas"
+        controller = ThreadpoolController()
+        for api, n in limits.items():
+            controller.select(internal_api=api).limit(limits=n)
     torch = sys.modules.get("torch")
     if torch is not None and "openmp" in limits:
         torch.set_num_threads(limits["openmp"])
