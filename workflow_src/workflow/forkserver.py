@@ -22,6 +22,8 @@ Only the standard library is imported at module level: the command side must sta
 from __future__ import annotations
 
 import atexit
+import collections
+import functools
 import importlib
 import json
 import os
@@ -36,7 +38,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 ENV = "QGAN_FORKSERVER"  # the socket of the run's warm process (set by Snakemake's onstart)
 STARTED_ENV = "QGAN_JOB_STARTED"  # the command's process start time, for the job's start-up seconds
@@ -179,29 +181,60 @@ FIRST_USE = ("jsonschema", "scipy.linalg", "torch._dynamo", "torch.export._trace
 
 
 def _preload(target: str) -> None:
-    """Import what the jobs import: the CLI's target, every stage's module and :data:`FIRST_USE`; read
-    the package's sources for the resume fingerprints, build the params schema, and export and lower
-    a small model once (measured in forked export jobs of the tiny SAGAN: 3.6-3.9 CPU s of export
-    and lowering without it, 2.6-2.8 s with it; the files written are the same bytes)."""
+    """Everything the warm process imports and prepares: :func:`_import_stages`, then each of
+    :func:`_later_steps` (``serve`` runs those between requests instead)."""
+    _import_stages(target)
+    for _, step in _later_steps(target):
+        step()
+
+
+def _import_stages(target: str) -> None:
+    """Import what the jobs import: the CLI's target and every stage's module (before the server
+    accepts its first request)."""
     importlib.import_module(target.split(":")[0])
     if target == DEFAULT_TARGET:
         from .stages import COMMANDS  # here, not at the top: the command's side imports only the standard library
 
-        modules = [f"{PACKAGE.name}.{m}" for m in sorted({st.run.split(":")[0] for st in COMMANDS.values()})]
-        for module in modules + list(FIRST_USE):
-            try:
-                importlib.import_module(module)
-            except Exception as exc:  # the job itself then imports it, and fails with its own message
-                print(f"preload {module}: {type(exc).__name__}: {exc}", flush=True)
-        from .. import resume
-        from ..config import ConfigError, validate
+        for module in sorted({st.run.split(":")[0] for st in COMMANDS.values()}):
+            _import_quietly(f"{PACKAGE.name}.{module}")
 
-        resume.read_sources()  # the resume fingerprints' source digests (0.1 s of a job otherwise)
-        try:  # the params schema, built from the registry, and jsonschema's checkers (0.09 s of a job otherwise)
-            validate({})
-        except ConfigError:
-            pass
-        _warm_up(f"{PACKAGE.name}.deploy.pt2:warm_up")
+
+def _import_quietly(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # the job itself then imports it, and fails with its own message
+        print(f"preload {module}: {type(exc).__name__}: {exc}", flush=True)
+
+
+def _read_sources() -> None:
+    from .. import resume
+
+    resume.read_sources()  # the resume fingerprints' source digests (0.1 s of a job otherwise)
+
+
+def _build_schema() -> None:
+    from ..config import ConfigError, validate
+
+    try:  # the params schema, built from the registry, and jsonschema's checkers (0.09 s of a job otherwise)
+        validate({})
+    except ConfigError:
+        pass
+
+
+def _later_steps(target: str) -> List[Tuple[str, Callable[[], None]]]:
+    """What the warm process prepares once it serves, a step at a time between requests: each of
+    :data:`FIRST_USE`, the package's sources read for the resume fingerprints, the params schema,
+    and one export and lowering of a small model (measured in forked export jobs of the tiny SAGAN:
+    3.6-3.9 CPU s of export and lowering without it, 2.6-2.8 s with it; the same file bytes).  All
+    of it took 6.5 s of the preload's 10 s: a run whose first jobs waited for it started that much
+    later (the test suite's small workflows, dozens of runs); a job forked before a step imports
+    what it needs itself."""
+    if target != DEFAULT_TARGET:
+        return []
+    steps: List[Tuple[str, Callable[[], None]]] = [(m, functools.partial(_import_quietly, m)) for m in FIRST_USE]
+    steps += [("sources", _read_sources), ("schema", _build_schema)]
+    steps.append(("warm-up", functools.partial(_warm_up, f"{PACKAGE.name}.deploy.pt2:warm_up")))
+    return steps
 
 
 def _warm_up(name: str) -> None:
@@ -286,6 +319,12 @@ def _read_request(conn: socket.socket):
     return json.loads(body), fds
 
 
+def _check_no_cuda() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # a forked child could not use CUDA
+        raise SystemExit("the warm process initialised CUDA while importing: not serving (jobs start afresh)")
+
+
 def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[List[Path]] = None) -> None:
     """Listen on ``path`` until SIGTERM or until ``parent`` is gone; fork a child per request."""
     # What the requests' environments are compared with: the one this process started in.  The preload
@@ -293,10 +332,8 @@ def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[
     # which a fresh job's process sets the same way when it imports them; a child runs in its request's
     # environment anyway.
     started_env = _import_time_env(dict(os.environ))
-    _preload(target)
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():  # a forked child could not use CUDA
-        raise SystemExit("the warm process initialised CUDA while importing: not serving (jobs start afresh)")
+    _import_stages(target)
+    _check_no_cuda()
     roots = watch if watch is not None else [PACKAGE]
     sources = _sources(roots)
     identity = _identity()
@@ -311,9 +348,17 @@ def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, "accept")
     jobs: Dict[int, _Job] = {}
+    later = collections.deque(_later_steps(target))
     try:
         while not stop and os.getppid() == parent:
-            for key, _ in sel.select(timeout=1.0):
+            events = sel.select(timeout=0 if later else 1.0)
+            if not events and later:  # idle: the next preparation step (a request waits for one step at most)
+                later.popleft()[1]()
+                _check_no_cuda()
+                if not later:
+                    print(f"warm process {os.getpid()} prepared ({len(sys.modules)} modules imported)", flush=True)
+                continue
+            for key, _ in events:
                 if key.data == "accept":
                     conn, _ = listener.accept()
                     job = _start(conn, identity, started_env, roots, sources, target, [listener])
