@@ -38,7 +38,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 ENV = "QGAN_FORKSERVER"  # the socket of the run's warm process (set by Snakemake's onstart)
 STARTED_ENV = "QGAN_JOB_STARTED"  # the command's process start time, for the job's start-up seconds
@@ -184,7 +184,7 @@ def _preload(target: str) -> None:
     """Everything the warm process imports and prepares: :func:`_import_stages`, then each of
     :func:`_later_steps` (``serve`` runs those between requests instead)."""
     _import_stages(target)
-    for _, step in _later_steps(target):
+    for step in _later_steps(target):
         step()
 
 
@@ -221,7 +221,7 @@ def _build_schema() -> None:
         pass
 
 
-def _later_steps(target: str) -> List[Tuple[str, Callable[[], None]]]:
+def _later_steps(target: str) -> List[Callable[[], None]]:
     """What the warm process prepares once it serves, a step at a time between requests: each of
     :data:`FIRST_USE`, the package's sources read for the resume fingerprints, the params schema,
     and one export and lowering of a small model (measured in forked export jobs of the tiny SAGAN:
@@ -231,10 +231,8 @@ def _later_steps(target: str) -> List[Tuple[str, Callable[[], None]]]:
     what it needs itself."""
     if target != DEFAULT_TARGET:
         return []
-    steps: List[Tuple[str, Callable[[], None]]] = [(m, functools.partial(_import_quietly, m)) for m in FIRST_USE]
-    steps += [("sources", _read_sources), ("schema", _build_schema)]
-    steps.append(("warm-up", functools.partial(_warm_up, f"{PACKAGE.name}.deploy.pt2:warm_up")))
-    return steps
+    return [*(functools.partial(_import_quietly, m) for m in FIRST_USE), _read_sources, _build_schema,
+            functools.partial(_warm_up, f"{PACKAGE.name}.deploy.pt2:warm_up")]
 
 
 def _warm_up(name: str) -> None:
@@ -353,7 +351,7 @@ def serve(path: str, parent: int, target: str = DEFAULT_TARGET, watch: Optional[
         while not stop and os.getppid() == parent:
             events = sel.select(timeout=0 if later else 1.0)
             if not events and later:  # idle: the next preparation step (a request waits for one step at most)
-                later.popleft()[1]()
+                later.popleft()()
                 _check_no_cuda()
                 if not later:
                     print(f"warm process {os.getpid()} prepared ({len(sys.modules)} modules imported)", flush=True)
