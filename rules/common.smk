@@ -74,6 +74,15 @@ def threads_of(rule):
     return qcfg.rule_resources(config, rule)["cpus"]
 
 
+# Upstream rules first: a rule's priority is its height in the rule graph (stages.rule_priorities).
+PRIORITIES = S.rule_priorities(config)
+
+
+def priority_of(rule):
+    """The rule's Snakemake priority: ready jobs of rules with longer chains below them start first."""
+    return PRIORITIES[rule]
+
+
 def resources_of(rule):
     """What one job of the rule asks a cluster for besides GPUs (params `resources`)."""
     r = qcfg.rule_resources(config, rule)

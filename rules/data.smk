@@ -6,6 +6,7 @@ rule prepare_data:
         **stage_output("prepare_data"),
     params:
         **stage_params("prepare_data"),
+    priority: priority_of("prepare_data")
     log:
         stage_log("prepare_data"),
     benchmark:
@@ -23,6 +24,7 @@ rule train_features:
         **stage_output("train_features"),
     params:
         **stage_params("train_features"),
+    priority: priority_of("train_features")
     log:
         stage_log("train_features"),
     benchmark:
@@ -42,6 +44,7 @@ rule fetch_inception:
         **stage_output("fetch_inception"),
     params:
         **stage_params("fetch_inception"),
+    priority: priority_of("fetch_inception")
     log:
         stage_log("fetch_inception"),
     benchmark:
@@ -59,6 +62,7 @@ rule real_stats:
         **stage_output("real_stats"),
     params:
         **stage_params("real_stats"),
+    priority: priority_of("real_stats")
     log:
         stage_log("real_stats"),
     benchmark:

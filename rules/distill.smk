@@ -8,6 +8,7 @@ rule distill:
         **stage_output("distill"),
     params:
         **stage_params("distill"),
+    priority: priority_of("distill")
     log:
         stage_log("distill"),
     benchmark:
@@ -29,6 +30,7 @@ rule eval_inputs:
         **stage_output("eval_inputs"),
     params:
         **stage_params("eval_inputs"),
+    priority: priority_of("eval_inputs")
     log:
         stage_log("eval_inputs"),
     benchmark:

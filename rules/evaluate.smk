@@ -8,6 +8,7 @@ rule evaluate_fp:
         **stage_output("evaluate_fp"),
     params:
         **stage_params("evaluate_fp"),
+    priority: priority_of("evaluate_fp")
     log:
         stage_log("evaluate_fp"),
     benchmark:
@@ -29,6 +30,7 @@ rule evaluate:
         **stage_output("evaluate"),
     params:
         **stage_params("evaluate"),
+    priority: priority_of("evaluate")
     log:
         stage_log("evaluate"),
     benchmark:
@@ -53,6 +55,7 @@ rule noise_floor:
         **stage_output("noise_floor"),
     params:
         **stage_params("noise_floor"),
+    priority: priority_of("noise_floor")
     log:
         stage_log("noise_floor"),
     benchmark:

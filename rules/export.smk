@@ -9,6 +9,7 @@ rule export_fp:
         **stage_output("export_fp"),
     params:
         **stage_params("export_fp"),
+    priority: priority_of("export_fp")
     log:
         stage_log("export_fp"),
     benchmark:
@@ -29,6 +30,7 @@ rule export:
         **stage_output("export"),
     params:
         **stage_params("export"),
+    priority: priority_of("export")
     log:
         stage_log("export"),
     benchmark:

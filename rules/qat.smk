@@ -9,6 +9,7 @@ rule train_perceptual:
         **stage_output("train_perceptual"),
     params:
         **stage_params("train_perceptual"),
+    priority: priority_of("train_perceptual")
     log:
         stage_log("train_perceptual"),
     benchmark:
@@ -28,6 +29,7 @@ rule fetch_vgg16:
         **stage_output("fetch_vgg16"),
     params:
         **stage_params("fetch_vgg16"),
+    priority: priority_of("fetch_vgg16")
     log:
         stage_log("fetch_vgg16"),
     benchmark:
@@ -45,6 +47,7 @@ rule qat:
         **stage_output("qat"),
     params:
         **stage_params("qat"),
+    priority: priority_of("qat")
     log:
         stage_log("qat"),
     benchmark:

@@ -9,6 +9,7 @@ rule quantize:
         **stage_output("quantize"),
     params:
         **stage_params("quantize"),
+    priority: priority_of("quantize")
     log:
         stage_log("quantize"),
     benchmark:

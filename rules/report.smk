@@ -8,6 +8,7 @@ rule sample_figure:
         **stage_output("sample_figure"),
     params:
         **stage_params("sample_figure"),
+    priority: priority_of("sample_figure")
     log:
         stage_log("sample_figure"),
     benchmark:
@@ -28,6 +29,7 @@ rule report:
         **stage_output("report"),
     params:
         **stage_params("report"),
+    priority: priority_of("report")
     log:
         stage_log("report"),
     benchmark:

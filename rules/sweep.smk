@@ -8,6 +8,7 @@ rule quantile_sweep:
         **stage_output("quantile_sweep"),
     params:
         **stage_params("quantile_sweep"),
+    priority: priority_of("quantile_sweep")
     log:
         stage_log("quantile_sweep"),
     benchmark:
@@ -29,6 +30,7 @@ rule fig1:
         **stage_output("fig1"),
     params:
         **stage_params("fig1"),
+    priority: priority_of("fig1")
     log:
         stage_log("fig1"),
     benchmark:

@@ -9,6 +9,7 @@ rule train_fp:
         **stage_output("train_fp"),
     params:
         **stage_params("train_fp"),
+    priority: priority_of("train_fp")
     log:
         stage_log("train_fp"),
     benchmark:
@@ -32,6 +33,7 @@ rule import_fp:
         **stage_output("import_fp"),
     params:
         **stage_params("import_fp"),
+    priority: priority_of("import_fp")
     log:
         stage_log("import_fp"),
     benchmark:

@@ -45,6 +45,22 @@ def test_dvc_and_snakemake_agree(jobs):
             assert got == expected, j["name"]
 
 
+def test_every_job_outranks_the_jobs_that_read_its_outputs(jobs):
+    """Snakemake starts ready jobs in priority order (rules/common.smk: stages.rule_priorities, from
+    the declared artifacts): every job's priority, as the plan prints it, is above that of each job
+    reading one of its outputs, and the report's is the lowest."""
+    producer = {out: j for j in jobs for out in j["outputs"]}
+    edges = 0
+    for j in jobs:
+        for path in j["inputs"]:
+            p = producer.get(path) or next((producer[d] for d in producer if path.startswith(d.rstrip("/") + "/")), None)
+            if p is not None:
+                edges += 1
+                assert p["priority"] > j["priority"], f"{p['name']} (priority {p['priority']}) feeds {j['name']} (priority {j['priority']})"
+    assert edges > len(jobs)
+    assert min(j["priority"] for j in jobs) == next(j["priority"] for j in jobs if j["rule"] == "report") == 0
+
+
 def test_params_name_exactly_what_each_stage_reads(jobs):
     doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     q = doc["quantize.stylegan.ptq-quantile-tensor-w4a8"]["params"]
