@@ -133,6 +133,25 @@ def test_pt2_file_as_written_equals_the_fake_quant_model(tmp_path, per_channel):
     assert "stack_trace" not in text and str(ROOT) not in text and sys.prefix not in text
 
 
+def test_pt2_files_are_saved_decomposed_and_lower_like_a_fresh_export(tmp_path):
+    """A program is decomposed where it is written: loading it skips the decomposition, and what it
+    lowers to computes exactly what the undecomposed export of the same model lowers to."""
+    q, x = small_net(per_channel=True)
+    with torch.no_grad():
+        q(x[:1])
+    model = pt2.decompose(q)
+    pt2.export_program(model, x[:8].clone(), tmp_path / "q.pt2")
+    saved = torch.export.load(str(tmp_path / "q.pt2"))
+    with torch.no_grad():
+        torch.export.save(torch.export.export(model, (x[:8].clone(),)), str(tmp_path / "raw.pt2"))
+    fresh = torch.export.load(str(tmp_path / "raw.pt2"))  # as the files were written before
+    assert pt2.decomposed(saved) and not pt2.decomposed(fresh)
+    a, b = pt2.lower_x86(saved, x[:8].clone()), pt2.lower_x86(fresh, x[:8].clone())
+    assert pt2.kernel_kinds(a).keys() == pt2.kernel_kinds(b).keys()
+    with torch.no_grad():
+        assert torch.equal(a(x[:8]), b(x[:8]))
+
+
 def test_pt2_export_runs_on_onednn_int8_kernels_within_one_step(tmp_path):
     """oneDNN's int8 convs are exact up to requantization rounding where their u8s8 products cannot
     saturate: on CPUs with VNNI always; without VNNI (pairs of u8*s8 products added in int16) when

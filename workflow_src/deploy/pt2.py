@@ -14,8 +14,9 @@ oneDNN's int8 kernels add pairs of u8*s8 products in saturating int16 on x86 CPU
 (:func:`.runtime.cpu_has_vnni`): there the lowered program differs from the file wherever a pair
 exceeds 32767 (measured on tiny-profile generators with full-range 8-bit weights: 12-87% of pixels
 within one output step, against 92-100% with 7-bit weights).  The file written is the exported
-program (``torch.export.save``) of the rewritten model; lowering happens at load time because
-oneDNN's prepacked weights are machine-specific.
+program (``torch.export.save``) of the rewritten model, its composite ops decomposed; lowering
+(Inductor's freezing passes) happens at load time because oneDNN's prepacked weights are
+machine-specific.
 """
 from __future__ import annotations
 
@@ -135,10 +136,26 @@ def _swap(module: nn.Module) -> None:
             _swap(child)
 
 
+def _decompositions() -> Dict:
+    """The composite-implicit ATen ops (``conv2d``, ``linear``, ...) and their decompositions: the
+    table torchao's x86 lowering decomposes with before its patterns match."""
+    return {k: v for k, v in torch.export.default_decompositions().items() if torch._export.utils._is_cia_op(k)}
+
+
+def decomposed(ep: "torch.export.ExportedProgram") -> bool:
+    """Whether ``ep`` is already the inference-IR program :func:`_decompositions` gives (dialect
+    ``ATEN``, no op left that the table decomposes): decomposing it again changes nothing."""
+    table = _decompositions()
+    return ep.dialect == "ATEN" and not any(n.op == "call_function" and n.target in table for n in ep.graph.nodes)
+
+
 def export_program(model: nn.Module, example: torch.Tensor, out: str | Path) -> None:
-    """``torch.export`` of ``model`` (decomposed int8 or FP32) saved to ``out`` (``.pt2``)."""
+    """``torch.export`` of ``model`` (decomposed int8 or FP32), lowered to the inference IR with the
+    composite ops decomposed (the form :func:`lower_x86` starts from: a program is decomposed once,
+    where it is written, not in every job that loads it -- the FP32 baselines in each variant's
+    export job), saved to ``out`` (``.pt2``)."""
     with torch.no_grad():
-        ep = torch.export.export(model.eval(), (example,))
+        ep = torch.export.export(model.eval(), (example,)).run_decompositions(_decompositions())
     # Each node records the Python stack that traced it, absolute file paths included: the file's size
     # (results.csv's pt2e_size_ratio) would depend on where the checkout and the venv live.
     for module in ep.graph_module.modules():
@@ -149,8 +166,20 @@ def export_program(model: nn.Module, example: torch.Tensor, out: str | Path) -> 
         torch.export.save(ep, fh)
 
 
+def _tensor_meta(gm: torch.fx.GraphModule) -> None:
+    """Each node's ``tensor_meta`` (shape, dtype, strides: what torchao's x86 patterns read), from the
+    fake tensor a loaded program keeps in ``val``; a decomposition's retrace records both."""
+    from torch.fx.passes.shape_prop import _extract_tensor_metadata
+
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor) and "tensor_meta" not in node.meta:
+            node.meta["tensor_meta"] = _extract_tensor_metadata(val)
+
+
 def lower_x86(ep: "torch.export.ExportedProgram", example: torch.Tensor) -> torch.fx.GraphModule:
-    """Lower an exported program for x86: decompose to the core ATen set, then run Inductor's
+    """Lower an exported program for x86: decompose the composite ops (unless
+    :func:`export_program` did), then run Inductor's
     freezing passes with torchao's x86 patterns registered (int8 weight prepack, ``dequant ->
     conv/linear`` to oneDNN int8 kernels) and fold constants -- the steps of torchao's
     ``lower_pt2e_quantized_to_x86``, applied to the saved program itself instead of a re-export."""
@@ -159,8 +188,11 @@ def lower_x86(ep: "torch.export.ExportedProgram", example: torch.Tensor) -> torc
 
     _ops()
     with torch.no_grad():
-        table = {k: v for k, v in torch.export.default_decompositions().items() if torch._export.utils._is_cia_op(k)}
-        gm = ep.run_decompositions(table).module()
+        if decomposed(ep):
+            gm = ep.module()
+            _tensor_meta(gm)
+        else:
+            gm = ep.run_decompositions(_decompositions()).module()  # which records each node's tensor_meta
         for node in list(gm.graph.nodes):
             if node.target == torch.ops.aten.view.default:  # oneDNN may hand back channels-last outputs
                 node.target = torch.ops.aten.reshape.default
