@@ -5,7 +5,7 @@ fake GPUs declared through gres; the micro workflow then runs through profiles/s
 snakemake-executor-plugin-slurm to the report.  The controller's own job records (kept for MinJobAge)
 show what every job asked for.  While it runs, one training job and one QAT job are requeued by
 SLURM (as preemption would) and must resume from their checkpoints.  A job that fails is reported
-with its SLURM log.  scripts/slurm-down.sh always tears the cluster down again.
+with its SLURM log (a second workflow, run beside the first).  scripts/slurm-down.sh always tears the cluster down again.
 
 Skipped, with the reason, where the cluster cannot be brought up (not root, no apt, packages not
 installable); CI runs it on a machine like the development one (root, apt).
@@ -139,7 +139,26 @@ def tracking_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def micro_on_slurm(cluster, tracking_server, tmp_path_factory):
+def failing_run(cluster, tmp_path_factory):
+    """A workflow whose training job fails on SLURM (a corrupt checkpoint), started before the micro
+    run and beside it in its own directory: the executor's polling leaves the cluster idle most of
+    the time, and the two runs share no file.  Its test reads what it printed."""
+    work = tmp_path_factory.mktemp("slurm-failure")
+    (work / "models" / "fp").mkdir(parents=True)
+    (work / "models" / "fp" / "stylegan.ckpt.pt").write_bytes(b"not a checkpoint")
+    with open(work / "snakemake.out", "w") as out:
+        proc = subprocess.Popen(snakemake(work, "models/fp/stylegan.pt", "--retries", "0", "--configfile", str(MICRO)), env=UNTRACKED,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield {"work": work, "proc": proc}
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def micro_on_slurm(cluster, tracking_server, failing_run, tmp_path_factory):
     work = tmp_path_factory.mktemp("slurm-micro")
     (work / "longer.yaml").write_text(LONGER)
     started = time.time()
@@ -236,19 +255,17 @@ def test_requeued_training_and_qat_resume_from_their_checkpoints(micro_on_slurm)
         assert steps == list(range(len(steps))) and steps, path
 
 
-def test_failing_job_is_reported_with_its_slurm_log(cluster, tmp_path):
+def test_failing_job_is_reported_with_its_slurm_log(failing_run):
     """A corrupt training checkpoint makes the SLURM job fail; Snakemake names its SLURM log."""
-    (tmp_path / "models" / "fp").mkdir(parents=True)
-    (tmp_path / "models" / "fp" / "stylegan.ckpt.pt").write_bytes(b"not a checkpoint")
-    proc = subprocess.run(snakemake(tmp_path, "models/fp/stylegan.pt", "--retries", "0", "--configfile", str(MICRO)), env=UNTRACKED,
-                          capture_output=True, text=True, timeout=900)
-    out = proc.stdout + proc.stderr
+    work, proc = failing_run["work"], failing_run["proc"]
+    proc.wait(timeout=900)
+    out = (work / "snakemake.out").read_text()
     assert proc.returncode != 0, out[-3000:]
     assert "Error in rule train_fp" in out, out[-3000:]
     m = re.search(r"log: logs/train_fp/stylegan\.log, (\S+/\.snakemake/slurm_logs/rule_train_fp/stylegan/(\d+)\.log)", out)
     assert m, out[-3000:]
     slurm_log, jobid = Path(m.group(1)), m.group(2)
-    assert slurm_log.is_file() and str(slurm_log).startswith(str(tmp_path))
+    assert slurm_log.is_file() and str(slurm_log).startswith(str(work))
     assert "Error in rule train_fp" in slurm_log.read_text()
     assert "cannot load checkpoint" in out  # show-failed-logs: the rule's own log, printed
     record = next(j for j in job_records() if j["JobId"] == jobid)
