@@ -131,6 +131,10 @@ def test_pt2_file_as_written_equals_the_fake_quant_model(tmp_path, per_channel):
     with zipfile.ZipFile(tmp_path / "q.pt2") as zf:
         text = b"".join(zf.read(n) for n in zf.namelist() if not n.split("/")[-1].startswith("weight_")).decode("latin-1")
     assert "stack_trace" not in text and str(ROOT) not in text and sys.prefix not in text
+    # nor anything of this process: a second export of the model is the same file, byte for byte (the
+    # decomposition's provenance records named graphs by their Python object ids)
+    pt2.export_program(pt2.decompose(q), x[:8].clone(), tmp_path / "again.pt2")
+    assert (tmp_path / "again.pt2").read_bytes() == (tmp_path / "q.pt2").read_bytes()
 
 
 def test_pt2_files_are_saved_decomposed_and_lower_like_a_fresh_export(tmp_path):

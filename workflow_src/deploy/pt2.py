@@ -157,11 +157,14 @@ def export_program(model: nn.Module, example: torch.Tensor, out: str | Path) -> 
     with torch.no_grad():
         ep = torch.export.export(model.eval(), (example,)).run_decompositions(_decompositions())
     # Each node records the Python stack that traced it, absolute file paths included: the file's size
-    # (results.csv's pt2e_size_ratio) would depend on where the checkout and the venv live.
+    # (results.csv's pt2e_size_ratio) would depend on where the checkout and the venv live.  The
+    # decomposition adds each node's provenance (`from_node`), which names the graphs it passed through
+    # by their Python object ids: two exports of one model would differ in bytes.
     for module in ep.graph_module.modules():
         if isinstance(module, torch.fx.GraphModule):
             for node in module.graph.nodes:
                 node.meta.pop("stack_trace", None)
+                node.meta.pop("from_node", None)
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         torch.export.save(ep, fh)
 
