@@ -150,8 +150,8 @@ def decomposed(ep: "torch.export.ExportedProgram") -> bool:
 
 
 def export_program(model: nn.Module, example: torch.Tensor, out: str | Path) -> None:
-    """``torch.export`` of ``model`` (decomposed int8 or FP32), lowered to the inference IR with the
-    composite ops decomposed (the form :func:`lower_x86` starts from: a program is decomposed once,
+    """``torch.export`` of ``model`` (the int8 rewrite :func:`decompose` makes, or FP32), lowered to
+    the inference IR with the composite ops decomposed (the form :func:`lower_x86` starts from: a program is decomposed once,
     where it is written, not in every job that loads it -- the FP32 baselines in each variant's
     export job), saved to ``out`` (``.pt2``)."""
     with torch.no_grad():
