@@ -139,33 +139,34 @@ def test_make_report_killed_with_kill_9_again_and_again_ends_with_the_results_of
     # files, not times, and no result depends on the machine's load
     alone_err = open(runs["alone"] / "alone.err", "w")
     alone = subprocess.Popen(["bash", "scripts/run-workflow.sh", "--cores", "1", "report", *config], cwd=runs["alone"], env=_env(),
-                             stdout=subprocess.DEVNULL, stderr=alone_err)
-    wd, pending, kills = runs["killed"], list(KILL_WHEN), []
-    env = {k: v for k, v in _env().items() if k != "QGAN_TRACKING"}  # tracked in MLflow, as `make report` is
-    for attempt in range(len(KILL_WHEN) + 2):
-        started = time.time()
-        run = subprocess.Popen(["bash", "scripts/run-workflow.sh", "--cores", "2", "report", *config], cwd=wd, env=env,
-                               stdout=subprocess.DEVNULL, stderr=open(wd / f"attempt{attempt}.err", "w"), start_new_session=True)
-        fired = None
-        while run.poll() is None and fired is None and time.time() < started + 600:
-            for when in pending:  # a file this attempt wrote: its job is running (or has just finished)
-                if (when == "started" and time.time() > started + 1.5) or \
-                        (when != "started" and any(p.stat().st_mtime > started for p in wd.glob(when))):
-                    fired = when
-                    break
-            time.sleep(0.05)
-        if fired is None:
-            break
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait()
-        pending.remove(fired)
-        kills.append(fired)
-    assert run.wait(timeout=600) == 0, (wd / f"attempt{attempt}.err").read_text()[-3000:]
+                             stdout=subprocess.DEVNULL, stderr=alone_err, start_new_session=True)
     try:
+        wd, pending, kills = runs["killed"], list(KILL_WHEN), []
+        env = {k: v for k, v in _env().items() if k != "QGAN_TRACKING"}  # tracked in MLflow, as `make report` is
+        for attempt in range(len(KILL_WHEN) + 2):
+            started = time.time()
+            run = subprocess.Popen(["bash", "scripts/run-workflow.sh", "--cores", "2", "report", *config], cwd=wd, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=open(wd / f"attempt{attempt}.err", "w"), start_new_session=True)
+            fired = None
+            while run.poll() is None and fired is None and time.time() < started + 600:
+                for when in pending:  # a file this attempt wrote: its job is running (or has just finished)
+                    if (when == "started" and time.time() > started + 1.5) or \
+                            (when != "started" and any(p.stat().st_mtime > started for p in wd.glob(when))):
+                        fired = when
+                        break
+                time.sleep(0.05)
+            if fired is None:
+                break
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+            pending.remove(fired)
+            kills.append(fired)
+        assert run.wait(timeout=600) == 0, (wd / f"attempt{attempt}.err").read_text()[-3000:]
         assert alone.wait(timeout=1200) == 0, (runs["alone"] / "alone.err").read_text()[-3000:]
-    finally:
+    finally:  # a failure above must not leave the reference run (Snakemake and its jobs) going
         if alone.poll() is None:
-            alone.terminate()
+            os.killpg(alone.pid, signal.SIGKILL)
+            alone.wait()
         alone_err.close()
     # the moments that always come: the parse, FP training's first checkpoint, the sweep's first variant,
     # a QAT epoch, an evaluation's start, the report
