@@ -36,6 +36,24 @@ def test_frechet_distance_equals_pytorch_fids(case):
         assert expected > 1e-3
 
 
+def test_frechet_distance_from_fewer_samples_than_dimensions_is_exact():
+    """8 samples in 2048 dimensions (the paper-smoke evaluations): the covariances are singular,
+    where pytorch-fid's ``sqrtm`` needs its eps fallback and is off in the 7th digit.  Closed forms:
+    a shifted copy has the same covariance (distance = the shift's squared norm); a doubled copy has
+    4x the covariance, so tr((S 4S)^(1/2)) = 2 tr(S) and the distance is |mu|^2 + tr(S).  Both with
+    the sample factor on both sides (paired bootstrap) and on one side (against stored statistics)."""
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(8, 2048))
+    shift = rng.normal(size=2048)
+    sa = fid.statistics(a)
+    assert sa.factor is not None and fid.statistics(rng.normal(size=(3000, 16))).factor is None
+    for b, expected in ((a + shift, float(shift @ shift)), (2 * a, float(sa[0] @ sa[0] + np.trace(sa[1])))):
+        sb = fid.statistics(b)
+        assert fid.frechet_distance(sa, sb) == pytest.approx(expected, rel=1e-9)          # both factors
+        assert fid.frechet_distance(sa, (sb[0], sb[1])) == pytest.approx(expected, rel=1e-9)  # one factor
+        assert fid.frechet_distance((sa[0], sa[1]), sb) == pytest.approx(expected, rel=1e-9)
+
+
 def test_statistics_and_self_distance():
     feats = np.random.default_rng(1).normal(size=(500, 8))
     mu, sigma = fid.statistics(feats)
@@ -209,6 +227,26 @@ def test_fetch_checks_the_full_sha256_not_only_the_prefix_in_the_name(tmp_path, 
         fetch(_fetch_cfg({"path": str(crafted)}), out=str(out))
     assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
     assert not marker.exists()
+
+
+def test_weights_pinned_by_another_digest_load_with_a_warning_and_are_named_by_it(tmp_path, random_fid_inception):
+    """A configured sha256 other than the published file's (the paper-smoke stand-ins) pins that file:
+    checked in full, copied with a warning, and its feature space named by the digest so that its
+    scores never pass for FIDs; a file that does not match the configured digest is still refused."""
+    import hashlib
+
+    from workflow_src.workflow import networks as stages
+
+    src = random_fid_inception / "checkpoints" / fid.INCEPTION_FILE
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    assert digest != fid.INCEPTION_SHA256
+    with pytest.warns(UserWarning, match="not the published network"):
+        stages.fetch_inception(_fetch_cfg({"path": str(src), "sha256": digest}), out=str(tmp_path / "out"))
+    assert fid.load_feature_space("inception", tmp_path / "out").name == f"inception-2048d-sha256-{digest[:12]}"
+    wrong = "f" * 64
+    with pytest.raises(ValueError, match=wrong), pytest.warns(UserWarning, match=wrong):
+        stages.fetch_inception(_fetch_cfg({"path": str(src), "sha256": wrong}), out=str(tmp_path / "out2"))
+    assert not (tmp_path / "out2" / "checkpoints" / fid.INCEPTION_FILE).exists()
 
 
 def test_fetch_inception_downloads_verifies_and_loads(tmp_path, http_server, random_fid_inception, monkeypatch):

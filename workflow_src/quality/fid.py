@@ -3,10 +3,10 @@
 A :class:`FeatureSpace` maps [-1, 1] image batches to feature vectors.  Two exist:
 ``tinycnn`` (the tiny profile's self-trained network, :mod:`.featurenet`) and ``inception``
 (pytorch-fid's FID InceptionV3, 2048-d pool features, weights read from a local file).  The Frechet
-distance is pytorch-fid's computation (``calculate_frechet_distance``: the same matrix square root,
-the same fallback for a singular product, the same check of its imaginary part), written here
-because importing ``pytorch_fid.fid_score`` imports torchvision, measured at 2-3 s of every
-evaluation job that computes a 64-d distance in milliseconds; tests/test_fid.py holds the two equal.
+distance is pytorch-fid's formula (``calculate_frechet_distance``) with the trace of the matrix
+root taken from eigenvalues (:func:`trace_sqrt_product`), written here because importing
+``pytorch_fid.fid_score`` imports torchvision, measured at 2-3 s of every evaluation job that
+computes a 64-d distance in milliseconds; tests/test_fid.py holds the two equal.
 """
 from __future__ import annotations
 
@@ -101,8 +101,17 @@ def load_feature_space(kind: str, path: str | Path, device: torch.device | None 
         if not weights.exists():
             raise FileNotFoundError(f"FID Inception weights {str(weights)!r} not found; run the fetch_inception rule or set features.inception.path")
         features = InceptionFeatures(load_fid_inception(weights)).to(device)
-        return FeatureSpace("inception-2048d", 2048, lambda x: features(to_device(x, device)))
+        return FeatureSpace(inception_name(weights), 2048, lambda x: features(to_device(x, device)))
     raise ValueError(f"features.kind = {kind!r}: known feature spaces are 'tinycnn' and 'inception'")
+
+
+def inception_name(weights: str | Path) -> str:
+    """``inception-2048d`` for pytorch-fid's published weights; other weights (a random stand-in)
+    are named by their digest, so that their scores are never read as FIDs."""
+    from ..datasets.download import sha256_file
+
+    digest = sha256_file(weights)
+    return "inception-2048d" if digest == INCEPTION_SHA256 else f"inception-2048d-sha256-{digest[:12]}"
 
 
 @contextmanager
@@ -140,34 +149,64 @@ def load_fid_inception(weights: str | Path) -> torch.nn.Module:
         return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]], normalize_input=True).eval()
 
 
-def statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+class Stats(tuple):
+    """``(mean, covariance)``, as pytorch-fid's statistics; from fewer samples than dimensions it also
+    keeps ``factor``, the centred samples over ``sqrt(n - 1)`` (``covariance = factor.T @ factor``),
+    which lets :func:`frechet_distance` work in the n x n sample space instead of the d x d one."""
+    factor: np.ndarray | None
+
+    def __new__(cls, mu: np.ndarray, sigma: np.ndarray, factor: np.ndarray | None = None) -> "Stats":
+        self = super().__new__(cls, (mu, sigma))
+        self.factor = factor
+        return self
+
+
+def statistics(features: np.ndarray) -> Stats:
     """Mean and covariance as pytorch-fid computes them."""
     if features.ndim != 2 or features.shape[0] < 2:
         raise ValueError(f"need at least 2 feature vectors, got shape {features.shape}")
-    return np.mean(features, axis=0), np.cov(features, rowvar=False)
+    n, d = features.shape
+    mu, sigma = np.mean(features, axis=0), np.cov(features, rowvar=False)
+    return Stats(mu, sigma, (features.astype(np.float64) - mu) / np.sqrt(n - 1) if n <= d else None)
 
 
-def frechet_distance(stats_a: Tuple[np.ndarray, np.ndarray], stats_b: Tuple[np.ndarray, np.ndarray], eps: float = 1e-6) -> float:
-    """||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)) between two Gaussians given as
-    (mean, covariance); a product whose square root is not finite is retried with ``eps`` added to
-    both diagonals, and a root whose diagonal is not real to 1e-3 is an error (pytorch-fid's rules)."""
+def _sqrt_sum(eigenvalues: np.ndarray) -> float:
+    """Sum of the square roots of a PSD matrix's eigenvalues (rounding's tiny negatives read as 0)."""
+    return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+
+
+def trace_sqrt_product(stats_a: Tuple[np.ndarray, np.ndarray], stats_b: Tuple[np.ndarray, np.ndarray]) -> float:
+    """``tr((S_a S_b)^(1/2))`` for covariances ``S_a``, ``S_b``: the sum of the square roots of the
+    eigenvalues of ``S_a S_b``, which is similar to the PSD ``S_a^(1/2) S_b S_a^(1/2)`` and so has real,
+    non-negative eigenvalues.  With a sample factor (``S = F.T F``, :class:`Stats` from n <= d samples)
+    the same non-zero eigenvalues are those of ``F S_other F.T`` (n x n), or the squared singular values
+    of ``F_a F_b.T`` when both sides have one."""
     from scipy import linalg
 
+    fa, fb = getattr(stats_a, "factor", None), getattr(stats_b, "factor", None)
+    if fa is not None and fb is not None:
+        return float(linalg.svdvals(fa @ fb.T).sum())
+    if fa is not None or fb is not None:
+        f, other = (fa, stats_b[1]) if fa is not None else (fb, stats_a[1])
+        return _sqrt_sum(linalg.eigvalsh(f @ np.atleast_2d(other) @ f.T))
+    w, v = linalg.eigh(np.atleast_2d(stats_a[1]))
+    root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return _sqrt_sum(linalg.eigvalsh(root_a @ np.atleast_2d(stats_b[1]) @ root_a))
+
+
+def frechet_distance(stats_a: Tuple[np.ndarray, np.ndarray], stats_b: Tuple[np.ndarray, np.ndarray]) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)) between two Gaussians given as
+    (mean, covariance), pytorch-fid's formula.  The trace of the root comes from eigenvalues
+    (:func:`trace_sqrt_product`), not from scipy's ``sqrtm`` of the product as in pytorch-fid: the same
+    value for covariances (tests/test_fid.py), exact where the product is singular (fewer samples than
+    dimensions, where ``sqrtm`` needs pytorch-fid's eps fallback), and measured 5x faster on 2048-d
+    full-rank covariances (4.7 s against 25 s here; a rank-8 one: 0.01 s against 25-50 s)."""
     mu_a, mu_b = np.atleast_1d(stats_a[0]), np.atleast_1d(stats_b[0])
     s_a, s_b = np.atleast_2d(stats_a[1]), np.atleast_2d(stats_b[1])
     if mu_a.shape != mu_b.shape or s_a.shape != s_b.shape:
         raise ValueError(f"statistics of different dimensions: means {mu_a.shape} and {mu_b.shape}, covariances {s_a.shape} and {s_b.shape}")
-    root = linalg.sqrtm(s_a @ s_b)
-    if not np.isfinite(root).all():
-        shift = np.eye(s_a.shape[0]) * eps
-        root = linalg.sqrtm((s_a + shift) @ (s_b + shift))
-    if np.iscomplexobj(root):
-        worst = np.max(np.abs(np.diagonal(root).imag))
-        if worst > 1e-3:
-            raise ValueError(f"the square root of the covariance product has imaginary parts up to {worst:.3g}")
-        root = root.real
     delta = mu_a - mu_b
-    return float(delta @ delta + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(root))
+    return float(delta @ delta + np.trace(s_a) + np.trace(s_b) - 2 * trace_sqrt_product(stats_a, stats_b))
 
 
 def save_stats(path: str | Path, features: np.ndarray, feature_space: str, keep_features: bool = False) -> None:
