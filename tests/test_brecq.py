@@ -1,5 +1,6 @@
 """Block reconstruction: the block registry, AdaRound/STE-BRECQ on real generators, resumption."""
 import copy
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -143,9 +144,22 @@ def test_killed_reconstruction_resumes_at_the_next_block(cfg, tmp_path, monkeypa
 
 def test_block_inputs_beyond_the_cache_limit_are_memory_mapped_with_the_same_result(cfg, tmp_path, monkeypatch):
     """With ``runtime.max_cache_mb`` below a block's captured inputs, they are written to
-    memory-mapped files beside the checkpoint (removed after each block), and the reconstruction is
-    bit-for-bit the in-memory one."""
+    memory-mapped files in the local temporary folder ($TMPDIR; removed after each block, and what a
+    killed attempt left is removed when the next starts), and the reconstruction is bit-for-bit the
+    in-memory one."""
+    from workflow_src.methods.brecq import spill_folder
     from workflow_src.quant import blocks as blocks_mod
+
+    local = tmp_path / "node-local"
+    local.mkdir()
+    monkeypatch.setenv("TMPDIR", str(local))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads $TMPDIR again
+    ckpt = tmp_path / "shared" / "q.pt.ckpt.pt"
+    ckpt.parent.mkdir()
+    spill = spill_folder(ckpt)
+    assert spill.parent == local
+    spill.mkdir()
+    (spill / "stylegan.block0.inputs.0.npy").write_bytes(b"left by a killed attempt")
 
     in_memory, _, _ = _run(cfg, "stylegan", "ste-brecq-tensor-w4a8")
     spilled_files = []
@@ -160,9 +174,10 @@ def test_block_inputs_beyond_the_cache_limit_are_memory_mapped_with_the_same_res
     monkeypatch.setattr(blocks_mod, "_Rows", Spy)
     c = copy.deepcopy(cfg)
     c["runtime"] = {"max_cache_mb": 1e-3}  # 1 KiB: every block spills
-    spilled, _, _ = _run(c, "stylegan", "ste-brecq-tensor-w4a8", ckpt=tmp_path / "q.pt.ckpt.pt")
-    assert spilled_files and all(p.parent == tmp_path / "q.pt.ckpt.pt.spill" for p in spilled_files)
-    assert not (tmp_path / "q.pt.ckpt.pt.spill").exists(), "spill files are removed after each block"
+    spilled, _, _ = _run(c, "stylegan", "ste-brecq-tensor-w4a8", ckpt=ckpt)
+    assert spilled_files and all(p.parent == spill for p in spilled_files)
+    assert not spill.exists(), "spill files are removed after each block"
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["q.pt.ckpt.pt"], "nothing spilled beside the checkpoint"
     for (k, a), (_, b) in zip(in_memory.state_dict().items(), spilled.state_dict().items()):
         assert torch.equal(a, b), k
 

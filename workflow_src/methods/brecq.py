@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, List, Optional
 
@@ -44,6 +46,15 @@ from .. import resume
 from ..utils import torch_load, torch_save
 from .ptq import sample_batches, sample_feed, spec_for
 
+
+
+def spill_folder(ckpt: str | Path) -> Path:
+    """Where a BRECQ job with checkpoint ``ckpt`` spills captured block records: the local temporary
+    folder (``$TMPDIR``, which SLURM and Snakemake point at node-local storage; else the system's), in
+    a folder named after the checkpoint's absolute path, so that a retry of a killed job finds and
+    removes what it left, and the shared file system never holds a CycleGAN's tens of GiB of spill."""
+    key = hashlib.sha256(str(Path(ckpt).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"qgan-brecq-spill-{key}"
 
 def _quant_layers(block: Block):
     for m in block.modules:
@@ -228,9 +239,12 @@ def brecq(mode: str):
             start, losses = int(saved["next_block"]), list(saved["losses"])
             print(f"resuming {mode} at block {start}/{len(q_blocks)}")
         gen = torch.Generator().manual_seed(cfg["seed"])
-        # block inputs/targets beyond runtime.max_cache_mb go to memory-mapped files beside the checkpoint
+        # block inputs/targets beyond runtime.max_cache_mb go to memory-mapped files in the job's local
+        # temporary folder (a killed job's leftovers are removed here, by the next attempt)
         max_bytes = int(cfg.get("runtime", {}).get("max_cache_mb", 4096) * 2**20)
-        spill_dir = Path(str(ckpt) + ".spill") if ckpt is not None else None
+        spill_dir = spill_folder(ckpt) if ckpt is not None else None
+        if spill_dir is not None:
+            shutil.rmtree(spill_dir, ignore_errors=True)
         for i in tqdm(range(start, len(q_blocks)), initial=start, total=len(q_blocks), desc=f"{mode} blocks", unit="block"):
             qb, fb = q_blocks[i], fp_blocks[i]
             spill = dict(spill_dir=spill_dir, max_bytes=max_bytes)
