@@ -42,20 +42,21 @@ def _sse(x: torch.Tensor, scale, zp, qmin, qmax) -> torch.Tensor:
     return ((q - zp[:, None]) * scale[:, None] - x).square().sum(dim=1)
 
 
-def _brute_force(rows: torch.Tensor, qmin: int, qmax: int, symmetric: bool):
+def _brute_force(rows: torch.Tensor, qmin: int, qmax: int, symmetric: bool, ratios=RATIOS):
     """Every candidate ratio's error per row of ``rows`` (channels x values): (ratios x channels)."""
     lo, hi = rows.min(dim=1).values, rows.max(dim=1).values
     errs = []
-    for r in RATIOS:
+    for r in ratios:
         scale, zp = _qparams_torch(r * lo, r * hi, qmin, qmax, symmetric)
         errs.append(_sse(rows, scale.reshape(-1), zp.reshape(-1), qmin, qmax))
     return torch.stack(errs), lo, hi
 
 
-def _assert_chosen_is_the_grid_optimum(ratio: torch.Tensor, errs: torch.Tensor):
+def _assert_chosen_is_the_grid_optimum(ratio: torch.Tensor, errs: torch.Tensor, ratios=RATIOS):
     """The chosen ratio is the grid search's, up to float32-vs-float64 rounding between near-equal
     candidates: its error then equals the minimum to 1e-6."""
-    chosen = torch.tensor([RATIOS.index(min(RATIOS, key=lambda r: abs(r - float(c)))) for c in ratio.reshape(-1)])
+    assert all(min(abs(r - float(c)) for r in ratios) < 1e-6 for c in ratio.reshape(-1)), ratio
+    chosen = torch.tensor([ratios.index(min(ratios, key=lambda r: abs(r - float(c)))) for c in ratio.reshape(-1)])
     best = errs.min(dim=0).values
     got = errs[chosen, torch.arange(errs.shape[1])]
     assert torch.all(got <= best * (1 + 1e-6) + 1e-12), (got, best)
@@ -139,6 +140,25 @@ def test_method_ranges_minimise_the_error_of_the_calibration_activations():
         assert float((qmodel(calib[24:]) - ref).square().mean()) < float((minmax(calib[24:]) - ref).square().mean())
 
 
+def test_a_coarser_grid_tries_its_own_ratios_and_picks_their_optimum():
+    """calibration.mse_grid: 10 tries 1, 0.9, ..., 0.1 (paper-smoke's cut of the 100 default): every
+    chosen ratio is one of those and the optimum among them, for activations and weights."""
+    torch.manual_seed(4)
+    net = _Net().eval()
+    calib = torch.randn(12, 3, 8, 8)
+    ratios = [1 - i / 10 for i in range(10)]
+    qmodel, _, info = M.ptq_mse(net, calib, Variant("ptq-mse", True, 4, 8), {},
+                                {"calibration": {"images": 12, "mse_grid": 10}, "distill": {"batch_size": 6}})
+    assert info["mse_grid"] == 10
+    with torch.no_grad():
+        x = net.a(calib).flatten()[None]
+    q = qmodel.b.input_quant
+    _assert_chosen_is_the_grid_optimum(q.observer.ratio, _brute_force(torch.nn.functional.leaky_relu(x, 0.2), q.qmin, q.qmax, False, ratios)[0], ratios)
+    wq = qmodel.a.weight_quant
+    rows = net.a.weight.detach().reshape(net.a.weight.shape[0], -1)
+    _assert_chosen_is_the_grid_optimum(wq.observer.ratio, _brute_force(rows, wq.qmin, wq.qmax, True, ratios)[0], ratios)
+
+
 def test_saved_model_loads_back_with_its_observers():
     torch.manual_seed(3)
     net = _Net().eval()
@@ -160,5 +180,5 @@ def test_registered_as_a_post_training_method():
     assert (m.kind, m.rule, m.implementation()) == ("ptq", "quantize", M.ptq_mse)
     assert "ptq-mse" in registry.methods_in_table("table3") and "ptq-mse" in registry.methods_in_table("table4")
     cfg = qcfg.load([Path(__file__).resolve().parents[1] / "params.yaml"])
-    assert m.params_keys(cfg, "sagan") == [*registry.COMMON_READS, "distill.batch_size"]  # reads no quantiles: a quantile change does not rerun it
+    assert m.params_keys(cfg, "sagan") == [*registry.COMMON_READS, "distill.batch_size", "calibration.mse_grid"]  # reads no quantiles: a quantile change does not rerun it
     np.testing.assert_allclose(M.clip_ratios().numpy(), RATIOS)

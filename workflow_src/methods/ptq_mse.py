@@ -2,7 +2,8 @@
 White Paper on Neural Network Quantization" (2021, section 3.4.1), as MQBench's MSE observers do it.
 
 Every quantizer's range is ``alpha * [lo, hi]``, where ``[lo, hi]`` is the min-max range of what it
-observes and ``alpha`` is the clipping ratio, out of ``1, 0.99, ..., 0.01``, that minimises the
+observes and ``alpha`` is the clipping ratio, out of ``1 - i / calibration.mse_grid`` (``1, 0.99, ...,
+0.01`` for the default 100), that minimises the
 squared quantization error ``||fake_quant(x) - x||^2`` summed over everything the quantizer sees:
 
 * each weight tensor itself (per output channel: one ratio per channel, symmetric signed grid);
@@ -86,8 +87,13 @@ register_observer("mse", lambda quantiles, momentum, **kw: MSEObserver(**kw))
 
 def ptq_mse(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, arch_cfg: Dict[str, Any], cfg: Dict[str, Any],
             arch=None, extras: Dict[str, Any] | None = None, **_):
+    grid = int(cfg["calibration"].get("mse_grid", GRID))
     spec = QuantSpec(w_bits=variant.w_bits, a_bits=variant.a_bits, per_channel=variant.per_channel, w_observer="mse", a_observer="mse")
     qmodel = quantize_model(generator, spec)
+    for obs in qmodel.modules():  # the candidates (the saved model keeps only each quantizer's chosen ratio)
+        if isinstance(obs, MSEObserver):
+            obs.grid = grid
+            obs.sse = torch.zeros(grid, obs.lo.numel(), dtype=torch.float64, device=obs.sse.device)
     with torch.no_grad():
         for m in qmodel.modules():  # weights: the error of the tensor itself
             if isinstance(m, (QuantConv2d, QuantLinear)):
@@ -105,9 +111,9 @@ def ptq_mse(generator: nn.Module, calib_inputs: torch.Tensor, variant: Variant, 
     seen = calibrate(qmodel, sample_batches(arch, qmodel, inputs, bs, extras), total=n_batches)  # pass 2: each candidate's error
     w_ratio = torch.cat([m.weight_quant.observer.ratio for m in qmodel.modules() if isinstance(m, (QuantConv2d, QuantLinear))])
     a_ratio = torch.cat([q.observer.ratio for q in acts])
-    return qmodel, spec, {"calibration_images": seen, "mse_grid": GRID, "weight_clip_ratio_mean": float(w_ratio.mean()),
+    return qmodel, spec, {"calibration_images": seen, "mse_grid": grid, "weight_clip_ratio_mean": float(w_ratio.mean()),
                           "activation_clip_ratio_mean": float(a_ratio.mean())}
 
 
 # What this method is (workflow_src/registry.py reads this literal without importing this file).
-METHODS = [{"name": "ptq-mse", "kind": "ptq", "title": "vanilla PTQ (MSE)", "run": "ptq_mse", "reads": ["distill.batch_size"]}]
+METHODS = [{"name": "ptq-mse", "kind": "ptq", "title": "vanilla PTQ (MSE)", "run": "ptq_mse", "reads": ["distill.batch_size", "calibration.mse_grid"]}]
