@@ -56,3 +56,64 @@ def check_device():
     from devicecheck import checking_device
 
     return checking_device
+
+
+# ----------------------------------------------------------------------------- the paper-smoke run
+# The paper tests (marker `paper`, tests/test_paper_smoke.py) inspect one run of the paper-smoke DAG.
+# It starts as soon as the session knows they are selected, in the background on one core, so that
+# it computes while the rest of the suite runs (mostly one thread; the SLURM tests mostly wait on the
+# scheduler's polling), and the paper tests run last and wait for it.  Alone (`pytest -m paper`) it
+# gets both cores.
+PAPER_RUN: dict = {}
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k have deselected
+def pytest_collection_modifyitems(session, config, items):
+    paper = [i for i in items if i.get_closest_marker("paper")]
+    if not paper or config.option.collectonly:
+        return
+    items[:] = [i for i in items if not i.get_closest_marker("paper")] + paper
+    import shlex
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    base = Path(tempfile.mkdtemp(prefix="qgan-paper-smoke-"))
+    work, inputs = base / "run", base / "inputs"
+    work.mkdir()
+    configs = [root / "configs" / "paper.yaml", root / "configs" / "paper-smoke.yaml", inputs / "inputs.yaml"]
+    cores = 2 if len(paper) == len(items) else 1
+    py = shlex.quote(sys.executable)
+    cmd = (f"{py} {shlex.quote(str(root / 'tests' / 'paper_inputs.py'))} {shlex.quote(str(inputs))} > /dev/null && "
+           f"exec {py} -m snakemake -s {shlex.quote(str(root / 'Snakefile'))} -d {shlex.quote(str(work))} --cores {cores} report "
+           f"--configfile {' '.join(shlex.quote(str(c)) for c in configs)}")
+    log = open(base / "snakemake.log", "w")
+    proc = subprocess.Popen(["bash", "-c", cmd], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    PAPER_RUN.update(proc=proc, base=base, work=work, configs=configs, log=base / "snakemake.log")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    proc = PAPER_RUN.get("proc")
+    if proc is not None and proc.poll() is None:  # the session ended before the paper tests waited for it
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+    if PAPER_RUN.get("base") is not None:
+        import shutil
+
+        shutil.rmtree(PAPER_RUN["base"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def paper_run():
+    """(run directory, configs) of the finished paper-smoke run; fails with its log if it failed."""
+    if not PAPER_RUN:
+        pytest.skip("no paper test was collected")
+    proc = PAPER_RUN["proc"]
+    rc = proc.wait()
+    if rc != 0:
+        work = PAPER_RUN["work"]
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "logs").rglob("*.log"))) if (work / "logs").exists() else ""
+        pytest.fail(f"paper-smoke workflow failed (exit {rc}):\n{PAPER_RUN['log'].read_text()[-6000:]}\n{logs}")
+    return PAPER_RUN["work"], PAPER_RUN["configs"]

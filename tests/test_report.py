@@ -149,6 +149,36 @@ def test_a_forked_jobs_own_cpu_and_memory_record_replaces_the_benchmarks(tmp_pat
     assert (jobs.loc["sagan/b", "cpu_s"], jobs.loc["sagan/b", "max_rss_mb"]) == (0.1, 19.0)  # a job that died before its record
 
 
+def test_gpu_jobs_peak_memory_is_read_from_their_logs_and_checked(tmp_path):
+    """A job that computed on a GPU ends its log with its peak CUDA memory; the timing table gains a
+    peak-GPU column, and the GPU check passes such jobs and names those that allocated nothing there
+    or whose record names another device."""
+    import json
+
+    from workflow_src.reporting import gpucheck
+    from workflow_src.reporting.timing import job_times, timing_md
+    from workflow_src.workflow.stages import RESOURCES_MARK, stage
+
+    lines = {"a": f"{RESOURCES_MARK} cpu 3.50 s, peak rss 900.0 MB, peak gpu 1536.0 MB\n",
+             "b": f"{RESOURCES_MARK} cpu 7.00 s, peak rss 950.0 MB\n"}
+    for variant, line in lines.items():
+        _bench(tmp_path / stage("evaluate").benchmark.format(arch="sagan", variant=variant), 4.0, 0.1, 19.0)
+        log = tmp_path / stage("evaluate").log.format(arch="sagan", variant=variant)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("work\n" + line)
+    jobs = job_times(tmp_path).set_index("job")
+    assert jobs.loc["sagan/a", "peak_gpu_mb"] == 1536.0 and pd.isna(jobs.loc["sagan/b", "peak_gpu_mb"])
+    assert "| peak GPU MB |" in timing_md(tmp_path) and "| 1536 |" in timing_md(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "a.json").write_text(json.dumps({"environment": {"device": "cuda:0"}}))
+    (tmp_path / "metrics" / "b.json").write_text(json.dumps({"validation": [{"environment": {"device": "cpu"}}]}))
+    table, problems = gpucheck.check(tmp_path, ["evaluate", "qat"])
+    assert table.set_index("rule").loc["evaluate", ["jobs", "on_gpu", "peak_gpu_mb"]].tolist() == [2, 1, 1536.0]
+    assert sorted(problems) == ["evaluate sagan/b: allocated no GPU memory (log logs/evaluate/sagan/b.log)",
+                                "metrics/b.json: records device cpu",
+                                f"rule qat: no job of it ran (no benchmark file under {tmp_path / 'logs' / 'benchmark' / 'qat'})"]
+
+
 def test_results_and_tables_say_where_each_quantile_pair_came_from():
     from workflow_src.reporting import tables
 

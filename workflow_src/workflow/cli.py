@@ -64,7 +64,12 @@ def _resources() -> str:
     forked job: since the fork, which Snakemake's benchmark cannot see)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-    return f"{RESOURCES_MARK} cpu {cpu:.2f} s, peak rss {max(me.ru_maxrss, kids.ru_maxrss) / 1024:.1f} MB"
+    line = f"{RESOURCES_MARK} cpu {cpu:.2f} s, peak rss {max(me.ru_maxrss, kids.ru_maxrss) / 1024:.1f} MB"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # the job computed on a GPU: its peak there (scripts/gpu-check.sh)
+        peak = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
+        line += f", peak gpu {peak / 2**20:.1f} MB"
+    return line
 
 
 def validate(cfg: Dict[str, Any]) -> None:

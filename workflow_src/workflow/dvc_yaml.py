@@ -34,7 +34,7 @@ _REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1\s*$")
 
 def snakemake_jobs(root: Path, configfiles: List[str] = (), target: str = "report", workdir: str | Path | None = None) -> List[Dict[str, Any]]:
     """The jobs Snakemake plans for ``target``: a dry run (``-n -p``) in ``workdir`` (default: an empty
-    directory, so every job of the DAG), parsed into rule, wildcards, inputs, outputs, log, priority and shell command."""
+    directory, so every job of the DAG), parsed into rule, wildcards, inputs, outputs, log, priority, resources and shell command."""
     with tempfile.TemporaryDirectory() as empty:
         wd = str(workdir or empty)
         cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", wd, "-n", "-p", "--cores", "1", target]
@@ -48,7 +48,8 @@ def snakemake_jobs(root: Path, configfiles: List[str] = (), target: str = "repor
     for line in out.stdout.splitlines():
         m = re.match(r"^(?:local)?rule (\w+):$", line)
         if m:
-            job = {"rule": m.group(1), "inputs": [], "outputs": [], "log": "", "wildcards": {}, "priority": 0}  # printed when not 0
+            job = {"rule": m.group(1), "inputs": [], "outputs": [], "log": "", "wildcards": {}, "priority": 0,  # printed when not 0
+                   "resources": {}}
             jobs.append(job)
         elif job is not None and line.startswith("    ") and ": " in line:
             key, value = line.strip().split(": ", 1)
@@ -60,6 +61,8 @@ def snakemake_jobs(root: Path, configfiles: List[str] = (), target: str = "repor
                 job["wildcards"] = dict(kv.split("=", 1) for kv in value.split(", "))
             elif key == "priority":
                 job["priority"] = int(value)
+            elif key == "resources":
+                job["resources"] = dict(kv.split("=", 1) for kv in value.split(", "))
         elif job is not None and line.startswith("Shell command: "):
             job["cmd"] = line[len("Shell command: "):]
             job = None
