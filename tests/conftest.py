@@ -87,8 +87,8 @@ def pytest_collection_modifyitems(session, config, items):
     cmd = (f"{py} {shlex.quote(str(root / 'tests' / 'paper_inputs.py'))} {shlex.quote(str(inputs))} > /dev/null && "
            f"exec {py} -m snakemake -s {shlex.quote(str(root / 'Snakefile'))} -d {shlex.quote(str(work))} --cores {cores} report "
            f"--configfile {' '.join(shlex.quote(str(c)) for c in configs)}")
-    log = open(base / "snakemake.log", "w")
-    proc = subprocess.Popen(["bash", "-c", cmd], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(base / "snakemake.log", "w") as log:  # the child holds its own descriptor
+        proc = subprocess.Popen(["bash", "-c", cmd], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     PAPER_RUN.update(proc=proc, base=base, work=work, configs=configs, log=base / "snakemake.log")
 
 

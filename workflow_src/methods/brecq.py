@@ -47,7 +47,6 @@ from ..utils import torch_load, torch_save
 from .ptq import sample_batches, sample_feed, spec_for
 
 
-
 def spill_folder(ckpt: str | Path) -> Path:
     """Where a BRECQ job with checkpoint ``ckpt`` spills captured block records: the local temporary
     folder (``$TMPDIR``, which SLURM and Snakemake point at node-local storage; else the system's), in
@@ -55,6 +54,7 @@ def spill_folder(ckpt: str | Path) -> Path:
     removes what it left, and the shared file system never holds a CycleGAN's tens of GiB of spill."""
     key = hashlib.sha256(str(Path(ckpt).resolve()).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"qgan-brecq-spill-{key}"
+
 
 def _quant_layers(block: Block):
     for m in block.modules:
