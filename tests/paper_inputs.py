@@ -17,7 +17,6 @@ the ``paper`` test (tests/test_paper_smoke.py) and scripts/gpu-check.sh:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import zipfile
 from pathlib import Path
@@ -64,14 +63,6 @@ def _zip_images(archive: Path, members: list[tuple[str, int, int]], seed: int) -
     return archive
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_inputs(out: str | Path) -> Path:
     """Write every stand-in under ``out`` and the config ``out/inputs.yaml`` naming them; returns it."""
     import torch
@@ -79,6 +70,7 @@ def write_inputs(out: str | Path) -> Path:
 
     from inception_standin import save_random_fid_inception
     from rosinality_layout import write_published_checkpoint
+    from workflow_src.datasets.download import sha256_file as _sha256
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
