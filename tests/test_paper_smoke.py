@@ -14,6 +14,7 @@ import torch
 from workflow_src import config as qcfg
 from workflow_src.reporting import gpucheck
 from workflow_src.reporting.timing import job_times
+from workflow_src.workflow.dvc_yaml import snakemake_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def paper(paper_run):
 @pytest.mark.paper
 def test_every_rule_method_and_arch_ran_at_paper_sizes(paper):
     work, configs, cfg = paper
-    planned = {j["rule"] for j in gpucheck.snakemake_jobs(ROOT, [str(c) for c in configs])}
+    planned = {j["rule"] for j in snakemake_jobs(ROOT, [str(c) for c in configs])}
     ran = set(job_times(work)["rule"]) | {"report"}
     assert planned == ran, planned ^ ran
     # the paper's own inputs: a published checkpoint imported, weights fetched, real-format datasets prepared
@@ -41,7 +42,7 @@ def test_every_rule_method_and_arch_ran_at_paper_sizes(paper):
     assert df[["fid", "qfid"]].fillna(0).map(math.isfinite).all().all()
     # scored with the stand-in Inception, and named so: never read as the published network's FID
     assert df["feature_space"].str.fullmatch(r"inception-2048d-sha256-[0-9a-f]{12}").all()
-    # paper sizes: 128, 64 and 256 pixels, and the generators' widths (distillation sets hold FP outputs)
+    # paper sizes: 128, 64 and 256 pixels (the distillation sets hold the FP generators' outputs)
     for arch, res in (("stylegan", 128), ("sagan", 64), ("cyclegan", 256)):
         outputs = torch.load(work / "distill" / f"{arch}.pt", weights_only=True)["outputs"]
         assert tuple(outputs.shape[-3:]) == (3, res, res), (arch, outputs.shape)
