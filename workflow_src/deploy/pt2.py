@@ -217,14 +217,18 @@ def lower_x86(ep: "torch.export.ExportedProgram", example: torch.Tensor) -> torc
     return gm
 
 
-def load_lowered(path: str | Path, example: torch.Tensor) -> torch.nn.Module:
-    """Load a saved program and lower it for x86 (oneDNN int8 kernels where the graph is quantized)."""
+def load_program(path: str | Path) -> "torch.export.ExportedProgram":
+    """A saved program, as written (its ops registered first); an error names the file."""
     _ops()
     try:
-        ep = torch.export.load(str(path))
+        return torch.export.load(str(path))
     except Exception as e:
         raise RuntimeError(f"export file {str(path)!r} cannot be loaded as a torch.export program: {type(e).__name__}: {str(e)[:200]}") from None
-    return lower_x86(ep, example)
+
+
+def load_lowered(path: str | Path, example: torch.Tensor) -> torch.nn.Module:
+    """Load a saved program and lower it for x86 (oneDNN int8 kernels where the graph is quantized)."""
+    return lower_x86(load_program(path), example)
 
 
 def warm_up() -> float:
