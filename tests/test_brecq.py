@@ -196,6 +196,41 @@ def test_capture_keeps_arguments_broadcast_over_the_batch(cfg):
     assert all(a.shape[0] in (1, 2) for a in sub if torch.is_tensor(a))
 
 
+@pytest.mark.parametrize("arch", ["stylegan", "cyclegan"])
+def test_one_pass_captures_the_outputs_of_the_next_blocks_as_one_pass_each_would(cfg, arch):
+    """BRECQ's FP targets: capture_outputs serves the block and the blocks after it that fit in
+    max_bytes from one forward pass per batch, each output bit for bit what capture() gives alone,
+    StyleGAN's per-sample noise fed to every sample; with a limit of two blocks' outputs, windows of
+    two; below one block's, that block alone (spilled, as capture does); fewer forward passes."""
+    from workflow_src.methods.ptq import sample_batches
+    from workflow_src.quant.blocks import capture, capture_outputs
+
+    a = make_arch(cfg, arch)
+    g = bake(_generator(cfg, arch))
+    blocks = split_blocks(g, a.block_containers)
+    r = cfg["archs"][arch]["resolution"]
+    inputs = torch.rand(10, 3, r, r, generator=torch.Generator().manual_seed(2)) * 2 - 1 if arch == "cyclegan" \
+        else a.sample_inputs(10, torch.Generator().manual_seed(2))
+    extras = a.sample_extras(10, torch.Generator().manual_seed(3)) or None
+    batches = lambda: sample_batches(a, g, inputs, 4, extras)  # noqa: E731
+    one_by_one = [capture(g, b, inputs, 4, "outputs", batches=batches()) for b in blocks]
+    passes = []
+    hook = g.register_forward_pre_hook(lambda *_: passes.append(1))
+    try:
+        every = capture_outputs(g, blocks, inputs, 4, batches=batches)
+        assert len(every) == len(blocks) and len(passes) == 3  # 3 batches, one pass each for every block
+        for j, (x, y) in enumerate(zip(every, one_by_one)):
+            assert torch.equal(x, y), blocks[j].name
+        two = sum(12 * one_by_one[j][0].numel() * 4 for j in (1, 2))  # 3 batches of 4 rows of float32, as the first batch counts
+        window = capture_outputs(g, blocks[1:], inputs, 4, max_bytes=two, batches=batches)
+        assert len(window) == 2 and all(torch.equal(x, y) for x, y in zip(window, one_by_one[1:]))
+        with tempfile.TemporaryDirectory() as spill:
+            alone = capture_outputs(g, blocks, inputs, 4, spill_dir=Path(spill), max_bytes=8, batches=batches)
+            assert len(alone) == 1 and torch.equal(alone[0], one_by_one[0]) and list(Path(spill).glob("*.npy"))
+    finally:
+        hook.remove()
+
+
 @pytest.mark.parametrize("change", ["params", "fp-weights", "code"])
 def test_a_checkpoint_of_other_work_is_not_resumed(cfg, tmp_path, monkeypatch, capsys, change):
     """Killed after two blocks, then the brecq params, the FP weights or the code change: the job

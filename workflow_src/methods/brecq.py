@@ -40,7 +40,7 @@ from ..archs.layers import bake
 from ..device import backward, to_device
 from ..quant import QuantConv2d, QuantLinear, QuantOp, calibrate, quantize_model
 from ..quant.adaround import AdaRoundQuantizer, LinearTempDecay
-from ..quant.blocks import Block, capture, index_record, record_len, split_blocks
+from ..quant.blocks import Block, capture, capture_outputs, index_record, record_len, split_blocks
 from ..quant.lsq import LSQQuantizer
 from .. import resume
 from ..utils import torch_load, torch_save
@@ -245,11 +245,15 @@ def brecq(mode: str):
         spill_dir = spill_folder(ckpt) if ckpt is not None else None
         if spill_dir is not None:
             shutil.rmtree(spill_dir, ignore_errors=True)
+        targets: Dict[int, torch.Tensor] = {}
         for i in tqdm(range(start, len(q_blocks)), initial=start, total=len(q_blocks), desc=f"{mode} blocks", unit="block"):
             qb, fb = q_blocks[i], fp_blocks[i]
             spill = dict(spill_dir=spill_dir, max_bytes=max_bytes)
             x_rec = capture(qmodel, qb, inputs, bs, "inputs", batches=sample_batches(arch, qmodel, inputs, bs, extras), **spill)
-            y = capture(fp, fb, inputs, bs, "outputs", batches=sample_batches(arch, fp, inputs, bs, extras), **spill)
+            if i not in targets:  # the FP targets of this block and of the next ones that fit in max_bytes, in one pass
+                ys = capture_outputs(fp, fp_blocks[i:], inputs, bs, batches=lambda: sample_batches(arch, fp, inputs, bs, extras), **spill)
+                targets = {i + k: t for k, t in enumerate(ys)}
+            y = targets.pop(i)
             before = _block_mse(qb, x_rec, y, bs, feed)
             gen.manual_seed(cfg["seed"] * 7919 + i)
             snap = _snapshot(qb)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -168,6 +168,80 @@ def capture(model: nn.Module, block: Block, inputs: torch.Tensor, batch_size: in
     return values[0] if what == "outputs" else (values, state["kwargs"])
 
 
+@torch.no_grad()
+def capture_outputs(model: nn.Module, blocks: Sequence[Block], inputs: torch.Tensor, batch_size: int,
+                    spill_dir: Path | None = None, max_bytes: int | None = None,
+                    batches: Callable[[], Iterable[torch.Tensor]] | None = None) -> List[torch.Tensor]:
+    """The outputs of ``blocks[0]`` and of as many of the blocks after it as fit in ``max_bytes``
+    together, from one forward pass per batch: a list of :func:`capture` ``(..., "outputs")``
+    results, bit for bit, for ``blocks[:k]`` (k >= 1).  What the model computes does not change
+    between captures (the FP generator's block targets, in BRECQ), so one pass serves the next
+    ``k`` blocks instead of one pass each.  The first batch decides ``k``: the blocks, in execution
+    order, until the next would take the total over ``max_bytes`` (no limit: every block); a first
+    block above the limit alone is captured as :func:`capture` does it (memory-mapped under
+    ``spill_dir``), and alone.  Blocks whose outputs do not come in the order given are captured
+    one by one.  The forward pass stops once the chosen blocks are done.  ``batches``: a function
+    returning :func:`capture`'s ``batches`` (called again if the blocks must be captured one by one)."""
+    batches = batches or (lambda: inputs.split(batch_size))
+    n = len(inputs)
+    n_batches = (n + batch_size - 1) // batch_size
+    if not blocks:
+        return []
+    last_of = {id(b.modules[-1]): j for j, b in enumerate(blocks)}
+    if len(last_of) != len(blocks):  # two blocks ending in one module: their hooks could not tell them apart
+        return [capture(model, blocks[0], inputs, batch_size, "outputs", spill_dir, max_bytes, batches())]
+    state: Dict[str, Any] = {"k": None, "total": 0, "seen": 0, "rows": {}, "calls": [0] * len(blocks), "order_ok": True}
+
+    def post_for(j: int):
+        def post(_m, _args, out):
+            if state["k"] is None:  # first batch: choose how many blocks this pass serves
+                if j != state["seen"]:
+                    state["order_ok"] = False
+                    raise _Stop
+                batched = torch.is_tensor(out) and out.dim() > 0 and out.shape[0] == min(batch_size, n)
+                size = out.numel() * out.element_size() * n_batches if batched else 0
+                over = max_bytes is not None and state["total"] + size > max_bytes
+                if over and j > 0:
+                    state["k"] = j
+                    raise _Stop
+                spill = over and spill_dir is not None
+                state["rows"][j] = _Rows(out, n, Path(spill_dir) / f"{blocks[j].name}.outputs.0.npy" if spill else None) if batched else out
+                state["total"] += size
+                state["seen"] += 1
+                if over or j == len(blocks) - 1:
+                    state["k"] = j + 1
+            elif j >= state["k"]:
+                raise _Stop
+            if isinstance(state["rows"][j], _Rows):
+                state["rows"][j].add(out.detach())
+            state["calls"][j] += 1
+            if state["k"] is not None and j == state["k"] - 1:
+                raise _Stop
+        return post
+
+    handles = [b.modules[-1].register_forward_hook(post_for(j)) for j, b in enumerate(blocks)]
+    device = module_device(model)
+    try:
+        for x in batches():
+            try:
+                model(to_device(x, device))
+            except _Stop:
+                pass
+            if not state["order_ok"]:
+                break
+            if state["k"] is None:  # the first batch ended before the last block: every block seen is served
+                state["k"] = state["seen"]
+    finally:
+        for h in handles:
+            h.remove()
+    if not state["order_ok"] or not state["k"]:
+        return [capture(model, blocks[0], inputs, batch_size, "outputs", spill_dir, max_bytes, batches())]
+    k = state["k"]
+    if any(c != n_batches for c in state["calls"][:k]):
+        raise RuntimeError(f"blocks {[b.name for b in blocks[:k]]} were not each reached once per batch by the forward pass")
+    return [state["rows"][j].result() if isinstance(state["rows"][j], _Rows) else state["rows"][j] for j in range(k)]
+
+
 def index_record(rec: Any, idx: torch.Tensor | slice, device: torch.device | None = None,
                  idx_on_device: torch.Tensor | None = None) -> Any:
     """Rows ``idx`` of a captured record, on ``device`` (spilled records live on the CPU, the
@@ -193,4 +267,4 @@ def record_len(rec: Any) -> int:
     return max(a.shape[0] for a in rec[0] if torch.is_tensor(a) and a.dim() > 0)
 
 
-__all__ = ["Block", "split_blocks", "capture", "index_record", "record_len"]
+__all__ = ["Block", "split_blocks", "capture", "capture_outputs", "index_record", "record_len"]
