@@ -25,6 +25,7 @@ include: "rules/quantize.smk"
 include: "rules/qat.smk"
 include: "rules/evaluate.smk"
 include: "rules/sweep.smk"
+include: "rules/sensitivity.smk"
 include: "rules/export.smk"
 include: "rules/report.smk"
 

@@ -388,7 +388,7 @@ def test_vgg16_perceptual_loss_runs_on_the_device(tmp_path, check_device):
 # ------------------------------------------------------------------------------------ the stages
 def test_stages_compute_on_the_device_they_are_given(base_cfg, tmp_path, monkeypatch, check_device):
     """Every stage that computes (train_features, train_perceptual, real_stats, distill, quantize
-    with a PTQ and a QAT method, evaluate, quantile_sweep, sample_figure), given ``device``: no
+    with a PTQ and a QAT method, evaluate, quantile_sweep, sensitivity, sample_figure), given ``device``: no
     network runs on the host, and the files they write hold CPU tensors and equal those of the same
     stages run on the CPU.  (``train`` is test_fp_training_loop_...)"""
     from workflow_src.datasets import prepared as datasets
@@ -396,7 +396,7 @@ def test_stages_compute_on_the_device_they_are_given(base_cfg, tmp_path, monkeyp
     from workflow_src.workflow import data as data_stage
     from workflow_src.workflow import distill as distill_stage
     from workflow_src.workflow import evaluate as evaluate_stage
-    from workflow_src.workflow import networks, quantize as quantize_stage, sweep as sweep_stage
+    from workflow_src.workflow import networks, quantize as quantize_stage, sensitivity as sensitivity_stage, sweep as sweep_stage
 
     monkeypatch.setenv("QGAN_TRACKING", "off")
     cfg = copy.deepcopy(base_cfg)
@@ -405,6 +405,7 @@ def test_stages_compute_on_the_device_they_are_given(base_cfg, tmp_path, monkeyp
     cfg["matrix"].update(methods=["ptq-quantile", "lsq-qat"], w_bits=[4])  # the sample figure's rows
     cfg["qat"]["epochs"] = cfg["qat"]["ma_epochs"] = 1
     cfg["sweep"]["validation_samples"] = cfg["eval"]["n_samples"]
+    cfg["sensitivity"]["max_units"] = 3  # one layer's three rows, then every quantizer on
     arch_name, variants = "stylegan", ["ptq-quantile-tensor-w4a8", "lsq-qat-tensor-w4a8"]
     data = tmp_path / "digits"
     cfg["datasets"]["digits"]["resolution"] = cfg["archs"][arch_name]["resolution"]
@@ -414,7 +415,7 @@ def test_stages_compute_on_the_device_they_are_given(base_cfg, tmp_path, monkeyp
     torch_save({"arch": arch_name, "steps": 0, "state": _state_dicts(make_arch(cfg, arch_name).init_state(CPU))}, fp)
     inputs = str(tmp_path / "inputs.pt")
     distill_stage.eval_inputs(cfg, arch=arch_name, data=str(data), out=inputs)
-    stage_modules = (networks, data_stage, distill_stage, quantize_stage, evaluate_stage, sweep_stage, samples)
+    stage_modules = (networks, data_stage, distill_stage, quantize_stage, evaluate_stage, sweep_stage, sensitivity_stage, samples)
     for mod in stage_modules:  # every computing stage resolves runtime.device this way
         assert mod.resolve_device is resolve_device, mod.__name__
 
@@ -440,6 +441,8 @@ def test_stages_compute_on_the_device_they_are_given(base_cfg, tmp_path, monkeyp
                                     samples=str(d / f"{v}.png"))
         sweep_stage.run_sweep(cfg, arch=arch_name, fp=str(fp), distill=str(d / "distill.pt"), data=str(data), features=feats,
                               csv=str(d / "sweep.csv"), best=str(d / "best.json"))
+        sensitivity_stage.run_sensitivity(cfg, arch=arch_name, fp=str(fp), distill=str(d / "distill.pt"), data=str(data), features=feats,
+                                          csv=str(d / "sensitivity.csv"), quantiles=str(d / "best.json"))
         samples.sample_figure(cfg, arch=arch_name, models=[str(d / f"{v}.pt") for v in variants],
                               metrics=[str(d / f"{v}.json") for v in ["fp", *variants]], fp=str(fp), inputs=inputs, out=str(d / "figure.png"))
         return d

@@ -30,9 +30,9 @@ MICRO = ROOT / "configs" / "micro.yaml"
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 
 # The split: these rules need a GPU, these run on CPUs only, these on the login node.
-GPU_RULES = {"train_fp", "distill", "quantize", "qat", "evaluate", "evaluate_fp", "real_stats",
+GPU_RULES = {"train_fp", "distill", "quantize", "qat", "evaluate", "evaluate_fp", "real_stats", "sensitivity",
              "train_features", "train_perceptual", "quantile_sweep", "noise_floor"}
-CPU_RULES = {"eval_inputs", "fig1", "sample_figure", "report", "export_fp", "export"}
+CPU_RULES = {"eval_inputs", "fig1", "fig_sensitivity", "sample_figure", "report", "export_fp", "export"}
 LOCAL_RULES = {"prepare_data", "fetch_inception", "fetch_vgg16"}
 
 # What only this throwaway cluster needs: it has no accounting storage, so `sacct` cannot answer and

@@ -83,6 +83,12 @@ def test_every_artifact_and_finite_metrics(micro_run):
     sweep = pd.read_csv(micro_run / "reports" / "quantile_sweep.csv")
     assert set(sweep["arch"]) == set(archs) and sweep["qfid"].map(math.isfinite).all()
     assert (micro_run / "reports" / "fig1_quantile_sweep.png").stat().st_size > 0
+    # the layer sensitivity: micro's first units of every arch (sensitivity.max_units), then every quantizer on
+    sens = pd.read_csv(micro_run / "reports" / "sensitivity.csv")
+    assert set(sens["arch"]) == set(archs) and sens["qfid"].map(math.isfinite).all() and (sens["qfid_std"] >= 0).all()
+    assert (sens.groupby("arch").size() == cfg["sensitivity"]["max_units"] + 1).all()
+    assert (sens.groupby("arch")["operand"].last() == "all").all() and (sens["samples"] <= cfg["sensitivity"]["samples"]).all()
+    assert (micro_run / "reports" / "fig_sensitivity.png").stat().st_size > 0
     # integer exports of every exported variant: both runtimes, ratios measured, outputs close to the fake-quant model
     exported = df[df["w_bits"].isin(cfg["export"]["w_bits"]) & (df["method"] != "fp")]
     assert len(exported) == len(archs) * len([v for v in qcfg.variants(cfg) if v.w_bits in cfg["export"]["w_bits"]])
@@ -166,7 +172,7 @@ def test_the_results_page_stands_alone_with_findings_tables_plots_and_provenance
             assert (micro_run / "reports" / href).resolve().is_file(), href
     linked = {Path(h).name for h in page.links}
     assert {"results.csv", "table3.md", "table4.md", "export.md", "paper_comparison.md", "fig1_quantile_sweep.png",
-            "quantile_sweep.csv"} <= linked and any(h.startswith("http") for h in page.links)
+            "quantile_sweep.csv", "fig_sensitivity.png", "sensitivity.csv"} <= linked and any(h.startswith("http") for h in page.links)
     assert page.pre == 0  # tables as tables, not Markdown in <pre>
     assert {"Findings", "Plots", "Tables 3 and 4", "Integer exports", "All results", "Provenance and files"} <= set(page.headings)
     assert not {"nan", "NaN", "None", "True", "False"} & set(page.cells)
@@ -229,6 +235,7 @@ def test_each_job_reads_exactly_the_params_keys_its_rule_declares(micro_run):
     records = [json.loads(p.read_text()) for p in sorted((micro_run / PARAM_READS).rglob("*.json"))]
     assert {r["rule"] for r in records} == {"prepare_data", "train_features", "real_stats", "train_fp", "distill", "eval_inputs", "quantize",
                                             "qat", "train_perceptual", "evaluate_fp", "evaluate", "noise_floor", "quantile_sweep", "fig1",
+                                            "sensitivity", "fig_sensitivity",
                                             "export_fp", "export", "sample_figure", "report"}
     assert len(records) == len(list((micro_run / "logs").rglob("*.log"))), "a job without its record of reads"
     undeclared, unread = [], []
@@ -353,8 +360,8 @@ def test_slurm_profile_plans_the_paper_matrix_with_the_params_resources(tmp_path
                                        "report", "--configfile", str(ROOT / "configs" / "paper.yaml")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"])
-    gpu_rules = {"train_fp", "distill", "quantize", "qat", "evaluate", "evaluate_fp", "real_stats", "quantile_sweep", "noise_floor"}
-    cpu_rules = {"eval_inputs", "fig1", "sample_figure", "report", "import_fp", "export_fp", "export"}  # export: CPU runtimes
+    gpu_rules = {"train_fp", "distill", "quantize", "qat", "evaluate", "evaluate_fp", "real_stats", "quantile_sweep", "noise_floor", "sensitivity"}
+    cpu_rules = {"eval_inputs", "fig1", "fig_sensitivity", "sample_figure", "report", "import_fp", "export_fp", "export"}  # export: CPU runtimes
     seen = set()
     for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", proc.stdout, re.M):
         res = dict(kv.split("=", 1) for kv in resources.split(", "))
@@ -391,7 +398,8 @@ def test_results_rebuilt_from_mlflow_equal_the_metrics_files(micro_run, monkeypa
 
     runs = mlflow.search_runs(experiment_names=["qgan-bench-micro"])
     # every job that trains or evaluates, the helper networks and the sweep included, and one parent per variant
-    assert set(runs["tags.stage"]) == {"train", "quantize", "evaluate", "export", "variant", "train_features", "train_perceptual", "quantile_sweep"}
+    assert set(runs["tags.stage"]) == {"train", "quantize", "evaluate", "export", "variant", "train_features", "train_perceptual", "quantile_sweep",
+                                      "sensitivity"}
     sweep = runs[(runs["tags.stage"] == "quantile_sweep") & (runs["tags.arch"] == "sagan")].iloc[0]
     sweep_rows = pd.read_csv(micro_run / "sweeps" / "sagan" / "quantile_sweep.csv")
     history = mlflow.tracking.MlflowClient().get_metric_history(sweep["run_id"], "validation_qfid")

@@ -53,7 +53,7 @@ def summary_metrics(df: pd.DataFrame) -> Dict[str, Dict[str, Dict[str, float]]]:
     return out
 
 
-def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1: str, figures: List[str], exports: List[str],
+def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1: str, sensitivity: str, figures: List[str], exports: List[str],
            floors: List[str], results: str, table4: str, table3: str, paper: str, export: str, timing: str, html: str,
            summary: str) -> None:
     """Every table, the results page (:mod:`.page`) and the summary metrics from the variants'
@@ -88,6 +88,8 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
         overview[arch] = arch_figure(arch, [(label, p) for label, p in rows if p is not None and p.exists()])
     figure_of = {Path(p).stem[len("fig_samples_"):]: p for p in figures}
     shown = {"Figure 1: vanilla PTQ qFID against the activation quantile (validation inputs)": fig1} if Path(fig1).exists() else {}
+    if Path(sensitivity).exists():
+        shown["Layer sensitivity: the damage of each layer or operation quantized alone (validation inputs)"] = sensitivity
     shown.update({f"Samples by method: {arch_title(a)}": figure_of[a] for a in archs if a in figure_of and Path(figure_of[a]).exists()})
     files = {"results.csv": results, "Table 4": table4, "Table 3": table3, "Paper comparison": paper, "Timing": timing}
     if exports:
@@ -95,5 +97,8 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
     sweep_csv = Path(fig1).with_name("quantile_sweep.csv")
     if sweep_csv.exists():
         files["Quantile sweep"] = str(sweep_csv)
+    sensitivity_csv = Path(sensitivity).with_name("sensitivity.csv")
+    if sensitivity_csv.exists():
+        files["Layer sensitivity"] = str(sensitivity_csv)
     write_page(cfg, df, csv_df, out=html, metrics=metrics, arch_figures=overview, files=files, figures=shown,
                mlflow_link=tracking.experiment_link(cfg["profile"]))

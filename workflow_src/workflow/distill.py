@@ -114,11 +114,15 @@ class ValidationQFID:
     is made on (the quantile sweep, QAT's early stopping).  The FP reference is computed once;
     each call generates and scores one model, a segment of images at a time.  :meth:`score` adds
     the qFID's spread over ``eval.bootstrap`` resamples of the inputs (the FP features resampled in
-    pairs, as the evaluation's ``qfid_std``)."""
+    pairs, as the evaluation's ``qfid_std``).  ``limit``: score on the first ``limit`` validation
+    inputs only (the layer sensitivity's many scores)."""
 
-    def __init__(self, cfg: Dict[str, Any], arch: str, fp: nn.Module, data: str, fs: fid.FeatureSpace):
+    def __init__(self, cfg: Dict[str, Any], arch: str, fp: nn.Module, data: str, fs: fid.FeatureSpace, limit: int | None = None):
         self.cfg, self.arch, self.fs = cfg, make_arch(cfg, arch), fs
         self.inputs, self.extras = validation_inputs(cfg, arch, data)
+        if limit is not None and limit < len(self.inputs):  # extras hold their samples on dim 0 (GANArch.sample_extras)
+            self.extras = {k: x[:limit] for k, x in self.extras.items()} if self.extras else self.extras
+            self.inputs = self.inputs[:limit]
         self.fp_features = self.features(fp)
         self.reference = fid.statistics(self.fp_features)
 

@@ -163,6 +163,18 @@ def sweep_best(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[
     return []
 
 
+def sensitivity_quantiles(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
+    """The quantile sweep's best pair, for the layer sensitivity (the swept method) when the arch asks for `sweep`."""
+    if cfg["archs"][w["arch"]]["quantiles"] == "sweep" and registry.own_quantiles(cfg, w["arch"], registry.swept_method().name)[0] is None:
+        return f"sweeps/{w['arch']}/best.json"
+    return []
+
+
+def _swept_keys(cfg: Mapping[str, Any], w: Mapping[str, str]) -> List[str]:
+    """What the swept method (vanilla quantile PTQ) reads for the arch."""
+    return registry.swept_method().params_keys(cfg, w["arch"])
+
+
 PERCEPTUAL_NETWORKS = {"tinyvgg": "resources/perceptual/tinyvgg.pt", "vgg16": "resources/perceptual/vgg16.pth"}
 
 
@@ -356,6 +368,22 @@ _STAGES = [
           outputs={"png": Artifact("reports/fig1_quantile_sweep.png", "Figure 1", report={"caption": "captions/fig1.rst", "category": "Figures"}),
                    "csv": Artifact("reports/quantile_sweep.csv", "every sweep in one table")},
           threads=False),
+    # layer sensitivity, beyond the paper (rules/sensitivity.smk)
+    Stage("sensitivity", "qFID when only one layer or operation is quantized, every one in turn", "workflow.sensitivity:run_sensitivity",
+          wildcards=("arch",),
+          inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "distill": Artifact("distill/{arch}.pt", "the distillation set (calibration)"),
+                  "data": Artifact(arch_data, "the prepared dataset (CycleGAN: validation images outside the distillation set)"),
+                  "features": Artifact(feature_network, "the FID feature network"),
+                  "quantiles": Artifact(sensitivity_quantiles, "the quantile sweep's best.json (archs.<arch>.quantiles: sweep)", optional=True)},
+          outputs={"csv": Artifact("sensitivity/{arch}.csv", "validation qFID per layer (weight, input, both) and operation")},
+          params=("seed", "profile", "sensitivity", "sweep.validation_samples", "eval.batch_size", "eval.bootstrap", "features.kind",
+                  _swept_keys, _if_images(_dataset_kind))),
+    Stage("fig_sensitivity", "the layer-sensitivity figure and table", "workflow.sensitivity:figure",
+          inputs={"tables": Artifact(lambda cfg, w=None: [f"sensitivity/{a}.csv" for a in cfg["matrix"]["archs"]], "every arch's layer sensitivity", many=True)},
+          outputs={"png": Artifact("reports/fig_sensitivity.png", "layers ranked by their damage alone",
+                                   report={"caption": "captions/fig_sensitivity.rst", "category": "Figures"}),
+                   "csv": Artifact("reports/sensitivity.csv", "every arch's layer sensitivity in one table")},
+          params=("sensitivity.top",), threads=False),
     # integer exports (rules/export.smk)
     Stage("export_fp", "FP32 exports of a generator (the baselines of rule export)", "workflow.export:export_fp", wildcards=("arch",),
           inputs={"model": Artifact("models/fp/{arch}.pt", "the FP networks"), "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs")},
@@ -383,6 +411,7 @@ _STAGES = [
           inputs={"metrics": Artifact(_every("metrics/{arch}/{variant}.json", _ALL_VARIANTS), "every variant's metrics", many=True),
                   "samples": Artifact(_every("samples/{arch}/{variant}.png", _ALL_VARIANTS), "every variant's samples", many=True),
                   "fig1": Artifact("reports/fig1_quantile_sweep.png", "Figure 1"),
+                  "sensitivity": Artifact("reports/fig_sensitivity.png", "the layer-sensitivity figure (its table beside it)"),
                   "figures": Artifact(lambda cfg, w=None: [f"reports/fig_samples_{a}.png" for a in cfg["matrix"]["archs"]], "the sample figures", many=True),
                   "exports": Artifact(_every("metrics/{arch}/{variant}.export.json", lambda cfg: [v.name for v in exported_variants(cfg)]),
                                       "the export summaries (rule export)", many=True, optional=True),
