@@ -80,6 +80,8 @@ def test_the_sweep_runs_at_every_width_where_a_method_reads_the_pair():
     assert sweep_stage.sweep_widths(tiny) == [8, 4]
     micro = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
     assert sweep_stage.sweep_widths(micro) == [4]  # w8 is min-max only there, which reads no pair
+    micro["sensitivity"]["w_bits"] = 6  # the layer sensitivity quantizes with the swept method: its width is swept too
+    assert sweep_stage.sweep_widths(micro) == [6, 4]
     tiny["sweep"]["w_bits"] = [4]  # the old key: widths come from the matrix now
     with pytest.raises(qcfg.ConfigError, match="w_bits"):
         qcfg.validate(tiny)

@@ -360,7 +360,7 @@ _STAGES = [
                   "features": Artifact(feature_network, "the FID feature network")},
           outputs={"csv": Artifact("sweeps/{arch}/quantile_sweep.csv", "validation qFID per pair and weight width"),
                    "best": Artifact("sweeps/{arch}/best.json", "the best pair per weight width")},
-          params=("seed", "profile", "sweep", _variant_matrix, "calibration", "distill", "eval.batch_size", "features.kind", *_ARCH,
+          params=("seed", "profile", "sweep", _variant_matrix, "sensitivity.w_bits", "calibration", "distill", "eval.batch_size", "features.kind", *_ARCH,
                   _if_images(_dataset_kind))),
     Stage("fig1", "the quantile-sweep figure and table", "workflow.sweep:figure",
           inputs={"sweeps": Artifact(lambda cfg, w=None: [f"sweeps/{a}/quantile_sweep.csv" for a in cfg["matrix"]["archs"]],

@@ -5,7 +5,8 @@ One job per arch quantizes the generator once per (activation pair, weight pair,
 calibrates on the distillation set and measures qFID against the FP generator, both on the arch's
 validation inputs (:func:`.distill.validation_inputs`): never the evaluation inputs or the real
 statistics the report scores, so the pair it picks is not chosen on the test set.  It sweeps every
-weight width at which the matrix has a method that reads the pair (:func:`sweep_widths`) and picks
+weight width at which the matrix has a method that reads the pair, and at the layer sensitivity's
+(:func:`sweep_widths`), and picks
 the pair with the lowest validation qFID per width; ``best.json`` holds one pair per width and
 ``archs.<arch>.quantiles: sweep`` makes those methods use their width's pair.
 """
@@ -37,8 +38,9 @@ def pair_label(pair) -> str:
 
 def sweep_widths(cfg: Dict[str, Any]) -> List[int]:
     """The weight widths the sweep runs at: every width of the matrix at which some method reads
-    the quantile pair (widest first)."""
-    return sorted({v.w_bits for v in variants(cfg) if registry.method(v.method).may_need("quantiles")}, reverse=True)
+    the quantile pair, and the layer sensitivity's (it quantizes with the swept method), widest first."""
+    widths = {v.w_bits for v in variants(cfg) if registry.method(v.method).may_need("quantiles")}
+    return sorted(widths | {int(cfg["sensitivity"]["w_bits"])}, reverse=True)
 
 
 def choose(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
