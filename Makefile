@@ -63,5 +63,5 @@ lint: setup
 # Everything the workflow wrote in this directory: its outputs, logs, Snakemake's and its own state, the
 # MLflow store (mlflow.db, mlruns/).  The environment (.venv) and DVC's cache stay.
 clean:
-	rm -rf .qgan .snakemake data downloads resources stats models distill eval metrics samples sweeps reports logs exports \
+	rm -rf .qgan .snakemake data downloads resources stats models distill eval metrics samples sweeps sensitivity reports logs exports \
 		mlruns mlflow.db mlflow.db.lock

@@ -188,6 +188,6 @@ def test_make_report_killed_with_kill_9_again_and_again_ends_with_the_results_of
             assert drop(got[runtime]) == drop(want[runtime]), (path, runtime)
 
     # `make clean` removes everything the runs wrote, the MLflow store included, and nothing else
-    assert (wd / "mlflow.db").exists() and (wd / "sweeps").exists()
+    assert (wd / "mlflow.db").exists() and (wd / "sweeps").exists() and (wd / "sensitivity").exists()
     subprocess.run(["make", "clean"], cwd=wd, check=True, capture_output=True)
     assert sorted(p.name for p in wd.iterdir() if not p.name.startswith("attempt")) == sorted([*CHECKOUT, "one-arch.yaml"])
