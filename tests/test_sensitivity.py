@@ -89,7 +89,7 @@ def test_a_layer_on_its_weight_grid_does_no_damage_alone_and_the_others_do(sagan
     assert rows[(name, "input")] > 1e-6 and rows[(other, "weight")] > 1e-6, rows
 
 
-def test_the_figure_ranks_every_arch_and_concatenates_the_tables(tmp_path):
+def test_the_figure_is_drawn_for_every_arch_and_the_tables_concatenated(tmp_path):
     tables = []
     for arch, worst in (("stylegan", "to_rgb"), ("sagan", "net.last.1")):
         rows = [{"arch": arch, "w_bits": 4, "a_bits": 4, "per_channel": False, "feature_space": "tinycnn-64d", "split": "validation",
