@@ -60,7 +60,7 @@ def test_every_quantizer_belongs_to_a_unit_and_each_unit_is_scored_alone(sagan):
     seen = []
     rows = layer_sensitivity(q, lambda m: seen.append({id(fq) for fq in m.modules() if isinstance(fq, FakeQuantizer) and fq.enabled}) or {"qfid": 0.0},
                              found)
-    assert [s for s in seen] == [{id(fq) for fq in u[3]} for u in found]  # only the unit's quantizers were on
+    assert seen == [{id(fq) for fq in u[3]} for u in found]  # only the unit's quantizers were on
     assert len(rows) == len(found)
     assert all(fq.enabled for fq in q.modules() if isinstance(fq, FakeQuantizer))  # left as they were
 
