@@ -16,6 +16,19 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def micro_sagan():
+    """The micro config, an untrained micro SAGAN (convs, linears, attention products; torch seed 0) and
+    96 of its latents (seed 1)."""
+    from workflow_src import config as qcfg
+    from workflow_src.workflow.artifacts import make_arch
+
+    cfg = qcfg.load([Path(__file__).resolve().parents[1] / "params.yaml", Path(__file__).resolve().parents[1] / "configs" / "micro.yaml"])
+    a = make_arch(cfg, "sagan")
+    torch.manual_seed(0)
+    return cfg, a.build_generator().eval(), a.sample_inputs(96, torch.Generator().manual_seed(1))
+
+
 @pytest.fixture(scope="session")
 def published_stylegan_checkpoint(tmp_path_factory):
     """A full-size checkpoint in rosinality's published layout (random values), written once."""

@@ -114,7 +114,10 @@ def test_schema_names_what_the_registry_declares(base):
 
 def test_variant_names_round_trip(base):
     vs = qcfg.variants(base)
-    assert len(vs) == len(base["matrix"]["methods"]) * 2 * 2
+    # uniform methods at w8/w4 x both granularities, mixed precision at each budget, and the includes (w6a8, w8a6: ptq-quantile)
+    n_mixed = sum(m == "mp-quantile" for m in base["matrix"]["methods"])
+    assert len(vs) == (len(base["matrix"]["methods"]) - n_mixed) * 2 * 2 + n_mixed * len(base["mixed"]["budgets"]) * 2 + 2 * 2
+    assert {v.name for v in vs if v.method == "mp-quantile"} == {f"mp-quantile-{g}-w{b}a8" for g in ("channel", "tensor") for b in base["mixed"]["budgets"]}
     for v in vs:
         assert qcfg.Variant.parse(v.name) == v
     with pytest.raises(qcfg.ConfigError, match="nonsense"):
@@ -128,6 +131,37 @@ def test_exclude_drops_exactly_the_matching_variants(base):
     qcfg.validate(cfg)
     got = {v.name for v in qcfg.variants(cfg)}
     assert got == {"ptq-minmax-channel-w8a8", "ptq-minmax-tensor-w8a8", "ptq-minmax-tensor-w4a8", "ma-qat-tensor-w4a8"}
+
+
+def test_include_adds_sub_matrices_after_exclude(base):
+    cfg = copy.deepcopy(base)
+    cfg["matrix"].update(methods=["ptq-minmax", "ptq-quantile"], per_channel=[True, False], w_bits=[8, 4], a_bits=[8])
+    cfg["matrix"]["exclude"] = [{"method": "ptq-quantile", "w_bits": 8}]
+    cfg["matrix"]["include"] = [{"methods": ["ptq-quantile"], "w_bits": [6], "per_channel": [False]},
+                                {"methods": ["ptq-quantile"], "w_bits": [8], "a_bits": [6, 8]}]  # w8a8 comes back: include is after exclude
+    qcfg.validate(cfg)
+    got = [v.name for v in qcfg.variants(cfg)]
+    assert got == ["ptq-minmax-channel-w8a8", "ptq-minmax-channel-w4a8", "ptq-minmax-tensor-w8a8", "ptq-minmax-tensor-w4a8",
+                   "ptq-quantile-channel-w4a8", "ptq-quantile-tensor-w4a8", "ptq-quantile-tensor-w6a8",
+                   "ptq-quantile-channel-w8a6", "ptq-quantile-channel-w8a8", "ptq-quantile-tensor-w8a6", "ptq-quantile-tensor-w8a8"]
+    cfg["matrix"]["methods"] = ["ptq-minmax"]  # the matrix's methods say what runs: their includes go with them
+    assert [v.name for v in qcfg.variants(cfg)] == ["ptq-minmax-channel-w8a8", "ptq-minmax-channel-w4a8", "ptq-minmax-tensor-w8a8", "ptq-minmax-tensor-w4a8"]
+    for entry, words in [({"methods": ["ptq-minmax"], "w_bits": [8]}, ["matrix.include.0", "adds no variant"]),
+                         ({"bits": [6]}, ["matrix.include.0", "bits"])]:
+        cfg["matrix"]["include"] = [entry]
+        with pytest.raises(qcfg.ConfigError) as e:
+            qcfg.validate(cfg)
+        assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_mixed_budgets_lie_within_the_widths(base):
+    cfg = copy.deepcopy(base)
+    cfg["mixed"]["budgets"] = [3, 6]
+    with pytest.raises(qcfg.ConfigError, match=r"mixed.budgets.0' = 3: outside the widths"):
+        qcfg.validate(cfg)
+    del cfg["mixed"]
+    with pytest.raises(qcfg.ConfigError, match=r"lists \['mp-quantile'\] but 'mixed.budgets' is not set"):
+        qcfg.validate(cfg)
 
 
 @pytest.mark.parametrize("entry, words", [

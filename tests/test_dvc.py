@@ -69,7 +69,7 @@ def test_params_name_exactly_what_each_stage_reads(jobs):
     assert not any("sagan" in p or "cyclegan" in p for p in q)
     # the report reads the profile (MLflow), the matrix and the bootstrap size and sample count (its caption); which QAT loss
     # each row trained with (the appendix B comparison) comes with the row (results.csv's distill_loss)
-    assert doc["report"]["params"] == ["profile", "matrix", "eval.bootstrap", "eval.n_samples"]
+    assert doc["report"]["params"] == ["profile", "matrix", "mixed.budgets", "eval.bootstrap", "eval.n_samples"]  # budgets: the variant list
     qat = doc["qat.sagan.lsq-qat-tensor-w4a8"]["params"]
     assert {"qat", "archs.sagan.qat", "perceptual"} <= set(qat) and "brecq" not in qat
     assert "resources/perceptual/tinyvgg.pt" in doc["qat.sagan.lsq-qat-tensor-w4a8"]["deps"]
@@ -123,7 +123,7 @@ def dvc_project(tmp_path_factory):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, proj / item)
     cfg = qcfg.deep_merge(qcfg.load_yaml(ROOT / "params.yaml"), qcfg.load_yaml(ROOT / "configs" / "micro.yaml"))
-    cfg["matrix"].update(archs=["sagan"], methods=["ptq-minmax", "ptq-quantile", "ma-qat"], w_bits=[4], exclude=[])
+    cfg["matrix"].update(archs=["sagan"], methods=["ptq-minmax", "ptq-quantile", "ma-qat"], w_bits=[4], exclude=[], include=[])
     cfg["archs"]["sagan"]["quantiles"] = {"activation": {"upper": 0.9999, "lower": 0.0001}, "weight": {"upper": 0.9999, "lower": 0.0001}}
     (proj / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     subprocess.run([sys.executable, "-m", "workflow_src", "dvc-yaml", "--out", "dvc.yaml"], cwd=proj, check=True)
@@ -205,15 +205,12 @@ def _check_only_quantile_readers_change(dvc_project, params):
     # the methods whose files say they need the quantile pair (BRECQ and QAT start from it); min-max does not read it
     from workflow_src import registry
 
-    readers = {}
-    for m in registry.methods().values():
-        if m.may_need("quantiles") and m.name in params["matrix"]["methods"]:
-            readers.setdefault(m.rule, []).append(m.name)
-    assert readers["quantize"] and readers["qat"]
-    grans = ["channel" if pc else "tensor" for pc in params["matrix"]["per_channel"]]
+    from workflow_src import config as qcfg
+
+    readers = [v for v in qcfg.variants(params) if registry.method(v.method).may_need("quantiles")]
+    assert {registry.method(v.method).rule for v in readers} == {"quantize", "qat"}
     # and the layer sensitivity, which quantizes with the swept method (quantile PTQ) from the arch's pair
-    assert changed == {f"{rule}.sagan.{m}-{g}-w{w}a8" for rule, ms in readers.items() for m in ms for g in grans
-                       for w in params["matrix"]["w_bits"]} | {"sensitivity.sagan"}
+    assert changed == {f"{registry.method(v.method).rule}.sagan.{v.name}" for v in readers} | {"sensitivity.sagan"}
     dry = _dvc(["repro", "--dry"], dvc_project)
     ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert ran and not any("ptq-minmax" in s or "train" in s or "distill" in s for s in ran), ran

@@ -252,3 +252,52 @@ def test_a_lower_fid_than_full_precision_is_a_gain_only_beyond_the_spread_and_th
     assert page.fid_against_fp(df).set_index("variant")["real"].to_dict() == {"a": False, "b": True}
     df["fid_floor"] = 0.7  # a difference of 0.61 is inside the real images' own FID
     assert page.fid_against_fp(df).set_index("variant")["real"].to_dict() == {"a": False, "b": False}
+
+
+def _sized_rows():
+    """Two archs' results with sizes: FP, uniform w8/w6/w4 (a8), w8a6, and a mixed-precision point."""
+    rows = []
+    for arch, scale, floor in (("sagan", 1.0, 0.02), ("cyclegan", 2.0, 0.005)):
+        rows.append({"arch": arch, "variant": "fp", "method": "fp", "per_channel": None, "w_bits": 32, "a_bits": 32, "qfid": 0.0,
+                     "qfid_std": 0.0, "avg_w_bits": 32.0, "size_bytes": 4000 * scale, "qfid_floor": floor})
+        for m, w, a, q, size_ in [("ptq-quantile", 8, 8, 0.01, 1000), ("ptq-quantile", 6, 8, 0.05, 800), ("ptq-quantile", 4, 8, 0.5, 500),
+                                  ("ptq-quantile", 8, 6, 0.2, 1000), ("ptq-minmax", 8, 8, 0.03, 1000), ("ptq-minmax", 4, 8, 0.9, 500),
+                                  ("mp-quantile", 6, 8, 0.04, 760)]:
+            rows.append({"arch": arch, "variant": f"{m}-tensor-w{w}a{a}", "method": m, "per_channel": False, "w_bits": w, "a_bits": a,
+                         "qfid": q * scale, "qfid_std": 0.001, "avg_w_bits": float(w) if m != "mp-quantile" else 5.9,
+                         "size_bytes": size_ * scale, "qfid_floor": floor})
+    return pd.DataFrame(rows)
+
+
+def test_pareto_front_by_hand():
+    from workflow_src.reporting.front import pareto_mask
+
+    assert pareto_mask([1, 2, 3, 4], [5, 3, 4, 1]) == [True, True, False, True]
+    assert pareto_mask([1, 1, 2], [2, 2, 2]) == [True, True, False]  # equal points are both kept; a larger one as bad is not
+    assert pareto_mask([1, 1], [3, 2]) == [False, True]
+
+
+def test_the_front_table_and_figure(tmp_path):
+    from workflow_src.reporting.front import front_md, write_front
+
+    table = write_front(_sized_rows(), str(tmp_path / "front.csv"), str(tmp_path / "front.png"))
+    assert (tmp_path / "front.png").stat().st_size > 0 and len(pd.read_csv(tmp_path / "front.csv")) == len(table) == 16
+    s = table[table["arch"] == "sagan"].set_index("variant")
+    # front by hand: w4 (500 B, 0.5), mixed (760, 0.04), w8 quantile (1000, 0.01), FP (4000, 0); w6 (800, 0.05) is beaten by mixed
+    assert set(s.index[s["pareto"]]) == {"ptq-quantile-tensor-w4a8", "mp-quantile-tensor-w6a8", "ptq-quantile-tensor-w8a8", "fp"}
+    assert s.loc["ptq-quantile-tensor-w8a8", "size_ratio"] == 0.25 and bool(s.loc["ptq-quantile-tensor-w8a8", "within_floor"])
+    assert not s.loc["mp-quantile-tensor-w6a8", "within_floor"]  # 0.04 > floor 0.02
+    md = front_md(table)
+    assert "Smallest within the qFID noise floor (0.02): ptq-quantile-tensor-w8a8, 0.250 of FP's size." in md
+    assert "No quantized variant is within the qFID noise floor." in md  # CycleGAN: its best, 0.02, above its floor 0.005
+
+
+def test_the_falloff_figure_draws_methods_at_enough_widths(tmp_path):
+    from workflow_src.reporting.falloff import falloff_series, write_falloff
+
+    series = falloff_series(_sized_rows())
+    # per arch: quantile PTQ over w8/w6/w4 at a8 and over a8/a6 at w8; min-max has two weight widths only; mixed precision is not a width
+    assert [(a, m, which, list(r["w_bits" if which == "weights" else "a_bits"])) for a, m, _, which, r in series] == [
+        ("cyclegan", "ptq-quantile", "weights", [8, 6, 4]), ("cyclegan", "ptq-quantile", "activations", [8, 6]),
+        ("sagan", "ptq-quantile", "weights", [8, 6, 4]), ("sagan", "ptq-quantile", "activations", [8, 6])]
+    assert write_falloff(_sized_rows(), str(tmp_path / "bits.png")) == 4 and (tmp_path / "bits.png").stat().st_size > 0

@@ -2,33 +2,24 @@
 the FP generator; a layer whose weights lie on their quantizer's grid does no damage when its weights
 alone are quantized."""
 import copy
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
-from workflow_src import config as qcfg
 from workflow_src.archs.layers import bake
 from workflow_src.quality import fid
 from workflow_src.quant import QuantConv2d, QuantLinear, QuantOp, QuantSpec, calibrate, quantize_model
 from workflow_src.quant.quantizer import FakeQuantizer
-from workflow_src.workflow.artifacts import make_arch
 from workflow_src.workflow.sensitivity import figure, layer_sensitivity, units
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def sagan():
-    """The micro SAGAN (convs, linears, attention products), its latents, and w4a4 min-max PTQ of it."""
-    cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
-    a = make_arch(cfg, "sagan")
-    torch.manual_seed(0)
-    g = a.build_generator().eval()
-    z = a.sample_inputs(96, torch.Generator().manual_seed(1))
-    return g, z
+def sagan(micro_sagan):
+    """The micro SAGAN (convs, linears, attention products) and its latents."""
+    return micro_sagan[1:]
 
 
 def _quantized(g, z):

@@ -77,8 +77,10 @@ def test_qat_starts_from_its_own_pair_when_the_params_set_one(tmp_path):
 
 def test_the_sweep_runs_at_every_width_where_a_method_reads_the_pair():
     tiny = qcfg.load([ROOT / "params.yaml"])
-    assert sweep_stage.sweep_widths(tiny) == [8, 4]
+    assert sweep_stage.sweep_widths(tiny) == [8, 6, 4]  # 8 and 4: the matrix; 6: a width mixed precision gives layers
     micro = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
+    assert sweep_stage.sweep_widths(micro) == [8, 4]  # mixed precision's widths there
+    micro["matrix"]["methods"] = [m for m in micro["matrix"]["methods"] if m != "mp-quantile"]
     assert sweep_stage.sweep_widths(micro) == [4]  # w8 is min-max only there, which reads no pair
     micro["sensitivity"]["w_bits"] = 6  # the layer sensitivity quantizes with the swept method: its width is swept too
     assert sweep_stage.sweep_widths(micro) == [6, 4]

@@ -13,6 +13,7 @@ import pytest
 
 from workflow_src import config as qcfg
 from workflow_src.config import trace
+from workflow_src.workflow import stages
 from workflow_src.workflow.dvc_yaml import snakemake_jobs
 from workflow_src.workflow.stages import STAGES, param_keys
 
@@ -46,13 +47,30 @@ def test_every_artifact_and_finite_metrics(micro_run):
                 assert (micro_run / p).stat().st_size > 0, p
     df = pd.read_csv(micro_run / "reports" / "results.csv")
     # the contract's columns first and unchanged, then the integer-export columns (issue 9), then where each
-    # quantile pair came from, the arch's noise floor and QAT's kept epoch (issue 14)
+    # quantile pair came from, the arch's noise floor and QAT's kept epoch (issue 14), the generator's size (issue 20)
     assert list(df.columns) == ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space", "fid_std", "qfid_std",
                                 "runtime", "size_ratio", "latency_ratio", "latency_ratio_b1", "export_within_step", "export_qfid",
                                 "onnxruntime_latency_ratio", "onnxruntime_size_ratio", "pt2e_latency_ratio", "pt2e_size_ratio",
-                                "quantiles", "quantiles_from", "qfid_floor", "fid_floor", "selected_epoch", "selected_on", "distill_loss"]
+                                "quantiles", "quantiles_from", "qfid_floor", "fid_floor", "selected_epoch", "selected_on", "distill_loss",
+                                "avg_w_bits", "size_bytes"]
     readers = df["method"].isin(["ptq-quantile", "ar-brecq", "ste-brecq", "ma-qat", "lsq-qat"])
-    assert df[readers]["quantiles_from"].str.startswith("sweep w4").all() and df[~readers]["quantiles"].isna().all()
+    mixed = df["method"] == "mp-quantile"
+    assert (df[readers]["quantiles_from"].str.split(" ").str[1] == "w" + df[readers]["w_bits"].astype(str)).all()  # each width's own pair
+    assert df[~readers & ~mixed]["quantiles"].isna().all()
+    assert df[mixed]["quantiles_from"].str.startswith("sweep w8/w4 (").all()  # each width's pair (mixed.widths [4, 8])
+    # sizes: FP at 32 bits; every uniform variant at its width; mixed precision within its budget and between w4 and w8 in bytes
+    uni = df[~mixed & (df["method"] != "fp")]
+    assert (df[df["method"] == "fp"]["avg_w_bits"] == 32).all() and (uni["avg_w_bits"] == uni["w_bits"]).all()
+    assert (df[mixed]["avg_w_bits"] <= df[mixed]["w_bits"]).all() and (df[mixed]["avg_w_bits"] > 4).all()
+    by = df.set_index(["arch", "method", "w_bits"])["size_bytes"]
+    for arch in archs:
+        assert by[arch, "ptq-minmax", 4] < by[arch, "mp-quantile", 6] < by[arch, "ptq-minmax", 8] < by[arch, "fp", 32]
+    front = pd.read_csv(micro_run / "reports" / "front.csv")
+    assert len(front) == len(df) and set(front["arch"]) == set(archs) and (micro_run / "reports" / "fig_front.png").stat().st_size > 0
+    assert front[front["method"] == "fp"]["pareto"].all()  # qFID 0: nothing beats it, at any size
+    for arch, g in front.groupby("arch"):  # on the front: each point smaller and worse than the previous one
+        p = g[g["pareto"]].sort_values("size_bytes")
+        assert p["qfid"].is_monotonic_decreasing and len(p) >= 2
     assert (df["qfid_floor"] > 0).all() and (df["fid_floor"] > 0).all()
     qat = df["method"].isin(["ma-qat", "lsq-qat"])
     assert df[qat]["selected_epoch"].between(-1, cfg["qat"]["epochs"] - 1).all() and df[~qat]["selected_epoch"].isna().all()
@@ -90,8 +108,8 @@ def test_every_artifact_and_finite_metrics(micro_run):
     assert (sens.groupby("arch")["operand"].last() == "all").all() and (sens["samples"] <= cfg["sensitivity"]["samples"]).all()
     assert (micro_run / "reports" / "fig_sensitivity.png").stat().st_size > 0
     # integer exports of every exported variant: both runtimes, ratios measured, outputs close to the fake-quant model
-    exported = df[df["w_bits"].isin(cfg["export"]["w_bits"]) & (df["method"] != "fp")]
-    assert len(exported) == len(archs) * len([v for v in qcfg.variants(cfg) if v.w_bits in cfg["export"]["w_bits"]])
+    exported = df[(df["w_bits"].isin(cfg["export"]["w_bits"]) | mixed) & (df["a_bits"] == 8) & (df["method"] != "fp")]  # a6: not exported
+    assert len(exported) == len(archs) * len(stages.exported_variants(cfg)) and mixed.sum() == len(archs)
     assert exported[["size_ratio", "latency_ratio", "latency_ratio_b1"]].map(lambda x: 0 < x < math.inf).all().all()
     assert exported["runtime"].str.match(r"^(onnxruntime|pt2e-x86)").all()
     assert (exported["onnxruntime_size_ratio"] < 0.5).all()  # int8 weights; the torch.export graph JSON can outweigh micro weights
@@ -105,11 +123,14 @@ def test_every_artifact_and_finite_metrics(micro_run):
     assert all(r["file_within_step"] >= 0.95 for rt_, r in files if rt_ == "onnxruntime"), [r["file_within_step"] for _, r in files]
     assert df[df["method"] == "fp"]["runtime"].isna().all()
     for arch in archs:
-        summary = json.loads((micro_run / "metrics" / arch / f"{exported['method'].iloc[0]}-tensor-w8a8.export.json").read_text())
+        summary = json.loads((micro_run / "metrics" / arch / "ptq-minmax-tensor-w8a8.export.json").read_text())
         assert set(summary["runtimes"]) == set(cfg["export"]["runtimes"])
         want = {f"b{b}.{ext}" for b in cfg["export"]["batch_sizes"] for ext in ("onnx", "pt2")}
         for d in (micro_run / "exports" / arch / "fp", micro_run / "exports" / arch / summary["variant"]):
             assert {p.name for p in d.glob("b*")} == want and all((d / n).stat().st_size > 0 for n in want), d
+        # mixed precision: its 4-bit layers packed as INT4, the others INT8 (micro: widths 4 and 8)
+        mp = json.loads((micro_run / "metrics" / arch / "mp-quantile-tensor-w6a8.export.json").read_text())
+        assert mp["weight_storage"].startswith("int4 packed (2 per byte) for the 4-bit layers, int8 for the 8-bit layers")
     export_md = (micro_run / "reports" / "export.md").read_text()
     assert "Layers left in float" in export_md and "InstanceNormalization" in export_md and "onednn.qconv_pointwise" in export_md
     # where the time goes: every job's benchmark file and the start-up its log records (issue 18)
@@ -324,7 +345,10 @@ def test_changing_the_bootstrap_count_reruns_qat_only_where_it_selects_on_the_va
     assert proc.returncode == 0, proc.stderr[-3000:]
     qat = re.findall(r"workflow_src --threads \S+ qat --arch (\w+)", proc.stdout)
     assert qat and set(qat) == {"cyclegan"}, qat
-    assert not re.search(r"^(?:local)?rule (quantize|quantile_sweep|train_fp|distill):$", proc.stdout, re.M)
+    # the layer sensitivity's spreads are bootstrap too: its tables change, and mixed precision, which allocates from them, reruns
+    quantized = re.findall(r"workflow_src --threads \S+ quantize --arch \w+ --variant (\S+)", proc.stdout)
+    assert quantized and all(v.startswith("mp-quantile-") for v in quantized), quantized
+    assert not re.search(r"^(?:local)?rule (quantile_sweep|train_fp|distill):$", proc.stdout, re.M)
 
 
 def _with_published_checkpoint(wd, checkpoint):

@@ -29,6 +29,10 @@ Method entry (``METHODS``)::
     requires optional: params keys that must be set when it is in matrix.methods
     sweep    optional, true for one method: the quantile sweep (paper Figure 1) runs it for every
              quantile pair and ``archs.<arch>.quantiles: sweep`` takes the best
+    budgets  optional, mixed precision: the params key listing its size budgets (average bits per
+             weight), which replace matrix.w_bits as its variants' ``w_bits``
+    widths   with ``budgets``: the params key listing the widths its layers take (the quantile sweep
+             runs at each, and the method reads every one's pair)
 
 File-level ``PARAMS`` (optional)::
 
@@ -62,7 +66,7 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple
 PACKAGE = Path(__file__).resolve().parent
 
 KINDS = ("ptq", "reconstruction", "qat")
-NEEDS = ("quantiles", "discriminator", "perceptual", "distill", "validation")
+NEEDS = ("quantiles", "discriminator", "perceptual", "distill", "validation", "sensitivity")
 # Which kinds each table shows by default (the paper's Table 3: post-training methods; Table 4:
 # vanilla PTQ against QAT).
 TABLES = {"table3": ("ptq", "reconstruction"), "table4": ("ptq", "qat")}
@@ -147,6 +151,20 @@ class Method:
     requires: Tuple[str, ...]
     file: MethodFile
     sweep: bool = False
+    budgets: str = ""  # mixed precision: the params key of its budgets (its variants' w_bits)
+    widths: str = ""  # mixed precision: the params key of its layers' widths
+
+    @property
+    def mixed(self) -> bool:
+        return bool(self.budgets)
+
+    def variant_widths(self, cfg: Mapping[str, Any], w_bits: List[int]) -> List[int]:
+        """Its variants' ``w_bits`` in a matrix of weight widths ``w_bits``: those, or a mixed-precision method's budgets."""
+        return [int(b) for b in lookup(cfg, self.budgets) or ()] if self.budgets else list(w_bits)
+
+    def layer_widths(self, cfg: Mapping[str, Any], w_bits: int) -> List[int]:
+        """The weight widths a variant of ``w_bits`` gives its layers: that one, or a mixed method's widths."""
+        return sorted(int(b) for b in lookup(cfg, self.widths) or ()) if self.budgets else [int(w_bits)]
 
     @property
     def trains(self) -> bool:
@@ -184,6 +202,16 @@ class Method:
         # Imported on use only: reading the registry (the Snakefile's parse, the CLI's start-up,
         # config validation) must not import torch.
         return getattr(importlib.import_module(self.module), self.run)
+
+
+def lookup(cfg: Mapping[str, Any], key: str) -> Any:
+    """``cfg``'s value at the dotted ``key``; None when unset (config validation names the missing key)."""
+    cur: Any = cfg
+    for part in key.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
 
 
 def section_value(cfg: Mapping[str, Any], arch: str, key: str, per_arch: Tuple[str, ...] = ()) -> Any:
@@ -244,7 +272,9 @@ def _method_file(path: Path) -> Tuple[MethodFile, List[Method]]:
     methods = []
     for i, e in enumerate(entries):
         w = f"{where}: METHODS[{i}]"
-        e = _keys(w, e, ("name", "kind", "title", "run"), ("needs", "reads", "tables", "requires", "sweep"))
+        e = _keys(w, e, ("name", "kind", "title", "run"), ("needs", "reads", "tables", "requires", "sweep", "budgets", "widths"))
+        if bool(e.get("budgets")) != bool(e.get("widths")):
+            raise RegistryError(f"{w}: 'budgets' and 'widths' go together (a mixed-precision method)")
         if e["kind"] not in KINDS:
             raise RegistryError(f"{w}: kind {e['kind']!r} is not one of {list(KINDS)}")
         tables = tuple(e.get("tables", [t for t, kinds in TABLES.items() if e["kind"] in kinds]))
@@ -252,7 +282,8 @@ def _method_file(path: Path) -> Tuple[MethodFile, List[Method]]:
         if bad:
             raise RegistryError(f"{w}: tables {bad} unknown (known: {sorted(TABLES)})")
         methods.append(Method(e["name"], e["kind"], e["title"], module, e["run"], tuple(_need(w, n) for n in e.get("needs", ())),
-                              tuple(e.get("reads", ())), tables, tuple(e.get("requires", ())), mfile, bool(e.get("sweep", False))))
+                              tuple(e.get("reads", ())), tables, tuple(e.get("requires", ())), mfile, bool(e.get("sweep", False)),
+                              str(e.get("budgets", "")), str(e.get("widths", ""))))
     return mfile, methods
 
 

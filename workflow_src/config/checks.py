@@ -99,26 +99,22 @@ def _checkpoints(cfg: Dict[str, Any]) -> List[str]:
 
 def _exclude(cfg: Dict[str, Any]) -> List[str]:
     """An exclude entry that matches no variant of the cross product is a typo, not a no-op."""
-    from .matrix import cross_product, excluded
+    from .matrix import cross_product, excluded, included
 
     m = cfg["matrix"]
-    full = cross_product(m)
-    return [f"key 'matrix.exclude.{i}' = {entry}: matches no variant of the matrix's methods, per_channel, w_bits and a_bits"
-            for i, entry in enumerate(m.get("exclude") or []) if not any(excluded(v, entry) for v in full)]
+    full = cross_product(cfg)
+    found = [f"key 'matrix.exclude.{i}' = {entry}: matches no variant of the matrix's methods, per_channel, w_bits and a_bits"
+             for i, entry in enumerate(m.get("exclude") or []) if not any(excluded(v, entry) for v in full)]
+    kept = [v for v in full if not any(excluded(v, e) for e in m.get("exclude") or [])]
+    for i, (entry, adds) in enumerate(zip(m.get("include") or [], included(cfg))):
+        if adds and not set(adds) - set(kept):  # an entry whose methods the matrix does not list adds nothing, by design
+            found.append(f"key 'matrix.include.{i}' = {entry}: adds no variant the matrix does not already have")
+    return found
 
 
 def _sweep(cfg: Dict[str, Any]) -> List[str]:
     return [f"key 'sweep.{which}.{i}' = [{upper}, {lower}]: lower must be < upper"
             for which in ("activation", "weight") for i, (upper, lower) in enumerate(cfg["sweep"][which]) if lower >= upper]
-
-
-def _lookup(cfg: Dict[str, Any], key: str) -> Any:
-    cur: Any = cfg
-    for part in key.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
 
 
 def _methods(cfg: Dict[str, Any]) -> List[str]:
@@ -132,17 +128,23 @@ def _methods(cfg: Dict[str, Any]) -> List[str]:
         missing: Dict[str, List[str]] = {}
         for m in used:
             for key in f.requires + registry.method(m).requires:
-                if _lookup(cfg, key) is None:
+                if registry.lookup(cfg, key) is None:
                     missing.setdefault(key, []).append(m)
         found += [f"key 'matrix.methods' lists {ms} but {key!r} is not set" for key, ms in missing.items()]
+        for m in used:  # a mixed-precision method's budgets lie within its widths
+            meth = registry.method(m)
+            widths, budgets = registry.lookup(cfg, meth.widths), registry.lookup(cfg, meth.budgets)
+            if meth.mixed and widths and budgets:
+                found += [f"key '{meth.budgets}.{i}' = {b}: outside the widths of '{meth.widths}' ({min(widths)}..{max(widths)} bits per weight)"
+                          for i, b in enumerate(budgets) if not min(widths) <= b <= max(widths)]
         for key, bound, why in f.at_most:
             section = key.split(".")[0]
             for arch in (cfg["archs"] if section in f.per_arch else [None]):
-                value = registry.section_value(cfg, arch, key, f.per_arch) if arch else _lookup(cfg, key)
-                limit = registry.section_value(cfg, arch, bound, f.per_arch) if arch else _lookup(cfg, bound)
+                value = registry.section_value(cfg, arch, key, f.per_arch) if arch else registry.lookup(cfg, key)
+                limit = registry.section_value(cfg, arch, bound, f.per_arch) if arch else registry.lookup(cfg, bound)
                 if value is None or limit is None or value <= limit:
                     continue
-                overridden = arch and _lookup(cfg["archs"][arch], key) is not None
+                overridden = arch and registry.lookup(cfg["archs"][arch], key) is not None
                 where = f"archs.{arch}.{key}" if overridden else key
                 found.append(f"key {where!r} = {value} exceeds {bound!r} = {limit}" + (f" ({why})" if why else ""))
     return found

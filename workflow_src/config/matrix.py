@@ -46,15 +46,33 @@ def excluded(v: Variant, entry: Dict[str, Any]) -> bool:
     return all(getattr(v, k) == val for k, val in entry.items())
 
 
-def cross_product(m: Dict[str, Any]) -> List[Variant]:
-    """Every combination of the `matrix` section's methods, granularities and widths."""
-    return [Variant(method, pc, w, a) for method in m["methods"] for pc in m["per_channel"] for w in m["w_bits"] for a in m["a_bits"]]
+def cross_product(cfg: Dict[str, Any], m: Dict[str, Any] | None = None) -> List[Variant]:
+    """Every combination of a matrix's methods, granularities and widths (default: the `matrix`
+    section; a mixed-precision method's widths are its budgets, registry ``budgets``)."""
+    from .. import registry
+
+    m = cfg["matrix"] if m is None else m
+    return [Variant(method, pc, w, a) for method in m["methods"] for pc in m["per_channel"]
+            for w in (registry.method(method).variant_widths(cfg, m["w_bits"]) if method in registry.methods() else m["w_bits"])
+            for a in m["a_bits"]]
+
+
+def included(cfg: Dict[str, Any]) -> List[List[Variant]]:
+    """The variants each `matrix.include` entry adds: its own cross product, a key it leaves out
+    taking the matrix's list, of the methods `matrix.methods` lists (the one list of what runs: a
+    config that drops a method drops its includes too)."""
+    m = cfg["matrix"]
+    keys = ("per_channel", "w_bits", "a_bits")  # read one by one: which matrix keys the variant list reads is traced
+    return [cross_product(cfg, {"methods": [x for x in sub.get("methods", m["methods"]) if x in m["methods"]], **{k: sub.get(k) or m[k] for k in keys}})
+            for sub in m.get("include") or []]
 
 
 def variants(cfg: Dict[str, Any]) -> List[Variant]:
-    """The cross product less the variants that match an entry of `matrix.exclude`."""
+    """The cross product less the variants that match an entry of `matrix.exclude`, then those each
+    `matrix.include` entry adds (GitHub Actions' matrix semantics: include comes after exclude)."""
     drop = cfg["matrix"].get("exclude") or []
-    return [v for v in cross_product(cfg["matrix"]) if not any(excluded(v, e) for e in drop)]
+    found = [v for v in cross_product(cfg) if not any(excluded(v, e) for e in drop)]
+    return list(dict.fromkeys(found + [v for vs in included(cfg) for v in vs]))
 
 
 def imported_archs(cfg: Dict[str, Any]) -> List[str]:

@@ -48,8 +48,8 @@ def _named_weight_quantizers(model: nn.Module) -> List[Tuple[str, FakeQuantizer]
 def check_exportable(model: nn.Module) -> Dict[str, int]:
     """Raise :class:`ExportError` unless every quantizer can be written as ONNX Q/DQ exactly.
 
-    Weights: symmetric, zero point 0, 2..8 bits.  Activations: 8-bit unsigned (ONNX uint8).
-    Returns the weight bit width (``{"w_bits": b}``; a model has one)."""
+    Weights: symmetric, zero point 0, 2..8 bits, one width per layer (mixed precision: several per
+    model).  Activations: 8-bit unsigned (ONNX uint8).  Returns ``{"w_bits": the widest, "widths": every width}``."""
     bits = set()
     for name, q in _named_weight_quantizers(model):
         if not isinstance(q, FakeQuantizer):
@@ -70,9 +70,7 @@ def check_exportable(model: nn.Module) -> Dict[str, int]:
                               f"[{q.qmin}, {q.qmax}]; ONNX export supports 8-bit unsigned activations only")
         if not bool(q.calibrated):
             raise ExportError(f"activation quantizer {i} is not calibrated")
-    if len(bits) > 1:
-        raise ExportError(f"mixed weight bit widths {sorted(bits)}: one width per model")
-    return {"w_bits": bits.pop() if bits else 8}
+    return {"w_bits": max(bits, default=8), "widths": sorted(bits) or [8]}
 
 
 @torch.no_grad()
@@ -112,12 +110,15 @@ def _constants(graph) -> Dict[str, np.ndarray]:
     return values
 
 
-def fold_weights(model_proto, w_bits: int) -> int:
+def fold_weights(model_proto, int4: bool) -> int:
     """Replace each ``QuantizeLinear`` whose input is a constant by its integer tensor (constant
     folding of the quantization: weights, and constant operands such as StyleGAN's noise strengths).
 
-    Signed (int8 zero point) nodes are weights on ``[-2^(b-1), 2^(b-1) - 1]``, stored as INT4 when
-    ``w_bits`` is 4; unsigned ones on ``[0, 255]`` as uint8.  The integers are
+    Signed (int8 zero point) nodes are weights, on the int8 grid (:func:`_on_int8_grid` snapped the
+    narrower ones to their own grid first); with ``int4`` (a model with 4-bit layers, opset 21) a weight
+    whose integers all lie in ``[-8, 7]`` is stored as INT4.  That is exactly the 4-bit layers: the
+    symmetric range puts every 6- and 8-bit layer's largest weight at 2^(b-1) - 1 or -2^(b-1).
+    Unsigned nodes (constant activation operands) are stored on ``[0, 255]`` as uint8.  The integers are
     :func:`~workflow_src.quant.quantizer.integers`: exactly those PyTorch's fake-quant kernels use,
     also at ties such as the symmetric range's end ``amax / s = 127.5``.  Returns the number folded."""
     from onnx import numpy_helper
@@ -128,7 +129,7 @@ def fold_weights(model_proto, w_bits: int) -> int:
     for node in g.node:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
-    lo, hi = -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1
+    lo, hi = -128, 127
     keep, new_inits, dropped, folded, weights = [], [], set(), 0, {}
     for node in g.node:
         if node.op_type != "QuantizeLinear" or node.input[0] not in consts:
@@ -144,7 +145,7 @@ def fold_weights(model_proto, w_bits: int) -> int:
         # PyTorch's fake-quant integers (float32 x * (1/s), half to even), so ties round alike
         ints = integers(torch.from_numpy(w), torch.from_numpy(scale), torch.from_numpy(zp.astype(np.int32)),
                         lo if signed else 0, hi if signed else 255, axis).numpy()
-        if signed and w_bits == 4:
+        if signed and int4 and ints.min(initial=0) >= -8 and ints.max(initial=0) <= 7:
             import ml_dtypes  # onnx's own dependency: numpy int4, packed two per byte by from_array
 
             t = numpy_helper.from_array(ints.astype(ml_dtypes.int4), name)
@@ -201,20 +202,30 @@ def export_qdq(model: nn.Module, example: torch.Tensor, out: str | Path) -> Dict
     import onnx
 
     info = check_exportable(model)
-    w_bits = int(info["w_bits"])
+    int4 = 4 in info["widths"]
     with atomic_path(out) as tmp:
         _trace(_on_int8_grid(model), example, tmp)
         proto = onnx.load(str(tmp))
         opset = OPSET
-        if w_bits == 4:  # INT4 tensors exist from opset 21 on: convert while the weights are still float
+        if int4:  # INT4 tensors exist from opset 21 on: convert while the weights are still float
             proto = _convert_opset(proto, INT4_OPSET)
             opset = INT4_OPSET
-        folded = fold_weights(proto, 4 if w_bits == 4 else 8)
+        folded = fold_weights(proto, int4)
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
     n_q = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
-    return {"opset": opset, "w_bits": w_bits, "folded_weights": folded, "activation_qdq": n_q,
-            "weight_storage": "int4 packed (2 per byte)" if w_bits == 4 else "int8"}
+    return {"opset": opset, "w_bits": int(info["w_bits"]), "widths": info["widths"], "folded_weights": folded, "activation_qdq": n_q,
+            "weight_storage": weight_storage(info["widths"])}
+
+
+def weight_storage(widths) -> str:
+    """How the ONNX file stores weights of these widths (ONNX has INT4 and INT8 tensors, nothing between)."""
+    widths = sorted(set(widths))
+    if widths == [4]:
+        return "int4 packed (2 per byte)"
+    if 4 in widths:
+        return "int4 packed (2 per byte) for the 4-bit layers, int8 for the " + "/".join(f"{b}-bit" for b in widths if b != 4) + " layers"
+    return "int8"
 
 
 def _convert_opset(proto, opset: int):

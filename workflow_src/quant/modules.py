@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, replace
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -31,16 +31,28 @@ class QuantSpec:
     w_quantiles: Tuple[float, float] = (1.0, 0.0)  # (upper, lower)
     a_quantiles: Tuple[float, float] = (1.0, 0.0)
     momentum: float = 0.99
+    # mixed precision: (layer, bits, upper, lower) per weight layer named as in ``named_modules()``
+    # of the quantized model, overriding w_bits and w_quantiles there; other layers use w_bits
+    w_layers: Tuple[Tuple[str, int, float, float], ...] = ()
+
+    def for_layer(self, name: str) -> "QuantSpec":
+        """The spec of weight layer ``name``: its own width and weight quantile pair under mixed precision."""
+        for layer, bits, upper, lower in self.w_layers:
+            if layer == name:
+                return replace(self, w_bits=int(bits), w_quantiles=(float(upper), float(lower)), w_layers=())
+        return self
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["w_quantiles"], d["a_quantiles"] = list(self.w_quantiles), list(self.a_quantiles)
+        d["w_layers"] = [list(e) for e in self.w_layers]
         return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "QuantSpec":
         d = dict(d)
         d["w_quantiles"], d["a_quantiles"] = tuple(d["w_quantiles"]), tuple(d["a_quantiles"])
+        d["w_layers"] = tuple((str(n), int(b), float(u), float(lo)) for n, b, u, lo in d.get("w_layers", ()))
         return cls(**d)
 
 

@@ -23,26 +23,33 @@ from .quantizer import FakeQuantizer
 
 
 def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
-    """A quantized deep copy of ``model`` (the original is untouched), on ``model``'s device."""
+    """A quantized deep copy of ``model`` (the original is untouched), on ``model``'s device.  A
+    layer named in ``spec.w_layers`` gets its own weight width and pair; naming no weight layer is an error."""
     qmodel = bake(copy.deepcopy(model))
     _swap(qmodel, spec, module_device(model))
+    if spec.w_layers:
+        layers = {n for n, m in qmodel.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))}
+        unknown = sorted({e[0] for e in spec.w_layers} - layers)
+        if unknown:
+            raise ValueError(f"QuantSpec.w_layers names {unknown[:5]}, which are not weight layers of the model (e.g. {sorted(layers)[:3]})")
     return qmodel.eval()
 
 
-def _swap(module: nn.Module, spec: QuantSpec, device: torch.device) -> None:
+def _swap(module: nn.Module, spec: QuantSpec, device: torch.device, prefix: str = "") -> None:
     for name, child in module.named_children():
+        path = f"{prefix}{name}"
         if isinstance(child, (QuantConv2d, QuantLinear, QuantOp)):
             continue
         if isinstance(child, nn.ConvTranspose2d):
             raise TypeError(f"{name}: transposed convolutions are not supported; use Upsample + Conv2d")
         if isinstance(child, nn.Conv2d):
-            setattr(module, name, QuantConv2d.from_float(child, spec))
+            setattr(module, name, QuantConv2d.from_float(child, spec.for_layer(path)))
         elif isinstance(child, nn.Linear):
-            setattr(module, name, QuantLinear.from_float(child, spec))
+            setattr(module, name, QuantLinear.from_float(child, spec.for_layer(path)))
         elif isinstance(child, FloatOp):
             setattr(module, name, QuantOp(child, spec, device=device))
         else:
-            _swap(child, spec, device)
+            _swap(child, spec, device, f"{path}.")
 
 
 def weight_quantizers(model: nn.Module) -> Iterator[FakeQuantizer]:

@@ -23,7 +23,7 @@ import pandas as pd
 from ..config import FP
 from ..config.params import resolved_digest
 from .paper import BEYOND, bootstrap_std, findings
-from .tables import arch_title, fmt_spread, fmt_value, method_title
+from .tables import arch_title, fmt_spread, fmt_value, method_title, uniform
 
 PACKAGES = ("torch", "torchvision", "snakemake", "dvc", "mlflow", "pytorch-fid", "pandas", "numpy", "onnxruntime")
 STYLE = """
@@ -63,7 +63,7 @@ def best_by_width(df: pd.DataFrame) -> pd.DataFrame:
     the variants that the spreads and the noise floor cannot tell apart from it (``tied``), and
     whether it sits above the arch's qFID noise floor at all."""
     rows = []
-    q = df[(df["method"] != FP) & (df["a_bits"] == 8)]
+    q = uniform(df[(df["method"] != FP) & (df["a_bits"] == 8)])  # mixed precision has its own figure (the size front)
     for arch in sorted(set(q["arch"])):
         floor = _floor(df, arch, "qfid_floor")
         for w in sorted({int(b) for b in q.loc[q["arch"] == arch, "w_bits"]}, reverse=True):
@@ -135,7 +135,7 @@ def qfid_plot(df: pd.DataFrame) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    q = df[(df["method"] != FP) & (df["a_bits"] == 8)]
+    q = uniform(df[(df["method"] != FP) & (df["a_bits"] == 8)])  # mixed precision has its own figure (the size front)
     archs = sorted(set(q["arch"]))
     widths = sorted({int(b) for b in q["w_bits"]}, reverse=True)
     n_rows = max(len(q[(q["arch"] == a) & (q["w_bits"] == w)]) for a in archs for w in widths)
@@ -245,8 +245,10 @@ RATIOS = ("<p class='note'>Every ratio is integer export over FP32 export of the
 
 
 def write_page(cfg: Mapping[str, Any], df: pd.DataFrame, csv_df: pd.DataFrame, *, out: str, metrics: Sequence[str],
-               arch_figures: Mapping[str, bytes], files: Mapping[str, str], figures: Mapping[str, str], mlflow_link: Tuple[str, str]) -> None:
-    """The page.  ``files``: the outputs beside it by title (linked and, for Markdown, shown);
+               arch_figures: Mapping[str, bytes], files: Mapping[str, str], figures: Mapping[str, str], mlflow_link: Tuple[str, str],
+               front: str = "") -> None:
+    """The page.  ``front``: the size-quality front per arch (Markdown, shown under the findings);
+    ``files``: the outputs beside it by title (linked and, for Markdown, shown);
     ``figures``: figure PNGs by title (embedded and linked); ``arch_figures``: per arch, the
     FP-vs-variant sample overview (embedded); ``mlflow_link``: (text, href or "")."""
     from ..files import atomic_write_text
@@ -262,6 +264,8 @@ def write_page(cfg: Mapping[str, Any], df: pd.DataFrame, csv_df: pd.DataFrame, *
             "generator on the same inputs (0 = identical outputs). Lower is better for both. Activations 8-bit asymmetric "
             f"static, weights symmetric. Feature space: {_e(', '.join(sorted(set(df['feature_space']))))}.</p>",
             "<h2 id='findings'>Findings</h2>", _findings_html(df),
+            *(["<h3>Size against quality: the Pareto-optimal variants per arch (qFID ± bootstrap spread, one seed)</h3>",
+               f"<div class='scroll'>{_markdown(front)}</div>"] if front else []),
             "<h2 id='plots'>Plots</h2><h3>qFID by method (error bars: bootstrap spread)</h3>", _img(qfid_plot(df), "qFID by method")]
     for title, p in figures.items():
         body.append(f"<h3>{_e(title)} (<a href='{_e(link(p))}'>{_e(Path(p).name)}</a>)</h3>" + _img(Path(p).read_bytes(), title))

@@ -12,6 +12,8 @@ from ..config import FP, variants
 from ..figures import fig_title
 from ..files import atomic_path, atomic_write_text, write_json
 from ..workflow import tracking
+from .falloff import write_falloff
+from .front import front_md, write_front
 from .page import write_page
 from .paper import paper_comparison, paper_comparison_md
 from .tables import (RESULTS_FLOAT, arch_title, export_tables, floor_note, load_results, merge_exports, merge_floors, quantile_note,
@@ -55,7 +57,7 @@ def summary_metrics(df: pd.DataFrame) -> Dict[str, Dict[str, Dict[str, float]]]:
 
 def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1: str, sensitivity: str, figures: List[str], exports: List[str],
            floors: List[str], results: str, table4: str, table3: str, paper: str, export: str, timing: str, html: str,
-           summary: str) -> None:
+           summary: str, front: str, fig_front: str, fig_bits: str) -> None:
     """Every table, the results page (:mod:`.page`) and the summary metrics from the variants'
     metrics, samples, export summaries and figures."""
     tracking.flush()  # the jobs' MLflow records, for runs without Snakemake's onsuccess (DVC)
@@ -69,6 +71,8 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
     with atomic_path(results) as tmp:
         csv_df.to_csv(tmp, index=False, float_format=RESULTS_FLOAT)
     write_json(summary, summary_metrics(df))
+    front_table = write_front(df, front, fig_front)
+    write_falloff(df, fig_bits)
     cmp = paper_comparison(df)
     floor = floor_note(list(floors))
     atomic_write_text(paper, "# The paper's findings and numbers beside ours\n\n" + paper_comparison_md(cmp, df, floor))
@@ -90,8 +94,10 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
     shown = {"Figure 1: vanilla PTQ qFID against the activation quantile (validation inputs)": fig1} if Path(fig1).exists() else {}
     if Path(sensitivity).exists():
         shown["Layer sensitivity: the damage of each layer or operation quantized alone (validation inputs)"] = sensitivity
+    shown["Where quality falls off: qFID by weight and activation width"] = fig_bits
+    shown["Size against quality: generator size and qFID of every variant, the Pareto front joined"] = fig_front
     shown.update({f"Samples by method: {arch_title(a)}": figure_of[a] for a in archs if a in figure_of and Path(figure_of[a]).exists()})
-    files = {"results.csv": results, "Table 4": table4, "Table 3": table3, "Paper comparison": paper, "Timing": timing}
+    files = {"results.csv": results, "Size-quality front": front, "Table 4": table4, "Table 3": table3, "Paper comparison": paper, "Timing": timing}
     if exports:
         files["export"] = export
     sweep_csv = Path(fig1).with_name("quantile_sweep.csv")
@@ -101,4 +107,4 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
     if sensitivity_csv.exists():
         files["Layer sensitivity"] = str(sensitivity_csv)
     write_page(cfg, df, csv_df, out=html, metrics=metrics, arch_figures=overview, files=files, figures=shown,
-               mlflow_link=tracking.experiment_link(cfg["profile"]))
+               mlflow_link=tracking.experiment_link(cfg["profile"]), front=front_md(front_table))

@@ -28,6 +28,9 @@ FLOOR_COLUMNS = ["qfid_floor", "fid_floor"]
 # qat.select: best the lowest validation qFID or held-out loss, else the last epoch), and the
 # distillation loss it trained with (perceptual, or mse: the paper's appendix B).
 TRAINING_COLUMNS = ["selected_epoch", "selected_on", "distill_loss"]
+# The generator's size (issue 20): bits per quantized weight averaged over its weights (32: FP; a
+# mixed-precision variant's w_bits is its budget) and the bytes of its weights at their widths.
+SIZE_COLUMNS = ["avg_w_bits", "size_bytes"]
 KEY = ["arch", "method", "per_channel", "w_bits", "a_bits"]
 RESULTS_FLOAT = "%.6g"  # results.csv: six significant digits (a qFID of 3e-5 is not 0.0000)
 FP_TITLE = "full-precision"
@@ -41,6 +44,13 @@ def method_title(method: str) -> str:
     if method == FP:
         return FP_TITLE
     return registry.methods()[method].title if method in registry.methods() else method
+
+
+def uniform(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one weight width throughout (FP included): not those of mixed-precision methods,
+    whose ``w_bits`` is a budget."""
+    mixed = [m.name for m in registry.methods().values() if m.mixed]
+    return df[~df["method"].isin(mixed)]
 
 
 def load_results(metric_files: List[str]) -> pd.DataFrame:
@@ -61,9 +71,9 @@ def sort_results(df: pd.DataFrame) -> pd.DataFrame:
 def results_csv_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The ``results.csv`` contract: COLUMNS (then EXPORT_COLUMNS where exports exist, then
     QUANTILE_COLUMNS where the metrics record them, then FLOOR_COLUMNS where floors were measured,
-    then TRAINING_COLUMNS),
+    then TRAINING_COLUMNS, then SIZE_COLUMNS),
     ``per_channel`` as True/False (empty for FP)."""
-    cols = COLUMNS + [c for c in EXPORT_COLUMNS + QUANTILE_COLUMNS + FLOOR_COLUMNS + TRAINING_COLUMNS if c in df.columns]
+    cols = COLUMNS + [c for c in EXPORT_COLUMNS + QUANTILE_COLUMNS + FLOOR_COLUMNS + TRAINING_COLUMNS + SIZE_COLUMNS if c in df.columns]
     out = sort_results(df)[cols].copy()
     out["per_channel"] = out["per_channel"].map(lambda x: "" if x is None or pd.isna(x) else str(bool(x)))
     return out

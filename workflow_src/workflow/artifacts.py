@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections import ChainMap
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, MutableMapping, Optional, Tuple
 
@@ -98,7 +99,21 @@ def pair_text(pair: Dict[str, Dict[str, float]]) -> str:
 def arch_params(cfg: Dict[str, Any], arch: str, sweep_best: str | None = None, v: Optional[Variant] = None) -> MutableMapping[str, Any]:
     """``archs.<arch>`` with ``quantiles`` resolved for variant ``v``: the method's own pair if it
     sets one (:func:`registry.own_quantiles`), else the arch's; ``sweep`` is replaced by the quantile sweep's
-    pair for ``v``'s weight width.  ``quantiles_from`` says where the pair came from."""
+    pair for ``v``'s weight width.  ``quantiles_from`` says where the pair came from.  A mixed-precision
+    variant (registry ``budgets``) gets ``quantiles_by_width`` ({bits: pair}, every width its layers may
+    take) and, as ``quantiles``, the widest width's pair."""
+    if v is not None and registry.method(v.method).mixed:
+        widths = registry.method(v.method).layer_widths(cfg, v.w_bits)
+        each = {b: arch_params(cfg, arch, sweep_best, replace(v, method=registry.swept_method().name, w_bits=b)) for b in widths}
+        acfg = ChainMap({}, cfg["archs"][arch])
+        acfg["quantiles_by_width"] = {b: a["quantiles"] for b, a in each.items()}
+        acfg["quantiles"] = each[widths[-1]]["quantiles"]
+        froms = [each[b]["quantiles_from"].split(" ", 2) for b in reversed(widths)]
+        if all(f[0] == "sweep" and len(f) == 3 and f[2] == froms[0][2] for f in froms):  # "sweep w8/w4 (how it chose)"
+            acfg["quantiles_from"] = f"sweep {'/'.join(f[1] for f in froms)} {froms[0][2]}"
+        else:
+            acfg["quantiles_from"] = "; ".join(dict.fromkeys(" ".join(f) for f in froms))
+        return acfg
     acfg: MutableMapping[str, Any] = ChainMap({}, cfg["archs"][arch])  # the resolved pair over the params: none copied (read)
     own, key = registry.own_quantiles(cfg, arch, v.method) if v is not None else (None, "")
     if own is not None:

@@ -15,6 +15,7 @@ from .. import resume
 from ..config import FP, Variant
 from ..files import atomic_path, write_json
 from ..quality import fid
+from ..quant import size
 from ..utils import seed_everything, torch_save
 from . import tracking
 from .artifacts import feature_space, load_eval_inputs, make_arch, read_quantized, segment_features, segments, variant_tags
@@ -110,7 +111,9 @@ def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats
             # the quantile pair the method started from and where it came from (methods that read one)
             "quantiles": info.get("quantiles", ""), "quantiles_from": info.get("quantiles_from", ""),
             # trained methods: the epoch kept (qat.select: best picks it on held-out samples; -1: the PTQ start)
-            "selected_epoch": info.get("selected_epoch"), "selected_on": selected_on(info), "distill_loss": info.get("distill_loss", "")}
+            "selected_epoch": info.get("selected_epoch"), "selected_on": selected_on(info), "distill_loss": info.get("distill_loss", ""),
+            # the generator's size: bits per quantized weight (32 for FP) and its weights' bytes at their widths (quant/size.py)
+            "avg_w_bits": size.avg_w_bits(model), "size_bytes": size.size_bytes(model)}
 
 
 def selected_on(info: Dict[str, Any]) -> str:

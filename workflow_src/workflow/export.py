@@ -133,6 +133,7 @@ def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, 
     ecfg = cfg["export"]
     v = Variant.parse(variant)
     q = load_quantized(cfg, arch, model_path)
+    widths = onnx_qdq.check_exportable(q)["widths"]  # one, or a mixed-precision variant's several
     inputs = torch_load(inputs_path)["inputs"]
     threads = torch.get_num_threads()
     with tracking.run("export", cfg, variant_tags(arch, v), {"export": ecfg}) as run:
@@ -181,7 +182,7 @@ def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, 
         best = min(results, key=lambda r: results[r]["latency_ratio"][b_max])
         summary = {**variant_tags(arch, v), "threads": threads, "cpu_vnni": ort_rt.cpu_has_vnni(), "batch_sizes": ecfg["batch_sizes"], "check_samples": int(len(ref)),
                    "export_seconds": export_seconds, "written": written, "runtimes": results, "best_runtime": best,
-                   "weight_storage": "int4 packed (2 per byte) in ONNX; int8 bytes in the PT2 program" if v.w_bits == 4 else "int8"}
+                   "weight_storage": f"{onnx_qdq.weight_storage(widths)} in ONNX; int8 bytes in the PT2 program" if 4 in widths else "int8"}
         write_json(out, summary)
         for rt, res in results.items():
             run.log_metrics({f"{rt}.latency_ratio_b{b}": r for b, r in res["latency_ratio"].items()})

@@ -23,7 +23,7 @@ from .training import load_discriminator, load_generator
 
 def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: str, model: str, info: str,
              quantiles: Optional[str] = None, perceptual: Optional[str] = None, losses: Optional[str] = None,
-             features: Optional[str] = None, data: Optional[str] = None) -> None:
+             features: Optional[str] = None, data: Optional[str] = None, sensitivity: Optional[str] = None) -> None:
     """Quantize one variant.  ``info`` (JSON next to the model) records calibration size, time and,
     for block reconstruction, each block's error before/after.  Methods that train (QAT) write
     their per-step losses to ``losses``; those that select on a validation qFID get its scorer
@@ -50,6 +50,10 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
         if not features or not data:
             raise ValueError(f"{v.method} selects on a validation qFID: pass --features (the FID feature network) and --data")
         extra["validation"] = ValidationQFID(cfg, arch, g, data, feature_space(cfg, features, device))
+    if "sensitivity" in needs:
+        if not sensitivity:
+            raise ValueError(f"{v.method} allocates widths from the layer sensitivity: pass --sensitivity (sensitivity/<arch>.csv)")
+        extra["sensitivity"] = sensitivity
     if method.trains:
         if not losses:
             raise ValueError(f"{v.method} writes per-step losses: pass --losses")
@@ -67,7 +71,8 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
         record["environment"] = describe_runtime(device)  # where and how it computed (issue 15)
         torch_save({"arch": arch, "variant": v.name, "spec": spec.to_dict(), "state_dict": qmodel.state_dict(), "info": record}, model)
         write_json(info, {"arch": arch, "variant": v.name, **record})
-        run.log_params({**spec.to_dict(), "environment": record["environment"]})
+        # mixed precision's per-layer widths are in the info file (an artifact): too long for a param at paper size
+        run.log_params({**{k: x for k, x in spec.to_dict().items() if k != "w_layers"}, "environment": record["environment"]})
         run.log_metrics({k: x for k, x in record.items() if isinstance(x, (int, float)) and not isinstance(x, bool)})
         if losses:
             run.log_artifact(losses)

@@ -170,6 +170,11 @@ def sensitivity_quantiles(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union
     return []
 
 
+def sensitivity_table(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
+    """The arch's layer sensitivity, for methods that allocate widths from it (mixed precision)."""
+    return f"sensitivity/{w['arch']}.csv" if _needs(cfg, w, "sensitivity") else []
+
+
 def _swept_keys(cfg: Mapping[str, Any], w: Mapping[str, str]) -> List[str]:
     """What the swept method (vanilla quantile PTQ) reads for the arch."""
     return registry.swept_method().params_keys(cfg, w["arch"])
@@ -213,8 +218,10 @@ def figure_variants(cfg: Mapping[str, Any]) -> List[Variant]:
 
 
 def exported_variants(cfg: Mapping[str, Any]) -> List[Variant]:
-    """The variants rule export turns into integer runtimes (weight widths in export.w_bits)."""
-    return [v for v in variants(cfg) if v.w_bits in cfg["export"]["w_bits"]]
+    """The variants rule export turns into integer runtimes: weight widths in export.w_bits, and every
+    mixed-precision variant (its exported size is what it is for), with 8-bit activations (the integer
+    files hold activations as uint8 on their full grid: a narrower grid would need a clamp of its own)."""
+    return [v for v in variants(cfg) if v.a_bits == 8 and (v.w_bits in cfg["export"]["w_bits"] or registry.method(v.method).mixed)]
 
 
 def _every(pattern: str, which: Callable[[Mapping[str, Any]], List[str]]) -> Callable:
@@ -234,7 +241,18 @@ _ARCH = ("archs.{arch}.model", "archs.{arch}.resolution")
 def _variant_matrix(cfg: Mapping[str, Any], w: Mapping[str, str] = None) -> Tuple[str, ...]:
     """The ``matrix`` keys the variant list reads (``config.variants``): not ``matrix.archs``, so that a
     sweep does not rerun when another arch joins the matrix."""
-    return ("matrix.methods", "matrix.per_channel", "matrix.w_bits", "matrix.a_bits") + (("matrix.exclude",) if "exclude" in cfg["matrix"] else ())
+    return ("matrix.methods", "matrix.per_channel", "matrix.w_bits", "matrix.a_bits") + tuple(
+        f"matrix.{k}" for k in ("exclude", "include") if k in cfg["matrix"]) + _mixed_keys(cfg, w) + _mixed_widths(cfg, w)
+
+
+def _mixed_keys(cfg: Mapping[str, Any], w: Mapping[str, str] = None) -> Tuple[str, ...]:
+    """The keys besides ``matrix`` that the variant list reads: a listed mixed-precision method's budgets."""
+    return tuple(m.budgets for name in cfg["matrix"]["methods"] if (m := registry.method(name)).mixed)
+
+
+def _mixed_widths(cfg: Mapping[str, Any], w: Mapping[str, str] = None) -> Tuple[str, ...]:
+    """The widths a listed mixed-precision method gives its layers (the quantile sweep runs at each)."""
+    return tuple(m.widths for name in cfg["matrix"]["methods"] if (m := registry.method(name)).mixed)
 
 
 def translates_images(cfg: Mapping[str, Any], w: Mapping[str, str]) -> bool:
@@ -306,9 +324,10 @@ _STAGES = [
     # quantization (rules/quantize.smk, rules/qat.smk): the method's own file says what it reads
     Stage("quantize", "quantize a generator with one method/variant", "workflow.quantize:quantize", wildcards=("arch", "variant"),
           inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "distill": Artifact("distill/{arch}.pt", "the distillation set"),
-                  "quantiles": Artifact(sweep_best, "the quantile sweep's best.json (archs.<arch>.quantiles: sweep)", optional=True)},
+                  "quantiles": Artifact(sweep_best, "the quantile sweep's best.json (archs.<arch>.quantiles: sweep)", optional=True),
+                  "sensitivity": Artifact(sensitivity_table, "the arch's layer sensitivity (mixed precision allocates from it)", optional=True)},
           outputs={"model": Artifact("models/q/{arch}/{variant}.pt", "the quantized generator"),
-                   "info": Artifact("models/q/{arch}/{variant}.json", "calibration size, time, per-block losses")},
+                   "info": Artifact("models/q/{arch}/{variant}.json", "calibration size, time, per-block losses, mixed-precision widths")},
           params=_quantize_keys),
     Stage("qat", "quantization-aware training of one variant", "workflow.quantize:quantize", wildcards=("arch", "variant"),
           inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks (generator and discriminator)"),
@@ -406,7 +425,7 @@ _STAGES = [
                   "fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs")},
           outputs={"out": Artifact("reports/fig_samples_{arch}.png", "the figure",
                                    report={"caption": "captions/fig_samples.rst", "category": "Figures", "subcategory": "Samples"})},
-          params=("matrix", "figures", *_ARCH, _if_images(otherwise=("seed",)))),
+          params=("matrix", _mixed_keys, "figures", *_ARCH, _if_images(otherwise=("seed",)))),
     Stage("report", "tables, figures and the HTML report", "reporting.report:report",
           inputs={"metrics": Artifact(_every("metrics/{arch}/{variant}.json", _ALL_VARIANTS), "every variant's metrics", many=True),
                   "samples": Artifact(_every("samples/{arch}/{variant}.png", _ALL_VARIANTS), "every variant's samples", many=True),
@@ -425,9 +444,14 @@ _STAGES = [
                    "export": Artifact("reports/export.md", "integer exports", report={"caption": "captions/export.rst", "category": "Tables"}),
                    "timing": Artifact("reports/timing.md", "where the time goes: per rule, jobs, wall/CPU seconds, peak memory, "
                                       "start-up share (the jobs' benchmark files and logs)"),
+                   "fig_bits": Artifact("reports/fig_bits.png", "qFID against weight and activation width per arch",
+                                        report={"caption": "captions/fig_bits.rst", "category": "Figures"}),
+                   "front": Artifact("reports/front.csv", "size against qFID per variant, the Pareto-optimal ones marked"),
+                   "fig_front": Artifact("reports/fig_front.png", "the size-quality front per arch",
+                                         report={"caption": "captions/fig_front.rst", "category": "Figures"}),
                    "html": Artifact("reports/index.html", "the results page"),
                    "summary": Artifact("reports/summary.json", "every variant's FID and qFID by arch: DVC's one metrics file")},
-          params=("profile", "matrix", "eval.bootstrap", "eval.n_samples"), threads=False),
+          params=("profile", "matrix", _mixed_keys, "eval.bootstrap", "eval.n_samples"), threads=False),
     # commands without a rule
     Stage("validate", "validate the params and print the experiment matrix", "workflow.cli:validate", rule=False, threads=False),
     Stage("track", "log the jobs' pending MLflow records (Snakemake does it when a run ends, the report stage too)",

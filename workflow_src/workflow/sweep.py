@@ -38,8 +38,9 @@ def pair_label(pair) -> str:
 
 def sweep_widths(cfg: Dict[str, Any]) -> List[int]:
     """The weight widths the sweep runs at: every width of the matrix at which some method reads
-    the quantile pair, and the layer sensitivity's (it quantizes with the swept method), widest first."""
-    widths = {v.w_bits for v in variants(cfg) if registry.method(v.method).may_need("quantiles")}
+    the quantile pair (a mixed-precision variant: each width its layers may take), and the layer
+    sensitivity's (it quantizes with the swept method), widest first."""
+    widths = {b for v in variants(cfg) if (m := registry.method(v.method)).may_need("quantiles") for b in m.layer_widths(cfg, v.w_bits)}
     return sorted(widths | {int(cfg["sensitivity"]["w_bits"])}, reverse=True)
 
 
