@@ -93,7 +93,9 @@ def write_front(df: pd.DataFrame, csv: str, png: str) -> pd.DataFrame:
         if len(floor):
             ax.axhline(float(floor.iloc[0]), ls="--", lw=0.8, color="#999", label="qFID noise floor")
         ax.set_xscale("log")
+        # symlog: FP's qFID of 0 on the axis, each quantized variant's on a log scale above the smallest
         ax.set_yscale("symlog", linthresh=max(1e-4, float(q["qfid"].clip(lower=0).min() or 1e-4)) if len(q) else 1e-4)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("generator size (KiB: weights at their widths)")
         ax.set_ylabel("qFID against FP (lower is better)")
         ax.set_title(arch_title(arch), fontsize=9)
