@@ -79,8 +79,10 @@ def test_the_sweep_runs_at_every_width_where_a_method_reads_the_pair():
     tiny = qcfg.load([ROOT / "params.yaml"])
     assert sweep_stage.sweep_widths(tiny) == [8, 6, 4]  # 8 and 4: the matrix; 6: a width mixed precision gives layers
     micro = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
-    assert sweep_stage.sweep_widths(micro) == [8, 4]  # mixed precision's widths there
+    assert sweep_stage.sweep_widths(micro) == [8, 4]  # mixed precision's widths there (and w8a6 quantile PTQ)
     micro["matrix"]["methods"] = [m for m in micro["matrix"]["methods"] if m != "mp-quantile"]
+    assert sweep_stage.sweep_widths(micro) == [8, 4]  # the include's w8a6 reads the w8 pair
+    micro["matrix"]["include"] = []
     assert sweep_stage.sweep_widths(micro) == [4]  # w8 is min-max only there, which reads no pair
     micro["sensitivity"]["w_bits"] = 6  # the layer sensitivity quantizes with the swept method: its width is swept too
     assert sweep_stage.sweep_widths(micro) == [6, 4]
