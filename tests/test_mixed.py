@@ -172,3 +172,18 @@ def test_mixed_widths_export_exactly_with_int4_and_int8_weights(tmp_path):
     y = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"input": x[:4].numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(y, q(x[:4]).numpy(), atol=1e-5, rtol=0)
+
+
+def test_a_uniform_6bit_model_exports_exactly_on_int8_storage(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from workflow_src.deploy import onnx_qdq
+
+    q, x = _net(QuantSpec(w_bits=6, per_channel=False))
+    info = onnx_qdq.export_qdq(q, x[:4], tmp_path / "w6.onnx")
+    assert info["opset"] == onnx_qdq.OPSET and info["widths"] == [6] and info["weight_storage"] == "int8"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    y = ort.InferenceSession(str(tmp_path / "w6.onnx"), so, providers=["CPUExecutionProvider"]).run(None, {"input": x[:4].numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(y, q(x[:4]).numpy(), atol=1e-5, rtol=0)
