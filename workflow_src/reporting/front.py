@@ -15,7 +15,7 @@ import pandas as pd
 from ..config import FP
 from ..figures import fig_title
 from ..files import atomic_path
-from .tables import RESULTS_FLOAT, arch_title, method_title
+from .tables import RESULTS_FLOAT, arch_title, method_title, uniform
 
 FRONT_COLUMNS = ["arch", "variant", "method", "per_channel", "w_bits", "a_bits", "avg_w_bits", "size_bytes", "size_ratio", "qfid", "qfid_std",
                  "qfid_floor", "within_floor", "pareto"]
@@ -79,7 +79,7 @@ def write_front(df: pd.DataFrame, csv: str, png: str) -> pd.DataFrame:
     for ax, arch in zip(axes[0], archs):
         g = table[table["arch"] == arch]
         kib = g["size_bytes"] / 1024
-        mixed = g["method"].str.startswith("mp-")
+        mixed = ~g.index.isin(uniform(g).index)  # the registry's mixed-precision methods
         q = g[(g["method"] != FP)]
         ax.scatter(kib[(g["method"] != FP) & ~mixed], g.loc[(g["method"] != FP) & ~mixed, "qfid"], s=14, color="#888", label="uniform width")
         ax.scatter(kib[mixed], g.loc[mixed, "qfid"], s=22, marker="s", color="#c60", label="mixed precision")
