@@ -63,6 +63,7 @@ QAT_VARIANT = "(%s)-[a-z0-9-]+" % "|".join(registry.trained_methods())
 
 
 wildcard_constraints:
+    seed="|".join(str(s) for s in config["seeds"]),
     arch="|".join(ARCHS),
     dataset="[A-Za-z0-9_-]+",
     variant="[a-z0-9-]+",

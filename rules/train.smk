@@ -1,4 +1,4 @@
-# Full-precision GANs: trained (resumes from models/fp/{arch}.ckpt.pt after a kill), or imported
+# Full-precision GANs: trained (resumes from models/s{seed}/fp/{arch}.ckpt.pt after a kill), or imported
 # from a published checkpoint for archs with `archs.<arch>.fp_checkpoint` (workflow_src.archs.importers).
 
 

@@ -52,6 +52,9 @@ def _mutated(base, path, value):
     (("archs", "stylegan", "train", "steps"), "many", ["archs.stylegan.train.steps", "many"]),
     (("calibration", "momentum"), "fast", ["calibration.momentum", "fast"]),
     (("eval", "n_samples"), 1.5, ["eval.n_samples", "1.5"]),
+    (("seeds",), [0, -3], ["seeds.1", "-3"]),
+    (("seeds",), [], ["seeds"]),
+    (("seeds",), [5, 5], ["seeds", "5"]),
     # cross-key and numeric constraints a schema bound cannot see (issue 16.9)
     (("archs", "sagan", "train", "lr_g"), float("nan"), ["archs.sagan.train.lr_g", "nan", "finite"]),
     (("qat", "lr_weights"), float("inf"), ["qat.lr_weights", "inf", "finite"]),

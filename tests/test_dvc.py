@@ -63,23 +63,23 @@ def test_every_job_outranks_the_jobs_that_read_its_outputs(jobs):
 
 def test_params_name_exactly_what_each_stage_reads(jobs):
     doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    q = doc["quantize.stylegan.ptq-quantile-tensor-w4a8"]["params"]
-    m = doc["quantize.stylegan.ptq-minmax-tensor-w4a8"]["params"]
+    q = doc["quantize.s0.stylegan.ptq-quantile-tensor-w4a8"]["params"]
+    m = doc["quantize.s0.stylegan.ptq-minmax-tensor-w4a8"]["params"]
     assert "archs.stylegan.quantiles" in q and "archs.stylegan.quantiles" not in m
     assert not any("sagan" in p or "cyclegan" in p for p in q)
     # the report reads the profile (MLflow), the matrix and the bootstrap size and sample count (its caption); which QAT loss
     # each row trained with (the appendix B comparison) comes with the row (results.csv's distill_loss)
     assert doc["report"]["params"] == ["profile", "matrix", "mixed.budgets", "eval.bootstrap", "eval.n_samples"]  # budgets: the variant list
-    qat = doc["qat.sagan.lsq-qat-tensor-w4a8"]["params"]
+    qat = doc["qat.s0.sagan.lsq-qat-tensor-w4a8"]["params"]
     assert {"qat", "archs.sagan.qat", "perceptual"} <= set(qat) and "brecq" not in qat
-    assert "resources/perceptual/tinyvgg.pt" in doc["qat.sagan.lsq-qat-tensor-w4a8"]["deps"]
+    assert "resources/perceptual/tinyvgg.pt" in doc["qat.s0.sagan.lsq-qat-tensor-w4a8"]["deps"]
 
 
 def test_dvc_metrics_are_one_summary_file():
     doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert [m for st in doc.values() for item in st.get("metrics", []) for m in item] == ["reports/summary.json"]
     outs = {o if isinstance(o, str) else next(iter(o)): o for st in doc.values() for o in st.get("outs", [])}
-    assert outs["metrics/sagan/fp.json"] == {"metrics/sagan/fp.json": {"cache": False}}  # each job's record: in git
+    assert outs["metrics/s0/sagan/fp.json"] == {"metrics/s0/sagan/fp.json": {"cache": False}}  # each job's record: in git
 
 
 def test_each_stage_depends_on_the_code_it_runs():
@@ -88,14 +88,14 @@ def test_each_stage_depends_on_the_code_it_runs():
     not another arch's; no method file for the FP evaluation."""
     doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     code = lambda name: {d for d in doc[name]["deps"] if d.endswith(".py")}  # noqa: E731
-    brecq = code("quantize.cyclegan.ar-brecq-tensor-w4a8")
+    brecq = code("quantize.s0.cyclegan.ar-brecq-tensor-w4a8")
     assert {"workflow_src/workflow/quantize.py", "workflow_src/methods/brecq.py", "workflow_src/archs/cyclegan.py",
             "workflow_src/quant/adaround.py"} <= brecq
     assert "workflow_src/methods/qat.py" not in brecq and "workflow_src/archs/sagan.py" not in brecq
-    assert "workflow_src/methods/qat.py" in code("qat.cyclegan.ma-qat-tensor-w4a8")
-    assert "workflow_src/methods/qat.py" in code("evaluate.cyclegan.ma-qat-tensor-w4a8")  # loading the model imports its method
+    assert "workflow_src/methods/qat.py" in code("qat.s0.cyclegan.ma-qat-tensor-w4a8")
+    assert "workflow_src/methods/qat.py" in code("evaluate.s0.cyclegan.ma-qat-tensor-w4a8")  # loading the model imports its method
     assert {"workflow_src/methods/qat.py", "workflow_src/methods/brecq.py"} <= code("sample_figure.cyclegan")  # every method's models
-    fp = code("evaluate_fp.cyclegan")
+    fp = code("evaluate_fp.s0.cyclegan")
     assert "workflow_src/workflow/evaluate.py" in fp and not any(d.startswith("workflow_src/methods/") for d in fp)
     assert all((ROOT / d).is_file() for s in doc for d in code(s))
 
@@ -210,7 +210,7 @@ def _check_only_quantile_readers_change(dvc_project, params):
     readers = [v for v in qcfg.variants(params) if registry.method(v.method).may_need("quantiles")]
     assert {registry.method(v.method).rule for v in readers} == {"quantize", "qat"}
     # and the layer sensitivity, which quantizes with the swept method (quantile PTQ) from the arch's pair
-    assert changed == {f"{registry.method(v.method).rule}.sagan.{v.name}" for v in readers} | {"sensitivity.sagan"}
+    assert changed == {f"{registry.method(v.method).rule}.s0.sagan.{v.name}" for v in readers} | {"sensitivity.s0.sagan"}
     dry = _dvc(["repro", "--dry"], dvc_project)
     ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert ran and not any("ptq-minmax" in s or "train" in s or "distill" in s for s in ran), ran
@@ -230,7 +230,7 @@ def test_editing_a_method_file_reruns_only_the_stages_that_run_it(dvc_project):
         changed = set(json.loads(_dvc(["status", "--json"], dvc_project)))
     finally:  # the other tests share the built project
         qat.write_text(before)
-    assert "qat.sagan.ma-qat-tensor-w4a8" in changed
+    assert "qat.s0.sagan.ma-qat-tensor-w4a8" in changed
     assert changed and all("ma-qat" in s or s.split(".")[0] in ("report", "sample_figure") for s in changed), sorted(changed)
     assert "up to date" in _dvc(["status"], dvc_project).lower()
 
@@ -243,7 +243,7 @@ def test_directory_remote_round_trip(dvc_project, tmp_path):
     (dvc_project / "reports" / "results.csv").unlink()
     assert "deleted" in _dvc(["status"], dvc_project)
     _dvc(["pull", "-q"], dvc_project)
-    assert (dvc_project / "models" / "fp" / "sagan.pt").exists() and (dvc_project / "reports" / "results.csv").exists()
+    assert (dvc_project / "models" / "s0" / "fp" / "sagan.pt").exists() and (dvc_project / "reports" / "results.csv").exists()
     assert "deleted" not in _dvc(["status"], dvc_project)
 
 
@@ -261,3 +261,28 @@ def test_dvc_exp_run_sweeps_a_param(dvc_project):
     _dvc(["exp", "run", "-q", "-n", "q999", "-S", "archs.sagan.quantiles.activation.upper=0.999"], dvc_project, warm=True)
     shown = _dvc(["exp", "show", "--json"], dvc_project)
     assert "q999" in shown and "0.999" in shown
+
+
+@pytest.mark.workflow
+def test_adding_a_seed_leaves_every_stage_of_the_first_seed_as_it_was(dvc_project):
+    """seeds [0] -> [0, 7], dvc.yaml regenerated: DVC sees the new seed's stages (never run) and the
+    report that aggregates them changed, not one stage of seed 0 and nothing shared."""
+    import json
+
+    before = {p: (dvc_project / p).read_text() for p in ("params.yaml", "dvc.yaml")}
+    params = yaml.safe_load(before["params.yaml"])
+    params["seeds"] = [0, 7]
+    (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        subprocess.run([sys.executable, "-m", "workflow_src", "dvc-yaml", "--out", "dvc.yaml"], cwd=dvc_project, check=True)
+        stages = set(yaml.safe_load((dvc_project / "dvc.yaml").read_text())["stages"])
+        changed = set(json.loads(_dvc(["status", "--json"], dvc_project)))
+    finally:  # the other tests share the built project
+        for p, text in before.items():
+            (dvc_project / p).write_text(text)
+    seed0, seed7 = {s for s in stages if ".s0." in s}, {s for s in stages if ".s7." in s}
+    # seed 7 runs what its results need: every job of seed 0 but those only the first seed's figures and exports read
+    assert seed7 and seed7 <= {s.replace(".s0.", ".s7.") for s in seed0}
+    assert {s.split(".")[0] for s in seed0 - {s.replace(".s7.", ".s0.") for s in seed7}} <= {"quantile_sweep", "sensitivity", "export", "export_fp"}
+    assert {s for s in seed7 if s.startswith("evaluate")} == {s.replace(".s0.", ".s7.") for s in seed0 if s.startswith("evaluate")}
+    assert changed == seed7 | {"report"}, sorted(changed)

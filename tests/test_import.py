@@ -296,8 +296,8 @@ def test_paper_plan_imports_stylegan_and_trains_the_others(tmp_path, published_s
         out = " ".join((proc.stdout + proc.stderr).split())
         assert "import_fp 1" in out and "train_fp 2" in out and "fetch_inception 1" in out
         jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", proc.stdout, re.M)
-        assert ("import_fp", "arch=stylegan") in jobs
-        assert sorted(w for r, w in jobs if r == "train_fp") == ["arch=cyclegan", "arch=sagan"]
+        assert ("import_fp", "seed=0, arch=stylegan") in jobs
+        assert sorted(w for r, w in jobs if r == "train_fp") == ["seed=0, arch=cyclegan", "seed=0, arch=sagan"]
 
 
 def test_import_fp_downloads_a_missing_checkpoint_or_says_where_to_put_it(tmp_path, monkeypatch, http_server,
@@ -352,9 +352,9 @@ def test_paths_from_the_params_reach_the_command_quoted(tmp_path, published_styl
     over = tmp_path / "over.yaml"
     over.write_text(yaml.safe_dump({"archs": {"stylegan": {"fp_checkpoint": {"path": hostile}}}}))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(wd), "--cores", "1",
-                           "models/fp/stylegan.pt", "--configfile", str(ROOT / "configs" / "paper.yaml"), str(over)],
+                           "models/s0/fp/stylegan.pt", "--configfile", str(ROOT / "configs" / "paper.yaml"), str(over)],
                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "QGAN_TRACKING": "off"})
     logs = "".join(p.read_text() for p in (wd / "logs").rglob("*.log")) if (wd / "logs").exists() else ""
     assert proc.returncode == 0, proc.stderr[-3000:] + logs[-2000:]
-    assert torch_load(wd / "models" / "fp" / "stylegan.pt")["imported"]["file"] == Path(hostile).name
+    assert torch_load(wd / "models" / "s0" / "fp" / "stylegan.pt")["imported"]["file"] == Path(hostile).name
     assert not [p for d in (wd, ROOT, Path.cwd()) for p in d.rglob("PWNED*")]

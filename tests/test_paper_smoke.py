@@ -44,7 +44,7 @@ def test_every_rule_method_and_arch_ran_at_paper_sizes(paper):
     assert df["feature_space"].str.fullmatch(r"inception-2048d-sha256-[0-9a-f]{12}").all()
     # paper sizes: 128, 64 and 256 pixels (the distillation sets hold the FP generators' outputs)
     for arch, res in (("stylegan", 128), ("sagan", 64), ("cyclegan", 256)):
-        outputs = torch.load(work / "distill" / f"{arch}.pt", weights_only=True)["outputs"]
+        outputs = torch.load(work / "distill" / "s0" / f"{arch}.pt", weights_only=True)["outputs"]
         assert tuple(outputs.shape[-3:]) == (3, res, res), (arch, outputs.shape)
 
 
@@ -55,7 +55,7 @@ def test_every_computing_job_records_the_configured_device(paper):
     work, configs, _ = paper
     records = gpucheck.recorded_devices(work)
     assert records and all(set(d) == {"cpu"} for d in records.values()), records
-    assert any(p.startswith("metrics/") for p in records) and any(p.startswith("models/q/") for p in records)
+    assert any(p.startswith("metrics/") for p in records) and any(p.startswith("models/s0/q/") for p in records)
     rules = gpucheck.gpu_rules([str(c) for c in configs])
     assert {"train_fp", "distill", "real_stats", "quantize", "qat", "evaluate", "quantile_sweep"} <= set(rules)
     table, problems = gpucheck.check(work, rules)

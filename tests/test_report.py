@@ -112,15 +112,15 @@ def test_where_the_time_goes_sums_the_benchmark_files_and_the_logged_start_up(tm
 
     for job, wall, cpu, rss, start in [("stylegan/a", 10.0, 8.0, 300.0, 2.0), ("stylegan/b", 30.0, 20.0, 500.0, 3.0),
                                        ("sagan/a", 20.0, 15.0, 400.0, None)]:
-        bench = tmp_path / stage("evaluate").benchmark.format(arch=job.split("/")[0], variant=job.split("/")[1])
+        bench = tmp_path / stage("evaluate").benchmark.format(seed=0, arch=job.split("/")[0], variant=job.split("/")[1])
         _bench(bench, wall, cpu, rss)
-        log = tmp_path / stage("evaluate").log.format(arch=job.split("/")[0], variant=job.split("/")[1])
+        log = tmp_path / stage("evaluate").log.format(seed=0, arch=job.split("/")[0], variant=job.split("/")[1])
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("" if start is None else f"progress\n{STARTUP_MARK} {start:.2f} s after the process started\nmore\n")
     _bench(tmp_path / stage("report").benchmark, 5.0, 4.0, 200.0)
     (tmp_path / stage("report").log).write_text(f"{STARTUP_MARK} 1.00 s after the process started\n")
     jobs = job_times(tmp_path)
-    assert sorted(jobs["job"]) == ["-", "sagan/a", "stylegan/a", "stylegan/b"]
+    assert sorted(jobs["job"]) == ["-", "s0/sagan/a", "s0/stylegan/a", "s0/stylegan/b"]  # a replicate's jobs: its seed first
     rules = per_rule(jobs).set_index("rule")
     assert list(rules.index) == ["evaluate", "report"]  # most time first
     ev = rules.loc["evaluate"]
@@ -139,14 +139,14 @@ def test_a_forked_jobs_own_cpu_and_memory_record_replaces_the_benchmarks(tmp_pat
     from workflow_src.workflow.stages import RESOURCES_MARK, STARTUP_MARK, stage
 
     for variant, record in [("a", True), ("b", False)]:
-        _bench(tmp_path / stage("evaluate").benchmark.format(arch="sagan", variant=variant), 12.0, 0.1, 19.0)
-        log = tmp_path / stage("evaluate").log.format(arch="sagan", variant=variant)
+        _bench(tmp_path / stage("evaluate").benchmark.format(seed=0, arch="sagan", variant=variant), 12.0, 0.1, 19.0)
+        log = tmp_path / stage("evaluate").log.format(seed=0, arch="sagan", variant=variant)
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"{STARTUP_MARK} 0.31 s after the process started (forked by the warm process)\nwork\n"
                        + (f"{RESOURCES_MARK} cpu 17.25 s, peak rss 812.5 MB\n" if record else ""))
     jobs = job_times(tmp_path).set_index("job")
-    assert (jobs.loc["sagan/a", "cpu_s"], jobs.loc["sagan/a", "max_rss_mb"], jobs.loc["sagan/a", "startup_s"]) == (17.25, 812.5, 0.31)
-    assert (jobs.loc["sagan/b", "cpu_s"], jobs.loc["sagan/b", "max_rss_mb"]) == (0.1, 19.0)  # a job that died before its record
+    assert (jobs.loc["s0/sagan/a", "cpu_s"], jobs.loc["s0/sagan/a", "max_rss_mb"], jobs.loc["s0/sagan/a", "startup_s"]) == (17.25, 812.5, 0.31)
+    assert (jobs.loc["s0/sagan/b", "cpu_s"], jobs.loc["s0/sagan/b", "max_rss_mb"]) == (0.1, 19.0)  # a job that died before its record
 
 
 def test_gpu_jobs_peak_memory_is_read_from_their_logs_and_checked(tmp_path):
@@ -162,19 +162,19 @@ def test_gpu_jobs_peak_memory_is_read_from_their_logs_and_checked(tmp_path):
     lines = {"a": f"{RESOURCES_MARK} cpu 3.50 s, peak rss 900.0 MB, peak gpu 1536.0 MB\n",
              "b": f"{RESOURCES_MARK} cpu 7.00 s, peak rss 950.0 MB\n"}
     for variant, line in lines.items():
-        _bench(tmp_path / stage("evaluate").benchmark.format(arch="sagan", variant=variant), 4.0, 0.1, 19.0)
-        log = tmp_path / stage("evaluate").log.format(arch="sagan", variant=variant)
+        _bench(tmp_path / stage("evaluate").benchmark.format(seed=0, arch="sagan", variant=variant), 4.0, 0.1, 19.0)
+        log = tmp_path / stage("evaluate").log.format(seed=0, arch="sagan", variant=variant)
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("work\n" + line)
     jobs = job_times(tmp_path).set_index("job")
-    assert jobs.loc["sagan/a", "peak_gpu_mb"] == 1536.0 and pd.isna(jobs.loc["sagan/b", "peak_gpu_mb"])
+    assert jobs.loc["s0/sagan/a", "peak_gpu_mb"] == 1536.0 and pd.isna(jobs.loc["s0/sagan/b", "peak_gpu_mb"])
     assert "| peak GPU MB |" in timing_md(tmp_path) and "| 1536 |" in timing_md(tmp_path)
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "a.json").write_text(json.dumps({"environment": {"device": "cuda:0"}}))
     (tmp_path / "metrics" / "b.json").write_text(json.dumps({"validation": [{"environment": {"device": "cpu"}}]}))
     table, problems = gpucheck.check(tmp_path, ["evaluate", "qat"])
     assert table.set_index("rule").loc["evaluate", ["jobs", "on_gpu", "peak_gpu_mb"]].tolist() == [2, 1, 1536.0]
-    assert sorted(problems) == ["evaluate sagan/b: allocated no GPU memory (log logs/evaluate/sagan/b.log)",
+    assert sorted(problems) == ["evaluate s0/sagan/b: allocated no GPU memory (log logs/evaluate/s0/sagan/b.log)",
                                 "metrics/b.json: records device cpu",
                                 f"rule qat: no job of it ran (no benchmark file under {tmp_path / 'logs' / 'benchmark' / 'qat'})"]
 
@@ -301,3 +301,69 @@ def test_the_falloff_figure_draws_methods_at_enough_widths(tmp_path):
         ("cyclegan", "ptq-quantile", "weights", [8, 6, 4]), ("cyclegan", "ptq-quantile", "activations", [8, 6]),
         ("sagan", "ptq-quantile", "weights", [8, 6, 4]), ("sagan", "ptq-quantile", "activations", [8, 6])]
     assert write_falloff(_sized_rows(), str(tmp_path / "bits.png")) == 4 and (tmp_path / "bits.png").stat().st_size > 0
+
+
+def _seed_rows(seed, q_pc, q_pt, fp_fid, boot=0.05):
+    """One seed's results rows (FP and two variants), as load_results gives them."""
+    rows = [{**_row("sagan", "fp", None, 32, 0.0, boot, fid=fp_fid), "a_bits": 32, "variant": "fp"},
+            {**_row("sagan", "ptq-minmax", True, 4, q_pc, boot), "variant": "ptq-minmax-channel-w4a8"},
+            {**_row("sagan", "ptq-minmax", False, 4, q_pt, boot), "variant": "ptq-minmax-tensor-w4a8"}]
+    for r in rows:
+        r.update(seed=seed, quantiles=f"pair of seed {seed}", n_samples=100)
+    return rows
+
+
+def test_one_seed_aggregates_to_its_own_table():
+    """With one seed the across-seed table is that seed's table: every value and its bootstrap spread as they were."""
+    from workflow_src.reporting import tables
+
+    df = tables.sort_results(pd.DataFrame(_seed_rows(0, 1.0, 2.0, 5.0)))
+    agg = tables.across_seeds(df)
+    cols = ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "fid_std", "qfid_std", "quantiles", "n_samples"]
+    pd.testing.assert_frame_equal(agg[cols], df[cols], check_dtype=False)
+    assert (agg["n_seeds"] == 1).all() and (agg["spread"] == "bootstrap").all() and "seed" not in agg.columns
+    assert (agg["qfid_boot_std"] == df["qfid_std"]).all()
+    out = tables.seeds_csv_frame(agg)
+    assert list(out.columns) == tables.SEEDS_COLUMNS and out["qfid_seed_std"].isna().all()
+    assert out["qfid_mean"].tolist() == df["qfid"].tolist() and out["per_channel"].tolist() == ["", "True", "False"]
+
+
+def test_several_seeds_give_the_mean_and_the_spread_across_them():
+    """Three seeds, values chosen so the mean and the sample standard deviation (ddof 1) are exact by hand."""
+    from workflow_src.reporting import tables
+
+    df = tables.sort_results(pd.DataFrame(_seed_rows(2000, 3.0, 2.0, 7.0) + _seed_rows(0, 1.0, 2.0, 5.0) + _seed_rows(1000, 2.0, 2.0, 6.0)))
+    agg = tables.across_seeds(df).set_index("variant")
+    pc, pt, fp = agg.loc["ptq-minmax-channel-w4a8"], agg.loc["ptq-minmax-tensor-w4a8"], agg.loc["fp"]
+    assert (pc["qfid"], pc["qfid_std"], pc["fid"]) == (pytest.approx(2.0), pytest.approx(1.0), pytest.approx(3.0))  # 1, 2, 3
+    assert (pt["qfid"], pt["qfid_std"]) == (pytest.approx(2.0), 0.0)  # the same at every seed: no spread across seeds
+    assert (fp["fid"], fp["fid_std"], fp["per_channel"]) == (pytest.approx(6.0), pytest.approx(1.0), None)  # FP groups like any row
+    assert (pc["qfid_boot_std"], pc["n_seeds"], pc["seeds"], pc["spread"]) == (pytest.approx(0.05), 3, "0 1000 2000", "seeds")
+    assert pc["quantiles"] == "pair of seed 0"  # a choice, not a measurement: the first seed's
+    cmp = tables.spread_comparison(agg.reset_index()).iloc[0]  # w4: the two variants' seed stds 1 and 0, bootstrap 0.05 each
+    assert (cmp["variants"], cmp["seed_std"], cmp["boot_std"], cmp["ratio"]) == (2, pytest.approx(0.5), pytest.approx(0.05), pytest.approx(10.0))
+    assert "| SAGAN | w4 | 2 |" in tables.spread_comparison_md(agg.reset_index())
+    assert tables.spread_comparison_md(tables.across_seeds(pd.DataFrame(_seed_rows(0, 1.0, 2.0, 5.0)))) == ""
+    note = tables.spread_note(qcfg.load([ROOT / "params.yaml"]), agg.reset_index())
+    assert "mean over 3 seeds (0 1000 2000)" in note and "(n = 3)" in note and "bootstrap" in note
+    one = tables.spread_note(qcfg.load([ROOT / "params.yaml"]), tables.across_seeds(pd.DataFrame(_seed_rows(0, 1.0, 2.0, 5.0))))
+    assert "sampling noise only" in one and "configs/seeds3.yaml" in one
+
+
+def test_a_finding_within_the_spread_across_seeds_is_not_resolved():
+    """The same two seeds' gap judged by its spread across seeds: held when the gap is beyond it, not resolved within it."""
+    from workflow_src.reporting import tables
+
+    def run(gap_at_seed_2):
+        rows = []
+        for seed, gap in ((0, 0.5), (1, gap_at_seed_2)):
+            rows += [{**_row("sagan", "ptq-quantile", True, 4, 1.0, 0.01), "seed": seed},
+                     {**_row("sagan", "ptq-minmax", True, 4, 1.0 + gap, 0.01), "seed": seed}]
+        return report.findings(tables.across_seeds(pd.DataFrame(rows))).set_index("finding").loc["quantile"]
+
+    assert run(0.5)["verdict"] == "held"  # 0.5 both times: no spread across seeds
+    f = run(-0.4)  # mean gap 0.05, spread across seeds 0.64: within
+    assert (f["within"], f["verdict"]) == (1, "not resolved")
+    md = report.paper_comparison_md(report.paper_comparison(tables.across_seeds(pd.DataFrame(_seed_rows(0, 1.0, 2.0, 5.0) + _seed_rows(1, 2.0, 2.0, 6.0)))),
+                                    tables.across_seeds(pd.DataFrame(_seed_rows(0, 1.0, 2.0, 5.0) + _seed_rows(1, 2.0, 2.0, 6.0))))
+    assert "(n = 2 seeds)" in md and "standard deviations across seeds (n = 2" in md

@@ -79,15 +79,15 @@ def test_after_kill_9_the_next_run_just_works(checkout):
 
 def test_a_dry_run_of_another_config_does_not_change_what_a_running_invocation_reads(checkout, tmp_path):
     """Invocation A runs prepare_data then eval_inputs; paused between them, a dry run of another
-    config (another seed) parses in the same directory; A's eval inputs are still those of A's
+    config (another evaluation sample count) parses in the same directory; A's eval inputs are still those of A's
     params (before, both shared .qgan/params.yaml, which the dry run rewrote)."""
     from workflow_src import config as qcfg
     from workflow_src.utils import torch_load
     from workflow_src.workflow.distill import eval_inputs
 
-    target = "eval/stylegan/inputs.pt"
+    target = "eval/s0/stylegan/inputs.pt"
     other = tmp_path / "other.yaml"
-    other.write_text("seed: 7\n")
+    other.write_text(f"eval: {{n_samples: {qcfg.load([checkout / 'params.yaml'])['eval']['n_samples'] + 8}}}\n")
     with open(tmp_path / "a.out", "w") as out:
         run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", target], cwd=checkout, env=_env(),
                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -111,9 +111,9 @@ def test_a_dry_run_of_another_config_does_not_change_what_a_running_invocation_r
 
 # Kill moments of the whole-report test, in the order they first come true: mid-parse, inside each
 # resumable kind of job (FP training, a BRECQ block, a QAT epoch, the sweep), an evaluation, the report.
-KILL_WHEN = ["started", "models/fp/cyclegan.ckpt.pt", "metrics/cyclegan/*.ckpt.pt", "sweeps/cyclegan/*.ckpt.pt",
-             "models/q/cyclegan/*-brecq-*.pt.ckpt.pt", "models/q/cyclegan/*-qat-*.pt.ckpt.pt",
-             "logs/evaluate/cyclegan/*.log", "logs/report.log"]
+KILL_WHEN = ["started", "models/s0/fp/cyclegan.ckpt.pt", "metrics/s0/cyclegan/*.ckpt.pt", "sweeps/s0/cyclegan/*.ckpt.pt",
+             "models/s0/q/cyclegan/*-brecq-*.pt.ckpt.pt", "models/s0/q/cyclegan/*-qat-*.pt.ckpt.pt",
+             "logs/evaluate/s0/cyclegan/*.log", "logs/report.log"]
 # What a result row holds that a wall clock decides: the integer export's latencies, and the columns of the
 # runtime that was faster (each runtime's own numbers are compared in its export record, timings aside).
 TIMED = ["runtime", "size_ratio", "latency_ratio", "latency_ratio_b1", "export_within_step", "export_qfid",
@@ -170,7 +170,7 @@ def test_make_report_killed_with_kill_9_again_and_again_ends_with_the_results_of
         alone_err.close()
     # the moments that always come: the parse, FP training's first checkpoint, the sweep's first variant,
     # a QAT epoch, an evaluation's start, the report
-    assert set(kills) >= set(KILL_WHEN) - {"metrics/cyclegan/*.ckpt.pt", "models/q/cyclegan/*-brecq-*.pt.ckpt.pt"}, kills
+    assert set(kills) >= set(KILL_WHEN) - {"metrics/s0/cyclegan/*.ckpt.pt", "models/s0/q/cyclegan/*-brecq-*.pt.ckpt.pt"}, kills
     # each kill after Snakemake took its lock (all but one that came while it parsed) left it for the runner to clear
     cleared = sum("clearing the Snakemake lock of a killed run" in p.read_text() for p in wd.glob("attempt*.err"))
     assert cleared >= len(kills) - 1, (cleared, kills)
@@ -178,7 +178,7 @@ def test_make_report_killed_with_kill_9_again_and_again_ends_with_the_results_of
     got = pd.read_csv(wd / "reports" / "results.csv").drop(columns=TIMED)
     want = pd.read_csv(runs["alone"] / "reports" / "results.csv").drop(columns=TIMED)
     pd.testing.assert_frame_equal(got, want, check_exact=True)
-    exports = sorted(p.relative_to(wd) for p in wd.glob("metrics/*/*.export.json"))
+    exports = sorted(p.relative_to(wd) for p in wd.glob("metrics/s*/*/*.export.json"))
     assert exports
     for path in exports:
         got, want = (json.loads((d / path).read_text())["runtimes"] for d in (wd, runs["alone"]))

@@ -144,10 +144,10 @@ def failing_run(cluster, tmp_path_factory):
     run and beside it in its own directory: the executor's polling leaves the cluster idle most of
     the time, and the two runs share no file.  Its test reads what it printed."""
     work = tmp_path_factory.mktemp("slurm-failure")
-    (work / "models" / "fp").mkdir(parents=True)
-    (work / "models" / "fp" / "stylegan.ckpt.pt").write_bytes(b"not a checkpoint")
+    (work / "models" / "s0" / "fp").mkdir(parents=True)
+    (work / "models" / "s0" / "fp" / "stylegan.ckpt.pt").write_bytes(b"not a checkpoint")
     with open(work / "snakemake.out", "w") as out:
-        proc = subprocess.Popen(snakemake(work, "models/fp/stylegan.pt", "--retries", "0", "--configfile", str(MICRO)), env=UNTRACKED,
+        proc = subprocess.Popen(snakemake(work, "models/s0/fp/stylegan.pt", "--retries", "0", "--configfile", str(MICRO)), env=UNTRACKED,
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
         yield {"work": work, "proc": proc}
@@ -169,8 +169,8 @@ def micro_on_slurm(cluster, tracking_server, failing_run, tmp_path_factory):
                                 env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
             requeued = {
-                "train_fp": _requeue_when_checkpointed(work, "models/fp/stylegan.ckpt.pt", "train_fp", proc, started + 1500),
-                "qat": _requeue_when_checkpointed(work, "models/q/stylegan/*-qat-*.pt.ckpt.pt", "qat", proc, started + 1500),
+                "train_fp": _requeue_when_checkpointed(work, "models/s0/fp/stylegan.ckpt.pt", "train_fp", proc, started + 1500),
+                "qat": _requeue_when_checkpointed(work, "models/s0/q/stylegan/*-qat-*.pt.ckpt.pt", "qat", proc, started + 1500),
             }
             proc.wait(timeout=1800)
         finally:
@@ -244,13 +244,13 @@ def test_requeued_training_and_qat_resume_from_their_checkpoints(micro_on_slurm)
     work, jobs = micro_on_slurm["work"], {j["JobId"]: j for j in micro_on_slurm["jobs"]}
     for rule, jobid in micro_on_slurm["requeued"].items():
         assert jobs[jobid]["Restarts"] == "1" and jobs[jobid]["JobState"] == "COMPLETED", jobs[jobid]
-    assert re.search(r"resuming stylegan from models/fp/stylegan.ckpt.pt at step [1-9]", (work / "logs" / "train_fp" / "stylegan.log").read_text())
+    assert re.search(r"resuming stylegan from models/s0/fp/stylegan.ckpt.pt at step [1-9]", (work / "logs" / "train_fp" / "s0" / "stylegan.log").read_text())
     qat_logs = [p.read_text() for p in (work / "logs" / "qat").rglob("*.log")]
     assert sum(bool(re.search(r"resuming (ma|lsq)-qat at epoch [1-9]", t)) for t in qat_logs) == 1
     # the loss logs survive the requeue: every step once, in order
-    losses = pd.read_csv(work / "models" / "fp" / "stylegan.losses.csv")
+    losses = pd.read_csv(work / "models" / "s0" / "fp" / "stylegan.losses.csv")
     assert list(losses["step"]) == list(range(200))
-    for path in (work / "models" / "q").glob("*/*-qat-*.losses.csv"):
+    for path in (work / "models" / "s0" / "q").glob("*/*-qat-*.losses.csv"):
         steps = list(pd.read_csv(path)["step"])
         assert steps == list(range(len(steps))) and steps, path
 
@@ -262,7 +262,7 @@ def test_failing_job_is_reported_with_its_slurm_log(failing_run):
     out = (work / "snakemake.out").read_text()
     assert proc.returncode != 0, out[-3000:]
     assert "Error in rule train_fp" in out, out[-3000:]
-    m = re.search(r"log: logs/train_fp/stylegan\.log, (\S+/\.snakemake/slurm_logs/rule_train_fp/stylegan/(\d+)\.log)", out)
+    m = re.search(r"log: logs/train_fp/s0/stylegan\.log, (\S+/\.snakemake/slurm_logs/rule_train_fp/0_stylegan/(\d+)\.log)", out)
     assert m, out[-3000:]
     slurm_log, jobid = Path(m.group(1)), m.group(2)
     assert slurm_log.is_file() and str(slurm_log).startswith(str(work))

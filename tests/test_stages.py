@@ -37,8 +37,9 @@ def test_stage_functions_take_the_declared_artifacts(command):
     names = list(sig.parameters)
     assert names[0] == "cfg", command
     keyword = {n: p for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
-    declared = st.arguments()
+    declared = {n: st.arguments()[n] for n in st.function_arguments()}  # a replicate's --seed reaches it as params seed
     assert set(declared) <= set(keyword), (command, set(declared) - set(keyword))
+    assert "seed" not in keyword, command
     # what the declaration leaves out the function must not need (quantize and qat share one function)
     assert all(p.default is not inspect.Parameter.empty for n, p in keyword.items() if n not in declared), command
     for name, (kind, a) in declared.items():
@@ -58,10 +59,11 @@ def test_every_command_and_option_has_help():
 
 def test_options_come_in_any_order():
     st = stages.COMMANDS["quantize"]
-    pairs = [[stages.option(n), f"v-{n}"] for n in st.arguments() if n != "quantiles"]
+    pairs = [[stages.option(n), "7" if n == "seed" else f"v-{n}"] for n in st.arguments() if n != "quantiles"]
     orders = [list(pairs), list(reversed(pairs))] + [random.Random(seed).sample(pairs, len(pairs)) for seed in range(3)]
     parsed = [vars(cli._parser().parse_args(["quantize"] + [x for p in order for x in p])) for order in orders]
     assert all(p == parsed[0] for p in parsed) and parsed[0]["quantiles"] is None and parsed[0]["model"] == "v-model"
+    assert parsed[0]["seed"] == 7
 
 
 @pytest.mark.parametrize("argv", [["--config", "a.yaml", "--config", "b.yaml", "--threads", "3", "validate"],
@@ -76,6 +78,20 @@ def test_config_and_threads_come_before_or_after_the_command(argv):
     assert vars(cli._parser().parse_args(["validate"]))["config"] is None and vars(cli._parser().parse_args(["validate"]))["threads"] == 1
 
 
+@pytest.mark.parametrize("seed", ["x", "-1", "1.5"])
+def test_a_replicates_seed_is_a_non_negative_integer(seed, capsys):
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["eval-inputs", "--seed", seed, "--arch", "sagan", "--data", "d", "--out", "o"])
+    assert f"--seed {seed!r}: a replicate's seed is a non-negative integer" in capsys.readouterr().err
+
+
+def test_a_replicates_job_computes_with_its_own_seed():
+    """The CLI hands a replicate's stage the params with ``seed`` set to its --seed; a shared stage gets them as they are."""
+    cfg = {"seed": 0, "seeds": [0, 7]}
+    assert cli.replicate(cfg, stages.stage("train_fp"), {"seed": 7, "arch": "sagan"})["seed"] == 7
+    assert cli.replicate(cfg, stages.stage("train_features"), {})["seed"] == 0 and cfg["seed"] == 0
+
+
 def test_shell_lines_pass_every_artifact_by_name():
     st = stages.stage("qat")
     line = st.shell()
@@ -83,7 +99,8 @@ def test_shell_lines_pass_every_artifact_by_name():
     assert line.startswith("python -m workflow_src --threads {threads} qat ")  # the params: $QGAN_PARAMS
     assert "--arch {wildcards.arch:q}" in line and "--fp {input.fp:q}" in line and "--losses {output.losses:q}" in line
     assert "{params.opt_quantiles}" in line and "{params.opt_perceptual}" in line and line.endswith("> {log:q} 2>&1")
-    assert stages.stage("train_fp").log == "logs/train_fp/{arch}.log" and stages.stage("report").log == "logs/report.log"
+    assert stages.stage("train_fp").log == "logs/train_fp/s{seed}/{arch}.log" and stages.stage("report").log == "logs/report.log"
+    assert "--seed {wildcards.seed:q}" in line and "--seed " not in stages.stage("report").shell()
     assert "--losses" not in stages.stage("train_fp").shell()  # written beside the model, not an option
 
 
@@ -91,12 +108,12 @@ def test_paths_that_depend_on_the_params():
     from workflow_src import config as qcfg
 
     cfg = qcfg.load([ROOT / "params.yaml"])
-    w = {"arch": "cyclegan", "variant": "ptq-minmax-tensor-w4a8"}
+    w = {"seed": "3", "arch": "cyclegan", "variant": "ptq-minmax-tensor-w4a8"}
     assert stages.real_statistics(cfg, w) == "stats/h2z-synthetic-testB.npz"
     assert stages.arch_data(cfg, w) == "data/h2z-synthetic"
     assert stages.sweep_best(cfg, w) == [] and stages.perceptual_network(cfg, w) == []
     w["variant"] = "lsq-qat-tensor-w4a8"
-    assert stages.sweep_best(cfg, w) == "sweeps/cyclegan/best.json"
+    assert stages.sweep_best(cfg, w) == "sweeps/s3/cyclegan/best.json"
     cfg["archs"]["cyclegan"]["qat"]["distill_loss"] = "perceptual"
     assert stages.perceptual_network(cfg, w) == "resources/perceptual/tinyvgg.pt"
     cfg["archs"]["cyclegan"]["qat"]["distill_loss"] = "mse"  # the appendix B loss (the tiny CycleGAN's) needs no perceptual network

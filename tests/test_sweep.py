@@ -67,7 +67,7 @@ def test_qat_starts_from_its_own_pair_when_the_params_set_one(tmp_path):
         # other archs keep the PTQ pair (qat.quantiles: ptq)
         assert arch_params(cfg, "stylegan", str(best), Variant(method, True, 4, 8))["quantiles"] == PAIR_4
     assert arch_params(cfg, "sagan", str(best), Variant("ar-brecq", True, 4, 8))["quantiles"] == PAIR_4
-    assert stages.sweep_best(cfg, {"arch": "sagan", "variant": "ar-brecq-channel-w4a8"}) == "sweeps/sagan/best.json"
+    assert stages.sweep_best(cfg, {"seed": "0", "arch": "sagan", "variant": "ar-brecq-channel-w4a8"}) == "sweeps/s0/sagan/best.json"
     cfg["qat"]["quantiles"] = QAT_PAIR  # top level: every arch
     assert arch_params(cfg, "stylegan", str(best), Variant("ma-qat", True, 4, 8))["quantiles_from"] == "qat.quantiles"
     cfg["archs"]["sagan"]["qat"]["quantiles"] = {"activation": {"upper": 0.9, "lower": 0.95}, "weight": QAT_PAIR["weight"]}
@@ -106,7 +106,7 @@ def test_the_sweep_reads_no_evaluation_input_or_statistics():
     statistics that the report scores are not among its inputs."""
     jobs = {j["name"]: j for j in dvc_yaml.snakemake_jobs(ROOT, [])}
     for arch in ("stylegan", "sagan", "cyclegan"):
-        inputs = jobs[f"quantile_sweep.{arch}"]["inputs"]
+        inputs = jobs[f"quantile_sweep.s0.{arch}"]["inputs"]
         assert not [f for f in inputs if f.startswith(("eval/", "stats/"))], inputs
         assert f"data/{'h2z-synthetic' if arch == 'cyclegan' else 'digits'}" in inputs
 
@@ -116,8 +116,8 @@ def test_quantile_readers_wait_for_the_sweep_when_asked(tmp_path):
     pairs = {"activation": {"upper": 0.999, "lower": 0.001}, "weight": {"upper": 1.0, "lower": 0.0}}
     override.write_text(yaml.safe_dump({"archs": {"sagan": {"quantiles": "sweep"}, "stylegan": {"quantiles": pairs}}}))
     jobs = {j["name"]: j for j in dvc_yaml.snakemake_jobs(ROOT, [str(override)])}
-    assert "sweeps/sagan/best.json" in jobs["quantize.sagan.ptq-quantile-tensor-w4a8"]["inputs"]
-    assert "sweeps/sagan/best.json" in jobs["quantize.sagan.ar-brecq-tensor-w4a8"]["inputs"]
-    assert "sweeps/sagan/best.json" not in jobs["quantize.sagan.ptq-minmax-tensor-w4a8"]["inputs"]
-    assert "sweeps/stylegan/best.json" not in jobs["quantize.stylegan.ptq-quantile-tensor-w4a8"]["inputs"]
-    assert {"quantile_sweep.sagan", "quantile_sweep.stylegan", "quantile_sweep.cyclegan", "fig1"} <= set(jobs)
+    assert "sweeps/s0/sagan/best.json" in jobs["quantize.s0.sagan.ptq-quantile-tensor-w4a8"]["inputs"]
+    assert "sweeps/s0/sagan/best.json" in jobs["quantize.s0.sagan.ar-brecq-tensor-w4a8"]["inputs"]
+    assert "sweeps/s0/sagan/best.json" not in jobs["quantize.s0.sagan.ptq-minmax-tensor-w4a8"]["inputs"]
+    assert "sweeps/s0/stylegan/best.json" not in jobs["quantize.s0.stylegan.ptq-quantile-tensor-w4a8"]["inputs"]
+    assert {"quantile_sweep.s0.sagan", "quantile_sweep.s0.stylegan", "quantile_sweep.s0.cyclegan", "fig1"} <= set(jobs)

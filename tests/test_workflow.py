@@ -40,10 +40,10 @@ def test_every_artifact_and_finite_metrics(micro_run):
     cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
     archs, variants = cfg["matrix"]["archs"], [v.name for v in qcfg.variants(cfg)]
     for arch in archs:
-        for p in [f"models/fp/{arch}.pt", f"distill/{arch}.pt", f"eval/{arch}/inputs.pt", f"eval/{arch}/fp_stats.npz", f"metrics/{arch}/fp.json"]:
+        for p in [f"models/s0/fp/{arch}.pt", f"distill/s0/{arch}.pt", f"eval/s0/{arch}/inputs.pt", f"eval/s0/{arch}/fp_stats.npz", f"metrics/s0/{arch}/fp.json"]:
             assert (micro_run / p).stat().st_size > 0, p
         for v in variants:
-            for p in [f"models/q/{arch}/{v}.pt", f"metrics/{arch}/{v}.json", f"samples/{arch}/{v}.png"]:
+            for p in [f"models/s0/q/{arch}/{v}.pt", f"metrics/s0/{arch}/{v}.json", f"samples/s0/{arch}/{v}.png"]:
                 assert (micro_run / p).stat().st_size > 0, p
     df = pd.read_csv(micro_run / "reports" / "results.csv")
     # the contract's columns first and unchanged, then the integer-export columns (issue 9), then where each
@@ -52,7 +52,11 @@ def test_every_artifact_and_finite_metrics(micro_run):
                                 "runtime", "size_ratio", "latency_ratio", "latency_ratio_b1", "export_within_step", "export_qfid",
                                 "onnxruntime_latency_ratio", "onnxruntime_size_ratio", "pt2e_latency_ratio", "pt2e_size_ratio",
                                 "quantiles", "quantiles_from", "qfid_floor", "fid_floor", "selected_epoch", "selected_on", "distill_loss",
-                                "avg_w_bits", "size_bytes"]
+                                "avg_w_bits", "size_bytes", "seed"]  # the replicate (issue 21): one row per variant and seed
+    assert (df["seed"] == cfg["seeds"][0]).all()
+    seeds = pd.read_csv(micro_run / "reports" / "seeds.csv")  # one seed: its values, no spread across seeds
+    assert len(seeds) == len(df) and (seeds["n_seeds"] == 1).all() and seeds["qfid_seed_std"].isna().all()
+    assert (seeds["qfid_mean"].to_numpy() == df["qfid"].to_numpy()).all() and (seeds["qfid_boot_std"].to_numpy() == df["qfid_std"].to_numpy()).all()
     readers = df["method"].isin(["ptq-quantile", "ar-brecq", "ste-brecq", "ma-qat", "lsq-qat"])
     mixed = df["method"] == "mp-quantile"
     assert (df[readers]["quantiles_from"].str.split(" ").str[1] == "w" + df[readers]["w_bits"].astype(str)).all()  # each width's own pair
@@ -79,7 +83,7 @@ def test_every_artifact_and_finite_metrics(micro_run):
     assert df[~qat]["selected_on"].isna().all() and df[~qat]["distill_loss"].isna().all()
     assert set(df[qat]["arch"] + ":" + df[qat]["distill_loss"]) == {"cyclegan:mse", "stylegan:perceptual", "sagan:perceptual"}
     assert "Epoch kept by each trained method" in (micro_run / "reports" / "table4.md").read_text()
-    info = json.loads((micro_run / "models" / "q" / "cyclegan" / "ma-qat-tensor-w4a8.json").read_text())
+    info = json.loads((micro_run / "models" / "s0" / "q" / "cyclegan" / "ma-qat-tensor-w4a8.json").read_text())
     records = info["validation"]  # the start and every epoch, scored on held-out images
     assert [r["epoch"] for r in records] == list(range(-1, cfg["qat"]["epochs"])) and info["select_on"] == "qfid"
     k, kept = cfg["qat"]["select_spreads"], records[0]  # the documented rule: an epoch replaces the kept model
@@ -123,13 +127,13 @@ def test_every_artifact_and_finite_metrics(micro_run):
     assert all(r["file_within_step"] >= 0.95 for rt_, r in files if rt_ == "onnxruntime"), [r["file_within_step"] for _, r in files]
     assert df[df["method"] == "fp"]["runtime"].isna().all()
     for arch in archs:
-        summary = json.loads((micro_run / "metrics" / arch / "ptq-minmax-tensor-w8a8.export.json").read_text())
+        summary = json.loads((micro_run / "metrics" / "s0" / arch / "ptq-minmax-tensor-w8a8.export.json").read_text())
         assert set(summary["runtimes"]) == set(cfg["export"]["runtimes"])
         want = {f"b{b}.{ext}" for b in cfg["export"]["batch_sizes"] for ext in ("onnx", "pt2")}
-        for d in (micro_run / "exports" / arch / "fp", micro_run / "exports" / arch / summary["variant"]):
+        for d in (micro_run / "exports" / "s0" / arch / "fp", micro_run / "exports" / "s0" / arch / summary["variant"]):
             assert {p.name for p in d.glob("b*")} == want and all((d / n).stat().st_size > 0 for n in want), d
         # mixed precision: its 4-bit layers packed as INT4, the others INT8 (micro: widths 4 and 8)
-        mp = json.loads((micro_run / "metrics" / arch / "mp-quantile-tensor-w6a8.export.json").read_text())
+        mp = json.loads((micro_run / "metrics" / "s0" / arch / "mp-quantile-tensor-w6a8.export.json").read_text())
         assert mp["weight_storage"].startswith("int4 packed (2 per byte) for the 4-bit layers, int8 for the 8-bit layers")
     export_md = (micro_run / "reports" / "export.md").read_text()
     assert "Layers left in float" in export_md and "InstanceNormalization" in export_md and "onednn.qconv_pointwise" in export_md
@@ -250,7 +254,7 @@ def test_each_job_reads_exactly_the_params_keys_its_rule_declares(micro_run):
     mapping that records them, config/trace.py).  Every key read is one its rule declares, so its change
     reruns the job (Snakemake's params trigger, DVC's params:); every declared key is read, so no other
     change reruns it; every key of the params is read by some job, except what the Snakefile alone reads
-    (which jobs exist: matrix.archs; what they ask a cluster for: resources) and `runtime` (how a job
+    (which jobs exist: matrix.archs, seeds; what they ask a cluster for: resources) and `runtime` (how a job
     runs, never what it computes: read by many, declared by none)."""
     cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
     records = [json.loads(p.read_text()) for p in sorted((micro_run / PARAM_READS).rglob("*.json"))]
@@ -275,7 +279,7 @@ def test_each_job_reads_exactly_the_params_keys_its_rule_declares(micro_run):
             yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
     read = {k for r in records for k in r["reads"]}
     never = [k for k in leaves(cfg) if not any(_under(k, x) or _under(x, k) for x in read)
-             and not any(_under(k, s) for s in ("matrix.archs", "resources", "runtime"))]
+             and not any(_under(k, s) for s in ("matrix.archs", "seeds", "resources", "runtime"))]
     assert not never, f"params keys no job reads: {never}"
 
 
@@ -305,7 +309,7 @@ def test_changing_one_key_reruns_exactly_the_jobs_that_read_it_and_what_follows(
     (tmp_path / "one.yaml").write_text(json.dumps(override))
     planned = {j["name"] for j in snakemake_jobs(ROOT, [str(ROOT / "configs" / "micro.yaml"), str(tmp_path / "one.yaml")], workdir=micro_run)}
     records = [json.loads(p.read_text()) for p in sorted((micro_run / PARAM_READS).rglob("*.json"))]
-    readers = {".".join((r["rule"], *(r["wildcards"][w] for w in STAGES[r["rule"]].wildcards)))
+    readers = {".".join((r["rule"], *(("s" if w == "seed" else "") + r["wildcards"][w] for w in STAGES[r["rule"]].wildcards)))
                for r in records if any(_under(key, k) or _under(k, key) for k in r["reads"])}
     assert readers, key
     expected, grew = set(readers), True
@@ -343,10 +347,10 @@ def test_changing_the_bootstrap_count_reruns_qat_only_where_it_selects_on_the_va
     proc = subprocess.run(SNAKEMAKE + ["-d", str(micro_run), "--cores", "1", "-n", "-p", "report", "--configfile", str(ROOT / "configs" / "micro.yaml"), str(other)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    qat = re.findall(r"workflow_src --threads \S+ qat --arch (\w+)", proc.stdout)
+    qat = re.findall(r"workflow_src --threads \S+ qat --seed \d+ --arch (\w+)", proc.stdout)
     assert qat and set(qat) == {"cyclegan"}, qat
     # the layer sensitivity's spreads are bootstrap too: its tables change, and mixed precision, which allocates from them, reruns
-    quantized = re.findall(r"workflow_src --threads \S+ quantize --arch \w+ --variant (\S+)", proc.stdout)
+    quantized = re.findall(r"workflow_src --threads \S+ quantize --seed \d+ --arch \w+ --variant (\S+)", proc.stdout)
     assert quantized and all(v.startswith("mp-quantile-") for v in quantized), quantized
     assert not re.search(r"^(?:local)?rule (quantile_sweep|train_fp|distill):$", proc.stdout, re.M)
 
@@ -414,6 +418,8 @@ def test_results_rebuilt_from_mlflow_equal_the_metrics_files(micro_run, monkeypa
     from_files = pd.read_csv(micro_run / "reports" / "results.csv", keep_default_na=False)
     from_mlflow.to_csv(micro_run / "from_mlflow.csv", index=False, float_format=report.RESULTS_FLOAT)
     # the evaluation columns are rebuilt from MLflow; the export columns come from the export summaries
+    assert (from_mlflow["seed"] == 0).all()  # the run's tag
+    from_mlflow[report.COLUMNS].to_csv(micro_run / "from_mlflow.csv", index=False, float_format=report.RESULTS_FLOAT)
     lines = (micro_run / "reports" / "results.csv").read_text().splitlines()
     evaluation = "".join(",".join(line.split(",")[: len(report.COLUMNS)]) + "\n" for line in lines)
     assert (micro_run / "from_mlflow.csv").read_text() == evaluation
@@ -425,13 +431,14 @@ def test_results_rebuilt_from_mlflow_equal_the_metrics_files(micro_run, monkeypa
     assert set(runs["tags.stage"]) == {"train", "quantize", "evaluate", "export", "variant", "train_features", "train_perceptual", "quantile_sweep",
                                       "sensitivity"}
     sweep = runs[(runs["tags.stage"] == "quantile_sweep") & (runs["tags.arch"] == "sagan")].iloc[0]
-    sweep_rows = pd.read_csv(micro_run / "sweeps" / "sagan" / "quantile_sweep.csv")
+    sweep_rows = pd.read_csv(micro_run / "sweeps" / "s0" / "sagan" / "quantile_sweep.csv")
     history = mlflow.tracking.MlflowClient().get_metric_history(sweep["run_id"], "validation_qfid")
     assert sorted((m.step, round(m.value, 6)) for m in history) == [(i, round(q, 6)) for i, q in enumerate(sweep_rows["qfid"])]
     assert runs["tags.workflow_id"].dropna().nunique() == 1
     # one parent run per row of results.csv, with every hyperparameter and final metric of the variant
     variants = mlflow.search_runs(experiment_names=["qgan-bench-micro"], filter_string="tags.stage = 'variant'")
-    assert len(variants) == len(from_files) and not variants.duplicated(["tags.arch", "tags.variant"]).any()
+    assert len(variants) == len(from_files) and not variants.duplicated(["tags.arch", "tags.variant", "tags.seed"]).any()
+    assert (variants["tags.seed"] == "0").all() and variants["tags.mlflow.runName"].str.endswith("-s0").all()
     by_variant = variants.set_index(["tags.arch", "tags.variant"])
     row = by_variant.loc[("sagan", "ptq-minmax-tensor-w8a8")]  # quantized, evaluated and exported
     expect = from_files[(from_files["arch"] == "sagan") & (from_files["method"] == "ptq-minmax") & (from_files["per_channel"] == "False")
@@ -460,7 +467,7 @@ def test_block_reconstruction_on_the_micro_run(micro_run):
     """Per-block losses are written next to the model; reconstruction lowers the error of most
     blocks and of every variant as a whole, and never leaves a block worse than it started."""
     cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
-    infos = sorted((micro_run / "models" / "q").glob("*/*-brecq-*.json"))
+    infos = sorted((micro_run / "models" / "s0" / "q").glob("*/*-brecq-*.json"))
     assert len(infos) == len(cfg["matrix"]["archs"]) * sum(v.method.endswith("brecq") for v in qcfg.variants(cfg))
     improved = total = 0
     for path in infos:
@@ -508,7 +515,7 @@ def test_qat_improves_on_its_ptq_initialisation_on_the_micro_run(micro_run):
                 else:
                     assert q <= ptq + q_std + ptq_std + 2 * floor, what
                 variant = f"{method}-{'channel' if pc else 'tensor'}-w4a8"
-                losses = pd.read_csv(micro_run / "models" / "q" / arch / f"{variant}.losses.csv")
+                losses = pd.read_csv(micro_run / "models" / "s0" / "q" / arch / f"{variant}.losses.csv")
                 assert list(losses["step"]) == list(range(len(losses))) and len(losses) > 0
     assert improved >= 2  # StyleGAN's two methods at least
     assert "LSQ-QAT" in (micro_run / "reports" / "table4.md").read_text()
@@ -545,17 +552,56 @@ def test_jobs_forked_by_the_warm_process_compute_what_fresh_processes_compute(mi
     copy = tmp_path / "copy"
     shutil.copytree(micro_run, copy, symlinks=True)
     variants = ["ptq-minmax-tensor-w4a8", "ma-qat-tensor-w4a8"]
-    proc = subprocess.run(SNAKEMAKE + [*[f"metrics/sagan/{v}.json" for v in variants], "-d", str(copy), "--cores", "2",
+    proc = subprocess.run(SNAKEMAKE + [*[f"metrics/s0/sagan/{v}.json" for v in variants], "-d", str(copy), "--cores", "2",
                                        "--forcerun", "quantize", "qat", "evaluate", "--configfile", str(ROOT / "configs" / "micro.yaml")],
                           capture_output=True, text=True, env={**os.environ, "QGAN_WARM": "off", "QGAN_TRACKING": "off"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     for v in variants:
-        log = (copy / "logs" / "evaluate" / "sagan" / f"{v}.log").read_text()
+        log = (copy / "logs" / "evaluate" / "s0" / "sagan" / f"{v}.log").read_text()
         assert "qgan-bench: work starts" in log and "forked" not in log  # rerun, afresh
-        fresh, warm = json.loads((copy / "metrics" / "sagan" / f"{v}.json").read_text()), json.loads((micro_run / "metrics" / "sagan" / f"{v}.json").read_text())
+        fresh, warm = json.loads((copy / "metrics" / "s0" / "sagan" / f"{v}.json").read_text()), json.loads((micro_run / "metrics" / "s0" / "sagan" / f"{v}.json").read_text())
         assert {k: fresh[k] for k in ("fid", "qfid", "fid_std", "qfid_std")} == {k: warm[k] for k in ("fid", "qfid", "fid_std", "qfid_std")}
-        a = torch.load(copy / "models" / "q" / "sagan" / f"{v}.pt", weights_only=True)
-        b = torch.load(micro_run / "models" / "q" / "sagan" / f"{v}.pt", weights_only=True)
+        a = torch.load(copy / "models" / "s0" / "q" / "sagan" / f"{v}.pt", weights_only=True)
+        b = torch.load(micro_run / "models" / "s0" / "q" / "sagan" / f"{v}.pt", weights_only=True)
         flat = lambda d: {k: v for k, v in d.items() if isinstance(v, torch.Tensor)} if isinstance(d, dict) else {}
         sa, sb = flat(a.get("state_dict", a)), flat(b.get("state_dict", b))
         assert sa.keys() == sb.keys() and sa and all(torch.equal(sa[k], sb[k]) for k in sa), v
+
+
+@pytest.mark.workflow
+def test_adding_a_seed_plans_only_that_seeds_jobs_and_the_report(micro_run, micro_dag, tmp_path):
+    """seeds [0] -> [0, 1] on the finished micro run: Snakemake plans every replicate job of seed 1
+    (one per job of seed 0) and the report that aggregates them; no job of seed 0, nothing shared."""
+    more = tmp_path / "seeds.yaml"
+    more.write_text("seeds: [0, 1]\n")
+    planned = {j["name"] for j in snakemake_jobs(ROOT, [str(ROOT / "configs" / "micro.yaml"), str(more)], workdir=micro_run)}
+    seed0 = {j["name"] for j in micro_dag if ".s0." in j["name"]}
+    seed1 = planned - {"report"}
+    assert "report" in planned and seed1 <= {n.replace(".s0.", ".s1.") for n in seed0}, sorted(seed1)
+    # seed 1 runs every job of seed 0 but the exports (the first seed's only); its sweeps and sensitivity, which its
+    # quantization reads (micro: quantiles from the sweep, mixed precision from the sensitivity), are its own
+    assert seed1 == {n.replace(".s0.", ".s1.") for n in seed0 if not n.startswith("export")}, sorted(seed1 ^ {n.replace(".s0.", ".s1.") for n in seed0})
+
+
+@pytest.mark.workflow
+def test_two_seeds_train_two_models_and_leave_the_first_seeds_as_it_was(micro_run, tmp_path):
+    """Seeds 0 and 1 in a fresh directory (the micro run's prepared data copied in): FP training and
+    the evaluation inputs of each seed under its own path, seed 1's differ from seed 0's, and seed
+    0's are the micro run's own, bit for bit: adding a seed changes no other seed's artifacts."""
+    import shutil
+
+    import torch
+
+    shutil.copytree(micro_run / "data", tmp_path / "data")
+    (tmp_path / "seeds.yaml").write_text("seeds: [0, 1]\n")
+    targets = [p for s in (0, 1) for p in (f"models/s{s}/fp/sagan.pt", f"eval/s{s}/sagan/inputs.pt")]
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "--cores", "2", *targets, "--configfile", str(ROOT / "configs" / "micro.yaml"),
+                                       str(tmp_path / "seeds.yaml")], capture_output=True, text=True, env={**os.environ, "QGAN_TRACKING": "off"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    load = lambda p: torch.load(p, map_location="cpu", weights_only=True)  # noqa: E731
+    m0, m1, ref = load(tmp_path / "models/s0/fp/sagan.pt"), load(tmp_path / "models/s1/fp/sagan.pt"), load(micro_run / "models/s0/fp/sagan.pt")
+    g0, g1, gref = (m["state"]["G"] for m in (m0, m1, ref))
+    assert g0.keys() == gref.keys() and all(torch.equal(g0[k], gref[k]) for k in g0)  # seed 0 as the one-seed run trained it
+    assert any(not torch.equal(g0[k], g1[k]) for k in g0 if g0[k].is_floating_point())  # seed 1: another model
+    i0, i1 = load(tmp_path / "eval/s0/sagan/inputs.pt"), load(tmp_path / "eval/s1/sagan/inputs.pt")
+    assert not torch.equal(i0["inputs"], i1["inputs"]) and torch.equal(i0["inputs"], load(micro_run / "eval/s0/sagan/inputs.pt")["inputs"])

@@ -1,6 +1,6 @@
 """Resumable checkpoints that only ever continue the same work.
 
-A checkpoint (FP training's ``models/fp/<arch>.ckpt.pt``, BRECQ's per block and QAT's per epoch
+A checkpoint (FP training's ``models/s<seed>/fp/<arch>.ckpt.pt``, BRECQ's per block and QAT's per epoch
 ``<out>.ckpt.pt``) carries a *fingerprint* of what made it:
 
 * ``params``: the values of the params keys the job reads (``workflow.stages.param_values``, the keys Snakemake

@@ -10,7 +10,7 @@ import pandas as pd
 from ..config import FP
 from ..figures import fig_title
 from ..files import atomic_path
-from .tables import arch_title, uniform
+from .tables import arch_title, spread_label, uniform
 
 
 def falloff_series(df: pd.DataFrame) -> List[Tuple[str, str, bool, str, pd.DataFrame]]:
@@ -60,7 +60,7 @@ def write_falloff(df: pd.DataFrame, png: str) -> int:
         ax.set_title(arch_title(arch), fontsize=9)
         if mine:
             ax.legend(fontsize=6)
-    fig_title(fig, "Where quality falls off: qFID by bit width (error bars: bootstrap spread over samples, one seed)", fontsize=9)
+    fig_title(fig, f"Where quality falls off: qFID by bit width (error bars: {spread_label(df)})", fontsize=9)
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

@@ -15,7 +15,7 @@ import pandas as pd
 from ..config import FP
 from ..figures import fig_title
 from ..files import atomic_path
-from .tables import RESULTS_FLOAT, arch_title, method_title, uniform
+from .tables import RESULTS_FLOAT, arch_title, method_title, spread_label, uniform
 
 FRONT_COLUMNS = ["arch", "variant", "method", "per_channel", "w_bits", "a_bits", "avg_w_bits", "size_bytes", "size_ratio", "qfid", "qfid_std",
                  "qfid_floor", "within_floor", "pareto"]
@@ -100,7 +100,7 @@ def write_front(df: pd.DataFrame, csv: str, png: str) -> pd.DataFrame:
         ax.set_ylabel("qFID against FP (lower is better)")
         ax.set_title(arch_title(arch), fontsize=9)
         ax.legend(fontsize=6, loc="upper right")
-    fig_title(fig, "Size against quality: every variant, the Pareto-optimal ones joined (evaluation inputs; one seed)", fontsize=9)
+    fig_title(fig, f"Size against quality: every variant, the Pareto-optimal ones joined (evaluation inputs; {spread_label(df)})", fontsize=9)
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

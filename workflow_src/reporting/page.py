@@ -23,7 +23,7 @@ import pandas as pd
 from ..config import FP
 from ..config.params import resolved_digest
 from .paper import BEYOND, bootstrap_std, findings
-from .tables import arch_title, fmt_spread, fmt_value, method_title, uniform
+from .tables import arch_title, fmt_spread, fmt_value, method_title, n_seeds, spread_label, uniform
 
 PACKAGES = ("torch", "torchvision", "snakemake", "dvc", "mlflow", "pytorch-fid", "pandas", "numpy", "onnxruntime")
 STYLE = """
@@ -210,8 +210,10 @@ def _results_table(csv_df: pd.DataFrame) -> str:
 
 def _findings_html(df: pd.DataFrame) -> str:
     best = best_by_width(df)
-    parts = [f"<p class='note'>Spreads are bootstrap standard deviations over the generated images (a spread across samples, "
-             f"not across training seeds). Two values differ only beyond {BEYOND:g} combined spreads and when not both sit at or "
+    n = n_seeds(df)
+    what = (f"standard deviations across {n} seeds (each its own FP model, calibration and QAT run)" if n > 1 else
+            "bootstrap standard deviations over the generated images of one seed (a spread across samples, not across training seeds)")
+    parts = [f"<p class='note'>Spreads are {what}. Two values differ only beyond {BEYOND:g} combined spreads and when not both sit at or "
              "below the arch's noise floor (qFID: the FP generator against itself on other inputs).</p>",
              "<table><tr><th>Arch</th><th>Weights</th><th>Best (lowest qFID)</th><th>qFID</th><th>Not distinguishable from it</th>"
              "<th>Above the noise floor?</th></tr>"]
@@ -264,9 +266,9 @@ def write_page(cfg: Mapping[str, Any], df: pd.DataFrame, csv_df: pd.DataFrame, *
             "generator on the same inputs (0 = identical outputs). Lower is better for both. Activations 8-bit asymmetric "
             f"static, weights symmetric. Feature space: {_e(', '.join(sorted(set(df['feature_space']))))}.</p>",
             "<h2 id='findings'>Findings</h2>", _findings_html(df),
-            *(["<h3>Size against quality: the Pareto-optimal variants per arch (qFID ± bootstrap spread, one seed)</h3>",
+            *([f"<h3>Size against quality: the Pareto-optimal variants per arch (qFID ± {spread_label(df)})</h3>",
                f"<div class='scroll'>{_markdown(front)}</div>"] if front else []),
-            "<h2 id='plots'>Plots</h2><h3>qFID by method (error bars: bootstrap spread)</h3>", _img(qfid_plot(df), "qFID by method")]
+            f"<h2 id='plots'>Plots</h2><h3>qFID by method (error bars: {spread_label(df)})</h3>", _img(qfid_plot(df), "qFID by method")]
     for title, p in figures.items():
         body.append(f"<h3>{_e(title)} (<a href='{_e(link(p))}'>{_e(Path(p).name)}</a>)</h3>" + _img(Path(p).read_bytes(), title))
     body += ["<h2 id='tables'>Tables 3 and 4</h2>", "<h3>Table 4: vanilla PTQ and QAT</h3>", _md_file(files["Table 4"]),

@@ -14,6 +14,7 @@ import pandas as pd
 
 from .. import registry
 from .tables import arch_title, fmt_spread, fmt_value, method_title
+from .tables import n_seeds as tables_n_seeds
 
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.csv"
 PAPER_TABLES = {"3": "Table 3", "4": "Table 4", "B": "App. B"}
@@ -183,14 +184,16 @@ def bootstrap_std(row: Mapping[str, Any], metric: str) -> float:
 def findings(df: pd.DataFrame) -> pd.DataFrame:
     """One row per finding of the paper: cells held / against / within the spread, and a verdict:
     ``held`` when it holds in most cells and is contradicted in none, ``not held`` when it is
-    contradicted in most, ``mixed`` otherwise, ``not run`` when no cell exists."""
+    contradicted in most, ``mixed`` when some cells hold and others contradict it, ``not resolved``
+    when most differences are within the spread (at this number of seeds: more could resolve them),
+    ``not run`` when no cell exists."""
     out = []
     for f in FINDINGS:
         cells = finding_cells(df, f)
         n = {v: int((cells["verdict"] == v).sum()) for v in ("held", "against", "within")}
         total = len(cells)
         verdict = ("not run" if total == 0 else "held" if n["held"] * 2 > total and n["against"] == 0
-                   else "not held" if n["against"] * 2 > total else "mixed")
+                   else "not held" if n["against"] * 2 > total else "mixed" if n["held"] and n["against"] else "not resolved")
         out.append({"finding": f.key, "claim": f.claim, "section": f.where, "metric": f.metric, "cells": total, **n, "verdict": verdict})
     return pd.DataFrame(out)
 
@@ -208,10 +211,14 @@ def paper_comparison_md(cmp: pd.DataFrame, df: Optional[pd.DataFrame] = None, fl
         lines += [floor, ""]
     if df is not None:
         fd = findings(df)
-        lines += ["## The paper's findings on this run", "",
-                  f"Per cell (arch, granularity, width): *held* when the claim holds by more than {BEYOND:g} combined bootstrap "
-                  "standard deviations (resamples of the generated images: a spread across samples, not across training "
-                  "seeds), *against* when the opposite does, *within* otherwise.", "",
+        n_seeds = tables_n_seeds(df)
+        spread = (f"standard deviations across seeds (n = {n_seeds}: each seed its own FP model, calibration and QAT run)"
+                  if n_seeds > 1 else "bootstrap standard deviations (resamples of the generated images of one seed: a spread "
+                  "across samples only, so a *held* here may not survive another seed)")
+        lines += [f"## The paper's findings on this run (n = {n_seeds} seed{'s' if n_seeds > 1 else ''})", "",
+                  f"Per cell (arch, granularity, width): *held* when the claim holds by more than {BEYOND:g} combined {spread}, "
+                  "*against* when the opposite does, *within* otherwise. Verdict: *held* in most cells and against in none, "
+                  "*not held* against in most, *mixed* both, *not resolved* (at this n) mostly within.", "",
                   "| Finding (paper section) | Metric | Cells | Held | Against | Within spread | Verdict |", "|---|---|---|---|---|---|---|"]
         for _, r in fd.iterrows():
             lines.append(f"| {r['claim']} ({r['section']}) | {r['metric']} | {r['cells']} | {r['held']} | {r['against']} | "

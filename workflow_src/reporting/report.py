@@ -16,8 +16,8 @@ from .falloff import write_falloff
 from .front import front_md, write_front
 from .page import write_page
 from .paper import paper_comparison, paper_comparison_md
-from .tables import (RESULTS_FLOAT, arch_title, export_tables, floor_note, load_results, merge_exports, merge_floors, quantile_note,
-                     results_csv_frame, selection_note, spread_note)
+from .tables import (RESULTS_FLOAT, across_seeds, arch_title, export_tables, floor_note, load_results, merge_exports, merge_floors,
+                     quantile_note, results_csv_frame, seeds_csv_frame, selection_note, spread_comparison_md, spread_note)
 from .tables import table3 as table3_md
 from .tables import table4 as table4_md
 from .timing import timing_md
@@ -56,27 +56,32 @@ def summary_metrics(df: pd.DataFrame) -> Dict[str, Dict[str, Dict[str, float]]]:
 
 
 def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1: str, sensitivity: str, figures: List[str], exports: List[str],
-           floors: List[str], results: str, table4: str, table3: str, paper: str, export: str, timing: str, html: str,
+           floors: List[str], results: str, seeds: str, table4: str, table3: str, paper: str, export: str, timing: str, html: str,
            summary: str, front: str, fig_front: str, fig_bits: str) -> None:
     """Every table, the results page (:mod:`.page`) and the summary metrics from the variants'
-    metrics, samples, export summaries and figures."""
+    metrics, samples, export summaries and figures.  ``results`` has a row per variant and seed;
+    everything else shows each variant over its seeds (:func:`.tables.across_seeds`), ``seeds``
+    its spread across them beside the bootstrap spread."""
     tracking.flush()  # the jobs' MLflow records, for runs without Snakemake's onsuccess (DVC)
     Path(html).parent.mkdir(parents=True, exist_ok=True)
-    df = merge_floors(merge_exports(load_results(metrics), list(exports)), list(floors))
-    bad = df[~df[["fid", "qfid"]].map(lambda x: pd.notna(x) and abs(x) != float("inf")).all(axis=1)]
+    per_seed = merge_floors(merge_exports(load_results(metrics), list(exports)), list(floors))
+    bad = per_seed[~per_seed[["fid", "qfid"]].map(lambda x: pd.notna(x) and abs(x) != float("inf")).all(axis=1)]
     if len(bad):
-        raise ValueError(f"non-finite metrics for {bad[['arch', 'variant']].values.tolist()}")
-    csv_df = results_csv_frame(df)
-    tracking.link_variants(cfg["profile"], df[["arch", "variant", "method", "per_channel", "w_bits", "a_bits"]].to_dict("records"))
+        raise ValueError(f"non-finite metrics for {bad[['arch', 'variant', 'seed']].values.tolist()}")
+    csv_df = results_csv_frame(per_seed)
+    tracking.link_variants(cfg["profile"], per_seed[["arch", "variant", "method", "per_channel", "w_bits", "a_bits", "seed"]].to_dict("records"))
     with atomic_path(results) as tmp:
         csv_df.to_csv(tmp, index=False, float_format=RESULTS_FLOAT)
+    df = across_seeds(per_seed)
+    with atomic_path(seeds) as tmp:
+        seeds_csv_frame(df).to_csv(tmp, index=False, float_format=RESULTS_FLOAT)
     write_json(summary, summary_metrics(df))
     front_table = write_front(df, front, fig_front)
     write_falloff(df, fig_bits)
     cmp = paper_comparison(df)
     floor = floor_note(list(floors))
     atomic_write_text(paper, "# The paper's findings and numbers beside ours\n\n" + paper_comparison_md(cmp, df, floor))
-    note = spread_note(cfg, df) + floor + quantile_note(df) + selection_note(df)
+    note = spread_note(cfg, df) + spread_comparison_md(df) + floor + quantile_note(df) + selection_note(df)
     atomic_write_text(export, "# Integer exports: size and latency against FP32\n\n" + (
         export_tables(list(exports)) if exports else
         f"No variant is exported: no weight width of the matrix is in `export.w_bits` = {cfg['export']['w_bits']}.\n"))
@@ -97,7 +102,7 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
     shown["Where quality falls off: qFID by weight and activation width"] = fig_bits
     shown["Size against quality: generator size and qFID of every variant, the Pareto front joined"] = fig_front
     shown.update({f"Samples by method: {arch_title(a)}": figure_of[a] for a in archs if a in figure_of and Path(figure_of[a]).exists()})
-    files = {"results.csv": results, "Size-quality front": front, "Table 4": table4, "Table 3": table3, "Paper comparison": paper, "Timing": timing}
+    files = {"results.csv": results, "Across seeds": seeds, "Size-quality front": front, "Table 4": table4, "Table 3": table3, "Paper comparison": paper, "Timing": timing}
     if exports:
         files["export"] = export
     sweep_csv = Path(fig1).with_name("quantile_sweep.csv")

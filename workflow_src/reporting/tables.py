@@ -31,7 +31,14 @@ TRAINING_COLUMNS = ["selected_epoch", "selected_on", "distill_loss"]
 # The generator's size (issue 20): bits per quantized weight averaged over its weights (32: FP; a
 # mixed-precision variant's w_bits is its budget) and the bytes of its weights at their widths.
 SIZE_COLUMNS = ["avg_w_bits", "size_bytes"]
+# The replicate (params seeds) a row of results.csv comes from (issue 21): one row per variant and seed.
+SEED_COLUMNS = ["seed"]
 KEY = ["arch", "method", "per_channel", "w_bits", "a_bits"]
+# reports/seeds.csv: one row per variant, over its seeds: the mean, the standard deviation across
+# seeds (ddof 1; empty with one seed) and the mean bootstrap spread over samples, for FID and qFID.
+SEEDS_COLUMNS = KEY + ["n_seeds", "seeds", "fid_mean", "fid_seed_std", "fid_boot_std", "qfid_mean", "qfid_seed_std", "qfid_boot_std"]
+# Columns of a variant that are one seed's choice, not a measurement: the aggregate keeps the first seed's.
+_FIRST_SEED_COLUMNS = ["quantiles", "quantiles_from", "selected_epoch", "selected_on", "distill_loss"]
 RESULTS_FLOAT = "%.6g"  # results.csv: six significant digits (a qFID of 3e-5 is not 0.0000)
 FP_TITLE = "full-precision"
 
@@ -64,7 +71,8 @@ def sort_results(df: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"results lack columns {missing}")
     df = df.assign(_m=df["method"].map(lambda m: 0 if m == FP else 1), _pc=df["per_channel"].map(lambda x: -1 if x is None or pd.isna(x) else int(bool(x))))
-    df = df.sort_values(["arch", "_m", "method", "_pc", "w_bits", "a_bits"], ascending=[True, True, True, False, False, False])
+    by = ["arch", "_m", "method", "_pc", "w_bits", "a_bits"] + (["seed"] if "seed" in df.columns else [])
+    df = df.sort_values(by, ascending=[True, True, True, False, False, False, True][:len(by)])
     return df.drop(columns=["_m", "_pc"]).reset_index(drop=True)
 
 
@@ -73,7 +81,8 @@ def results_csv_frame(df: pd.DataFrame) -> pd.DataFrame:
     QUANTILE_COLUMNS where the metrics record them, then FLOOR_COLUMNS where floors were measured,
     then TRAINING_COLUMNS, then SIZE_COLUMNS),
     ``per_channel`` as True/False (empty for FP)."""
-    cols = COLUMNS + [c for c in EXPORT_COLUMNS + QUANTILE_COLUMNS + FLOOR_COLUMNS + TRAINING_COLUMNS + SIZE_COLUMNS if c in df.columns]
+    cols = COLUMNS + [c for c in EXPORT_COLUMNS + QUANTILE_COLUMNS + FLOOR_COLUMNS + TRAINING_COLUMNS + SIZE_COLUMNS + SEED_COLUMNS
+                      if c in df.columns]
     out = sort_results(df)[cols].copy()
     out["per_channel"] = out["per_channel"].map(lambda x: "" if x is None or pd.isna(x) else str(bool(x)))
     return out
@@ -138,19 +147,68 @@ def table3(df: pd.DataFrame, arch: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def spread_comparison(agg: pd.DataFrame) -> pd.DataFrame:
+    """Per arch and weight width (quantized rows at a8, uniform widths) of :func:`across_seeds`' frame:
+    how many variants, the median qFID, the median spread across seeds and the median bootstrap
+    spread over samples, and the median of their ratio per variant (how much a bootstrap ± understates
+    the run-to-run variation)."""
+    q = uniform(agg)
+    q = q[(q["method"] != FP) & (q["a_bits"] == 8)].assign(ratio=lambda d: d["qfid_std"] / d["qfid_boot_std"])
+    rows = [{"arch": arch, "w_bits": int(w), "variants": len(g), "qfid": g["qfid"].median(), "seed_std": g["qfid_std"].median(),
+             "boot_std": g["qfid_boot_std"].median(), "ratio": g["ratio"].replace([float("inf")], float("nan")).median()}
+            for (arch, w), g in q.groupby(["arch", "w_bits"], sort=True)]
+    return pd.DataFrame(rows, columns=["arch", "w_bits", "variants", "qfid", "seed_std", "boot_std", "ratio"])
+
+
+def spread_comparison_md(agg: pd.DataFrame) -> str:
+    """:func:`spread_comparison` as Markdown, for runs of two or more seeds ("" for one)."""
+    if n_seeds(agg) < 2:
+        return ""
+    t = spread_comparison(agg)
+    lines = [f"Spread across {n_seeds(agg)} seeds beside the bootstrap spread over samples (qFID, quantized variants at a8; "
+             "medians over the variants of each arch and width; ratio: the median per variant of seed std / bootstrap std):", "",
+             "| Arch | Weights | Variants | qFID | std across seeds | bootstrap std | ratio |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {arch_title(r['arch'])} | w{r['w_bits']} | {r['variants']} | {fmt_value(r['qfid'])} | {fmt_value(r['seed_std'])} | "
+              f"{fmt_value(r['boot_std'])} | {fmt_value(r['ratio'])} |" for _, r in t.iterrows()]
+    return "\n".join(lines) + "\n\n"
+
+
+def n_seeds(df: pd.DataFrame) -> int:
+    """How many seeds every row of ``df`` (from :func:`across_seeds`) averages (1 without the column)."""
+    return int(df["n_seeds"].min()) if "n_seeds" in df.columns and len(df) else 1
+
+
+def spread_label(df: pd.DataFrame) -> str:
+    """What a spread of ``df`` is, for figure titles and headings."""
+    n = n_seeds(df)
+    return f"std across {n} seeds" if n > 1 else "bootstrap spread over samples, one seed"
+
+
 def spread_note(cfg: Dict[str, Any], df: pd.DataFrame | None = None) -> str:
-    """What ± means, with each arch's number of generated images (``n_samples`` of its metrics:
-    an image-to-image GAN's evaluation set is its test split, which may hold fewer)."""
+    """What ± means: with two or more seeds (``df`` from :func:`across_seeds`), the spread across
+    them; with one, the bootstrap spread over samples, with each arch's number of generated images
+    (``n_samples`` of its metrics: an image-to-image GAN's evaluation set is its test split, which
+    may hold fewer), said plainly to cover sampling noise only."""
+    n = n_seeds(df) if df is not None else 1
+    if n > 1:
+        seeds = ", ".join(sorted({s for s in df["seeds"]}))
+        return (f"Each value is the mean over {n} seeds ({seeds}): every seed trains its own FP model, draws its own "
+                "distillation set, calibration, QAT run and evaluation inputs. ± is the standard deviation across those seeds "
+                f"(n = {n}), the spread that decides which method wins; the bootstrap spread over samples of each run "
+                "is beside it in seeds.csv.\n\n")
     b = int(cfg["eval"].get("bootstrap", 0))
     if b < 2:
-        return ""
+        return ("One seed and no bootstrap: the values carry no spread; a difference between two of them is not evidence "
+                "(params seeds, eval.bootstrap).\n\n")
     counts = f"the {cfg['eval']['n_samples']} generated images"
     if df is not None and "n_samples" in df.columns:
         per_arch = df.dropna(subset=["n_samples"]).groupby("arch", sort=True)["n_samples"].max()
         counts = "the generated images (" + ", ".join(f"{arch_title(a)} {int(n)}" for a, n in per_arch.items()) + ")"
     return (f"± is the standard deviation over {b} bootstrap resamples of {counts} "
             "(FID: against the fixed real statistics; qFID: quantized and FP features resampled in pairs, same inputs): "
-            "a spread across samples, not across training seeds.\n\n")
+            "a spread across samples, not across training seeds. This run has one seed (params `seeds`), so ± covers "
+            "sampling noise only, not the variation across training, calibration and QAT runs that decides which method "
+            "wins: run several seeds (configs/seeds3.yaml) before calling one method better than another.\n\n")
 
 
 def selection_note(df: pd.DataFrame) -> str:
@@ -186,19 +244,65 @@ def quantile_note(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def _key_text(df: pd.DataFrame) -> pd.Series:
+    """Each row's variant key (KEY) as text: FP's empty granularity groups and merges like any value."""
+    return df[KEY].apply(lambda r: "|".join(str(x) for x in r), axis=1)
+
+
 def merge_floors(df: pd.DataFrame, floor_files: List[str]) -> pd.DataFrame:
-    """``df`` with each arch's FLOOR_COLUMNS (rule noise_floor) on every row of the arch."""
+    """``df`` with each arch's FLOOR_COLUMNS (rule noise_floor) on every row of the arch and seed."""
     if not floor_files:
         return df
-    floors = pd.DataFrame([json.loads(Path(p).read_text()) for p in floor_files])[["arch"] + FLOOR_COLUMNS]
-    return df.merge(floors, on="arch", how="left")
+    floors = pd.DataFrame([json.loads(Path(p).read_text()) for p in floor_files])[["arch", "seed"] + FLOOR_COLUMNS]
+    return df.merge(floors, on=["arch", "seed"], how="left")
+
+
+def across_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant from its rows per seed (column ``seed``), what the tables, figures and
+    findings show: every measured column is the mean over seeds; with two or more seeds ``fid_std``
+    and ``qfid_std`` become the standard deviation across seeds (ddof 1), with one they stay the
+    bootstrap spread over samples; ``fid_boot_std``/``qfid_boot_std`` keep the mean bootstrap spread,
+    ``n_seeds`` and ``seeds`` say what was averaged, ``spread`` which std the row carries.  The
+    first seed's row gives what is a choice, not a measurement (quantile pair, epoch kept)."""
+    rows = []
+    for _, g in df.assign(_k=_key_text(df)).groupby("_k", sort=False):
+        g = g.sort_values("seed")
+        row = g.iloc[0].copy()
+        for c in g.columns:
+            if c not in KEY + SEED_COLUMNS + _FIRST_SEED_COLUMNS and pd.api.types.is_numeric_dtype(g[c]):
+                row[c] = g[c].mean()
+        n = len(g)
+        row["fid_boot_std"], row["qfid_boot_std"] = g["fid_std"].mean(), g["qfid_std"].mean()
+        if n > 1:
+            row["fid_std"], row["qfid_std"] = g["fid"].std(ddof=1), g["qfid"].std(ddof=1)
+        row["n_seeds"], row["seeds"], row["spread"] = n, " ".join(str(int(s)) for s in g["seed"]), "seeds" if n > 1 else "bootstrap"
+        rows.append(row)
+    return sort_results(pd.DataFrame(rows).drop(columns=["_k", "seed"]))
+
+
+def seeds_csv_frame(agg: pd.DataFrame) -> pd.DataFrame:
+    """``reports/seeds.csv`` (SEEDS_COLUMNS) from :func:`across_seeds`: per variant, the mean FID and
+    qFID, their spread across seeds (empty with one seed) beside the bootstrap spread over samples."""
+    out = agg.copy()
+    for m in ("fid", "qfid"):
+        out[f"{m}_mean"] = out[m]
+        out[f"{m}_seed_std"] = out[f"{m}_std"].where(out["n_seeds"] > 1)
+    out["per_channel"] = out["per_channel"].map(lambda x: "" if x is None or pd.isna(x) else str(bool(x)))
+    return out[SEEDS_COLUMNS]
 
 
 def floor_note(floor_files: List[str]) -> str:
-    """One line per arch: the noise floor of qFID and FID in the tables' feature space."""
+    """One line per arch: the noise floor of qFID and FID in the tables' feature space (the mean over
+    seeds where there are several)."""
     if not floor_files:
         return ""
-    floors = sorted((json.loads(Path(p).read_text()) for p in floor_files), key=lambda f: f["arch"])
+    every = [json.loads(Path(p).read_text()) for p in floor_files]
+    floors = []
+    for arch in sorted({f["arch"] for f in every}):
+        mine = [f for f in every if f["arch"] == arch]
+        floors.append({**mine[0], **{k: sum(f[k] for f in mine) / len(mine) for k in FLOOR_COLUMNS}})
+        if len(mine) > 1:
+            floors[-1]["qfid_floor_inputs"] += f"; mean of {len(mine)} seeds"
     lines = [f"Noise floor [{', '.join(sorted({f['feature_space'] for f in floors}))}]: a difference below it is not one. "
              "qFID floor: the FP generator against itself on other inputs; FID floor: real evaluation images against real "
              "training images."]
@@ -215,7 +319,7 @@ def merge_exports(df: pd.DataFrame, export_files: List[str]) -> pd.DataFrame:
     for c in EXPORT_COLUMNS:
         if c not in ex.columns:
             ex[c] = float("nan")
-    key = lambda d: d[KEY].apply(lambda r: "|".join(str(x) for x in r), axis=1)  # noqa: E731  variant key as text
+    key = lambda d: _key_text(d) + "|" + d["seed"].astype(str)  # noqa: E731  variant and seed as text
     ex = ex.assign(_k=key(ex))[["_k"] + EXPORT_COLUMNS]
     return df.assign(_k=key(df)).merge(ex, on="_k", how="left").drop(columns="_k")
 
@@ -261,7 +365,7 @@ def export_tables(export_files: List[str]) -> str:
 
 
 def results_from_mlflow(profile: str) -> pd.DataFrame:
-    """The newest evaluation run of every (arch, variant), as the rows of ``results.csv``."""
+    """The newest evaluation run of every (arch, variant, seed), as the rows of ``results.csv``."""
     import mlflow  # MLflow is heavy: imported when runs are read, not with the report module
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
@@ -269,12 +373,12 @@ def results_from_mlflow(profile: str) -> pd.DataFrame:
                             order_by=["attributes.start_time DESC"])
     if df.empty:
         return pd.DataFrame()
-    df = df.drop_duplicates(subset=["tags.arch", "tags.variant"], keep="first")
+    df = df.drop_duplicates(subset=["tags.arch", "tags.variant", "tags.seed"], keep="first")
     out = pd.DataFrame({
         "arch": df["tags.arch"], "variant": df["tags.variant"], "method": df["tags.method"],
         "per_channel": df["tags.per_channel"].map(lambda s: None if s == "None" else s == "True"),
         "w_bits": df["tags.w_bits"].astype(int), "a_bits": df["tags.a_bits"].astype(int),
         "fid": df["metrics.fid"], "qfid": df["metrics.qfid"], "feature_space": df["tags.feature_space"],
-        "fid_std": df.get("metrics.fid_std"), "qfid_std": df.get("metrics.qfid_std"),
+        "fid_std": df.get("metrics.fid_std"), "qfid_std": df.get("metrics.qfid_std"), "seed": df["tags.seed"].astype(int),
     })
     return sort_results(out)

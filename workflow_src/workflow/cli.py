@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
                             parents=[_common_options(True)])
         for name, (kind, a) in st.arguments().items():
             if a is None:
-                sp.add_argument(option(name), dest=name, required=True, help=WILDCARDS[name])
+                sp.add_argument(option(name), dest=name, required=True, help=WILDCARDS[name], **({"type": _seed} if name == "seed" else {}))
             elif a.many:
                 sp.add_argument(option(name), dest=name, nargs="*" if a.optional else "+", default=[], required=not a.optional,
                                 help=f"{kind}: {a.help}")
@@ -54,9 +54,22 @@ def _function(st: Stage):
     return getattr(importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.{module}"), function)
 
 
+def _seed(text: str) -> int:
+    """The --seed of a replicate's job: a non-negative integer."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"--seed {text!r}: a replicate's seed is a non-negative integer (params seeds:)")
+    return int(text)
+
+
+def replicate(cfg: Dict[str, Any], st: Stage, args: Dict[str, Any]) -> Dict[str, Any]:
+    """The params a job of ``st`` computes with: for a replicate's stage (wildcard ``seed``), ``seed``
+    set to its --seed, so that every seeded draw of the stage is that replicate's."""
+    return {**cfg, "seed": args["seed"]} if "seed" in st.wildcards else cfg
+
+
 def run(st: Stage, cfg: Dict[str, Any], args: Dict[str, Any]) -> Any:
     """Call the stage's function with the params and its named artifacts."""
-    return _function(st)(cfg, **{name: args[name] for name in st.arguments()})
+    return _function(st)(replicate(cfg, st, args), **{name: args[name] for name in st.function_arguments()})
 
 
 def _resources() -> str:
@@ -94,10 +107,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         fn = _function(st)  # the stage's module, with torch and what else it needs
         forked = " (forked by the warm process)" if os.environ.get(forkserver.STARTED_ENV) else ""
         print(f"{STARTUP_MARK} {forkserver.seconds_since_start():.2f} s after the process started{forked}", flush=True)
-        trace_dir, reads = os.environ.get(trace.TRACE_ENV), set()
-        fn(trace.Traced(cfg, reads) if trace_dir else cfg, **{name: args[name] for name in st.arguments()})
+        trace_dir, reads, cfg = os.environ.get(trace.TRACE_ENV), set(), replicate(cfg, st, args)
+        fn(trace.Traced(cfg, reads) if trace_dir else cfg, **{name: args[name] for name in st.function_arguments()})
         if trace_dir:  # which params keys the stage read (tests/test_workflow.py checks them against its declaration)
-            wildcards = {w: args[w] for w in st.wildcards}
+            wildcards = {w: str(args[w]) for w in st.wildcards}
+            if "seed" in st.wildcards:  # its seed is its wildcard, not a params read
+                reads = {k for k in reads if k != "seed"}
             trace.write_reads(trace_dir, st.log.format(**wildcards)[len("logs/"):-len(".log")], st.name, wildcards, reads)
         print(_resources(), flush=True)
         return 0

@@ -67,16 +67,16 @@ def snakemake_jobs(root: Path, configfiles: List[str] = (), target: str = "repor
             job["cmd"] = line[len("Shell command: "):]
             job = None
     for job in jobs:
-        names = stage(job["rule"]).wildcards
-        parts = Path(job["log"]).with_suffix("").parts[2:]  # logs/<rule>/<w1>/<w2>.log
-        if tuple(job["wildcards"].get(n) for n in names) != tuple(parts):
-            raise ValueError(f"rule {job['rule']!r}: log {job['log']!r} must be logs/{job['rule']}/" + "/".join(f"{{{n}}}" for n in names) + ".log")
+        pattern = stage(job["rule"]).log  # logs/<rule>/<w1>/<w2>.log (a seed as s<seed>)
+        parts = Path(job["log"]).with_suffix("").parts[2:]
+        if any(n not in job["wildcards"] for n in stage(job["rule"]).wildcards) or pattern.format(**job["wildcards"]) != job["log"]:
+            raise ValueError(f"rule {job['rule']!r}: log {job['log']!r} must be {pattern}")
         job["name"] = ".".join((job["rule"], *parts))
     return sorted(jobs, key=lambda j: j["name"])
 
 
 SUMMARY = "reports/summary.json"
-_QUANTIZED_MODEL = re.compile(r"models/q/[^/]+/([^/]+)\.pt$")
+_QUANTIZED_MODEL = re.compile(r"models/s\d+/q/[^/]+/([^/]+)\.pt$")
 
 
 def code_deps(rule: str, wildcards: Dict[str, str], inputs: List[str] = ()) -> List[str]:

@@ -19,7 +19,7 @@ from ..quant import size
 from ..utils import seed_everything, torch_save
 from . import tracking
 from .artifacts import feature_space, load_eval_inputs, make_arch, read_quantized, segment_features, segments, variant_tags
-from .stages import param_values
+from .stages import job_values
 from .training import load_generator
 
 
@@ -51,10 +51,10 @@ def _evaluate(cfg: Dict[str, Any], arch: str, v: Optional[Variant], model_path: 
     device = resolve_device(cfg)
     fs = feature_space(cfg, features_path, device)
     tags = variant_tags(arch, v)
-    with tracking.run("evaluate", cfg, {**tags, "feature_space": fs.name}, param_values(cfg, *_job(arch, v))) as run:
+    with tracking.run("evaluate", cfg, {**tags, "feature_space": fs.name}, job_values(cfg, *_job(arch, v))) as run:
         metrics = _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats_path, samples_out, out, device)
         environment = describe_runtime(device)  # where and how it computed (issue 15)
-        write_json(out, {**tags, **metrics, "feature_space": fs.name, "profile": cfg["profile"], "environment": environment})
+        write_json(out, {**tags, "seed": cfg["seed"], **metrics, "feature_space": fs.name, "profile": cfg["profile"], "environment": environment})
         run.log_params({"environment": environment})
         run.log_metrics({k: metrics[k] for k in ("fid", "qfid", "fid_std", "qfid_std", "generate_seconds")})
         run.log_artifact(out)
@@ -77,7 +77,7 @@ def _scores(cfg, arch, v, fs, model_path, inputs_path, real_stats_path, fp_stats
     # Resumable: after each segment the features so far are checkpointed beside the metrics (a job
     # killed at its wall time resumes at the next segment), resumed only by the same work.
     ckpt = Path(str(out) + ".ckpt.pt")
-    fingerprint = resume.job_fingerprint(param_values(cfg, *_job(arch, v)), [__name__, *resume.modules_of(a)], features=fs.name,
+    fingerprint = resume.job_fingerprint(job_values(cfg, *_job(arch, v)), [__name__, *resume.modules_of(a)], features=fs.name,
                                          inputs=resume.tensor_digest(model.state_dict(), inputs, extras))
     saved = resume.load_checkpoint(ckpt, fingerprint)
     done, chunks, grids, gen_seconds = 0, [], [], 0.0
@@ -152,7 +152,7 @@ def noise_floor(cfg: Dict[str, Any], *, arch: str, model: str, fp_stats: str, da
     feats = np.concatenate([segment_features(cfg, a, g_fp, inputs, extras, fs, sl)[0]
                             for sl in tqdm(list(segments(cfg, len(inputs))), desc=f"noise floor {arch}", unit="segment")])
     reference = fid.load_stats(fp_stats, fs.name)
-    write_json(out, {"arch": arch, "feature_space": fs.name,
+    write_json(out, {"arch": arch, "seed": cfg["seed"], "feature_space": fs.name,
                      "qfid_floor": fid.frechet_distance(fid.statistics(feats), reference), "qfid_floor_inputs": other,
                      "fid_floor": fid.frechet_distance(fid.load_stats(real_test, fs.name), fid.load_stats(real_train, fs.name)),
                      "fid_floor_splits": f"{Path(real_test).stem} vs {Path(real_train).stem}",

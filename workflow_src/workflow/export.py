@@ -180,7 +180,7 @@ def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, 
             results[rt] = res
         tmp_dir.cleanup()
         best = min(results, key=lambda r: results[r]["latency_ratio"][b_max])
-        summary = {**variant_tags(arch, v), "threads": threads, "cpu_vnni": ort_rt.cpu_has_vnni(), "batch_sizes": ecfg["batch_sizes"], "check_samples": int(len(ref)),
+        summary = {**variant_tags(arch, v), "seed": cfg["seed"], "threads": threads, "cpu_vnni": ort_rt.cpu_has_vnni(), "batch_sizes": ecfg["batch_sizes"], "check_samples": int(len(ref)),
                    "export_seconds": export_seconds, "written": written, "runtimes": results, "best_runtime": best,
                    "weight_storage": f"{onnx_qdq.weight_storage(widths)} in ONNX; int8 bytes in the PT2 program" if 4 in widths else "int8"}
         write_json(out, summary)
@@ -198,7 +198,7 @@ def summary_row(path: str | Path) -> Dict[str, Any]:
     b_max = str(max(s["batch_sizes"]))
     best = s["runtimes"][s["best_runtime"]]
     row = {"arch": s["arch"], "method": s["method"], "per_channel": s["per_channel"], "w_bits": s["w_bits"], "a_bits": s["a_bits"],
-           "runtime": best["runtime"], "size_ratio": best["size_ratio"], "latency_ratio": best["latency_ratio"][b_max],
+           "seed": s["seed"], "runtime": best["runtime"], "size_ratio": best["size_ratio"], "latency_ratio": best["latency_ratio"][b_max],
            "export_within_step": best["within_step"], "export_qfid": best["qfid_vs_fakequant"]}
     b_min = str(min(s["batch_sizes"]))
     row["latency_ratio_b1" if b_min == "1" else f"latency_ratio_b{b_min}"] = best["latency_ratio"][b_min]

@@ -15,7 +15,7 @@ from ..files import write_json
 from ..methods.perceptual import load_perceptual
 from ..utils import torch_save
 from . import tracking
-from .stages import param_values
+from .stages import job_values
 from .artifacts import arch_params, feature_space, load_distill, make_arch, pair_text, variant_tags
 from .distill import ValidationQFID
 from .training import load_discriminator, load_generator
@@ -59,7 +59,7 @@ def quantize(cfg: Dict[str, Any], *, arch: str, variant: str, fp: str, distill: 
             raise ValueError(f"{v.method} writes per-step losses: pass --losses")
         extra["losses_out"] = Path(losses)
     run_method = method.implementation()
-    job_params = param_values(cfg, method.rule, {"arch": arch, "variant": v.name})
+    job_params = job_values(cfg, method.rule, {"arch": arch, "variant": v.name})
     # the run holds every hyperparameter the job reads (brecq.*, qat.*, the quantile pair, ...), as its params
     with tracking.run("quantize", cfg, variant_tags(arch, v), job_params) as run:
         t0 = time.time()

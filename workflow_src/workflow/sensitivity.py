@@ -34,7 +34,7 @@ from ..utils import torch_save
 from . import tracking
 from .artifacts import arch_params, feature_space, load_distill, make_arch
 from .distill import ValidationQFID
-from .stages import param_values
+from .stages import job_values
 from .training import load_generator
 
 Unit = Tuple[str, str, str, List[FakeQuantizer]]  # (layer, type, operand, quantizers)
@@ -96,7 +96,7 @@ def run_sensitivity(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, da
     q, _, _ = method.implementation()(g, distill_set["inputs"], v, acfg, cfg, arch=a, extras=distill_set["extras"])
     todo = units(q)[:scfg["max_units"]] + [("all", "generator", "all", _quantizers(q))]
     ckpt = Path(str(csv) + ".ckpt.pt")
-    job_params = param_values(cfg, "sensitivity", {"arch": arch})
+    job_params = job_values(cfg, "sensitivity", {"arch": arch})
     fingerprint = resume.job_fingerprint(job_params, [__name__, ValidationQFID.__module__, *resume.modules_of(a)], features=fs.name,
                                          quantiles=dict(acfg["quantiles"]), inputs=resume.tensor_digest(g.state_dict(), distill_set, score.digest))
     saved = resume.load_checkpoint(ckpt, fingerprint)

@@ -65,7 +65,7 @@ class Stage:
     def log(self) -> str:
         if not self.wildcards:
             return f"logs/{self.name}.log"
-        return f"logs/{self.name}/" + "/".join(f"{{{w}}}" for w in self.wildcards) + ".log"
+        return f"logs/{self.name}/" + "/".join(SEED_DIR if w == "seed" else f"{{{w}}}" for w in self.wildcards) + ".log"
 
     @property
     def benchmark(self) -> str:
@@ -79,6 +79,11 @@ class Stage:
         for kind, group in (("input", self.inputs), ("output", self.outputs), ("extra", self.extra)):
             args.update({name: (kind, a) for name, a in group.items() if not a.implicit})
         return args
+
+    def function_arguments(self) -> List[str]:
+        """The options the stage's function takes as keyword arguments: all but ``seed`` (a
+        replicate's seed reaches it as the params' ``seed``: :func:`.cli.replicate`)."""
+        return [name for name in self.arguments() if name != "seed"]
 
     def shell(self) -> str:
         """The rule's shell command (Snakemake placeholders), the same line DVC runs.  Every path is
@@ -100,6 +105,7 @@ RESOURCES_MARK = "qgan-bench: job used"  # ... and at the end "<mark> cpu <s> s,
 OPTIONAL_PREFIX = "opt_"  # the rule's params entry that holds "--name path" or "" for an optional input
 
 WILDCARDS = {
+    "seed": "the replicate's seed (one of seeds:)",
     "arch": "the GAN (matrix.archs)",
     "variant": "the quantized variant, METHOD-(channel|tensor)-wWaA",
     "dataset": "the dataset's key under datasets:",
@@ -109,6 +115,23 @@ WILDCARDS = {
 
 def option(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+# ---------------------------------------------------------------- replicates (params `seeds`)
+SEED_DIR = "s{seed}"  # a seeded artifact's directory level: models/s0/fp/stylegan.pt
+
+
+def seeded(path: str, seed: Union[int, str, None] = None) -> str:
+    """``path`` of one replicate: ``s{seed}/`` after its first directory (``metrics/{arch}/x.json`` ->
+    ``metrics/s{seed}/{arch}/x.json``); with ``seed``, that seed filled in."""
+    top, rest = path.split("/", 1)
+    level = SEED_DIR if seed is None else f"s{seed}"
+    return f"{top}/{level}/{rest}"
+
+
+def first_seed(cfg: Mapping[str, Any]) -> int:
+    """The replicate that figures of one run (Figure 1, sensitivity, samples) and the exports show."""
+    return cfg["seeds"][0]
 
 
 # ---------------------------------------------------------------- paths that depend on the params
@@ -159,20 +182,20 @@ def sweep_best(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[
     m = _method(w)
     if _needs(cfg, w, "quantiles") and cfg["archs"][w["arch"]]["quantiles"] == "sweep" \
             and registry.own_quantiles(cfg, w["arch"], m.name)[0] is None:
-        return f"sweeps/{w['arch']}/best.json"
+        return seeded(f"sweeps/{w['arch']}/best.json", w["seed"])
     return []
 
 
 def sensitivity_quantiles(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
     """The quantile sweep's best pair, for the layer sensitivity (the swept method) when the arch asks for `sweep`."""
     if cfg["archs"][w["arch"]]["quantiles"] == "sweep" and registry.own_quantiles(cfg, w["arch"], registry.swept_method().name)[0] is None:
-        return f"sweeps/{w['arch']}/best.json"
+        return seeded(f"sweeps/{w['arch']}/best.json", w["seed"])
     return []
 
 
 def sensitivity_table(cfg: Mapping[str, Any], w: Mapping[str, str]) -> Union[str, List[str]]:
     """The arch's layer sensitivity, for methods that allocate widths from it (mixed precision)."""
-    return f"sensitivity/{w['arch']}.csv" if _needs(cfg, w, "sensitivity") else []
+    return seeded(f"sensitivity/{w['arch']}.csv", w["seed"]) if _needs(cfg, w, "sensitivity") else []
 
 
 def _swept_keys(cfg: Mapping[str, Any], w: Mapping[str, str]) -> List[str]:
@@ -224,9 +247,18 @@ def exported_variants(cfg: Mapping[str, Any]) -> List[Variant]:
     return [v for v in variants(cfg) if v.a_bits == 8 and (v.w_bits in cfg["export"]["w_bits"] or registry.method(v.method).mixed)]
 
 
-def _every(pattern: str, which: Callable[[Mapping[str, Any]], List[str]]) -> Callable:
-    """``pattern`` for every arch of the matrix and every name ``which(cfg)`` lists."""
-    return lambda cfg, w=None: [pattern.format(arch=a, variant=v) for a in cfg["matrix"]["archs"] for v in which(cfg)]
+def _every(pattern: str, which: Callable[[Mapping[str, Any]], List[str]], every_seed: bool = True) -> Callable:
+    """``pattern`` (a seeded path) for every seed (``every_seed``, else the first), every arch of the
+    matrix and every name ``which(cfg)`` lists."""
+    def paths(cfg: Mapping[str, Any], w: Mapping[str, str] = None) -> List[str]:
+        seeds = cfg["seeds"] if every_seed else [first_seed(cfg)]
+        return [pattern.format(seed=s, arch=a, variant=v) for s in seeds for a in cfg["matrix"]["archs"] for v in which(cfg)]
+    return paths
+
+
+def _per_arch(pattern: str) -> Callable:
+    """``pattern`` (a seeded path) for every arch of the matrix, of the first seed."""
+    return lambda cfg, w=None: [pattern.format(seed=first_seed(cfg), arch=a) for a in cfg["matrix"]["archs"]]
 
 
 def _quantize_keys(cfg: Mapping[str, Any], w: Mapping[str, str]) -> List[str]:
@@ -300,45 +332,45 @@ _STAGES = [
           outputs={"out": Artifact("stats/{dataset}-{split}.npz", "mean and covariance of the split's features (all: every split)")},
           params=("features", "eval.batch_size", "datasets.{dataset}")),
     # full-precision GANs (rules/train.smk)
-    Stage("train_fp", "train a full-precision GAN (resumes from --ckpt)", "workflow.fp:train_fp", wildcards=("arch",),
+    Stage("train_fp", "train a full-precision GAN (resumes from --ckpt)", "workflow.fp:train_fp", wildcards=("seed", "arch"),
           inputs={"data": Artifact(arch_data, "the prepared dataset")},
-          outputs={"model": Artifact("models/fp/{arch}.pt", "every network of the trained GAN"),
-                   "losses": Artifact("models/fp/{arch}.losses.csv", "per-step losses (written beside the model)", implicit=True)},
-          extra={"ckpt": Artifact("models/fp/{arch}.ckpt.pt", "the resumable checkpoint (deleted at the end)")},
+          outputs={"model": Artifact(seeded("models/fp/{arch}.pt"), "every network of the trained GAN"),
+                   "losses": Artifact(seeded("models/fp/{arch}.losses.csv"), "per-step losses (written beside the model)", implicit=True)},
+          extra={"ckpt": Artifact(seeded("models/fp/{arch}.ckpt.pt"), "the resumable checkpoint (deleted at the end)")},
           params=("seed", "profile", "train", _dataset_kind, *_ARCH, "archs.{arch}.train")),
     Stage("import_fp", "import the FP networks from a published checkpoint (archs.<arch>.fp_checkpoint)",
-          "workflow.fp:import_fp", wildcards=("arch",),
+          "workflow.fp:import_fp", wildcards=("seed", "arch"),
           inputs={"checkpoint": Artifact(published_checkpoint, "the published checkpoint file (absent: fetched from "
                                                                "fp_checkpoint.url, or an error says where to put it)", optional=True)},
-          outputs={"model": Artifact("models/fp/{arch}.pt", "the networks, in the format training writes")},
+          outputs={"model": Artifact(seeded("models/fp/{arch}.pt"), "the networks, in the format training writes")},
           params=("seed", "archs.{arch}.fp_checkpoint", *_ARCH)),
     # the distillation set and the evaluation inputs (rules/distill.smk)
-    Stage("distill", "generate the distillation set", "workflow.distill:distill", wildcards=("arch",),
+    Stage("distill", "generate the distillation set", "workflow.distill:distill", wildcards=("seed", "arch"),
           inputs={"data": Artifact(arch_data, "the prepared dataset (CycleGAN: the source images)"),
-                  "fp": Artifact("models/fp/{arch}.pt", "the FP networks")},
-          outputs={"out": Artifact("distill/{arch}.pt", "inputs and the FP generator's outputs")}, params=("seed", "distill", _if_images("sweep.validation_samples"), _dataset_kind, *_ARCH)),
-    Stage("eval_inputs", "draw the seeded evaluation inputs", "workflow.distill:eval_inputs", wildcards=("arch",),
+                  "fp": Artifact(seeded("models/fp/{arch}.pt"), "the FP networks")},
+          outputs={"out": Artifact(seeded("distill/{arch}.pt"), "inputs and the FP generator's outputs")}, params=("seed", "distill", _if_images("sweep.validation_samples"), _dataset_kind, *_ARCH)),
+    Stage("eval_inputs", "draw the seeded evaluation inputs", "workflow.distill:eval_inputs", wildcards=("seed", "arch"),
           inputs={"data": Artifact(arch_data, "the prepared dataset (CycleGAN: the source images)")},
-          outputs={"out": Artifact("eval/{arch}/inputs.pt", "latents or source images, and per-sample extras")},
+          outputs={"out": Artifact(seeded("eval/{arch}/inputs.pt"), "latents or source images, and per-sample extras")},
           params=("seed", "eval.n_samples", _if_images("eval.real_split"), _dataset_kind, *_ARCH), threads=False),
     # quantization (rules/quantize.smk, rules/qat.smk): the method's own file says what it reads
-    Stage("quantize", "quantize a generator with one method/variant", "workflow.quantize:quantize", wildcards=("arch", "variant"),
-          inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "distill": Artifact("distill/{arch}.pt", "the distillation set"),
+    Stage("quantize", "quantize a generator with one method/variant", "workflow.quantize:quantize", wildcards=("seed", "arch", "variant"),
+          inputs={"fp": Artifact(seeded("models/fp/{arch}.pt"), "the FP networks"), "distill": Artifact(seeded("distill/{arch}.pt"), "the distillation set"),
                   "quantiles": Artifact(sweep_best, "the quantile sweep's best.json (archs.<arch>.quantiles: sweep)", optional=True),
                   "sensitivity": Artifact(sensitivity_table, "the arch's layer sensitivity (mixed precision allocates from it)", optional=True)},
-          outputs={"model": Artifact("models/q/{arch}/{variant}.pt", "the quantized generator"),
-                   "info": Artifact("models/q/{arch}/{variant}.json", "calibration size, time, per-block losses, mixed-precision widths")},
+          outputs={"model": Artifact(seeded("models/q/{arch}/{variant}.pt"), "the quantized generator"),
+                   "info": Artifact(seeded("models/q/{arch}/{variant}.json"), "calibration size, time, per-block losses, mixed-precision widths")},
           params=_quantize_keys),
-    Stage("qat", "quantization-aware training of one variant", "workflow.quantize:quantize", wildcards=("arch", "variant"),
-          inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks (generator and discriminator)"),
-                  "distill": Artifact("distill/{arch}.pt", "the distillation set"),
+    Stage("qat", "quantization-aware training of one variant", "workflow.quantize:quantize", wildcards=("seed", "arch", "variant"),
+          inputs={"fp": Artifact(seeded("models/fp/{arch}.pt"), "the FP networks (generator and discriminator)"),
+                  "distill": Artifact(seeded("distill/{arch}.pt"), "the distillation set"),
                   "quantiles": Artifact(sweep_best, "the quantile sweep's best.json (archs.<arch>.quantiles: sweep)", optional=True),
                   "perceptual": Artifact(perceptual_network, "the perceptual network (perceptual.kind)", optional=True),
                   "features": Artifact(validation_features, "the FID feature network (qat.select_on: qfid)", optional=True),
                   "data": Artifact(validation_data, "the prepared dataset, for its validation inputs (qat.select_on: qfid)", optional=True)},
-          outputs={"model": Artifact("models/q/{arch}/{variant}.pt", "the quantized generator"),
-                   "info": Artifact("models/q/{arch}/{variant}.json", "calibration and training record"),
-                   "losses": Artifact("models/q/{arch}/{variant}.losses.csv", "per-step losses")},
+          outputs={"model": Artifact(seeded("models/q/{arch}/{variant}.pt"), "the quantized generator"),
+                   "info": Artifact(seeded("models/q/{arch}/{variant}.json"), "calibration and training record"),
+                   "losses": Artifact(seeded("models/q/{arch}/{variant}.losses.csv"), "per-step losses")},
           params=_quantize_keys),
     Stage("train_perceptual", "train the tiny profile's perceptual network (QAT's distillation loss)", "workflow.networks:train_perceptual",
           inputs={"data": Artifact(used_data, "the prepared datasets (their training splits)", many=True)},
@@ -346,97 +378,101 @@ _STAGES = [
     Stage("fetch_vgg16", "download torchvision's VGG16 weights for the perceptual loss (sha256-verified)", "workflow.networks:fetch_vgg16",
           outputs={"out": Artifact(PERCEPTUAL_NETWORKS["vgg16"], "the weights")}, params=("perceptual.vgg16",), threads=False),
     # FID and qFID (rules/evaluate.smk)
-    Stage("evaluate_fp", "FID of the FP generator; its feature statistics for qFID", "workflow.evaluate:evaluate_fp", wildcards=("arch",),
-          inputs={"model": Artifact("models/fp/{arch}.pt", "the FP networks"), "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs"),
+    Stage("evaluate_fp", "FID of the FP generator; its feature statistics for qFID", "workflow.evaluate:evaluate_fp", wildcards=("seed", "arch"),
+          inputs={"model": Artifact(seeded("models/fp/{arch}.pt"), "the FP networks"), "inputs": Artifact(seeded("eval/{arch}/inputs.pt"), "the evaluation inputs"),
                   "features": Artifact(feature_network, "the FID feature network"), "real_stats": Artifact(real_statistics, "the real images' statistics")},
-          outputs={"metrics": Artifact("metrics/{arch}/fp.json", "FID and its bootstrap spread"),
-                   "stats": Artifact("eval/{arch}/fp_stats.npz", "the FP generator's feature statistics"),
-                   "samples": Artifact("samples/{arch}/fp.png", "a row of samples")},
+          outputs={"metrics": Artifact(seeded("metrics/{arch}/fp.json"), "FID and its bootstrap spread"),
+                   "stats": Artifact(seeded("eval/{arch}/fp_stats.npz"), "the FP generator's feature statistics"),
+                   "samples": Artifact(seeded("samples/{arch}/fp.png"), "a row of samples")},
           params=_EVALUATE),
-    Stage("evaluate", "FID and qFID of one quantized variant", "workflow.evaluate:evaluate", wildcards=("arch", "variant"),
-          inputs={"model": Artifact("models/q/{arch}/{variant}.pt", "the quantized generator"),
-                  "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs"),
+    Stage("evaluate", "FID and qFID of one quantized variant", "workflow.evaluate:evaluate", wildcards=("seed", "arch", "variant"),
+          inputs={"model": Artifact(seeded("models/q/{arch}/{variant}.pt"), "the quantized generator"),
+                  "inputs": Artifact(seeded("eval/{arch}/inputs.pt"), "the evaluation inputs"),
                   "features": Artifact(feature_network, "the FID feature network"), "real_stats": Artifact(real_statistics, "the real images' statistics"),
-                  "fp_stats": Artifact("eval/{arch}/fp_stats.npz", "the FP generator's feature statistics")},
-          outputs={"metrics": Artifact("metrics/{arch}/{variant}.json", "FID, qFID and their bootstrap spreads"),
-                   "samples": Artifact("samples/{arch}/{variant}.png", "a row of samples")},
+                  "fp_stats": Artifact(seeded("eval/{arch}/fp_stats.npz"), "the FP generator's feature statistics")},
+          outputs={"metrics": Artifact(seeded("metrics/{arch}/{variant}.json"), "FID, qFID and their bootstrap spreads"),
+                   "samples": Artifact(seeded("samples/{arch}/{variant}.png"), "a row of samples")},
           params=_EVALUATE),
     Stage("noise_floor", "the feature space's noise floor: FP vs FP on other inputs, real split vs split",
-          "workflow.evaluate:noise_floor", wildcards=("arch",),
-          inputs={"model": Artifact("models/fp/{arch}.pt", "the FP networks"),
-                  "fp_stats": Artifact("eval/{arch}/fp_stats.npz", "the FP generator's feature statistics on the evaluation inputs"),
+          "workflow.evaluate:noise_floor", wildcards=("seed", "arch"),
+          inputs={"model": Artifact(seeded("models/fp/{arch}.pt"), "the FP networks"),
+                  "fp_stats": Artifact(seeded("eval/{arch}/fp_stats.npz"), "the FP generator's feature statistics on the evaluation inputs"),
                   "data": Artifact(arch_data, "the prepared dataset (CycleGAN: the held-out training images)"),
                   "features": Artifact(feature_network, "the FID feature network"),
                   "real_test": Artifact(split_statistics("test"), "the real test images' statistics"),
                   "real_train": Artifact(split_statistics("train"), "the real training images' statistics")},
-          outputs={"out": Artifact("metrics/{arch}/noise_floor.json", "qfid_floor and fid_floor")},
+          outputs={"out": Artifact(seeded("metrics/{arch}/noise_floor.json"), "qfid_floor and fid_floor")},
           params=("seed", "eval.batch_size", "features.kind", *_ARCH,
                   _if_images("sweep.validation_samples", _dataset_kind, otherwise=("eval.n_samples",)))),
     # the quantile sweep, paper Figure 1 (rules/sweep.smk)
-    Stage("quantile_sweep", "qFID over activation/weight quantile pairs (Figure 1)", "workflow.sweep:run_sweep", wildcards=("arch",),
-          inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "distill": Artifact("distill/{arch}.pt", "the distillation set"),
+    Stage("quantile_sweep", "qFID over activation/weight quantile pairs (Figure 1)", "workflow.sweep:run_sweep", wildcards=("seed", "arch"),
+          inputs={"fp": Artifact(seeded("models/fp/{arch}.pt"), "the FP networks"), "distill": Artifact(seeded("distill/{arch}.pt"), "the distillation set"),
                   "data": Artifact(arch_data, "the prepared dataset (CycleGAN: validation images outside the distillation set)"),
                   "features": Artifact(feature_network, "the FID feature network")},
-          outputs={"csv": Artifact("sweeps/{arch}/quantile_sweep.csv", "validation qFID per pair and weight width"),
-                   "best": Artifact("sweeps/{arch}/best.json", "the best pair per weight width")},
+          outputs={"csv": Artifact(seeded("sweeps/{arch}/quantile_sweep.csv"), "validation qFID per pair and weight width"),
+                   "best": Artifact(seeded("sweeps/{arch}/best.json"), "the best pair per weight width")},
           params=("seed", "profile", "sweep", _variant_matrix, "sensitivity.w_bits", "calibration", "distill", "eval.batch_size", "features.kind", *_ARCH,
                   _if_images(_dataset_kind))),
     Stage("fig1", "the quantile-sweep figure and table", "workflow.sweep:figure",
-          inputs={"sweeps": Artifact(lambda cfg, w=None: [f"sweeps/{a}/quantile_sweep.csv" for a in cfg["matrix"]["archs"]],
-                                     "every arch's sweep", many=True)},
+          inputs={"sweeps": Artifact(_per_arch(seeded("sweeps/{arch}/quantile_sweep.csv")), "every arch's sweep (the first seed's)", many=True)},
           outputs={"png": Artifact("reports/fig1_quantile_sweep.png", "Figure 1", report={"caption": "captions/fig1.rst", "category": "Figures"}),
                    "csv": Artifact("reports/quantile_sweep.csv", "every sweep in one table")},
           threads=False),
     # layer sensitivity, beyond the paper (rules/sensitivity.smk)
     Stage("sensitivity", "qFID when only one layer or operation is quantized, every one in turn", "workflow.sensitivity:run_sensitivity",
-          wildcards=("arch",),
-          inputs={"fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "distill": Artifact("distill/{arch}.pt", "the distillation set (calibration)"),
+          wildcards=("seed", "arch"),
+          inputs={"fp": Artifact(seeded("models/fp/{arch}.pt"), "the FP networks"), "distill": Artifact(seeded("distill/{arch}.pt"), "the distillation set (calibration)"),
                   "data": Artifact(arch_data, "the prepared dataset (CycleGAN: validation images outside the distillation set)"),
                   "features": Artifact(feature_network, "the FID feature network"),
                   "quantiles": Artifact(sensitivity_quantiles, "the quantile sweep's best.json (archs.<arch>.quantiles: sweep)", optional=True)},
-          outputs={"csv": Artifact("sensitivity/{arch}.csv", "validation qFID per layer (weight, input, both) and operation")},
+          outputs={"csv": Artifact(seeded("sensitivity/{arch}.csv"), "validation qFID per layer (weight, input, both) and operation")},
           params=("seed", "profile", "sensitivity", "sweep.validation_samples", "eval.batch_size", "eval.bootstrap", "features.kind",
                   _swept_keys, _if_images(_dataset_kind))),
     Stage("fig_sensitivity", "the layer-sensitivity figure and table", "workflow.sensitivity:figure",
-          inputs={"tables": Artifact(lambda cfg, w=None: [f"sensitivity/{a}.csv" for a in cfg["matrix"]["archs"]], "every arch's layer sensitivity", many=True)},
+          inputs={"tables": Artifact(_per_arch(seeded("sensitivity/{arch}.csv")), "every arch's layer sensitivity (the first seed's)", many=True)},
           outputs={"png": Artifact("reports/fig_sensitivity.png", "layers ranked by their damage alone",
                                    report={"caption": "captions/fig_sensitivity.rst", "category": "Figures"}),
                    "csv": Artifact("reports/sensitivity.csv", "every arch's layer sensitivity in one table")},
           params=("sensitivity.top",), threads=False),
     # integer exports (rules/export.smk)
-    Stage("export_fp", "FP32 exports of a generator (the baselines of rule export)", "workflow.export:export_fp", wildcards=("arch",),
-          inputs={"model": Artifact("models/fp/{arch}.pt", "the FP networks"), "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs")},
-          outputs={"out": Artifact("exports/{arch}/fp", "one file per runtime and batch size", directory=True)},
+    Stage("export_fp", "FP32 exports of a generator (the baselines of rule export)", "workflow.export:export_fp", wildcards=("seed", "arch"),
+          inputs={"model": Artifact(seeded("models/fp/{arch}.pt"), "the FP networks"), "inputs": Artifact(seeded("eval/{arch}/inputs.pt"), "the evaluation inputs")},
+          outputs={"out": Artifact(seeded("exports/{arch}/fp"), "one file per runtime and batch size", directory=True)},
           params=("export.runtimes", "export.batch_sizes", *_ARCH)),
     Stage("export", "integer exports of one variant, checked and timed against FP32", "workflow.export:export_variant",
-          wildcards=("arch", "variant"),
-          inputs={"model": Artifact("models/q/{arch}/{variant}.pt", "the quantized generator"),
-                  "fp": Artifact("exports/{arch}/fp", "the FP32 exports"), "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs"),
+          wildcards=("seed", "arch", "variant"),
+          inputs={"model": Artifact(seeded("models/q/{arch}/{variant}.pt"), "the quantized generator"),
+                  "fp": Artifact(seeded("exports/{arch}/fp"), "the FP32 exports"), "inputs": Artifact(seeded("eval/{arch}/inputs.pt"), "the evaluation inputs"),
                   "features": Artifact(feature_network, "the FID feature network")},
-          outputs={"files": Artifact("exports/{arch}/{variant}", "one file per runtime and batch size", directory=True),
-                   "summary": Artifact("metrics/{arch}/{variant}.export.json", "sizes, latencies, agreement with the fake-quant model")},
+          outputs={"files": Artifact(seeded("exports/{arch}/{variant}"), "one file per runtime and batch size", directory=True),
+                   "summary": Artifact(seeded("metrics/{arch}/{variant}.export.json"), "sizes, latencies, agreement with the fake-quant model")},
           params=("profile", "export", "eval.batch_size", "features.kind", *_ARCH)),
     # tables, figures, the HTML page (rules/report.smk)
     Stage("sample_figure", "samples by method at w8/w4 with FID captions (paper Figures 2-4)", "reporting.samples:sample_figure",
           wildcards=("arch",),
-          inputs={"models": Artifact(lambda cfg, w: [f"models/q/{w['arch']}/{v.name}.pt" for v in figure_variants(cfg)], "the variants shown", many=True),
-                  "metrics": Artifact(lambda cfg, w: [f"metrics/{w['arch']}/{v}.json" for v in ["fp"] + [v.name for v in figure_variants(cfg)]],
+          inputs={"models": Artifact(lambda cfg, w: [seeded(f"models/q/{w['arch']}/{v.name}.pt", first_seed(cfg)) for v in figure_variants(cfg)],
+                                     "the variants shown (the first seed's)", many=True),
+                  "metrics": Artifact(lambda cfg, w: [seeded(f"metrics/{w['arch']}/{v}.json", first_seed(cfg)) for v in ["fp"] + [v.name for v in figure_variants(cfg)]],
                                       "their metrics (FP first)", many=True),
-                  "fp": Artifact("models/fp/{arch}.pt", "the FP networks"), "inputs": Artifact("eval/{arch}/inputs.pt", "the evaluation inputs")},
+                  "fp": Artifact(lambda cfg, w: seeded(f"models/fp/{w['arch']}.pt", first_seed(cfg)), "the FP networks"),
+                  "inputs": Artifact(lambda cfg, w: seeded(f"eval/{w['arch']}/inputs.pt", first_seed(cfg)), "the evaluation inputs")},
           outputs={"out": Artifact("reports/fig_samples_{arch}.png", "the figure",
                                    report={"caption": "captions/fig_samples.rst", "category": "Figures", "subcategory": "Samples"})},
           params=("matrix", _mixed_keys, "figures", *_ARCH, _if_images(otherwise=("seed",)))),
     Stage("report", "tables, figures and the HTML report", "reporting.report:report",
-          inputs={"metrics": Artifact(_every("metrics/{arch}/{variant}.json", _ALL_VARIANTS), "every variant's metrics", many=True),
-                  "samples": Artifact(_every("samples/{arch}/{variant}.png", _ALL_VARIANTS), "every variant's samples", many=True),
+          inputs={"metrics": Artifact(_every(seeded("metrics/{arch}/{variant}.json"), _ALL_VARIANTS), "every seed's variants' metrics", many=True),
+                  "samples": Artifact(_every(seeded("samples/{arch}/{variant}.png"), _ALL_VARIANTS, every_seed=False),
+                                      "every variant's samples (the first seed's)", many=True),
                   "fig1": Artifact("reports/fig1_quantile_sweep.png", "Figure 1"),
                   "sensitivity": Artifact("reports/fig_sensitivity.png", "the layer-sensitivity figure (its table beside it)"),
                   "figures": Artifact(lambda cfg, w=None: [f"reports/fig_samples_{a}.png" for a in cfg["matrix"]["archs"]], "the sample figures", many=True),
-                  "exports": Artifact(_every("metrics/{arch}/{variant}.export.json", lambda cfg: [v.name for v in exported_variants(cfg)]),
-                                      "the export summaries (rule export)", many=True, optional=True),
-                  "floors": Artifact(lambda cfg, w=None: [f"metrics/{a}/noise_floor.json" for a in cfg["matrix"]["archs"]],
-                                     "each arch's noise floor (rule noise_floor)", many=True)},
-          outputs={"results": Artifact("reports/results.csv", "one row per variant", report={"caption": "captions/results.rst", "category": "Tables"}),
+                  "exports": Artifact(_every(seeded("metrics/{arch}/{variant}.export.json"), lambda cfg: [v.name for v in exported_variants(cfg)],
+                                             every_seed=False), "the export summaries (rule export; the first seed's)", many=True, optional=True),
+                  "floors": Artifact(_every(seeded("metrics/{arch}/noise_floor.json"), lambda cfg: [""]),
+                                     "each seed's and arch's noise floor (rule noise_floor)", many=True)},
+          outputs={"results": Artifact("reports/results.csv", "one row per variant and seed", report={"caption": "captions/results.rst", "category": "Tables"}),
+                   "seeds": Artifact("reports/seeds.csv", "per variant: mean FID and qFID over seeds, the spread across seeds beside the bootstrap spread",
+                                     report={"caption": "captions/seeds.rst", "category": "Tables"}),
                    "table4": Artifact("reports/table4.md", "Table 4 layout", report={"caption": "captions/table4.rst", "category": "Tables"}),
                    "table3": Artifact("reports/table3.md", "Table 3 layout", report={"caption": "captions/table3.rst", "category": "Tables"}),
                    "paper": Artifact("reports/paper_comparison.md", "the paper's numbers beside ours",
@@ -477,6 +513,8 @@ def param_keys(cfg: Mapping[str, Any], rule: str, wildcards: Mapping[str, str]) 
     keys: List[str] = []
     for k in ([st.params] if callable(st.params) else st.params):
         keys += k(cfg, wildcards) if callable(k) else [k]
+    if "seed" in st.wildcards:  # a replicate's job: its seed is its wildcard (the CLI's --seed), no params read
+        keys = [k for k in keys if k != "seed"]
     return list(dict.fromkeys(k.format(**dict(wildcards)) for k in keys))
 
 
@@ -492,6 +530,16 @@ def param_values(cfg: Mapping[str, Any], rule: str, wildcards: Mapping[str, str]
     MLflow params and resume fingerprint), taken unrecorded: the stage's own reads are what it computes with."""
     cfg = plain(cfg)
     return {k: lookup(cfg, k) for k in param_keys(cfg, rule, wildcards)}
+
+
+def job_values(cfg: Mapping[str, Any], rule: str, wildcards: Mapping[str, str]) -> Dict[str, Any]:
+    """What a running job of ``rule`` computes with, for its resume fingerprint and MLflow params:
+    :func:`param_values` and, for a replicate's job, its ``seed`` (the CLI set it from --seed).  Not a
+    rerun trigger: the seed is already in the job's paths."""
+    values = param_values(cfg, rule, wildcards)
+    if "seed" in stage(rule).wildcards:
+        values["seed"] = plain(cfg)["seed"]
+    return values
 
 
 def resources_problems(cfg: Mapping[str, Any]) -> List[str]:
@@ -539,7 +587,8 @@ def rule_priorities(cfg: Mapping[str, Any]) -> Dict[str, int]:
     one_per_method = list({v.method: v.name for v in variants(cfg)}.values())
     for arch in cfg["matrix"]["archs"]:
         dataset = cfg["archs"][arch]["dataset"]
-        samples += [{"arch": arch, "variant": name, "dataset": dataset, "split": real_split(cfg, arch)} for name in one_per_method]
+        samples += [{"seed": str(first_seed(cfg)), "arch": arch, "variant": name, "dataset": dataset, "split": real_split(cfg, arch)}
+                    for name in one_per_method]
     outputs = {}
     for name, st in STAGES.items():
         pats = []

@@ -28,7 +28,7 @@ from ..utils import torch_save
 from . import tracking
 from .artifacts import feature_space, load_distill, make_arch
 from .distill import ValidationQFID
-from .stages import param_values
+from .stages import job_values
 from .training import load_generator
 
 
@@ -79,7 +79,7 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, data: st
     # Resumable: the rows of the pairs done are checkpointed beside the CSV after each pair (a job
     # killed at its wall time resumes at the next pair), resumed only by the same work.
     ckpt = Path(str(out_csv) + ".ckpt.pt")
-    fingerprint = resume.job_fingerprint(param_values(cfg, "quantile_sweep", {"arch": arch}), [__name__, ValidationQFID.__module__, *resume.modules_of(a)],
+    fingerprint = resume.job_fingerprint(job_values(cfg, "quantile_sweep", {"arch": arch}), [__name__, ValidationQFID.__module__, *resume.modules_of(a)],
                                          features=fs.name, widths=widths,
                                          inputs=resume.tensor_digest(g.state_dict(), distill_set, inputs, extras))
     saved = resume.load_checkpoint(ckpt, fingerprint)
@@ -104,7 +104,7 @@ def run_sweep(cfg: Dict[str, Any], *, arch: str, fp: str, distill: str, data: st
             w = csv_module.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    with tracking.run("quantile_sweep", cfg, {"arch": arch, "method": method.name}, param_values(cfg, "quantile_sweep", {"arch": arch})) as run:
+    with tracking.run("quantile_sweep", cfg, {"arch": arch, "method": method.name}, job_values(cfg, "quantile_sweep", {"arch": arch})) as run:
         run.log_step_metrics([{"step": i, "validation_qfid": r["qfid"]} for i, r in enumerate(rows)])  # step: the pair's place in the CSV
         run.log_metrics({f"best_w{b}_validation_qfid": r["qfid"] for b, r in choose(rows).items()})
         run.log_artifact(out_csv)

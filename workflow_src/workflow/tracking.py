@@ -218,10 +218,18 @@ def _now_ms() -> int:
 
 
 def _tags_and_name(stage: str, cfg: Mapping[str, Any], tags: Mapping[str, Any]):
+    """The run's tags (stage, profile, the caller's, the seed it ran with) and its name
+    (stage-arch-variant-s<seed> for an arch's job)."""
+    from ..config.trace import plain
+
     all_tags = {"stage": stage, "profile": cfg["profile"], **{k: str(v) for k, v in tags.items()}}
+    seed = plain(cfg).get("seed")  # a replicate's job runs with its own (the CLI's --seed); not a params read
+    if seed is not None:
+        all_tags.setdefault("seed", str(seed))
     if os.environ.get(WORKFLOW_ENV):
         all_tags["workflow_id"] = os.environ[WORKFLOW_ENV]
-    return all_tags, "-".join(str(all_tags[k]) for k in ("stage", "arch", "variant") if k in all_tags)
+    name = "-".join(str(all_tags[k]) for k in ("stage", "arch", "variant") if k in all_tags)
+    return all_tags, name + (f"-s{all_tags['seed']}" if "arch" in all_tags and "seed" in all_tags else "")
 
 
 @contextmanager
@@ -391,7 +399,7 @@ def _all_runs(client: Any, experiment_id: str) -> List[Any]:
 
 
 def link_variants(profile: str, variant_tags: List[Mapping[str, Any]]) -> int:
-    """One parent run per variant (tag ``stage=variant``), so that ``mlflow.search_runs(filter_string=
+    """One parent run per variant and seed (tag ``stage=variant``), so that ``mlflow.search_runs(filter_string=
     "tags.stage = 'variant'")`` gives one row per row of results.csv: it holds the params of the
     variant's newest finished runs (its quantization or QAT job, evaluation and export; for FP its
     training and evaluation), their final metrics, and is the parent of those runs.  A parent is
@@ -413,13 +421,13 @@ def link_variants(profile: str, variant_tags: List[Mapping[str, Any]]) -> int:
         for r in sorted(_all_runs(client, exp), key=lambda r: r.info.start_time or 0):
             t = r.data.tags
             if t.get("stage") == VARIANT_STAGE:
-                parents[(t.get("arch"), t.get("variant"), t.get(DIGEST_TAG))] = r
+                parents[(t.get("arch"), t.get("variant"), t.get("seed"), t.get(DIGEST_TAG))] = r
             elif t.get("stage") in CHILD_STAGES and r.info.status == RunStatus.to_string(RunStatus.FINISHED):
-                newest[(t["stage"], t.get("arch"), t.get("variant", FP if t["stage"] == "train" else None))] = r
+                newest[(t["stage"], t.get("arch"), t.get("variant", FP if t["stage"] == "train" else None), t.get("seed"))] = r
         now = _now_ms()
         for tags in variant_tags:
-            arch, variant = str(tags["arch"]), str(tags["variant"])
-            kids = [newest[k] for k in ((s, arch, variant) for s in CHILD_STAGES) if k in newest]
+            arch, variant, seed = str(tags["arch"]), str(tags["variant"]), (str(tags["seed"]) if "seed" in tags else None)
+            kids = [newest[k] for k in ((s, arch, variant, seed) for s in CHILD_STAGES) if k in newest]
             params: Dict[str, str] = {}
             metrics: Dict[str, float] = {}
             for kid in kids:  # the first stage's value of a key both log (an environment record) stays
@@ -428,14 +436,14 @@ def link_variants(profile: str, variant_tags: List[Mapping[str, Any]]) -> int:
                 for k, v in kid.data.metrics.items():
                     metrics.setdefault(k, v)
             digest = hashlib.sha256(json.dumps(sorted(params.items())).encode()).hexdigest()[:16]
-            parent = parents.get((arch, variant, digest))
+            parent = parents.get((arch, variant, seed, digest))
             invocation = {"workflow_id": os.environ[WORKFLOW_ENV]} if os.environ.get(WORKFLOW_ENV) else {}  # the one that linked it last
             if parent is not None and invocation and parent.data.tags.get("workflow_id") != invocation["workflow_id"]:
                 client.set_tag(parent.info.run_id, "workflow_id", invocation["workflow_id"])
             if parent is None:
                 run_tags = {"stage": VARIANT_STAGE, "profile": profile, DIGEST_TAG: digest, **invocation, **{k: str(v) for k, v in tags.items()}}
                 parent = client.create_run(exp, start_time=min(k.info.start_time for k in kids) if kids else now, tags=run_tags,
-                                           run_name=f"{VARIANT_STAGE}-{arch}-{variant}")
+                                           run_name=f"{VARIANT_STAGE}-{arch}-{variant}" + (f"-s{seed}" if seed is not None else ""))
                 ps = [Param(k, v) for k, v in params.items()]
                 for i in range(0, len(ps), 100):
                     client.log_batch(parent.info.run_id, params=ps[i : i + 100])

@@ -17,7 +17,7 @@ from . import tracking
 from ..files import append_rows, copy_atomic, truncate_rows
 from ..utils import seed_everything, torch_load, torch_save
 from .artifacts import make_arch
-from .stages import param_values
+from .stages import job_values
 
 
 def _state_dicts(state: Dict[str, Any]) -> Dict[str, Any]:
@@ -47,7 +47,7 @@ def train(cfg: Dict[str, Any], arch_name: str, data_dir: str | Path, out: str | 
     kind = arch_dataset(cfg, arch_name)["kind"]
     batches = datasets.train_batches(data_dir, kind, tcfg["batch_size"], seed=cfg["seed"] * 1_000_003)
     # resumed only by the same params, data and code (else started over, saying why)
-    fingerprint = resume.job_fingerprint(param_values(cfg, "train_fp", {"arch": arch_name}), [__name__, *resume.modules_of(arch)],
+    fingerprint = resume.job_fingerprint(job_values(cfg, "train_fp", {"arch": arch_name}), [__name__, *resume.modules_of(arch)],
                                          data=(datasets.read_manifest(data_dir) or {}).get("sha256"))
     saved = resume.load_checkpoint(ckpt, fingerprint)
     if saved is None:
