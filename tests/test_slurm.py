@@ -108,8 +108,10 @@ def _requeue_when_checkpointed(workdir: Path, ckpt_glob: str, rule: str, proc, d
         for ckpt in workdir.glob(ckpt_glob):
             for job in job_records():
                 if job["JobState"] == "RUNNING" and job.get("WorkDir") == str(workdir) and rule_of(job) == rule:
-                    wildcards = job["Comment"].split("_wildcards_")[-1]
-                    if wildcards in str(ckpt).replace("/", "_"):
+                    # the comment joins the job's wildcard values with "_" (seed, arch[, variant]); each
+                    # is a part of the checkpoint's path (models/s0/fp/stylegan.ckpt.pt)
+                    values = job["Comment"].split("_wildcards_")[-1].split("_")
+                    if all(v in str(ckpt.relative_to(workdir)) for v in values):
                         subprocess.run(["scontrol", "requeue", job["JobId"]], check=True)
                         _start_now(job["JobId"])
                         return job["JobId"]
