@@ -367,3 +367,50 @@ def test_a_finding_within_the_spread_across_seeds_is_not_resolved():
     md = report.paper_comparison_md(report.paper_comparison(tables.across_seeds(pd.DataFrame(_seed_rows(0, 1.0, 2.0, 5.0) + _seed_rows(1, 2.0, 2.0, 6.0)))),
                                     tables.across_seeds(pd.DataFrame(_seed_rows(0, 1.0, 2.0, 5.0) + _seed_rows(1, 2.0, 2.0, 6.0))))
     assert "(n = 2 seeds)" in md and "standard deviations across seeds (n = 2" in md
+
+
+def test_the_paired_test_across_seeds_against_its_closed_form():
+    """The t distribution with 2 degrees of freedom has a closed form: two-sided p = 1 - |t| / sqrt(2 + t^2)."""
+    import math
+
+    def closed(d):
+        mean = sum(d) / 3
+        sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 2)
+        t = mean / (sd / math.sqrt(3))
+        return 1 - abs(t) / math.sqrt(2 + t * t)
+
+    a = [1.0, 3.0, 5.0]
+    for d in ([1.0, 2.0, 3.0], [0.1, 0.12, 0.08], [-0.5, 0.2, 0.1]):
+        assert report.paired_p(a, [x + y for x, y in zip(a, d)]) == pytest.approx(closed(d), rel=1e-9)
+    assert report.paired_p(a, [x + y for x, y in zip(a, [1.0, 2.0, 3.0])]) > report.PAIRED_ALPHA  # p 0.074
+    assert report.paired_p(a, [x + 0.5 for x in a]) == 0.0 and report.paired_p(a, a) == 1.0  # no spread of the differences
+    assert report.paired_p([1.0, 2.0], [2.0, 3.0]) is None  # below PAIRED_MIN_SEEDS
+    with pytest.raises(ValueError, match="3 values on one side, 2"):
+        report.paired_p(a, [1.0, 2.0])
+
+
+def test_a_gap_within_the_spread_across_seeds_is_decided_by_the_paired_test():
+    """Three seeds whose FP models differ a lot (1, 3, 5) while min-max stays 0.08-0.12 above quantile at
+    each: the spread across seeds (std 2 per side) hides the gap, the paired test finds it (p 0.013)."""
+    from workflow_src.reporting import tables
+
+    rows = []
+    for seed, base, gap in ((0, 1.0, 0.10), (1, 3.0, 0.12), (2, 5.0, 0.08)):
+        rows += [{**_row("sagan", "ptq-quantile", True, 4, base, 0.01), "seed": seed},
+                 {**_row("sagan", "ptq-minmax", True, 4, base + gap, 0.01), "seed": seed}]
+    per_seed = pd.DataFrame(rows)
+    agg = tables.across_seeds(per_seed)
+    alone = report.finding_cells(agg, report.FINDINGS[0]).iloc[0]
+    assert (alone["verdict"], alone["decided_by"], alone["p_paired"]) == ("within", "", None)
+    cell = report.finding_cells(agg, report.FINDINGS[0], per_seed).iloc[0]
+    assert (cell["verdict"], cell["decided_by"], cell["seeds_paired"]) == ("held", "paired test", 3)
+    assert cell["p_paired"] == pytest.approx(1 - 8.660254 / (2 + 75.0) ** 0.5, rel=1e-5)
+    f = report.findings(agg, per_seed).set_index("finding").loc["quantile"]
+    assert (f["held"], f["paired"], f["verdict"]) == (1, 1, "held")
+    md = report.paper_comparison_md(report.paper_comparison(agg), agg, per_seed=per_seed)
+    assert "By paired test" in md and "paired t-test across its 3 seeds" in md
+    # the opposite gap at one seed: no longer consistent, within again
+    flipped = per_seed.copy()
+    flipped.loc[(flipped["seed"] == 2) & (flipped["method"] == "ptq-minmax"), "qfid"] = 5.0 - 0.3
+    cell = report.finding_cells(tables.across_seeds(flipped), report.FINDINGS[0], flipped).iloc[0]
+    assert cell["verdict"] == "within" and cell["p_paired"] > report.PAIRED_ALPHA

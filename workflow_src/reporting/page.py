@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..config import FP
 from ..config.params import resolved_digest
-from .paper import BEYOND, bootstrap_std, findings
+from .paper import BEYOND, PAIRED_MIN_SEEDS, bootstrap_std, findings
 from .tables import arch_title, fmt_spread, fmt_value, method_title, n_seeds, spread_label, uniform
 
 PACKAGES = ("torch", "torchvision", "snakemake", "dvc", "mlflow", "pytorch-fid", "pandas", "numpy", "onnxruntime")
@@ -208,7 +208,7 @@ def _results_table(csv_df: pd.DataFrame) -> str:
     return ("<div class='scroll'><table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in out.columns) + "</tr>" + body + "</table></div>")
 
 
-def _findings_html(df: pd.DataFrame) -> str:
+def _findings_html(df: pd.DataFrame, per_seed: Optional[pd.DataFrame] = None) -> str:
     best = best_by_width(df)
     n = n_seeds(df)
     what = (f"standard deviations across {n} seeds (each its own FP model, calibration and QAT run)" if n > 1 else
@@ -231,13 +231,15 @@ def _findings_html(df: pd.DataFrame) -> str:
                         + ", ".join(f"{_e(arch_title(r['arch']))} {_e(r['variant'])} {_e(r['fid'])} vs FP {_e(r['fp_fid'])}" for _, r in real.iterrows())
                         if len(real) else "none by more than the spread and the FID noise floor, so none is better than FP")
                      + ".</p>")
-    fd = findings(df)
+    fd = findings(df, per_seed)
+    paired = per_seed is not None and n_seeds(df) >= PAIRED_MIN_SEEDS
     parts.append("<h3>The paper's findings on this run</h3><table><tr><th>Finding (paper section)</th><th>Metric</th><th>Cells</th>"
-                 "<th>Held</th><th>Against</th><th>Within spread</th><th>Verdict</th></tr>")
+                 "<th>Held</th><th>Against</th><th>Within spread</th>" + ("<th>By paired test</th>" if paired else "") + "<th>Verdict</th></tr>")
     for _, r in fd.iterrows():
         cls = {"held": "held", "not held": "against"}.get(r["verdict"], "within")
         parts.append(f"<tr><td>{_e(r['claim'])} ({_e(r['section'])})</td><td>{_e(r['metric'])}</td><td>{r['cells']}</td><td>{r['held']}</td>"
-                     f"<td>{r['against']}</td><td>{r['within']}</td><td class='{cls}'><b>{_e(r['verdict'])}</b></td></tr>")
+                     f"<td>{r['against']}</td><td>{r['within']}</td>" + (f"<td>{r['paired']}</td>" if paired else "")
+                     + f"<td class='{cls}'><b>{_e(r['verdict'])}</b></td></tr>")
     parts.append("</table>")
     return "".join(parts)
 
@@ -248,7 +250,7 @@ RATIOS = ("<p class='note'>Every ratio is integer export over FP32 export of the
 
 def write_page(cfg: Mapping[str, Any], df: pd.DataFrame, csv_df: pd.DataFrame, *, out: str, metrics: Sequence[str],
                arch_figures: Mapping[str, bytes], files: Mapping[str, str], figures: Mapping[str, str], mlflow_link: Tuple[str, str],
-               front: str = "") -> None:
+               front: str = "", per_seed: Optional[pd.DataFrame] = None) -> None:
     """The page.  ``front``: the size-quality front per arch (Markdown, shown under the findings);
     ``files``: the outputs beside it by title (linked and, for Markdown, shown);
     ``figures``: figure PNGs by title (embedded and linked); ``arch_figures``: per arch, the
@@ -265,7 +267,7 @@ def write_page(cfg: Mapping[str, Any], df: pd.DataFrame, csv_df: pd.DataFrame, *
             "<p>FID: generated against real images (each dataset's evaluation split); qFID: quantized against full-precision "
             "generator on the same inputs (0 = identical outputs). Lower is better for both. Activations 8-bit asymmetric "
             f"static, weights symmetric. Feature space: {_e(', '.join(sorted(set(df['feature_space']))))}.</p>",
-            "<h2 id='findings'>Findings</h2>", _findings_html(df),
+            "<h2 id='findings'>Findings</h2>", _findings_html(df, per_seed),
             *([f"<h3>Size against quality: the Pareto-optimal variants per arch (qFID ± {spread_label(df)})</h3>",
                f"<div class='scroll'>{_markdown(front)}</div>"] if front else []),
             f"<h2 id='plots'>Plots</h2><h3>qFID by method (error bars: {spread_label(df)})</h3>", _img(qfid_plot(df), "qFID by method")]

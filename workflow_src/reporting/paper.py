@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -19,7 +19,9 @@ from .tables import n_seeds as tables_n_seeds
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.csv"
 PAPER_TABLES = {"3": "Table 3", "4": "Table 4", "B": "App. B"}
 PTQ = ("ptq-minmax", "ptq-quantile", "ptq-mse", "ar-brecq", "ste-brecq")
-BEYOND = 2.0  # a difference counts when it exceeds this many combined bootstrap standard deviations
+BEYOND = 2.0  # a difference counts when it exceeds this many combined standard deviations (bootstrap, or across seeds)
+PAIRED_ALPHA = 0.05  # ... or when the paired t-test across seeds rejects "no difference" at this two-sided level
+PAIRED_MIN_SEEDS = 3  # the paired test needs this many seeds that both sides share (2 degrees of freedom)
 
 
 def paper_numbers(path: Path = PAPER_NUMBERS) -> pd.DataFrame:
@@ -142,11 +144,41 @@ def _side(ours: pd.DataFrame, arch: str, methods: Tuple[str, ...], per_channel: 
     return None if sel.empty else sel.loc[sel[metric].idxmin()]
 
 
-def finding_cells(df: pd.DataFrame, f: Finding) -> pd.DataFrame:
-    """Every cell of finding ``f`` in our results: both sides' values and bootstrap spreads, and
-    the verdict: ``held`` (the claim holds beyond :data:`BEYOND` combined spreads), ``against``
-    (the opposite holds beyond them) or ``within`` (the difference is inside the spread)."""
+def paired_p(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    """Two-sided p-value of the paired t-test of ``b - a`` across seeds (``a[i]`` and ``b[i]`` from
+    one seed: one FP model, distillation set and evaluation inputs, whose variation the difference
+    cancels); None with fewer than :data:`PAIRED_MIN_SEEDS` pairs.  Differences equal at every seed
+    have no spread: p is 0 when they are not zero, 1 when they are."""
+    if len(a) != len(b):
+        raise ValueError(f"paired test: {len(a)} values on one side, {len(b)} on the other")
+    if len(a) < PAIRED_MIN_SEEDS:
+        return None
+    d = [float(y) - float(x) for x, y in zip(a, b)]
+    if max(d) == min(d):
+        return 0.0 if d[0] != 0 else 1.0
+    from scipy import stats
+
+    return float(stats.ttest_rel(b, a).pvalue)
+
+
+def _per_seed_values(per_seed: Optional[pd.DataFrame], side: pd.Series, metric: str) -> Dict[int, float]:
+    """``metric`` of the variant of ``side`` (an across-seeds row) at each seed of ``per_seed``."""
+    if per_seed is None or "seed" not in per_seed.columns:
+        return {}
+    sel = per_seed[(per_seed["arch"] == side["arch"]) & (per_seed["method"] == side["method"]) & (per_seed["_pc"] == side["_pc"])
+                   & (per_seed["w_bits"] == side["w_bits"]) & (per_seed["a_bits"] == side["a_bits"]) & per_seed[metric].notna()]
+    return {int(s): float(v) for s, v in zip(sel["seed"], sel[metric])}
+
+
+def finding_cells(df: pd.DataFrame, f: Finding, per_seed: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """Every cell of finding ``f`` in our results (``df``: a row per variant, its spread across seeds
+    or its bootstrap spread): both sides' values and spreads, and the verdict: ``held`` (the claim
+    holds beyond :data:`BEYOND` combined spreads), ``against`` (the opposite holds beyond them) or
+    ``within`` (the difference is inside the spread).  With ``per_seed`` (a row per variant and seed)
+    and at least :data:`PAIRED_MIN_SEEDS` seeds, a cell within the spread is also judged by the paired
+    t-test across seeds (``p_paired``; ``decided_by`` says which test decided a held or against)."""
     ours = _ours(df)
+    per_seed = None if per_seed is None else _ours(per_seed)
     ours = ours[ours["method"] != "fp"]
     fixed = f.a_per_channel is not None or f.b_per_channel is not None
     pairs = [((m,), (m,)) for m in f.a] if f.per_method else [(f.a, f.b)]
@@ -169,10 +201,18 @@ def finding_cells(df: pd.DataFrame, f: Finding) -> pd.DataFrame:
                         verdict = "held" if diff > BEYOND * spread else "against" if -diff > BEYOND * spread else "within"
                     else:  # side b (lower is better) must not beat side a beyond the spread
                         verdict = "against" if -diff > BEYOND * spread else "held"
+                    va, vb = _per_seed_values(per_seed, a, f.metric), _per_seed_values(per_seed, b, f.metric)
+                    both = sorted(set(va) & set(vb))
+                    p = paired_p([va[s] for s in both], [vb[s] for s in both])
+                    decided_by = "" if verdict == "within" or (f.kind != "better" and verdict == "held") else "spread"
+                    if not decided_by and p is not None and p < PAIRED_ALPHA and (f.kind == "better" or diff < 0):
+                        verdict, decided_by = ("held" if diff > 0 else "against"), "paired test"
                     rows.append({"finding": f.key, "arch": arch, "per_channel": pc, "w_bits": w, "a": a["method"],
                                  "a_value": float(a[f.metric]), "b": b["method"], "b_value": float(b[f.metric]),
-                                 "spread": spread, "verdict": verdict})
-    return pd.DataFrame(rows, columns=["finding", "arch", "per_channel", "w_bits", "a", "a_value", "b", "b_value", "spread", "verdict"])
+                                 "spread": spread, "p_paired": p, "seeds_paired": len(both) if p is not None else 0,
+                                 "verdict": verdict, "decided_by": decided_by})
+    return pd.DataFrame(rows, columns=["finding", "arch", "per_channel", "w_bits", "a", "a_value", "b", "b_value", "spread",
+                                       "p_paired", "seeds_paired", "verdict", "decided_by"])
 
 
 def bootstrap_std(row: Mapping[str, Any], metric: str) -> float:
@@ -181,16 +221,18 @@ def bootstrap_std(row: Mapping[str, Any], metric: str) -> float:
     return 0.0 if s is None or pd.isna(s) else float(s)
 
 
-def findings(df: pd.DataFrame) -> pd.DataFrame:
+def findings(df: pd.DataFrame, per_seed: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """One row per finding of the paper: cells held / against / within the spread, and a verdict:
     ``held`` when it holds in most cells and is contradicted in none, ``not held`` when it is
     contradicted in most, ``mixed`` when some cells hold and others contradict it, ``not resolved``
     when most differences are within the spread (at this number of seeds: more could resolve them),
-    ``not run`` when no cell exists."""
+    ``not run`` when no cell exists.  ``paired``: the held and against cells that only the paired
+    test across seeds decided (``per_seed``: a row per variant and seed)."""
     out = []
     for f in FINDINGS:
-        cells = finding_cells(df, f)
+        cells = finding_cells(df, f, per_seed)
         n = {v: int((cells["verdict"] == v).sum()) for v in ("held", "against", "within")}
+        n["paired"] = int((cells["decided_by"] == "paired test").sum())
         total = len(cells)
         verdict = ("not run" if total == 0 else "held" if n["held"] * 2 > total and n["against"] == 0
                    else "not held" if n["against"] * 2 > total else "mixed" if n["held"] and n["against"] else "not resolved")
@@ -198,9 +240,11 @@ def findings(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def paper_comparison_md(cmp: pd.DataFrame, df: Optional[pd.DataFrame] = None, floor: str = "") -> str:
-    """The comparison page: the paper's findings on our results, the rank agreement per table,
-    then the raw numbers side by side with each row's rank."""
+def paper_comparison_md(cmp: pd.DataFrame, df: Optional[pd.DataFrame] = None, floor: str = "",
+                        per_seed: Optional[pd.DataFrame] = None) -> str:
+    """The comparison page: the paper's findings on our results (``df``: a row per variant over its
+    seeds; ``per_seed``: a row per variant and seed, for the paired test), the rank agreement per
+    table, then the raw numbers side by side with each row's rank."""
     spaces = sorted({s for s in cmp["feature_space"] if isinstance(s, str)})
     lines = [
         "Paper: pytorch-fid Inception features, 50000 images, paper-scale models. Ours: feature space "
@@ -210,19 +254,25 @@ def paper_comparison_md(cmp: pd.DataFrame, df: Optional[pd.DataFrame] = None, fl
     if floor:
         lines += [floor, ""]
     if df is not None:
-        fd = findings(df)
+        fd = findings(df, per_seed)
         n_seeds = tables_n_seeds(df)
+        paired = per_seed is not None and n_seeds >= PAIRED_MIN_SEEDS
         spread = (f"standard deviations across seeds (n = {n_seeds}: each seed its own FP model, calibration and QAT run)"
                   if n_seeds > 1 else "bootstrap standard deviations (resamples of the generated images of one seed: a spread "
                   "across samples only, so a *held* here may not survive another seed)")
         lines += [f"## The paper's findings on this run (n = {n_seeds} seed{'s' if n_seeds > 1 else ''})", "",
                   f"Per cell (arch, granularity, width): *held* when the claim holds by more than {BEYOND:g} combined {spread}, "
                   "*against* when the opposite does, *within* otherwise. Verdict: *held* in most cells and against in none, "
-                  "*not held* against in most, *mixed* both, *not resolved* (at this n) mostly within.", "",
-                  "| Finding (paper section) | Metric | Cells | Held | Against | Within spread | Verdict |", "|---|---|---|---|---|---|---|"]
+                  "*not held* against in most, *mixed* both, *not resolved* (at this n) mostly within." + (
+                      f" A cell within that spread is also judged by the paired t-test across its {n_seeds} seeds (the two "
+                      "methods' difference at each seed, which cancels what a seed's FP model and inputs add to both): "
+                      f"two-sided p < {PAIRED_ALPHA:g} decides it (column *by paired test*; one test per cell, not "
+                      "corrected for the number of cells)." if paired else ""), "",
+                  "| Finding (paper section) | Metric | Cells | Held | Against | Within spread | "
+                  + ("By paired test | " if paired else "") + "Verdict |", "|---|---|---|---|---|---|" + ("---|" if paired else "") + "---|"]
         for _, r in fd.iterrows():
             lines.append(f"| {r['claim']} ({r['section']}) | {r['metric']} | {r['cells']} | {r['held']} | {r['against']} | "
-                         f"{r['within']} | **{r['verdict']}** |")
+                         f"{r['within']} | " + (f"{r['paired']} | " if paired else "") + f"**{r['verdict']}** |")
         lines.append("")
     ra = rank_agreement(cmp)
     lines += ["## Do the methods come in the paper's order?", "",

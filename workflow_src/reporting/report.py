@@ -80,7 +80,7 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
     write_falloff(df, fig_bits)
     cmp = paper_comparison(df)
     floor = floor_note(list(floors))
-    atomic_write_text(paper, "# The paper's findings and numbers beside ours\n\n" + paper_comparison_md(cmp, df, floor))
+    atomic_write_text(paper, "# The paper's findings and numbers beside ours\n\n" + paper_comparison_md(cmp, df, floor, per_seed))
     note = spread_note(cfg, df) + spread_comparison_md(df) + floor + quantile_note(df) + selection_note(df)
     atomic_write_text(export, "# Integer exports: size and latency against FP32\n\n" + (
         export_tables(list(exports)) if exports else
@@ -112,4 +112,4 @@ def report(cfg: Dict[str, Any], *, metrics: List[str], samples: List[str], fig1:
     if sensitivity_csv.exists():
         files["Layer sensitivity"] = str(sensitivity_csv)
     write_page(cfg, df, csv_df, out=html, metrics=metrics, arch_figures=overview, files=files, figures=shown,
-               mlflow_link=tracking.experiment_link(cfg["profile"]), front=front_md(front_table))
+               mlflow_link=tracking.experiment_link(cfg["profile"]), front=front_md(front_table), per_seed=per_seed)
