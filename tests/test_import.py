@@ -22,7 +22,7 @@ from workflow_src import config as qcfg
 from workflow_src import registry
 from workflow_src.archs.importers import (CheckpointMismatch, heykeetae_sagan, junyanz_cyclegan,
                                            rosinality_discriminator, rosinality_generator)
-from workflow_src.archs.layers import Blur, FusedUpConv2d
+from workflow_src.archs.layers import Blur, FusedUpConv2d, ZeroInsert2d
 from workflow_src.quant.modules import QuantConv2d, QuantSpec
 from workflow_src.workflow.fp import import_fp
 from workflow_src.quant.transform import calibrate, quantize_model, set_quant
@@ -358,3 +358,14 @@ def test_paths_from_the_params_reach_the_command_quoted(tmp_path, published_styl
     assert proc.returncode == 0, proc.stderr[-3000:] + logs[-2000:]
     assert torch_load(wd / "models" / "s0" / "fp" / "stylegan.pt")["imported"]["file"] == Path(hostile).name
     assert not [p for d in (wd, ROOT, Path.cwd()) for p in d.rglob("PWNED*")]
+
+
+def test_zero_insertion_against_strided_assignment():
+    """ZeroInsert2d puts x at the even positions of a (2H-1, 2W-1) map of exact zeros, as a strided
+    assignment into torch.zeros does, for odd and even sizes and batches."""
+    for shape in ((1, 1, 1, 1), (2, 3, 5, 7), (3, 2, 4, 6)):
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+        ref = torch.zeros(shape[0], shape[1], 2 * shape[2] - 1, 2 * shape[3] - 1)
+        ref[..., ::2, ::2] = x
+        y = ZeroInsert2d()(x)
+        assert torch.equal(y, ref) and not torch.signbit(y[..., 1::2, :]).any()  # +0.0, not -0.0
