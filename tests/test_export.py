@@ -239,7 +239,6 @@ def test_latency_is_a_median_of_interleaved_calls():
     assert calls == ["a", "b"] * 4 and set(lat) == {"a", "b"} and all(v >= 0 for v in lat.values())
 
 
-
 def test_fused_upsampling_exports_without_float_constants_of_activation_size(tmp_path):
     """rosinality's fused upsampling (zero insertion + 4x4 conv) in the QDQ file: exact against the
     fake-quant model, and no float tensor in the file larger than a channel vector (a zeros tensor
