@@ -30,6 +30,15 @@ def micro_sagan():
 
 
 @pytest.fixture(scope="session")
+def micro_run(tmp_path_factory):
+    """The directory of one whole run of the micro workflow (tests/micro.py), shared by the tests that
+    inspect it (the workflow's, and the runner's kill -9 test as its uninterrupted reference)."""
+    from micro import run_micro
+
+    return run_micro(tmp_path_factory.mktemp("micro"))
+
+
+@pytest.fixture(scope="session")
 def published_stylegan_checkpoint(tmp_path_factory):
     """A full-size checkpoint in rosinality's published layout (random values), written once."""
     from rosinality_layout import write_published_checkpoint

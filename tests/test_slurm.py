@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from slurm_plugins import plugin_env
 from workflow_src import config as qcfg
 
 pytestmark = pytest.mark.slurm
@@ -87,14 +88,16 @@ def rule_of(job: dict) -> str:
 
 @pytest.fixture(scope="module")
 def cluster():
+    """Brings the cluster up (and down); yields the environment of the Snakemake runs' plugins."""
     if os.geteuid() != 0:
         pytest.skip("needs root: scripts/slurm-up.sh installs and starts munge, slurmctld and slurmd")
+    plugins = plugin_env()
     up = subprocess.run(["bash", str(SCRIPTS / "slurm-up.sh")], capture_output=True, text=True, timeout=900)
     try:
         if up.returncode == 3:
             pytest.skip((up.stderr.strip().splitlines() or ["slurm-up.sh: cannot host a cluster"])[-1])
         assert up.returncode == 0, f"slurm-up.sh failed ({up.returncode}):\n{up.stdout}\n{up.stderr}"
-        yield
+        yield plugins
     finally:
         down = subprocess.run(["bash", str(SCRIPTS / "slurm-down.sh")], capture_output=True, text=True, timeout=300)
         assert down.returncode == 0, down.stdout + down.stderr
@@ -149,7 +152,7 @@ def failing_run(cluster, tmp_path_factory):
     (work / "models" / "s0" / "fp").mkdir(parents=True)
     (work / "models" / "s0" / "fp" / "stylegan.ckpt.pt").write_bytes(b"not a checkpoint")
     with open(work / "snakemake.out", "w") as out:
-        proc = subprocess.Popen(snakemake(work, "models/s0/fp/stylegan.pt", "--retries", "0", "--configfile", str(MICRO)), env=UNTRACKED,
+        proc = subprocess.Popen(snakemake(work, "models/s0/fp/stylegan.pt", "--retries", "0", "--configfile", str(MICRO)), env={**UNTRACKED, **cluster},
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
         yield {"work": work, "proc": proc}
@@ -164,7 +167,7 @@ def micro_on_slurm(cluster, tracking_server, failing_run, tmp_path_factory):
     work = tmp_path_factory.mktemp("slurm-micro")
     (work / "longer.yaml").write_text(LONGER)
     started = time.time()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_server["uri"]}
+    env = {**os.environ, **cluster, "MLFLOW_TRACKING_URI": tracking_server["uri"]}
     env.pop("QGAN_TRACKING", None)
     with open(work / "snakemake.out", "w") as out:
         proc = subprocess.Popen(snakemake(work, "report", "--configfile", str(MICRO), str(work / "longer.yaml")),

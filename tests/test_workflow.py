@@ -11,28 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from micro import PARAM_READS, SNAKEMAKE
+from slurm_plugins import plugin_env
 from workflow_src import config as qcfg
-from workflow_src.config import trace
 from workflow_src.workflow import stages
 from workflow_src.workflow.dvc_yaml import snakemake_jobs
 from workflow_src.workflow.stages import STAGES, param_keys
 
 ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-
-
-PARAM_READS = Path(".qgan") / "param-reads"  # each job's params reads (workflow_src/config/trace.py), in the run's directory
-
-
-@pytest.fixture(scope="module")
-def micro_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("micro")
-    proc = subprocess.run(SNAKEMAKE + ["-d", str(work), "--cores", "2", "report", "--configfile", str(ROOT / "configs" / "micro.yaml")],
-                          capture_output=True, text=True, env={**os.environ, trace.TRACE_ENV: str(work / PARAM_READS)})
-    if proc.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "logs").rglob("*.log")))
-        pytest.fail(f"workflow failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n{logs}")
-    return work
 
 
 @pytest.mark.workflow
@@ -385,7 +371,8 @@ def test_slurm_profile_plans_the_paper_matrix_with_the_params_resources(tmp_path
     every submitted job for the partition and the cpus/mem/runtime of the params' `resources`."""
     _with_published_checkpoint(tmp_path, published_stylegan_checkpoint)
     proc = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "--workflow-profile", str(ROOT / "profiles" / "slurm"), "-n",
-                                       "report", "--configfile", str(ROOT / "configs" / "paper.yaml")], capture_output=True, text=True)
+                                       "report", "--configfile", str(ROOT / "configs" / "paper.yaml")], capture_output=True, text=True,
+                          env={**os.environ, **plugin_env()})
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"])
     gpu_rules = {"train_fp", "distill", "quantize", "qat", "evaluate", "evaluate_fp", "real_stats", "quantile_sweep", "noise_floor", "sensitivity"}
