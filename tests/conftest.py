@@ -83,18 +83,20 @@ def check_device():
 # ----------------------------------------------------------------------------- the paper-smoke run
 # The paper tests (marker `paper`, tests/test_paper_smoke.py) inspect one run of the paper-smoke DAG.
 # It starts as soon as the session knows they are selected, in the background on one core, so that
-# it computes while the rest of the suite runs (mostly one thread; the SLURM tests mostly wait on the
-# scheduler's polling), and the paper tests run last and wait for it.  Alone (`pytest -m paper`) it
+# it computes while the rest of the suite runs (mostly one thread; the SLURM run, also in the
+# background, mostly waits on the scheduler's polling), and the paper tests run last and wait for it.  Alone (`pytest -m paper`) it
 # gets both cores.
 PAPER_RUN: dict = {}
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k have deselected
 def pytest_collection_modifyitems(session, config, items):
+    # the tests of the background runs last, in the order the runs tend to finish: SLURM, then paper-smoke
+    slurm = [i for i in items if i.get_closest_marker("slurm")]
     paper = [i for i in items if i.get_closest_marker("paper")]
+    items[:] = [i for i in items if not i.get_closest_marker("slurm") and not i.get_closest_marker("paper")] + slurm + paper
     if not paper or config.option.collectonly:
         return
-    items[:] = [i for i in items if not i.get_closest_marker("paper")] + paper
     import shlex
     import subprocess
     import tempfile
@@ -125,6 +127,22 @@ def pytest_sessionfinish(session, exitstatus):
         import shutil
 
         shutil.rmtree(PAPER_RUN["base"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def slurm_background(request, tmp_path_factory):
+    """The SLURM integration run (tests/slurm_run.py), started when the session's first test starts
+    if any SLURM test is selected (else None); its cluster is torn down when the session ends, and a
+    failure to do so is an error of the session."""
+    if not any(i.get_closest_marker("slurm") for i in request.session.items):
+        yield None
+        return
+    from slurm_run import SlurmRun
+
+    run = SlurmRun(tmp_path_factory.mktemp("slurm")).start()
+    yield run
+    problem = run.close()
+    assert problem is None, problem
 
 
 @pytest.fixture(scope="session")

@@ -6,29 +6,24 @@ snakemake-executor-plugin-slurm to the report.  The controller's own job records
 show what every job asked for.  While it runs, one training job and one QAT job are requeued by
 SLURM (as preemption would) and must resume from their checkpoints.  A job that fails is reported
 with its SLURM log (a second workflow, run beside the first).  scripts/slurm-down.sh always tears the cluster down again.
+All of it runs in the background from the session's start (tests/slurm_run.py); these tests run
+last and read what it recorded.
 
 Skipped, with the reason, where the cluster cannot be brought up (not root, no apt, packages not
 installable); CI runs it on a machine like the development one (root, apt).
 """
-import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from slurm_plugins import plugin_env
+from slurm_run import MICRO, job_records, rule_of
 from workflow_src import config as qcfg
 
 pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "scripts"
-MICRO = ROOT / "configs" / "micro.yaml"
-SLURM_CONF = Path("/etc/slurm/slurm.conf")
 
 # The issue's split: these rules need a GPU, these run on CPUs only, these on the login node.
 GPU_RULES = {"train_fp", "distill", "quantize", "qat", "evaluate", "evaluate_fp", "real_stats", "sensitivity",
@@ -36,160 +31,27 @@ GPU_RULES = {"train_fp", "distill", "quantize", "qat", "evaluate", "evaluate_fp"
 CPU_RULES = {"eval_inputs", "fig1", "fig_sensitivity", "sample_figure", "report", "export_fp", "export"}
 LOCAL_RULES = {"prepare_data", "fetch_inception", "fetch_vgg16"}
 
-# What only this throwaway cluster needs: it has no accounting storage, so `sacct` cannot answer and
-# the executor polls squeue (the controller keeps finished jobs for an hour); it polls every few
-# seconds instead of every 40 s; SLURM logs of successful jobs are kept for the checks below.
-LOCAL_CLUSTER = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "3",
-                 "--slurm-keep-successful-logs"]
 
-# The micro config cut to one arch and two variants, one per rule (min-max PTQ at w8, exported; MA-QAT
-# at w4), so that every rule of the DAG runs through SLURM once; and longer training and QAT than the
-# micro config, so that a checkpoint exists well before the job ends and the requeue below lands in
-# the middle of it.
-LONGER = """\
-matrix:
-  archs: [stylegan]
-  methods: [ptq-minmax, ma-qat]
-  exclude: [{method: ptq-minmax, w_bits: 4}, {method: ma-qat, w_bits: 8}]
-archs:
-  stylegan:
-    train: {steps: 200}
-    qat: {epochs: 12, ma_epochs: 6}
-train: {checkpoint_every: 20}
-"""
-
-
-# The failure test does not track; the micro run logs to a `make mlflow-server` (the README's way
-# on a cluster: one server on the login node, MLFLOW_TRACKING_URI exported to the jobs).
-UNTRACKED = {**os.environ, "QGAN_TRACKING": "off"}
-
-
-def snakemake(workdir: Path, *args: str) -> list:
-    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-            "--workflow-profile", str(ROOT / "profiles" / "slurm"), *LOCAL_CLUSTER, *args]
-
-
-def job_records() -> list:
-    """Every job the controller still knows (all of this cluster's: MinJobAge is an hour)."""
-    out = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True, check=True).stdout
-    jobs = []
-    for line in out.splitlines():
-        if line.startswith("JobId="):
-            jobs.append(dict(m.groups() for m in re.finditer(r"(\w[\w/:]*)=(\S*)", line)))
-    return jobs
-
-
-def rule_of(job: dict) -> str:
-    """The rule of a job the executor submitted (it sets --comment rule_<rule>[_wildcards_<w>])."""
-    m = re.fullmatch(r"rule_(\w+?)(?:_wildcards_.*)?", job.get("Comment", ""))
-    assert m, f"job {job['JobId']} has no executor comment: {job.get('Comment')!r}"
-    return m.group(1)
+@pytest.fixture(scope="module")
+def slurm_run(slurm_background):
+    """What the background SLURM run (tests/slurm_run.py, started with the session) recorded, once it
+    has ended; skipped with its reason where no cluster can be had here."""
+    run = slurm_background
+    info = run.result() if run.skip is None else None
+    if run.skip is not None:
+        pytest.skip(run.skip)
+    return info
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """Brings the cluster up (and down); yields the environment of the Snakemake runs' plugins."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: scripts/slurm-up.sh installs and starts munge, slurmctld and slurmd")
-    plugins = plugin_env()
-    up = subprocess.run(["bash", str(SCRIPTS / "slurm-up.sh")], capture_output=True, text=True, timeout=900)
-    try:
-        if up.returncode == 3:
-            pytest.skip((up.stderr.strip().splitlines() or ["slurm-up.sh: cannot host a cluster"])[-1])
-        assert up.returncode == 0, f"slurm-up.sh failed ({up.returncode}):\n{up.stdout}\n{up.stderr}"
-        yield plugins
-    finally:
-        down = subprocess.run(["bash", str(SCRIPTS / "slurm-down.sh")], capture_output=True, text=True, timeout=300)
-        assert down.returncode == 0, down.stdout + down.stderr
-        assert not os.path.lexists(SLURM_CONF), "slurm-down.sh left /etc/slurm/slurm.conf behind"
-
-
-def _requeue_when_checkpointed(workdir: Path, ckpt_glob: str, rule: str, proc, deadline: float) -> str:
-    """Wait for a checkpoint matching ``ckpt_glob``, then requeue the running SLURM job of ``rule``
-    that writes it (as a preemption with PreemptMode=REQUEUE would); returns the SLURM job id."""
-    while time.time() < deadline and proc.poll() is None:
-        for ckpt in workdir.glob(ckpt_glob):
-            for job in job_records():
-                if job["JobState"] == "RUNNING" and job.get("WorkDir") == str(workdir) and rule_of(job) == rule:
-                    # the comment joins the job's wildcard values with "_" (seed, arch[, variant]); each
-                    # is a part of the checkpoint's path (models/s0/fp/stylegan.ckpt.pt)
-                    values = job["Comment"].split("_wildcards_")[-1].split("_")
-                    if all(v in str(ckpt.relative_to(workdir)) for v in values):
-                        subprocess.run(["scontrol", "requeue", job["JobId"]], check=True)
-                        _start_now(job["JobId"])
-                        return job["JobId"]
-        time.sleep(0.2)
-    out = (workdir / "snakemake.out").read_text()[-5000:]
-    raise AssertionError(f"no running {rule} job with a checkpoint {ckpt_glob} before the workflow ended:\n{out}")
-
-
-def _start_now(jobid: str) -> None:
-    """SLURM holds a requeued job back for two minutes (BeginTime); let it start at once."""
-    for _ in range(150):
-        state = subprocess.run(["squeue", "-h", "-j", jobid, "--states=all", "-o", "%T"], capture_output=True, text=True).stdout.strip()
-        if state == "PENDING":
-            subprocess.run(["scontrol", "update", f"jobid={jobid}", "StartTime=now"], check=True)
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"requeued SLURM job {jobid} never became PENDING (state {state!r})")
+def micro_on_slurm(slurm_run):
+    print(f"micro workflow on SLURM: {slurm_run['micro']['elapsed']:.0f} s")
+    return slurm_run["micro"]
 
 
 @pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory):
-    from mlflow_server import served_store
-
-    store = tmp_path_factory.mktemp("mlflow-server")
-    with served_store(store) as uri:
-        yield {"uri": uri, "store": store}
-
-
-@pytest.fixture(scope="module")
-def failing_run(cluster, tmp_path_factory):
-    """A workflow whose training job fails on SLURM (a corrupt checkpoint), started before the micro
-    run and beside it in its own directory: the executor's polling leaves the cluster idle most of
-    the time, and the two runs share no file.  Its test reads what it printed."""
-    work = tmp_path_factory.mktemp("slurm-failure")
-    (work / "models" / "s0" / "fp").mkdir(parents=True)
-    (work / "models" / "s0" / "fp" / "stylegan.ckpt.pt").write_bytes(b"not a checkpoint")
-    with open(work / "snakemake.out", "w") as out:
-        proc = subprocess.Popen(snakemake(work, "models/s0/fp/stylegan.pt", "--retries", "0", "--configfile", str(MICRO)), env={**UNTRACKED, **cluster},
-                                stdout=out, stderr=subprocess.STDOUT, text=True)
-    try:
-        yield {"work": work, "proc": proc}
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def micro_on_slurm(cluster, tracking_server, failing_run, tmp_path_factory):
-    work = tmp_path_factory.mktemp("slurm-micro")
-    (work / "longer.yaml").write_text(LONGER)
-    started = time.time()
-    env = {**os.environ, **cluster, "MLFLOW_TRACKING_URI": tracking_server["uri"]}
-    env.pop("QGAN_TRACKING", None)
-    with open(work / "snakemake.out", "w") as out:
-        proc = subprocess.Popen(snakemake(work, "report", "--configfile", str(MICRO), str(work / "longer.yaml")),
-                                env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-        try:
-            requeued = {
-                "train_fp": _requeue_when_checkpointed(work, "models/s0/fp/stylegan.ckpt.pt", "train_fp", proc, started + 1500),
-                "qat": _requeue_when_checkpointed(work, "models/s0/q/stylegan/*-qat-*.pt.ckpt.pt", "qat", proc, started + 1500),
-            }
-            proc.wait(timeout=1800)
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=60)
-    elapsed = time.time() - started
-    log = (work / "snakemake.out").read_text()
-    if proc.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in sorted((work / "logs").rglob("*.log")))
-        pytest.fail(f"workflow on SLURM failed ({proc.returncode}):\n{log[-6000:]}\n{logs[-6000:]}")
-    print(f"micro workflow on SLURM: {elapsed:.0f} s")
-    return {"work": work, "log": log, "requeued": requeued,
-            "jobs": [j for j in job_records() if j.get("WorkDir") == str(work)]}
+def tracking_server(slurm_run):
+    return slurm_run["tracking"]
 
 
 def test_micro_report_through_the_slurm_executor(micro_on_slurm):
@@ -260,12 +122,11 @@ def test_requeued_training_and_qat_resume_from_their_checkpoints(micro_on_slurm)
         assert steps == list(range(len(steps))) and steps, path
 
 
-def test_failing_job_is_reported_with_its_slurm_log(failing_run):
+def test_failing_job_is_reported_with_its_slurm_log(slurm_run):
     """A corrupt training checkpoint makes the SLURM job fail; Snakemake names its SLURM log."""
-    work, proc = failing_run["work"], failing_run["proc"]
-    proc.wait(timeout=900)
+    work, returncode = slurm_run["failing"]["work"], slurm_run["failing"]["returncode"]
     out = (work / "snakemake.out").read_text()
-    assert proc.returncode != 0, out[-3000:]
+    assert returncode != 0, out[-3000:]
     assert "Error in rule train_fp" in out, out[-3000:]
     m = re.search(r"log: logs/train_fp/s0/stylegan\.log, (\S+/\.snakemake/slurm_logs/rule_train_fp/0_stylegan/(\d+)\.log)", out)
     assert m, out[-3000:]
