@@ -4,7 +4,9 @@ generator, in one process, printing the ratios (issue 9 target: w8a8 <= 0.5x FP3
 
 Generators are freshly initialised at the chosen profile's sizes (latency does not depend on
 trained weights), quantized with vanilla min-max PTQ w8a8 calibrated on a few of their own inputs,
-then exported exactly as the workflow's ``export`` rule does (:mod:`workflow_src.deploy`).  FP32 and
+then exported exactly as the workflow's ``export`` rule does (:mod:`workflow_src.deploy`), under each
+scheme of ``--schemes`` (:mod:`workflow_src.deploy.scheme`: the paper's, and the deployable one that
+requantizes the conv outputs the paper's leaves in float, calibrated on the same inputs).  FP32 and
 int8 are timed interleaved on the same runtime with the same thread count.
 
     python benchmarks/int8_latency.py                                   # tiny profile, every arch
@@ -25,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from workflow_src import config as qcfg  # noqa: E402
 from workflow_src.config import Variant  # noqa: E402
 from workflow_src.deploy import runtime as rt  # noqa: E402
+from workflow_src.deploy import scheme  # noqa: E402
 from workflow_src.workflow.export import EXTENSIONS, _Runner, write_exports  # noqa: E402
 from workflow_src.archs.layers import bake  # noqa: E402
 from workflow_src.quant import QuantSpec, quantize_model  # noqa: E402
@@ -48,6 +51,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--per-channel", action="store_true", default=True)
+    ap.add_argument("--schemes", nargs="+", default=list(scheme.SCHEMES), choices=scheme.SCHEMES,
+                    help="paper: the method's model as the tables score it; deployable: conv outputs left in float requantized "
+                         "(workflow_src/deploy/scheme.py)")
     ap.add_argument("--profile", action="store_true", help="also print onnxruntime's per-op profile at the largest batch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -56,7 +62,8 @@ def main() -> int:
     spec = QuantSpec(w_bits=8, a_bits=8, per_channel=args.per_channel)
     print(f"torch {torch.__version__}, {rt.runtime_name()}, threads {args.threads}, profile {cfg['profile']}, w8a8 min-max PTQ "
           f"({'per-channel' if args.per_channel else 'per-tensor'}), median of {args.repeats} interleaved runs")
-    print(f"{'arch':10} {'runtime':12} {'batch':>5} {'fp32 ms':>10} {'int8 ms':>10} {'latency ratio':>14} {'size ratio':>11}")
+    print("int share: onnxruntime's kernel time in integer kernels at the largest batch (its profile); '-' where none is read")
+    print(f"{'arch':10} {'scheme':10} {'runtime':12} {'batch':>5} {'fp32 ms':>10} {'int8 ms':>10} {'latency ratio':>14} {'size ratio':>11} {'int share':>10}")
     for name in args.archs or cfg["matrix"]["archs"]:
         arch = make_arch(cfg, name)
         res = cfg["archs"][name]["resolution"]
@@ -64,23 +71,32 @@ def main() -> int:
         x_all = inputs_for(arch, max(8, max(args.batch)), res)
         q = quantize_model(g, spec)
         calibrate(q, x_all.split(4))
+        models = {"paper": q}
+        if "deployable" in args.schemes:
+            models["deployable"], layers = scheme.deployable(q, x_all[:max(args.batch)], x_all.split(4))
+            print(f"  {name}: the deployable scheme requantizes {len(layers)} conv outputs")
         with tempfile.TemporaryDirectory() as tmp:
-            fp_dir, q_dir = Path(tmp) / "fp", Path(tmp) / "q"
+            fp_dir = Path(tmp) / "fp"
             write_exports(cfg, g, x_all, fp_dir, quantized=False)
-            write_exports(cfg, q, x_all, q_dir, quantized=True)
-            for runtime in cfg["export"]["runtimes"]:
-                ext = EXTENSIONS[runtime]
-                for b in args.batch:
-                    x = x_all[:b].clone()
-                    fr = _Runner(runtime, fp_dir / f"b{b}.{ext}", x, args.threads)
-                    qr = _Runner(runtime, q_dir / f"b{b}.{ext}", x, args.threads)
-                    lat = rt.latency({"fp": lambda: fr(x), "int": lambda: qr(x)}, args.repeats, args.warmup)
-                    size = (q_dir / f"b{b}.{ext}").stat().st_size / (fp_dir / f"b{b}.{ext}").stat().st_size
-                    print(f"{name:10} {runtime:12} {b:5d} {1e3 * lat['fp']:10.2f} {1e3 * lat['int']:10.2f} {lat['int'] / lat['fp']:14.3f} {size:11.3f}", flush=True)
-                if args.profile and runtime == "onnxruntime":
-                    b = max(args.batch)
-                    rows = rt.profile(q_dir / f"b{b}.onnx", x_all[:b].numpy(), args.threads, 2)
-                    print("  onnxruntime profile:", ", ".join(f"{r['op']} ({r['kind']}) {100 * r['share']:.0f}%" for r in rows[:8]))
+            for kind in args.schemes:
+                q_dir = Path(tmp) / kind
+                write_exports(cfg, models[kind], x_all, q_dir, quantized=True)
+                for runtime in cfg["export"]["runtimes"]:
+                    ext = EXTENSIONS[runtime]
+                    rows = None
+                    if runtime == "onnxruntime":
+                        rows = rt.profile(q_dir / f"b{max(args.batch)}.onnx", x_all[:max(args.batch)].numpy(), args.threads, 2)
+                    for b in args.batch:
+                        x = x_all[:b].clone()
+                        fr = _Runner(runtime, fp_dir / f"b{b}.{ext}", x, args.threads)
+                        qr = _Runner(runtime, q_dir / f"b{b}.{ext}", x, args.threads)
+                        lat = rt.latency({"fp": lambda: fr(x), "int": lambda: qr(x)}, args.repeats, args.warmup)
+                        size = (q_dir / f"b{b}.{ext}").stat().st_size / (fp_dir / f"b{b}.{ext}").stat().st_size
+                        share = f"{rt.summarize_profile(rows).get('int', 0.0):10.2f}" if rows and b == max(args.batch) else f"{'-':>10}"
+                        print(f"{name:10} {kind:10} {runtime:12} {b:5d} {1e3 * lat['fp']:10.2f} {1e3 * lat['int']:10.2f} "
+                              f"{lat['int'] / lat['fp']:14.3f} {size:11.3f} {share}", flush=True)
+                    if args.profile and rows:
+                        print("  onnxruntime profile:", ", ".join(f"{r['op']} ({r['kind']}) {100 * r['share']:.0f}%" for r in rows[:8]))
     return 0
 
 

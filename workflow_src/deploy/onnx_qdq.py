@@ -74,7 +74,7 @@ def check_exportable(model: nn.Module) -> Dict[str, int]:
 
 
 @torch.no_grad()
-def _on_int8_grid(model: nn.Module) -> nn.Module:
+def on_int8_grid(model: nn.Module) -> nn.Module:
     """A copy whose sub-8-bit weights are snapped to their grid and re-expressed on the int8 grid
     (same integers, same scales): what the TorchScript exporter can write."""
     model = copy.deepcopy(model).eval()
@@ -86,7 +86,7 @@ def _on_int8_grid(model: nn.Module) -> nn.Module:
     return model
 
 
-def _trace(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def trace(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     """Trace at the batch size of ``example``.  The batch size is static: with a symbolic batch the
     TorchScript exporter loses the channel count of StyleGAN's broadcast noise and constant input
     and cannot write instance norm, and the dynamo exporter cannot trace fused fake-quant ops."""
@@ -114,7 +114,7 @@ def fold_weights(model_proto, int4: bool) -> int:
     """Replace each ``QuantizeLinear`` whose input is a constant by its integer tensor (constant
     folding of the quantization: weights, and constant operands such as StyleGAN's noise strengths).
 
-    Signed (int8 zero point) nodes are weights, on the int8 grid (:func:`_on_int8_grid` snapped the
+    Signed (int8 zero point) nodes are weights, on the int8 grid (:func:`on_int8_grid` snapped the
     narrower ones to their own grid first); with ``int4`` (a model with 4-bit layers, opset 21) a weight
     whose integers all lie in ``[-8, 7]`` is stored as INT4.  That is exactly the 4-bit layers: the
     symmetric range puts every 6- and 8-bit layer's largest weight at 2^(b-1) - 1 or -2^(b-1).
@@ -204,7 +204,7 @@ def export_qdq(model: nn.Module, example: torch.Tensor, out: str | Path) -> Dict
     info = check_exportable(model)
     int4 = 4 in info["widths"]
     with atomic_path(out) as tmp:
-        _trace(_on_int8_grid(model), example, tmp)
+        trace(on_int8_grid(model), example, tmp)
         proto = onnx.load(str(tmp))
         opset = OPSET
         if int4:  # INT4 tensors exist from opset 21 on: convert while the weights are still float
@@ -238,4 +238,4 @@ def _convert_opset(proto, opset: int):
 def export_float(model: nn.Module, example: torch.Tensor, out: str | Path) -> None:
     """The FP32 baseline through the same exporter and opset."""
     with atomic_path(out) as tmp:
-        _trace(copy.deepcopy(model).eval(), example, tmp)
+        trace(copy.deepcopy(model).eval(), example, tmp)

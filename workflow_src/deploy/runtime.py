@@ -135,10 +135,20 @@ def latency(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int) -> 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _layer(node_name: str) -> str:
-    """``/blocks.0/conv1/Conv`` -> ``blocks.0.conv1`` (the module path the exporter encodes)."""
+def layer_path(node_name: str) -> str:
+    """The module path a TorchScript-exported node's name encodes: ``/blocks.0/conv1/Conv`` ->
+    ``blocks.0.conv1``.  A container's child is written with its parent's name in front
+    (``/net/net.10/body/body.1/Conv``): such a scope replaces its parent's, giving ``net.10.body.1``."""
     parts = [p.strip() for p in node_name.removeprefix("fused ").split("/") if p.strip()]
-    return ".".join(parts[:-1]) if len(parts) > 1 else node_name
+    if len(parts) < 2:
+        return node_name
+    path: List[str] = []
+    for scope in parts[:-1]:
+        if path and scope.startswith(path[-1] + "."):
+            path[-1] = scope
+        else:
+            path.append(scope)
+    return ".".join(path)
 
 
 def kernel_kinds(optimized_path: str | Path) -> Dict[str, List[str]]:
@@ -147,7 +157,7 @@ def kernel_kinds(optimized_path: str | Path) -> Dict[str, List[str]]:
 
     kinds: Dict[str, List[str]] = defaultdict(list)
     for node in onnx.load(str(optimized_path)).graph.node:
-        kinds[node.op_type].append(_layer(node.name))
+        kinds[node.op_type].append(layer_path(node.name))
     return dict(kinds)
 
 

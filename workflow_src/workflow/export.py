@@ -9,7 +9,7 @@ Runtimes (``export.runtimes``):
 
 Files: ``exports/{arch}/fp/b{B}.{onnx,pt2}`` and ``exports/{arch}/{variant}/b{B}.{onnx,pt2}``, one
 per batch size in ``export.batch_sizes`` (the graphs have a static batch size: see
-:func:`workflow_src.deploy.onnx_qdq._trace`).  The summary JSON holds, per runtime: file size and size ratio, median
+:func:`workflow_src.deploy.onnx_qdq.trace`).  The summary JSON holds, per runtime: file size and size ratio, median
 latency of FP32 and int8 and their ratio per batch size (interleaved runs after warm-up, the
 job's thread count), the integer runtime's outputs against the fake-quant model's on the saved
 evaluation inputs (max |diff|, share of pixels within one 8-bit output step 2/255, and qFID between
