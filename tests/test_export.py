@@ -260,3 +260,15 @@ def test_fused_upsampling_exports_without_float_constants_of_activation_size(tmp
     tensors = list(m.graph.initializer) + [a.t for n in m.graph.node if n.op_type == "Constant" for a in n.attribute if a.t.dims]
     floats = {t.name or "constant": int(np.prod(t.dims)) for t in tensors if t.data_type == onnx.TensorProto.FLOAT}
     assert max(floats.values()) <= 16, {k: v for k, v in floats.items() if v > 16}
+
+
+def test_onnxruntime_sessions_run_with_the_settings_the_export_records(tmp_path):
+    """The settings an export record carries (runtime.session_settings) are those of the session."""
+    q, x = small_net()
+    onnx_qdq.export_qdq(q, x[:2], tmp_path / "q.onnx")
+    for optimize in (True, False):
+        want = rt.session_settings(3, optimize)
+        so = rt.session(tmp_path / "q.onnx", threads=3, optimize=optimize).get_session_options()
+        assert so.intra_op_num_threads == want["intra_op_num_threads"] == 3 and so.inter_op_num_threads == want["inter_op_num_threads"]
+        assert so.graph_optimization_level.name == want["graph_optimization_level"] and so.execution_mode.name == want["execution_mode"]
+        assert all(so.get_session_config_entry(k) == v for k, v in want["config"].items())

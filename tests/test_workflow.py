@@ -115,6 +115,7 @@ def test_every_artifact_and_finite_metrics(micro_run):
     for arch in archs:
         summary = json.loads((micro_run / "metrics" / "s0" / arch / "ptq-minmax-tensor-w8a8.export.json").read_text())
         assert set(summary["runtimes"]) == set(cfg["export"]["runtimes"])
+        assert summary["runtimes"]["onnxruntime"]["session"]["intra_op_num_threads"] == summary["threads"]  # the settings it ran with
         want = {f"b{b}.{ext}" for b in cfg["export"]["batch_sizes"] for ext in ("onnx", "pt2")}
         for d in (micro_run / "exports" / "s0" / arch / "fp", micro_run / "exports" / "s0" / arch / summary["variant"]):
             assert {p.name for p in d.glob("b*")} == want and all((d / n).stat().st_size > 0 for n in want), d

@@ -89,29 +89,41 @@ def check_file(path: str | Path, expected_sha256: str | None = None) -> None:
         raise ExportFileError(f"export file {str(path)!r} is not a valid ONNX model: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
 
 
-def session(path: str | Path, threads: int, optimized_out: str | Path | None = None, profile_prefix: str | None = None,
-            expected_sha256: str | None = None, optimize: bool = True):
-    """An onnxruntime CPU session with every graph optimisation on and ``threads`` intra-op threads
-    (inter-op 1: the same thread budget as PyTorch with ``torch.set_num_threads``).
-    ``optimize=False`` runs the file op by op as written (the reference semantics of QDQ)."""
-    import onnxruntime as ort
-
-    check_file(path, expected_sha256)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
+def session_settings(threads: int, optimize: bool = True) -> Dict[str, object]:
+    """The onnxruntime session settings every export job runs with (and records beside its
+    latencies): every graph optimisation on, ``threads`` intra-op threads and one inter-op thread
+    (the same thread budget as PyTorch with ``torch.set_num_threads``), sequential execution, the
+    exact int8 kernels of ``session.x64quantprecision`` and :data:`DISABLED_OPTIMIZERS`.
+    ``optimize=False``: the file op by op as written (the reference semantics of QDQ)."""
     # On x86 CPUs without VNNI, MLAS's u8s8 kernels add pairs of u8*s8 products in saturating int16
     # (vpmaddubsw): measured on such a CPU, QLinearConv outputs were off by up to 35 steps.  This
     # option makes onnxruntime run those ops on u8u8 kernels (exact); on VNNI CPUs it changes nothing.
-    so.add_session_config_entry(X64_QUANT_PRECISION, "1")
+    return {"graph_optimization_level": "ORT_ENABLE_ALL" if optimize else "ORT_DISABLE_ALL", "intra_op_num_threads": int(threads),
+            "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL", "config": {X64_QUANT_PRECISION: "1"},
+            "disabled_optimizers": list(DISABLED_OPTIMIZERS), "providers": ["CPUExecutionProvider"]}
+
+
+def session(path: str | Path, threads: int, optimized_out: str | Path | None = None, profile_prefix: str | None = None,
+            expected_sha256: str | None = None, optimize: bool = True):
+    """An onnxruntime CPU session with :func:`session_settings`."""
+    import onnxruntime as ort
+
+    check_file(path, expected_sha256)
+    settings = session_settings(threads, optimize)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = settings["intra_op_num_threads"]
+    so.inter_op_num_threads = settings["inter_op_num_threads"]
+    so.execution_mode = getattr(ort.ExecutionMode, settings["execution_mode"])
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings["graph_optimization_level"])
+    so.log_severity_level = 3
+    for key, value in settings["config"].items():
+        so.add_session_config_entry(key, value)
     if optimized_out:
         so.optimized_model_filepath = str(optimized_out)
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+    return ort.InferenceSession(str(path), so, providers=settings["providers"], disabled_optimizers=settings["disabled_optimizers"])
 
 
 def run(sess, x: np.ndarray, batch: int) -> np.ndarray:

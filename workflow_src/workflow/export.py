@@ -13,7 +13,7 @@ per batch size in ``export.batch_sizes`` (the graphs have a static batch size: s
 latency of FP32 and int8 and their ratio per batch size (interleaved runs after warm-up, the
 job's thread count), the integer runtime's outputs against the fake-quant model's on the saved
 evaluation inputs (max |diff|, share of pixels within one 8-bit output step 2/255, and qFID between
-the two), the float-fallback layers and the per-op-type profile.
+the two), the float-fallback layers, the per-op-type profile and (onnxruntime) the session settings.
 """
 from __future__ import annotations
 
@@ -177,6 +177,8 @@ def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, 
                     res.update(size_bytes=size, fp_size_bytes=fp_size, size_ratio=size / fp_size,
                                sha256=ort_rt.sha256(Path(out_dir) / f"b{b}.{ext}"))
             res["runtime"] = ort_rt.runtime_name() if rt == "onnxruntime" else f"{pt2.RUNTIME}-torch{torch.__version__.split('+')[0]}"
+            if rt == "onnxruntime":
+                res["session"] = ort_rt.session_settings(threads)  # what every session above ran with
             results[rt] = res
         tmp_dir.cleanup()
         best = min(results, key=lambda r: results[r]["latency_ratio"][b_max])
