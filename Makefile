@@ -20,7 +20,7 @@ $(STAMP): requirements.txt
 
 # The SLURM executor plugins (requirements-slurm.txt).  setup-slurm: into .venv, for a cluster's login
 # node (README "Running on a SLURM cluster").  The test suite's copy goes to its own folder instead, which
-# tests/test_slurm.py puts on the PYTHONPATH of its Snakemake runs: with the plugin in .venv, every
+# tests/slurm_plugins.py puts on the PYTHONPATH of the SLURM runs only: with the plugin in .venv, every
 # `snakemake` start imports pandas with it (0.3 s of a 1.5 s dry run).
 SLURM_PLUGINS := $(VENV)/slurm-plugins
 setup-slurm: setup
