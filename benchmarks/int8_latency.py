@@ -6,7 +6,8 @@ Generators are freshly initialised at the chosen profile's sizes (latency does n
 trained weights), quantized with vanilla min-max PTQ w8a8 calibrated on a few of their own inputs,
 then exported exactly as the workflow's ``export`` rule does (:mod:`workflow_src.deploy`), under each
 scheme of ``--schemes`` (:mod:`workflow_src.deploy.scheme`: the paper's, and the deployable one that
-requantizes the conv outputs the paper's leaves in float, calibrated on the same inputs).  FP32 and
+requantizes the conv outputs the paper's leaves in float, calibrated on the same inputs, and narrows
+8-bit weights to 7 bits).  FP32 and
 int8 are timed interleaved on the same runtime with the same thread count.
 
     python benchmarks/int8_latency.py                                   # tiny profile, every arch
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from workflow_src import config as qcfg  # noqa: E402
 from workflow_src.config import Variant  # noqa: E402
+from workflow_src.deploy import pt2  # noqa: E402
 from workflow_src.deploy import runtime as rt  # noqa: E402
 from workflow_src.deploy import scheme  # noqa: E402
 from workflow_src.workflow.export import EXTENSIONS, _Runner, write_exports  # noqa: E402
@@ -55,6 +57,9 @@ def main() -> int:
                     help="paper: the method's model as the tables score it; deployable: conv outputs left in float requantized "
                          "(workflow_src/deploy/scheme.py)")
     ap.add_argument("--profile", action="store_true", help="also print onnxruntime's per-op profile at the largest batch")
+    ap.add_argument("--inductor", action="store_true",
+                    help="also time the pt2e-x86 programs compiled by Inductor (FP32 compiled likewise; row 'pt2e+inductor', "
+                         "compile seconds of the int8 and FP32 modules in the last column)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = qcfg.load(args.config or [str(ROOT / "params.yaml")])
@@ -90,11 +95,20 @@ def main() -> int:
                         x = x_all[:b].clone()
                         fr = _Runner(runtime, fp_dir / f"b{b}.{ext}", x, args.threads)
                         qr = _Runner(runtime, q_dir / f"b{b}.{ext}", x, args.threads)
-                        lat = rt.latency({"fp": lambda: fr(x), "int": lambda: qr(x)}, args.repeats, args.warmup)
+                        fns = {"fp": lambda: fr(x), "int": lambda: qr(x)}
+                        if args.inductor and runtime == "pt2e-x86":
+                            fc, fs = pt2.compile_inductor(fr.module, x)
+                            qc, qs = pt2.compile_inductor(qr.module, x)
+                            fns.update(fp_c=lambda: fc(x), int_c=lambda: qc(x))
+                        with torch.no_grad():
+                            lat = rt.latency(fns, args.repeats, args.warmup)
                         size = (q_dir / f"b{b}.{ext}").stat().st_size / (fp_dir / f"b{b}.{ext}").stat().st_size
                         share = f"{rt.summarize_profile(rows).get('int', 0.0):10.2f}" if rows and b == max(args.batch) else f"{'-':>10}"
                         print(f"{name:10} {kind:10} {runtime:12} {b:5d} {1e3 * lat['fp']:10.2f} {1e3 * lat['int']:10.2f} "
                               f"{lat['int'] / lat['fp']:14.3f} {size:11.3f} {share}", flush=True)
+                        if "int_c" in lat:
+                            print(f"{name:10} {kind:10} {'pt2e+inductor':12} {b:5d} {1e3 * lat['fp_c']:10.2f} {1e3 * lat['int_c']:10.2f} "
+                                  f"{lat['int_c'] / lat['fp_c']:14.3f} {size:11.3f} {'-':>10}  compile s: int8 {qs:.1f}, fp32 {fs:.1f}", flush=True)
                     if args.profile and rows:
                         print("  onnxruntime profile:", ", ".join(f"{r['op']} ({r['kind']}) {100 * r['share']:.0f}%" for r in rows[:8]))
     return 0

@@ -176,6 +176,12 @@ def test_pt2_export_runs_on_onednn_int8_kernels_within_one_step(tmp_path):
     with torch.no_grad():
         diff = (lowered(x[:8]) - q(x[:8])).abs()
     assert torch.all(diff <= last_conv_step_bound(q)[None, :, None, None] + 1e-5)
+    # compiled by Inductor (issue 22 item 2): the same int8 kernels, the element-wise work fused into generated code
+    compiled, seconds = pt2.compile_inductor(lowered, x[:8].clone())
+    assert seconds > 0
+    with torch.no_grad():
+        diff = (compiled(x[8:16]) - q(x[8:16])).abs()
+    assert torch.all(diff <= last_conv_step_bound(q)[None, :, None, None] + 1e-5)
 
 
 def test_asymmetric_weights_are_rejected_with_the_layer_named(tmp_path):
@@ -272,3 +278,55 @@ def test_onnxruntime_sessions_run_with_the_settings_the_export_records(tmp_path)
         assert so.intra_op_num_threads == want["intra_op_num_threads"] == 3 and so.inter_op_num_threads == want["inter_op_num_threads"]
         assert so.graph_optimization_level.name == want["graph_optimization_level"] and so.execution_mode.name == want["execution_mode"]
         assert all(so.get_session_config_entry(k) == v for k, v in want["config"].items())
+
+
+@pytest.mark.parametrize("pad", [nn.ReflectionPad2d(2), nn.ZeroPad2d((1, 2, 0, 3)), nn.ReplicationPad2d(1), "zero-insert"])
+def test_padding_runs_on_uint8_and_the_file_stays_exact(tmp_path, pad):
+    """Pad -> QuantizeLinear becomes QuantizeLinear -> Pad on uint8 (onnx_qdq.quantize_before_data_movement): the file,
+    op by op, is still the fake-quant model, and onnxruntime pads integers straight into its integer convs
+    (the deployable scheme requantizes every conv output, so that every conv can run on integers)."""
+    from workflow_src.archs.layers import ZeroInsert2d
+    from workflow_src.deploy import scheme
+
+    if pad == "zero-insert":  # StyleGAN's fused upsampling: pads, reshapes and slices
+        pad = ZeroInsert2d()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), pad, nn.Conv2d(8, 8, 3), nn.ReLU(), pad, nn.Conv2d(8, 4, 3))
+    q = quantize_model(net.eval(), QuantSpec(w_bits=8, a_bits=8, per_channel=True))
+    x = torch.randn(24, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    calibrate(q, x[:16].split(8))
+    d, _ = scheme.deployable(q, x[:8], x[:16].split(8))
+    for model in (q, d):
+        path = tmp_path / "q.onnx"
+        info = onnx_qdq.export_qdq(model, x[:8], path)
+        graph = onnx.load(str(path)).graph
+        producer = {o: n for n in graph.node for o in n.output}
+
+        def source(node):  # the first op before a run of data-movement ops
+            while node.op_type in onnx_qdq.DATA_MOVEMENT:
+                node = producer[node.input[0]]
+            return node.op_type
+
+        pads = [n for n in graph.node if n.op_type == "Pad"]
+        assert pads and all(source(n) == "QuantizeLinear" for n in pads)  # every pad on uint8
+        assert info["uint8_data_movement"] == sum(n.op_type in onnx_qdq.DATA_MOVEMENT for n in graph.node) >= 2
+        with torch.no_grad():
+            ref = model(x[16:]).numpy()
+        np.testing.assert_allclose(unoptimized(path).run(None, {"input": x[16:].numpy()})[0], ref, atol=1e-5, rtol=0)
+    rt.session(path, threads=1, optimized_out=tmp_path / "opt.onnx")
+    kinds = rt.kernel_kinds(tmp_path / "opt.onnx")
+    assert len(kinds.get("QLinearConv", [])) == 3 and len(kinds.get("Pad", [])) == len(pads) and not {"Conv", "FusedConv"} & set(kinds), kinds
+
+
+def test_a_pad_that_writes_a_nonzero_constant_stays_in_float(tmp_path):
+    """quantize(c) for a constant c != 0 is not the zero point: such a Pad does not commute with the quantizer."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ConstantPad2d(1, 0.5), nn.Conv2d(8, 4, 3))
+    q = quantize_model(net.eval(), QuantSpec(w_bits=8, a_bits=8, per_channel=True))
+    x = torch.randn(16, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    calibrate(q, x[:8].split(4))
+    info = onnx_qdq.export_qdq(q, x[:4], tmp_path / "q.onnx")
+    assert info["uint8_data_movement"] == 0
+    with torch.no_grad():
+        ref = q(x[8:12]).numpy()
+    np.testing.assert_allclose(unoptimized(tmp_path / "q.onnx").run(None, {"input": x[8:12].numpy()})[0], ref, atol=1e-5, rtol=0)

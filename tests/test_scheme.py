@@ -69,6 +69,35 @@ def test_deployable_requantizes_only_those_outputs_and_keeps_every_other_quantiz
     assert torch.equal(got, want)
 
 
+def test_deployable_narrows_8_bit_weights_to_7_bits_and_leaves_narrower_layers_alone():
+    """Each 8-bit layer's weights: the method's fake-quant weights, fake-quantized again by torch's reference
+    op on the symmetric 7-bit grid [-64, 63] with step max|w| / 63.5 per output channel; a 4-bit layer keeps
+    its quantizer and weights."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.InstanceNorm2d(16), nn.LeakyReLU(0.2), nn.Conv2d(16, 4, 3, padding=1), nn.Tanh())
+    q = quantize_model(net.eval(), QuantSpec(w_bits=8, a_bits=8, per_channel=True, w_layers=(("3", 4, 1.0, 0.0),)))
+    x = torch.randn(24, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    calibrate(q, x[:16].split(8))
+    w4_before = q.get_submodule("3").weight_quant(q.get_submodule("3").weight).clone()
+    d, _ = scheme.deployable(q, x[:4], x[16:].split(8))
+    conv8, old = d.get_submodule("0.0"), q.get_submodule("0").weight_quant
+    with torch.no_grad():
+        w_paper = torch.fake_quantize_per_channel_affine(q.get_submodule("0").weight, old.scale, old.zero_point, 0, -128, 127)
+        step = w_paper.abs().amax(dim=(1, 2, 3)) / 63.5
+        want = torch.fake_quantize_per_channel_affine(w_paper, step, torch.zeros(16, dtype=torch.int32), 0, -64, 63)
+        got = conv8.weight_quant(conv8.weight)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    ints = conv8.weight_quant.integer(conv8.weight)
+    assert int(ints.min()) >= -64 and int(ints.max()) <= 63 and int(ints.abs().max()) >= 63
+    assert (conv8.weight_quant.bits, d.get_submodule("3.0").weight_quant.bits) == (7, 4)
+    with torch.no_grad():
+        assert torch.equal(d.get_submodule("3.0").weight_quant(d.get_submodule("3.0").weight), w4_before)
+    # 8-bit weights on request (a VNNI CPU): the method's weights unchanged
+    d8, _ = scheme.deployable(q, x[:4], x[16:].split(8), weight_bits=8)
+    with torch.no_grad():
+        assert torch.equal(d8.get_submodule("0.0").weight_quant(d8.get_submodule("0.0").weight), w_paper)
+
+
 def test_the_deployable_file_equals_its_fake_quant_model_and_runs_every_conv_on_integers(tmp_path):
     q, x = normed_net()
     d, _ = scheme.deployable(q, x[:8], x[32:48].split(8))

@@ -38,7 +38,9 @@ def test_every_artifact_and_finite_metrics(micro_run):
                                 "runtime", "size_ratio", "latency_ratio", "latency_ratio_b1", "export_within_step", "export_qfid",
                                 "onnxruntime_latency_ratio", "onnxruntime_size_ratio", "pt2e_latency_ratio", "pt2e_size_ratio",
                                 "quantiles", "quantiles_from", "qfid_floor", "fid_floor", "selected_epoch", "selected_on", "distill_loss",
-                                "avg_w_bits", "size_bytes", "seed"]  # the replicate (issue 21): one row per variant and seed
+                                "avg_w_bits", "size_bytes", "seed",  # the replicate (issue 21): one row per variant and seed
+                                # the deployable integer scheme (issue 22): onnxruntime's ratios, its exactness, its qFID cost
+                                "deployable_latency_ratio", "deployable_size_ratio", "deployable_within_step", "deployable_qfid_vs_paper"]
     assert (df["seed"] == cfg["seeds"][0]).all()
     seeds = pd.read_csv(micro_run / "reports" / "seeds.csv")  # one seed: its values, no spread across seeds
     assert len(seeds) == len(df) and (seeds["n_seeds"] == 1).all() and seeds["qfid_seed_std"].isna().all()
@@ -122,8 +124,22 @@ def test_every_artifact_and_finite_metrics(micro_run):
         # mixed precision: its 4-bit layers packed as INT4, the others INT8 (micro: widths 4 and 8)
         mp = json.loads((micro_run / "metrics" / "s0" / arch / "mp-quantile-tensor-w6a8.export.json").read_text())
         assert mp["weight_storage"].startswith("int4 packed (2 per byte) for the 4-bit layers, int8 for the 8-bit layers")
+    # the deployable scheme (export.schemes): every exported variant, onnxruntime, beside the paper scheme's files
+    assert exported[["deployable_latency_ratio", "deployable_size_ratio"]].map(lambda x: 0 < x < math.inf).all().all()
+    assert (exported["deployable_qfid_vs_paper"] >= 0).all() and (exported["deployable_qfid_vs_paper"] < math.inf).all()
+    deployable = [json.loads(p.read_text())["schemes"]["deployable"] for p in (micro_run / "metrics").rglob("*.export.json")]
+    assert len(deployable) == len(exported) and all(d["weight_bits"] == cfg["export"]["deployable_weight_bits"] for d in deployable)
+    assert all(d["calibration_images"] == min(cfg["calibration"]["images"], cfg["distill"]["size"]) for d in deployable)
+    assert all(d["onnxruntime"]["file_within_step"] >= 0.95 for d in deployable), [d["onnxruntime"]["file_within_step"] for d in deployable]
+    for arch in archs:
+        d = json.loads((micro_run / "metrics" / "s0" / arch / "ptq-minmax-tensor-w8a8.export.json").read_text())["schemes"]["deployable"]
+        assert d["requantized_convs"], arch  # every generator has a conv whose output the paper scheme leaves in float
+        assert d["onnxruntime"]["profile_share"].get("int", 0) > 0 and "Conv" not in d["onnxruntime"]["float_fallbacks"], d["onnxruntime"]["float_fallbacks"]
+        files = micro_run / "exports" / "s0" / arch / "ptq-minmax-tensor-w8a8" / "deployable"
+        assert {p.name for p in files.glob("b*")} == {f"b{b}.onnx" for b in cfg["export"]["batch_sizes"]}
     export_md = (micro_run / "reports" / "export.md").read_text()
     assert "Layers left in float" in export_md and "InstanceNormalization" in export_md and "onednn.qconv_pointwise" in export_md
+    assert "### Deployable scheme (onnxruntime)" in export_md and "deployable scheme, batch" in export_md
     # where the time goes: every job's benchmark file and the start-up its log records (issue 18)
     timing = (micro_run / "reports" / "timing.md").read_text()
     assert all(f"| {rule} |" in timing for rule in ("train_fp", "distill", "quantize", "qat", "evaluate", "export")), timing

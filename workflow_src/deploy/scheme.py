@@ -10,10 +10,19 @@ paper-size generator).
 
 ``deployable`` adds one 8-bit affine quantizer on the output of each such conv (a
 :class:`Requantize` operation after it), calibrated on data with min-max over the quantized model's
-own outputs, and changes nothing else: every quantizer the method calibrated or learned keeps its
-scale.  Which convs: those whose output the exported QDQ graph of the ``paper`` model does not feed
-to a ``QuantizeLinear`` alone, read from that graph (what the runtime sees).  The extra rounding is
-the scheme's quality cost; the workflow measures it as qFID against the ``paper`` model.
+own outputs.  Which convs: those whose output the exported QDQ graph of the ``paper`` model does
+not feed to a ``QuantizeLinear`` alone, read from that graph (what the runtime sees).
+
+It also narrows 8-bit weights to 7 bits (``weight_bits``; onnxruntime's quantizer calls this
+``reduce_range``): each such layer's weights, as the method's own quantizer rounds them, are
+quantized again, symmetric min-max on the same axis, onto ``[-64, 63]``.  Why: on x86 CPUs without
+VNNI, onnxruntime's exact int8 mode (``session.x64quantprecision``, which every export session uses)
+keeps a layer on the fast u8s8 kernels only when all its weights lie in ``[-64, 63]``, where no
+int16 sum of two u8*s8 products can saturate (2 * 255 * 64 = 32640 < 32767); wider weights are
+converted to uint8 and run on u8u8 kernels, measured slower than float at paper size.  Narrower
+layers (4-bit, 6-bit) are untouched.  Activation quantizers the method calibrated or learned keep
+their scales.  The extra roundings are the scheme's quality cost; the workflow measures it as qFID
+against the ``paper`` model.
 """
 from __future__ import annotations
 
@@ -21,18 +30,19 @@ import copy
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, List, Tuple
+from typing import Callable, Iterable, List, Tuple
 
 import torch
 from torch import nn
 
 from ..archs.ops import FloatOp
 from ..device import module_device, to_device
-from ..quant.modules import QuantConv2d, QuantOp, QuantSpec
+from ..quant.modules import QuantConv2d, QuantLinear, QuantOp, QuantSpec, weight_quantizer
 from . import onnx_qdq
 from .runtime import layer_path
 
 SCHEMES = ("paper", "deployable")
+WEIGHT_BITS = 7  # the widest weights onnxruntime's u8s8 kernels take without int16 saturation on non-VNNI x86
 
 
 class Requantize(FloatOp):
@@ -45,15 +55,17 @@ class Requantize(FloatOp):
         return x
 
 
-def float_output_convs(model: nn.Module, example: torch.Tensor) -> List[str]:
+def float_output_convs(model: nn.Module, example: torch.Tensor, exported: str | Path | None = None) -> List[str]:
     """Module paths of the quantized convs of ``model`` whose output its exported QDQ graph does not
     quantize at once (some consumer of the Conv node is not a QuantizeLinear, or the output is the
-    graph's)."""
+    graph's).  ``exported``: the model's file as :func:`onnx_qdq.export_qdq` wrote it, if there is
+    one (else it is exported to a temporary file at the batch size of ``example``)."""
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="scheme-") as tmp:
-        path = Path(tmp) / "paper.onnx"
-        onnx_qdq.trace(onnx_qdq.on_int8_grid(model), example, path)
+        path = Path(exported) if exported else Path(tmp) / "paper.onnx"
+        if not exported:
+            onnx_qdq.export_qdq(model, example, path)
         graph = onnx.load(str(path)).graph
     consumers = defaultdict(list)
     for node in graph.node:
@@ -82,14 +94,36 @@ def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def deployable(model: nn.Module, example: torch.Tensor, batches: Iterable[torch.Tensor]) -> Tuple[nn.Module, List[str]]:
-    """A copy of the quantized ``model`` under the ``deployable`` scheme, its new output quantizers
-    calibrated (min-max) on ``batches`` run through the quantized copy; returns it and the convs it
-    requantizes.  ``example``: an input of the exported batch size, for the graph analysis."""
+def narrow_weights(model: nn.Module, bits: int) -> List[str]:
+    """In place: every conv and linear layer of ``model`` with weights wider than ``bits`` gets its
+    weights as its quantizer rounds them, quantized again by a symmetric min-max ``bits``-bit
+    quantizer on the same axis.  Returns the layers changed."""
+    changed = []
+    for name, m in model.named_modules():
+        if isinstance(m, (QuantConv2d, QuantLinear)) and m.weight_quant.bits > bits:
+            old = m.weight_quant
+            if old.axis not in (None, 0):
+                raise ValueError(f"{name}: weight quantizer on axis {old.axis}; narrow_weights() handles per-tensor and axis 0")
+            m.weight.copy_(old(m.weight))
+            m.weight_quant = weight_quantizer(m.weight, QuantSpec(w_bits=bits, per_channel=old.axis == 0, w_observer="minmax"))
+            changed.append(name)
+    return changed
+
+
+@torch.no_grad()
+def deployable(model: nn.Module, example: torch.Tensor, batches: Iterable[torch.Tensor] | Callable[[nn.Module], Iterable[torch.Tensor]],
+               weight_bits: int = WEIGHT_BITS, exported: str | Path | None = None) -> Tuple[nn.Module, List[str]]:
+    """A copy of the quantized ``model`` under the ``deployable`` scheme: weights wider than
+    ``weight_bits`` narrowed (:func:`narrow_weights`), then the new output quantizers calibrated
+    (min-max) on ``batches`` run through the copy (or on ``batches(copy)``: e.g. ``GANArch.batches``,
+    which feeds each sample its distillation extras); returns it and the convs it requantizes.
+    ``example``: an input of the exported batch size, for the graph analysis (or ``exported``, the
+    model's ONNX file, see :func:`float_output_convs`)."""
     model = model.eval()
     model(example[:1])  # reads each quantizer's `calibrated` flag once, outside tracing
-    layers = float_output_convs(model, example)
+    layers = float_output_convs(model, example, exported)
     dm = copy.deepcopy(model).eval()
+    narrow_weights(dm, weight_bits)
     device = module_device(dm)
     spec = QuantSpec(a_bits=8, a_observer="minmax")
     added = []
@@ -100,7 +134,7 @@ def deployable(model: nn.Module, example: torch.Tensor, batches: Iterable[torch.
     for q in added:
         q.observing = True
     seen = 0
-    for batch in batches:
+    for batch in (batches(dm) if callable(batches) else batches):
         dm(to_device(batch, device))
         seen += len(batch)
     if added and not seen:

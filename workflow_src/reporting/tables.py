@@ -18,6 +18,10 @@ COLUMNS = ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "
 # Integer export (rule export): the fastest runtime's ratios against FP32 at the largest batch, plus each runtime's.
 EXPORT_COLUMNS = ["runtime", "size_ratio", "latency_ratio", "latency_ratio_b1", "export_within_step", "export_qfid",
                   "onnxruntime_latency_ratio", "onnxruntime_size_ratio", "pt2e_latency_ratio", "pt2e_size_ratio"]
+# The deployable integer scheme (export.schemes; workflow_src/deploy/scheme.py), onnxruntime at the largest
+# batch: its ratios against FP32, its agreement with its own fake-quant model, and its quality cost, the qFID
+# between its fake-quant outputs and the paper model's on the export's check inputs.
+DEPLOYABLE_COLUMNS = ["deployable_latency_ratio", "deployable_size_ratio", "deployable_within_step", "deployable_qfid_vs_paper"]
 # The quantile pair a method started from ("a U/L; w U/L") and where it came from: the sweep's pick
 # for the width on validation inputs, or the params key that set it (empty for methods without one).
 QUANTILE_COLUMNS = ["quantiles", "quantiles_from"]
@@ -79,10 +83,10 @@ def sort_results(df: pd.DataFrame) -> pd.DataFrame:
 def results_csv_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The ``results.csv`` contract: COLUMNS (then EXPORT_COLUMNS where exports exist, then
     QUANTILE_COLUMNS where the metrics record them, then FLOOR_COLUMNS where floors were measured,
-    then TRAINING_COLUMNS, then SIZE_COLUMNS),
+    then TRAINING_COLUMNS, then SIZE_COLUMNS, the seed, then DEPLOYABLE_COLUMNS where that scheme was exported),
     ``per_channel`` as True/False (empty for FP)."""
     cols = COLUMNS + [c for c in EXPORT_COLUMNS + QUANTILE_COLUMNS + FLOOR_COLUMNS + TRAINING_COLUMNS + SIZE_COLUMNS + SEED_COLUMNS
-                      if c in df.columns]
+                      + DEPLOYABLE_COLUMNS if c in df.columns]
     out = sort_results(df)[cols].copy()
     out["per_channel"] = out["per_channel"].map(lambda x: "" if x is None or pd.isna(x) else str(bool(x)))
     return out
@@ -320,7 +324,7 @@ def merge_exports(df: pd.DataFrame, export_files: List[str]) -> pd.DataFrame:
         if c not in ex.columns:
             ex[c] = float("nan")
     key = lambda d: _key_text(d) + "|" + d["seed"].astype(str)  # noqa: E731  variant and seed as text
-    ex = ex.assign(_k=key(ex))[["_k"] + EXPORT_COLUMNS]
+    ex = ex.assign(_k=key(ex))[["_k"] + EXPORT_COLUMNS + [c for c in DEPLOYABLE_COLUMNS if c in ex.columns]]
     return df.assign(_k=key(df)).merge(ex, on="_k", how="left").drop(columns="_k")
 
 
@@ -347,6 +351,22 @@ def export_tables(export_files: List[str]) -> str:
                 cells = [s["variant"], rt, f"{r['size_ratio']:.3f}"] + [f"{r['latency_ratio'][b]:.2f}" for b in bs] + [
                     f"{r['fp_latency_ms'][bs[-1]]:.2f}", f"{r['latency_ms'][bs[-1]]:.2f}", f"{r['within_step']:.3f}", f"{r['qfid_vs_fakequant']:.4f}", f"{r['file_max_abs_diff']:.1e}"]
                 out.append("| " + " | ".join(cells) + " |")
+        dep = [s for s in rows if s.get("schemes", {}).get("deployable")]
+        if dep:
+            out.append("\n### Deployable scheme (onnxruntime)\n")
+            out.append("Conv outputs the paper scheme leaves in float requantized (8-bit min-max on the distillation set) and 8-bit "
+                       "weights narrowed; *qFID vs paper*: qFID between its fake-quant outputs and the paper model's on the check "
+                       "inputs (its quality cost); *int share*: onnxruntime's kernel time in integer kernels.\n")
+            head = ["variant", "weight bits", "requantized convs", "size ratio"] + [f"latency ratio b{b}" for b in bs] + [
+                "int share", "within step", "qFID int", "file max diff", "qFID vs paper"]
+            out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for s in dep:
+                d = s["schemes"]["deployable"]
+                r = d["onnxruntime"]
+                cells = [s["variant"], f"<= {d['weight_bits']}", str(len(d["requantized_convs"])), f"{r['size_ratio']:.3f}"] + [
+                    f"{r['latency_ratio'][b]:.2f}" for b in bs] + [f"{r['profile_share'].get('int', 0.0):.2f}", f"{r['within_step']:.3f}",
+                                                                   f"{r['qfid_vs_fakequant']:.4f}", f"{r['file_max_abs_diff']:.1e}", fmt_value(d["qfid_vs_paper"])]
+                out.append("| " + " | ".join(cells) + " |")
         rep = next((s for s in rows if s["w_bits"] == 8), rows[0])
         out.append(f"\n### Layers left in float ({rep['variant']})\n")
         for rt, r in rep["runtimes"].items():
@@ -354,11 +374,15 @@ def export_tables(export_files: List[str]) -> str:
             ints = r.get("int_kernels")
             out.append(f"- **{rt}**" + (f" (integer kernels: {', '.join(f'{k} x{n}' for k, n in ints.items())})" if ints else "") + ":")
             out += [f"  - `{op}`: {', '.join(f'`{l}`' for l in layers)}" for op, layers in fb.items()] or ["  - none"]
-        prof = rep["runtimes"].get("onnxruntime", {}).get("profile")
-        if prof:
-            share = rep["runtimes"]["onnxruntime"]["profile_share"]
-            out.append(f"\n### onnxruntime profile ({rep['variant']}, batch {bs[-1]}): "
-                       + ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(share.items(), key=lambda kv: -kv[1])) + "\n")
+        profiled = [("", rep["runtimes"].get("onnxruntime", {}))]
+        if rep.get("schemes", {}).get("deployable"):
+            profiled.append((", deployable scheme", rep["schemes"]["deployable"]["onnxruntime"]))
+        for label, res in profiled:
+            prof = res.get("profile")
+            if not prof:
+                continue
+            out.append(f"\n### onnxruntime profile ({rep['variant']}{label}, batch {bs[-1]}): "
+                       + ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(res["profile_share"].items(), key=lambda kv: -kv[1])) + "\n")
             out += ["| op | kind | ms per call | share |", "|---|---|---|---|"]
             out += [f"| {r['op']} | {r['kind']} | {r['ms']:.3f} | {100 * r['share']:.1f}% |" for r in prof[:10]]
     return "\n".join(out) + "\n"

@@ -8,7 +8,8 @@ Runtimes (``export.runtimes``):
   oneDNN int8 kernels by Inductor's freezing passes with torchao's x86 patterns.
 
 Files: ``exports/{arch}/fp/b{B}.{onnx,pt2}`` and ``exports/{arch}/{variant}/b{B}.{onnx,pt2}``, one
-per batch size in ``export.batch_sizes`` (the graphs have a static batch size: see
+per batch size in ``export.batch_sizes`` (and ``exports/{arch}/{variant}/deployable/b{B}.onnx``, the
+deployable scheme's: :func:`export_variant`) (the graphs have a static batch size: see
 :func:`workflow_src.deploy.onnx_qdq.trace`).  The summary JSON holds, per runtime: file size and size ratio, median
 latency of FP32 and int8 and their ratio per batch size (interleaved runs after warm-up, the
 job's thread count), the integer runtime's outputs against the fake-quant model's on the saved
@@ -28,12 +29,12 @@ import torch
 
 from ..archs.layers import bake
 from ..config import Variant
-from ..deploy import onnx_qdq, pt2, runtime as ort_rt
+from ..deploy import onnx_qdq, pt2, runtime as ort_rt, scheme
 from ..files import write_json
 from ..quality import fid
 from ..utils import torch_load
 from . import tracking
-from .artifacts import feature_space, load_quantized, variant_tags
+from .artifacts import feature_space, load_distill, load_quantized, make_arch, variant_tags
 from .training import load_generator
 
 OUTPUT_STEP = 2.0 / 255.0  # one level of an 8-bit image in [-1, 1]
@@ -58,8 +59,10 @@ def _write(model: torch.nn.Module, runtime: str, example: torch.Tensor, out: Pat
 
 
 @torch.no_grad()
-def write_exports(cfg: Dict[str, Any], model: torch.nn.Module, inputs: torch.Tensor, out_dir: str | Path, quantized: bool) -> Dict[str, Any]:
-    """One file per runtime and batch size under ``out_dir``; returns what each export wrote."""
+def write_exports(cfg: Dict[str, Any], model: torch.nn.Module, inputs: torch.Tensor, out_dir: str | Path, quantized: bool,
+                  runtimes: List[str] | None = None) -> Dict[str, Any]:
+    """One file per runtime (``runtimes``, default ``export.runtimes``) and batch size under
+    ``out_dir``; returns what each export wrote."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ecfg = cfg["export"]
@@ -67,7 +70,7 @@ def write_exports(cfg: Dict[str, Any], model: torch.nn.Module, inputs: torch.Ten
     if quantized:
         model(_example(inputs, 1))  # reads each quantizer's `calibrated` flag once, outside tracing
     info: Dict[str, Any] = {}
-    for rt in ecfg["runtimes"]:
+    for rt in runtimes or ecfg["runtimes"]:
         for b in ecfg["batch_sizes"]:
             info[f"{rt}/b{b}"] = _write(model, rt, _example(inputs, b), out_dir / f"b{b}.{EXTENSIONS[rt]}", quantized)
     return info
@@ -124,12 +127,65 @@ def _kernels(runtime: str, runner: _Runner, optimized: Path | None) -> Dict[str,
             "float_fallbacks": {t: sorted(set(p)) for t, p in sorted(kinds.items()) if t in pt2.FLOAT_COMPUTE}}
 
 
+def _measure(cfg: Dict[str, Any], rt: str, files: Path, fp_dir: Path, inputs: torch.Tensor, check: torch.Tensor, ref: torch.Tensor,
+             ref_stats, fs, threads: int, tmp: Path) -> Dict[str, Any]:
+    """One runtime's record of the files under ``files`` (one per batch size): latency against the
+    FP32 file of the same batch size; at the largest batch, the outputs on ``check`` against ``ref``
+    (the fake-quant model's, whose feature statistics are ``ref_stats``), the file evaluated as
+    written, the kernels, onnxruntime's profile, the sizes."""
+    ecfg = cfg["export"]
+    ext = EXTENSIONS[rt]
+    b_max = max(ecfg["batch_sizes"])
+    res: Dict[str, Any] = {"latency_ms": {}, "fp_latency_ms": {}, "latency_ratio": {}}
+    for b in ecfg["batch_sizes"]:
+        x = _example(inputs, b)
+        path = files / f"b{b}.{ext}"
+        opt = tmp / f"{files.name}.b{b}.optimized.onnx" if rt == "onnxruntime" and b == b_max else None
+        qr = _Runner(rt, path, x, threads, optimized_out=opt)
+        fr = _Runner(rt, fp_dir / f"b{b}.{ext}", x, threads)
+        lat = ort_rt.latency({"fp": lambda: fr(x), "int": lambda: qr(x)}, ecfg["repeats"], ecfg["warmup"])
+        res["latency_ms"][b], res["fp_latency_ms"][b] = 1e3 * lat["int"], 1e3 * lat["fp"]
+        res["latency_ratio"][b] = lat["int"] / lat["fp"]
+        if b != b_max:
+            continue
+        y = _run_all(qr, check, b)
+        diff = (y - ref).abs()
+        res["max_abs_diff"] = float(diff.max())
+        res["within_step"] = float((diff <= OUTPUT_STEP + 1e-6).float().mean())
+        res["qfid_vs_fakequant"] = fid.frechet_distance(fid.statistics(fs.extract(y.split(cfg["eval"]["batch_size"]))), ref_stats)
+        fdiff = (_run_all(_reference(qr, threads), check, b) - ref).abs()
+        res["file_max_abs_diff"] = float(fdiff.max())
+        res["file_within_step"] = float((fdiff <= OUTPUT_STEP + 1e-6).float().mean())
+        res.update(_kernels(rt, qr, opt))
+        if rt == "onnxruntime":
+            rows = ort_rt.profile(path, x.numpy(), threads, ecfg["profile_runs"])
+            res["profile"] = rows
+            res["profile_share"] = ort_rt.summarize_profile(rows)
+        size, fp_size = path.stat().st_size, (fp_dir / f"b{b}.{ext}").stat().st_size
+        res.update(size_bytes=size, fp_size_bytes=fp_size, size_ratio=size / fp_size, sha256=ort_rt.sha256(path))
+    res["runtime"] = ort_rt.runtime_name() if rt == "onnxruntime" else f"{pt2.RUNTIME}-torch{torch.__version__.split('+')[0]}"
+    if rt == "onnxruntime":
+        res["session"] = ort_rt.session_settings(threads)  # what every session above ran with
+    return res
+
+
+def _statistics(cfg: Dict[str, Any], fs, images: torch.Tensor):
+    return fid.statistics(fs.extract(images.split(cfg["eval"]["batch_size"])))
+
+
 @torch.no_grad()
-def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, fp: str, inputs: str, features: str,
+def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, fp: str, inputs: str, features: str, distill: str,
                    files: str, summary: str) -> None:
     """Integer exports of one variant (``files``), checked against the fake-quant model and timed
-    against the FP32 exports ``fp``; the record (``summary``) feeds results.csv and export.md."""
-    model_path, fp_dir, inputs_path, features_path, out_dir, out = model, fp, inputs, features, files, summary
+    against the FP32 exports ``fp``; the record (``summary``) feeds results.csv and export.md.
+
+    Under each scheme of ``export.schemes`` (:mod:`workflow_src.deploy.scheme`): ``paper``, the
+    method's model on every runtime of ``export.runtimes`` (files in ``files``); ``deployable``, its
+    requantized copy (output quantizers calibrated on the first ``calibration.images`` inputs of the
+    distillation set ``distill``, never on the evaluation inputs) on onnxruntime, whose integer
+    fusions it is for (files in ``files/deployable``), with its quality cost: the qFID between its
+    fake-quant outputs and the paper model's on the check inputs."""
+    model_path, fp_dir, inputs_path, features_path, out_dir, out = model, Path(fp), inputs, features, Path(files), summary
     ecfg = cfg["export"]
     v = Variant.parse(variant)
     q = load_quantized(cfg, arch, model_path)
@@ -144,53 +200,48 @@ def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, 
         b_max = max(ecfg["batch_sizes"])
         ref = _run_all(q, check, b_max)
         fs = feature_space(cfg, features_path)
-        ref_stats = fid.statistics(fs.extract(ref.split(cfg["eval"]["batch_size"])))
-        results: Dict[str, Any] = {}
-        tmp_dir = tempfile.TemporaryDirectory(prefix="ort-")  # onnxruntime's optimised graphs, read for the fallbacks
-        tmp = Path(tmp_dir.name)
-        for rt in ecfg["runtimes"]:
-            ext = EXTENSIONS[rt]
-            res: Dict[str, Any] = {"latency_ms": {}, "fp_latency_ms": {}, "latency_ratio": {}}
-            for b in ecfg["batch_sizes"]:
-                x = _example(inputs, b)
-                opt = tmp / f"b{b}.optimized.onnx" if rt == "onnxruntime" and b == b_max else None
-                qr = _Runner(rt, Path(out_dir) / f"b{b}.{ext}", x, threads, optimized_out=opt)
-                fr = _Runner(rt, Path(fp_dir) / f"b{b}.{ext}", x, threads)
-                lat = ort_rt.latency({"fp": lambda: fr(x), "int": lambda: qr(x)}, ecfg["repeats"], ecfg["warmup"])
-                res["latency_ms"][b], res["fp_latency_ms"][b] = 1e3 * lat["int"], 1e3 * lat["fp"]
-                res["latency_ratio"][b] = lat["int"] / lat["fp"]
-                if b == b_max:
-                    y = _run_all(qr, check, b)
-                    diff = (y - ref).abs()
-                    res["max_abs_diff"] = float(diff.max())
-                    res["within_step"] = float((diff <= OUTPUT_STEP + 1e-6).float().mean())
-                    res["qfid_vs_fakequant"] = fid.frechet_distance(fid.statistics(fs.extract(y.split(cfg["eval"]["batch_size"]))), ref_stats)
-                    fdiff = (_run_all(_reference(qr, threads), check, b) - ref).abs()
-                    res["file_max_abs_diff"] = float(fdiff.max())
-                    res["file_within_step"] = float((fdiff <= OUTPUT_STEP + 1e-6).float().mean())
-                    res.update(_kernels(rt, qr, opt))
-                    if rt == "onnxruntime":
-                        rows = ort_rt.profile(Path(out_dir) / f"b{b}.{ext}", x.numpy(), threads, ecfg["profile_runs"])
-                        res["profile"] = rows
-                        res["profile_share"] = ort_rt.summarize_profile(rows)
-                    size, fp_size = (Path(out_dir) / f"b{b}.{ext}").stat().st_size, (Path(fp_dir) / f"b{b}.{ext}").stat().st_size
-                    res.update(size_bytes=size, fp_size_bytes=fp_size, size_ratio=size / fp_size,
-                               sha256=ort_rt.sha256(Path(out_dir) / f"b{b}.{ext}"))
-            res["runtime"] = ort_rt.runtime_name() if rt == "onnxruntime" else f"{pt2.RUNTIME}-torch{torch.__version__.split('+')[0]}"
-            if rt == "onnxruntime":
-                res["session"] = ort_rt.session_settings(threads)  # what every session above ran with
-            results[rt] = res
-        tmp_dir.cleanup()
+        ref_stats = _statistics(cfg, fs, ref)
+        schemes: Dict[str, Any] = {}
+        with tempfile.TemporaryDirectory(prefix="ort-") as tmp:  # onnxruntime's optimised graphs, read for the fallbacks
+            results = {rt: _measure(cfg, rt, out_dir, fp_dir, inputs, check, ref, ref_stats, fs, threads, Path(tmp)) for rt in ecfg["runtimes"]}
+            if "deployable" in ecfg["schemes"]:
+                schemes["deployable"] = _deployable(cfg, arch, q, inputs, check, distill, out_dir / "deployable", fp_dir, ref_stats, fs, threads, Path(tmp))
         best = min(results, key=lambda r: results[r]["latency_ratio"][b_max])
         summary = {**variant_tags(arch, v), "seed": cfg["seed"], "threads": threads, "cpu_vnni": ort_rt.cpu_has_vnni(), "batch_sizes": ecfg["batch_sizes"], "check_samples": int(len(ref)),
-                   "export_seconds": export_seconds, "written": written, "runtimes": results, "best_runtime": best,
+                   "export_seconds": export_seconds, "written": written, "runtimes": results, "best_runtime": best, "schemes": schemes,
                    "weight_storage": f"{onnx_qdq.weight_storage(widths)} in ONNX; int8 bytes in the PT2 program" if 4 in widths else "int8"}
         write_json(out, summary)
         for rt, res in results.items():
             run.log_metrics({f"{rt}.latency_ratio_b{b}": r for b, r in res["latency_ratio"].items()})
             run.log_metrics({f"{rt}.size_ratio": res["size_ratio"], f"{rt}.within_step": res["within_step"],
                              f"{rt}.qfid_vs_fakequant": res["qfid_vs_fakequant"]})
+        for name, sch in schemes.items():
+            res = sch["onnxruntime"]
+            run.log_metrics({f"{name}.onnxruntime.latency_ratio_b{b}": r for b, r in res["latency_ratio"].items()})
+            run.log_metrics({f"{name}.onnxruntime.size_ratio": res["size_ratio"], f"{name}.onnxruntime.within_step": res["within_step"],
+                             f"{name}.qfid_vs_paper": sch["qfid_vs_paper"]})
         run.log_artifact(out)
+
+
+def _deployable(cfg: Dict[str, Any], arch: str, q: torch.nn.Module, inputs: torch.Tensor, check: torch.Tensor, distill_path: str,
+                out_dir: Path, fp_dir: Path, paper_stats, fs, threads: int, tmp: Path) -> Dict[str, Any]:
+    """The ``deployable`` scheme's model of ``q``, its onnxruntime files and their record."""
+    ecfg = cfg["export"]
+    b_max = max(ecfg["batch_sizes"])
+    d = load_distill(distill_path, arch)
+    calib = d["inputs"][: cfg["calibration"]["images"]]
+    a = make_arch(cfg, arch)
+    t0 = time.time()
+    paper_file = out_dir.parent / f"b{b_max}.onnx"  # the paper scheme's, when onnxruntime is one of the runtimes
+    dm, layers = scheme.deployable(q, _example(inputs, b_max), lambda m: a.batches(m, calib, cfg["distill"]["batch_size"], d["extras"]),
+                                   weight_bits=ecfg["deployable_weight_bits"], exported=paper_file if paper_file.is_file() else None)
+    write_exports(cfg, dm, inputs, out_dir, quantized=True, runtimes=["onnxruntime"])
+    seconds = time.time() - t0
+    ref = _run_all(dm, check, b_max)
+    stats = _statistics(cfg, fs, ref)
+    return {"onnxruntime": _measure(cfg, "onnxruntime", out_dir, fp_dir, inputs, check, ref, stats, fs, threads, tmp),
+            "qfid_vs_paper": fid.frechet_distance(stats, paper_stats), "requantized_convs": layers,
+            "weight_bits": ecfg["deployable_weight_bits"], "calibration_images": int(len(calib)), "seconds": seconds}
 
 
 def summary_row(path: str | Path) -> Dict[str, Any]:
@@ -208,4 +259,9 @@ def summary_row(path: str | Path) -> Dict[str, Any]:
         key = rt.split("-")[0]
         row[f"{key}_latency_ratio"] = res["latency_ratio"][b_max]
         row[f"{key}_size_ratio"] = res["size_ratio"]
+    dep = s.get("schemes", {}).get("deployable")
+    if dep:
+        r = dep["onnxruntime"]
+        row.update(deployable_latency_ratio=r["latency_ratio"][b_max], deployable_size_ratio=r["size_ratio"],
+                   deployable_within_step=r["within_step"], deployable_qfid_vs_paper=dep["qfid_vs_paper"])
     return row
