@@ -117,8 +117,8 @@ KILL_WHEN = ["started", "models/s0/fp/cyclegan.ckpt.pt", "metrics/s0/cyclegan/*.
 # What a result row holds that a wall clock decides: the integer export's latencies, and the columns of the
 # runtime that was faster (each runtime's own numbers are compared in its export record, timings aside).
 TIMED = ["runtime", "size_ratio", "latency_ratio", "latency_ratio_b1", "export_within_step", "export_qfid",
-         "onnxruntime_latency_ratio", "pt2e_latency_ratio"]
-TIMED_EXPORT = {"fp_latency_ms", "latency_ms", "latency_ratio", "profile", "profile_share"}
+         "onnxruntime_latency_ratio", "pt2e_latency_ratio", "deployable_latency_ratio"]
+TIMED_EXPORT = {"fp_latency_ms", "latency_ms", "latency_ratio", "profile", "profile_share", "seconds"}
 
 
 @pytest.mark.workflow
@@ -169,12 +169,15 @@ def test_make_report_killed_with_kill_9_again_and_again_ends_with_the_results_of
     pd.testing.assert_frame_equal(got, want, check_exact=True)
     exports = sorted(p.relative_to(wd) for p in wd.glob("metrics/s*/*/*.export.json"))
     assert exports
+    drop = lambda rec: {k: v for k, v in rec.items() if k not in TIMED_EXPORT}  # noqa: E731
     for path in exports:
-        got, want = (json.loads((d / path).read_text())["runtimes"] for d in (wd, micro_run))
-        assert got.keys() == want.keys(), path
-        for runtime in got:
-            drop = lambda rec: {k: v for k, v in rec.items() if k not in TIMED_EXPORT}  # noqa: E731
-            assert drop(got[runtime]) == drop(want[runtime]), (path, runtime)
+        got, want = (json.loads((d / path).read_text()) for d in (wd, micro_run))
+        assert got["runtimes"].keys() == want["runtimes"].keys(), path
+        for runtime in got["runtimes"]:
+            assert drop(got["runtimes"][runtime]) == drop(want["runtimes"][runtime]), (path, runtime)
+        # the deployable scheme's record: its calibration, convs and quality cost, its file's numbers
+        dep = [{**drop(r["schemes"]["deployable"]), "onnxruntime": drop(r["schemes"]["deployable"]["onnxruntime"])} for r in (got, want)]
+        assert dep[0] == dep[1], path
 
     # `make clean` removes everything the runs wrote, the MLflow store included, and nothing else
     assert (wd / "mlflow.db").exists() and (wd / "sweeps").exists() and (wd / "sensitivity").exists()
