@@ -177,8 +177,7 @@ def test_pt2_export_runs_on_onednn_int8_kernels_within_one_step(tmp_path):
         diff = (lowered(x[:8]) - q(x[:8])).abs()
     assert torch.all(diff <= last_conv_step_bound(q)[None, :, None, None] + 1e-5)
     # compiled by Inductor (issue 22 item 2): the same int8 kernels, the element-wise work fused into generated code
-    compiled, seconds = pt2.compile_inductor(lowered, x[:8].clone())
-    assert seconds > 0
+    compiled, _ = pt2.compile_inductor(lowered, x[:8].clone())
     with torch.no_grad():
         diff = (compiled(x[8:16]) - q(x[8:16])).abs()
     assert torch.all(diff <= last_conv_step_bound(q)[None, :, None, None] + 1e-5)

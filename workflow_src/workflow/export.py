@@ -152,7 +152,7 @@ def _measure(cfg: Dict[str, Any], rt: str, files: Path, fp_dir: Path, inputs: to
         diff = (y - ref).abs()
         res["max_abs_diff"] = float(diff.max())
         res["within_step"] = float((diff <= OUTPUT_STEP + 1e-6).float().mean())
-        res["qfid_vs_fakequant"] = fid.frechet_distance(fid.statistics(fs.extract(y.split(cfg["eval"]["batch_size"]))), ref_stats)
+        res["qfid_vs_fakequant"] = fid.frechet_distance(_statistics(cfg, fs, y), ref_stats)
         fdiff = (_run_all(_reference(qr, threads), check, b) - ref).abs()
         res["file_max_abs_diff"] = float(fdiff.max())
         res["file_within_step"] = float((fdiff <= OUTPUT_STEP + 1e-6).float().mean())
@@ -211,15 +211,12 @@ def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, 
                    "export_seconds": export_seconds, "written": written, "runtimes": results, "best_runtime": best, "schemes": schemes,
                    "weight_storage": f"{onnx_qdq.weight_storage(widths)} in ONNX; int8 bytes in the PT2 program" if 4 in widths else "int8"}
         write_json(out, summary)
-        for rt, res in results.items():
-            run.log_metrics({f"{rt}.latency_ratio_b{b}": r for b, r in res["latency_ratio"].items()})
-            run.log_metrics({f"{rt}.size_ratio": res["size_ratio"], f"{rt}.within_step": res["within_step"],
-                             f"{rt}.qfid_vs_fakequant": res["qfid_vs_fakequant"]})
-        for name, sch in schemes.items():
-            res = sch["onnxruntime"]
-            run.log_metrics({f"{name}.onnxruntime.latency_ratio_b{b}": r for b, r in res["latency_ratio"].items()})
-            run.log_metrics({f"{name}.onnxruntime.size_ratio": res["size_ratio"], f"{name}.onnxruntime.within_step": res["within_step"],
-                             f"{name}.qfid_vs_paper": sch["qfid_vs_paper"]})
+        logged = [(rt, res) for rt, res in results.items()] + [(f"{name}.onnxruntime", sch["onnxruntime"]) for name, sch in schemes.items()]
+        for key, res in logged:
+            run.log_metrics({f"{key}.latency_ratio_b{b}": r for b, r in res["latency_ratio"].items()})
+            run.log_metrics({f"{key}.size_ratio": res["size_ratio"], f"{key}.within_step": res["within_step"],
+                             f"{key}.qfid_vs_fakequant": res["qfid_vs_fakequant"]})
+        run.log_metrics({f"{name}.qfid_vs_paper": sch["qfid_vs_paper"] for name, sch in schemes.items()})
         run.log_artifact(out)
 
 
