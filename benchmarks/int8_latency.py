@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 
 from workflow_src import config as qcfg  # noqa: E402
 from workflow_src.config import Variant  # noqa: E402
-from workflow_src.deploy import pt2  # noqa: E402
 from workflow_src.deploy import runtime as rt  # noqa: E402
 from workflow_src.deploy import scheme  # noqa: E402
 from workflow_src.workflow.export import EXTENSIONS, _Runner, write_exports  # noqa: E402
@@ -57,13 +56,15 @@ def main() -> int:
                     help="paper: the method's model as the tables score it; deployable: conv outputs left in float requantized "
                          "(workflow_src/deploy/scheme.py)")
     ap.add_argument("--profile", action="store_true", help="also print onnxruntime's per-op profile at the largest batch")
-    ap.add_argument("--inductor", action="store_true",
-                    help="also time the pt2e-x86 programs compiled by Inductor (FP32 compiled likewise; row 'pt2e+inductor', "
-                         "compile seconds of the int8 and FP32 modules in the last column)")
+    ap.add_argument("--runtimes", nargs="+", default=None, choices=sorted(EXTENSIONS),
+                    help="the runtimes to time (default: the config's export.runtimes; the paper profile's include inductor-x86, "
+                         "whose compile seconds, int8 and FP32, end its rows)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = qcfg.load(args.config or [str(ROOT / "params.yaml")])
     cfg["export"]["batch_sizes"] = args.batch
+    if args.runtimes:
+        cfg["export"]["runtimes"] = args.runtimes
     spec = QuantSpec(w_bits=8, a_bits=8, per_channel=args.per_channel)
     print(f"torch {torch.__version__}, {rt.runtime_name()}, threads {args.threads}, profile {cfg['profile']}, w8a8 min-max PTQ "
           f"({'per-channel' if args.per_channel else 'per-tensor'}), median of {args.repeats} interleaved runs")
@@ -82,10 +83,10 @@ def main() -> int:
             print(f"  {name}: the deployable scheme requantizes {len(layers)} conv outputs")
         with tempfile.TemporaryDirectory() as tmp:
             fp_dir = Path(tmp) / "fp"
-            write_exports(cfg, g, x_all, fp_dir, quantized=False)
+            written = {"fp": write_exports(cfg, g, x_all, fp_dir, quantized=False)}
             for kind in args.schemes:
                 q_dir = Path(tmp) / kind
-                write_exports(cfg, models[kind], x_all, q_dir, quantized=True)
+                written[kind] = write_exports(cfg, models[kind], x_all, q_dir, quantized=True)
                 for runtime in cfg["export"]["runtimes"]:
                     ext = EXTENSIONS[runtime]
                     rows = None
@@ -96,19 +97,14 @@ def main() -> int:
                         fr = _Runner(runtime, fp_dir / f"b{b}.{ext}", x, args.threads)
                         qr = _Runner(runtime, q_dir / f"b{b}.{ext}", x, args.threads)
                         fns = {"fp": lambda: fr(x), "int": lambda: qr(x)}
-                        if args.inductor and runtime == "pt2e-x86":
-                            fc, fs = pt2.compile_inductor(fr.module, x)
-                            qc, qs = pt2.compile_inductor(qr.module, x)
-                            fns.update(fp_c=lambda: fc(x), int_c=lambda: qc(x))
                         with torch.no_grad():
                             lat = rt.latency(fns, args.repeats, args.warmup)
                         size = (q_dir / f"b{b}.{ext}").stat().st_size / (fp_dir / f"b{b}.{ext}").stat().st_size
                         share = f"{rt.summarize_profile(rows).get('int', 0.0):10.2f}" if rows and b == max(args.batch) else f"{'-':>10}"
+                        compiled = {k: written[k][f"{runtime}/b{b}"].get("compile_seconds") for k in ("fp", kind)}
+                        tail = f"  compile s: int8 {compiled[kind]:.1f}, fp32 {compiled['fp']:.1f}" if compiled[kind] is not None else ""
                         print(f"{name:10} {kind:10} {runtime:12} {b:5d} {1e3 * lat['fp']:10.2f} {1e3 * lat['int']:10.2f} "
-                              f"{lat['int'] / lat['fp']:14.3f} {size:11.3f} {share}", flush=True)
-                        if "int_c" in lat:
-                            print(f"{name:10} {kind:10} {'pt2e+inductor':12} {b:5d} {1e3 * lat['fp_c']:10.2f} {1e3 * lat['int_c']:10.2f} "
-                                  f"{lat['int_c'] / lat['fp_c']:14.3f} {size:11.3f} {'-':>10}  compile s: int8 {qs:.1f}, fp32 {fs:.1f}", flush=True)
+                              f"{lat['int'] / lat['fp']:14.3f} {size:11.3f} {share}{tail}", flush=True)
                     if args.profile and rows:
                         print("  onnxruntime profile:", ", ".join(f"{r['op']} ({r['kind']}) {100 * r['share']:.0f}%" for r in rows[:8]))
     return 0

@@ -176,11 +176,17 @@ def test_pt2_export_runs_on_onednn_int8_kernels_within_one_step(tmp_path):
     with torch.no_grad():
         diff = (lowered(x[:8]) - q(x[:8])).abs()
     assert torch.all(diff <= last_conv_step_bound(q)[None, :, None, None] + 1e-5)
-    # compiled by Inductor (issue 22 item 2): the same int8 kernels, the element-wise work fused into generated code
-    compiled, _ = pt2.compile_inductor(lowered, x[:8].clone())
+    # compiled ahead of time by AOTInductor (issue 22 item 2): the same int8 kernels, the element-wise work
+    # fused into generated code, loaded from the package it wrote
+    info = pt2.compile_package(tmp_path / "q.pt2", tmp_path / "q.aoti.pt2")
+    assert info["int_kernels"] == {"qconv_unary": 2} and info["compile_seconds"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.aoti.pt2", "q.pt2"]  # no scratch folder left
+    compiled = pt2.load_package(tmp_path / "q.aoti.pt2")
     with torch.no_grad():
         diff = (compiled(x[8:16]) - q(x[8:16])).abs()
     assert torch.all(diff <= last_conv_step_bound(q)[None, :, None, None] + 1e-5)
+    with pytest.raises(RuntimeError, match=r"q\.pt2' cannot be loaded as an AOTInductor package"):
+        pt2.load_package(tmp_path / "q.pt2")
 
 
 def test_asymmetric_weights_are_rejected_with_the_layer_named(tmp_path):

@@ -16,7 +16,8 @@ exceeds 32767 (measured on tiny-profile generators with full-range 8-bit weights
 within one output step, against 92-100% with 7-bit weights).  The file written is the exported
 program (``torch.export.save``) of the rewritten model, its composite ops decomposed; lowering
 (Inductor's freezing passes) happens at load time because oneDNN's prepacked weights are
-machine-specific.
+machine-specific.  The same program compiled ahead of time by AOTInductor (:func:`compile_package`)
+is the ``inductor-x86`` runtime: a package built for this machine, compiled once and loaded after.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from ..files import atomic_path
 from .onnx_qdq import check_exportable
 
 RUNTIME = "pt2e-x86"
+INDUCTOR = "inductor-x86"  # the same program compiled ahead of time by AOTInductor (compile_package)
 # Float kernels left in a lowered graph that an all-integer deployment would run on integers.
 FLOAT_COMPUTE = {
     "aten.convolution.default", "aten.addmm.default", "aten.mm.default", "aten.bmm.default",
@@ -231,24 +233,49 @@ def load_lowered(path: str | Path, example: torch.Tensor) -> torch.nn.Module:
     return lower_x86(load_program(path), example)
 
 
-def compile_inductor(lowered: torch.nn.Module, example: torch.Tensor):
-    """The lowered program compiled by Inductor (``torch.compile``, freezing on: constants folded,
-    oneDNN weights prepacked, the element-wise work between the int8 kernels fused into generated C++
-    kernels), compiled on ``example``; returns it and the compile seconds.  Compilation happens once
-    per module and input shape; Inductor's on-disk cache spares repeats of the same graph in other
-    processes.  The compiled module rounds like the lowered one where the int8 kernels run, not
-    exactly like the file (measured on tiny-profile trained w8a8 generators, 64 inputs: share of
-    pixels within one output step of the fake-quant model, lowered / compiled: CycleGAN 0.943 / 0.900,
-    StyleGAN 0.986 / 0.988, SAGAN 1.0 / 1.0)."""
+def cpu_capability() -> str:
+    """The instruction set PyTorch's CPU kernels (and Inductor's generated code) target here:
+    ``AVX512``, ``AVX2``, ...  A compiled package is built for it (``-march=native``)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def compile_package(program: str | Path, out: str | Path) -> Dict[str, object]:
+    """AOTInductor: the saved program ``program`` (:func:`export_program`) compiled ahead of time
+    into a package ``out`` (``.pt2``: the generated C++ built into a shared library, the weights
+    frozen in -- int8 weights prepacked for oneDNN, the ``dequantize -> conv/linear -> quantize``
+    groups lowered to its int8 kernels by the patterns :func:`lower_x86` uses, the element-wise work
+    between them fused into generated kernels).  The compiled artifact: a job compiles a program once
+    and every later run loads the library (:func:`load_package`).  It is machine-specific (built for
+    :func:`cpu_capability`).  Returns the compile seconds and how many int8 kernels were lowered
+    (Inductor's pattern counters).  Written under a temporary folder beside ``out`` (the package
+    names its folder after the file) and renamed, so that a killed job leaves no package."""
+    import os
+    import tempfile
     import time
 
     import torch._inductor.config as inductor_config
+    from torch._dynamo.utils import counters
 
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ep = load_program(program)
+    counters["inductor"].clear()
     t0 = time.perf_counter()
-    with inductor_config.patch(freezing=True), torch.no_grad():
-        compiled = torch.compile(lowered, backend="inductor")
-        compiled(example)
-    return compiled, time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp, torch.no_grad(), \
+            inductor_config.patch(freezing=True, compile_threads=1):  # one process: export jobs run in forked workers
+        built = Path(tmp) / out.name
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(built))
+        os.replace(built, out)
+    lowered = {k.removesuffix("_lower_count"): int(v) for k, v in sorted(counters["inductor"].items()) if k.endswith("_lower_count")}
+    return {"compile_seconds": time.perf_counter() - t0, "int_kernels": lowered, "cpu_capability": cpu_capability()}
+
+
+def load_package(path: str | Path):
+    """A compiled package (:func:`compile_package`), callable on a batch; an error names the file."""
+    try:
+        return torch._inductor.aoti_load_package(str(path))
+    except Exception as e:
+        raise RuntimeError(f"export file {str(path)!r} cannot be loaded as an AOTInductor package: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 def warm_up() -> float:

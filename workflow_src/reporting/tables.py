@@ -22,6 +22,9 @@ EXPORT_COLUMNS = ["runtime", "size_ratio", "latency_ratio", "latency_ratio_b1", 
 # batch: its ratios against FP32, its agreement with its own fake-quant model, and its quality cost, the qFID
 # between its fake-quant outputs and the paper model's on the export's check inputs.
 DEPLOYABLE_COLUMNS = ["deployable_latency_ratio", "deployable_size_ratio", "deployable_within_step", "deployable_qfid_vs_paper"]
+# The inductor-x86 runtime (export.runtimes; the paper profile's): the AOTInductor package's ratios against
+# the FP32 package at the largest batch, and the seconds its compile took (paid once, in the export job).
+INDUCTOR_COLUMNS = ["inductor_latency_ratio", "inductor_size_ratio", "inductor_compile_seconds"]
 # The quantile pair a method started from ("a U/L; w U/L") and where it came from: the sweep's pick
 # for the width on validation inputs, or the params key that set it (empty for methods without one).
 QUANTILE_COLUMNS = ["quantiles", "quantiles_from"]
@@ -83,10 +86,11 @@ def sort_results(df: pd.DataFrame) -> pd.DataFrame:
 def results_csv_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The ``results.csv`` contract: COLUMNS (then EXPORT_COLUMNS where exports exist, then
     QUANTILE_COLUMNS where the metrics record them, then FLOOR_COLUMNS where floors were measured,
-    then TRAINING_COLUMNS, then SIZE_COLUMNS, the seed, then DEPLOYABLE_COLUMNS where that scheme was exported),
+    then TRAINING_COLUMNS, then SIZE_COLUMNS, the seed, then DEPLOYABLE_COLUMNS where that scheme was exported, then
+    INDUCTOR_COLUMNS where that runtime was),
     ``per_channel`` as True/False (empty for FP)."""
     cols = COLUMNS + [c for c in EXPORT_COLUMNS + QUANTILE_COLUMNS + FLOOR_COLUMNS + TRAINING_COLUMNS + SIZE_COLUMNS + SEED_COLUMNS
-                      + DEPLOYABLE_COLUMNS if c in df.columns]
+                      + DEPLOYABLE_COLUMNS + INDUCTOR_COLUMNS if c in df.columns]
     out = sort_results(df)[cols].copy()
     out["per_channel"] = out["per_channel"].map(lambda x: "" if x is None or pd.isna(x) else str(bool(x)))
     return out
@@ -324,7 +328,7 @@ def merge_exports(df: pd.DataFrame, export_files: List[str]) -> pd.DataFrame:
         if c not in ex.columns:
             ex[c] = float("nan")
     key = lambda d: _key_text(d) + "|" + d["seed"].astype(str)  # noqa: E731  variant and seed as text
-    ex = ex.assign(_k=key(ex))[["_k"] + EXPORT_COLUMNS + [c for c in DEPLOYABLE_COLUMNS if c in ex.columns]]
+    ex = ex.assign(_k=key(ex))[["_k"] + EXPORT_COLUMNS + [c for c in DEPLOYABLE_COLUMNS + INDUCTOR_COLUMNS if c in ex.columns]]
     return df.assign(_k=key(df)).merge(ex, on="_k", how="left").drop(columns="_k")
 
 
@@ -336,7 +340,8 @@ def export_tables(export_files: List[str]) -> str:
     out = ["Ratios are integer export / FP32 export of the same generator, same runtime, same process and thread count "
            "(median of interleaved runs after warm-up). *within step*: share of output pixels within one 8-bit level (2/255) "
            "of the fake-quant model; *qFID int*: qFID between the integer runtime's and the fake-quant model's outputs on the "
-           "same inputs; *file max diff*: the file evaluated as written (no integer fusions) against the fake-quant model. 4-bit weights are stored packed two per byte (ONNX INT4) but no runtime here has an int4 kernel: "
+           "same inputs; *file max diff*: the file evaluated as written (no integer fusions; a compiled inductor-x86 package has no other "
+           "reading than its run) against the fake-quant model; *compile s*: the seconds the job took to compile the package, apart from its latency. 4-bit weights are stored packed two per byte (ONNX INT4) but no runtime here has an int4 kernel: "
            "they are dequantized to float and run as float convolutions.\n"]
     for arch in sorted({s["arch"] for s in summaries}):
         rows = sorted((s for s in summaries if s["arch"] == arch), key=lambda s: (s["method"], not s["per_channel"], -s["w_bits"]))
@@ -344,12 +349,14 @@ def export_tables(export_files: List[str]) -> str:
             continue
         bs = [str(b) for b in rows[0]["batch_sizes"]]
         out.append(f"\n## {arch_title(arch)}\n")
-        head = ["variant", "runtime", "size ratio"] + [f"latency ratio b{b}" for b in bs] + [f"FP32 ms b{bs[-1]}", f"int ms b{bs[-1]}", "within step", "qFID int", "file max diff"]
+        head = ["variant", "runtime", "size ratio"] + [f"latency ratio b{b}" for b in bs] + [f"FP32 ms b{bs[-1]}", f"int ms b{bs[-1]}", "within step", "qFID int", "file max diff",
+                                                                       f"compile s b{bs[-1]}"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for s in rows:
             for rt, r in s["runtimes"].items():
                 cells = [s["variant"], rt, f"{r['size_ratio']:.3f}"] + [f"{r['latency_ratio'][b]:.2f}" for b in bs] + [
-                    f"{r['fp_latency_ms'][bs[-1]]:.2f}", f"{r['latency_ms'][bs[-1]]:.2f}", f"{r['within_step']:.3f}", f"{r['qfid_vs_fakequant']:.4f}", f"{r['file_max_abs_diff']:.1e}"]
+                    f"{r['fp_latency_ms'][bs[-1]]:.2f}", f"{r['latency_ms'][bs[-1]]:.2f}", f"{r['within_step']:.3f}", f"{r['qfid_vs_fakequant']:.4f}", f"{r['file_max_abs_diff']:.1e}",
+                    f"{r['compile_seconds'][bs[-1]]:.1f}" if "compile_seconds" in r else ""]
                 out.append("| " + " | ".join(cells) + " |")
         dep = [s for s in rows if s.get("schemes", {}).get("deployable")]
         if dep:

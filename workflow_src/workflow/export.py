@@ -5,9 +5,12 @@ Runtimes (``export.runtimes``):
 
 * ``onnxruntime``: ONNX QDQ file (:mod:`workflow_src.deploy.onnx_qdq`) on onnxruntime's CPU provider;
 * ``pt2e-x86``: ``torch.export`` program on ``quantized_decomposed`` ops (:mod:`workflow_src.deploy.pt2`), lowered to
-  oneDNN int8 kernels by Inductor's freezing passes with torchao's x86 patterns.
+  oneDNN int8 kernels by Inductor's freezing passes with torchao's x86 patterns;
+* ``inductor-x86``: that program compiled ahead of time by AOTInductor (:func:`workflow_src.deploy.pt2.compile_package`):
+  a package with the generated code built in, compiled once in the job that writes it (its compile
+  seconds recorded apart from the latencies) and loaded by every run after.
 
-Files: ``exports/{arch}/fp/b{B}.{onnx,pt2}`` and ``exports/{arch}/{variant}/b{B}.{onnx,pt2}``, one
+Files: ``exports/{arch}/fp/b{B}.{onnx,pt2,aoti.pt2}`` and ``exports/{arch}/{variant}/b{B}.{onnx,pt2,aoti.pt2}``, one
 per batch size in ``export.batch_sizes`` (and ``exports/{arch}/{variant}/deployable/b{B}.onnx``, the
 deployable scheme's: :func:`export_variant`) (the graphs have a static batch size: see
 :func:`workflow_src.deploy.onnx_qdq.trace`).  The summary JSON holds, per runtime: file size and size ratio, median
@@ -38,7 +41,7 @@ from .artifacts import feature_space, load_distill, load_quantized, make_arch, v
 from .training import load_generator
 
 OUTPUT_STEP = 2.0 / 255.0  # one level of an 8-bit image in [-1, 1]
-EXTENSIONS = {"onnxruntime": "onnx", "pt2e-x86": "pt2"}
+EXTENSIONS = {"onnxruntime": "onnx", pt2.RUNTIME: "pt2", pt2.INDUCTOR: "aoti.pt2"}
 
 
 def _example(inputs: torch.Tensor, b: int) -> torch.Tensor:
@@ -52,9 +55,16 @@ def _write(model: torch.nn.Module, runtime: str, example: torch.Tensor, out: Pat
             return onnx_qdq.export_qdq(model, example, out)
         onnx_qdq.export_float(model, example, out)
         return {}
-    if runtime == "pt2e-x86":
+    if runtime == pt2.RUNTIME:
         pt2.export_program(pt2.decompose(model) if quantized else model, example, out)
         return {}
+    if runtime == pt2.INDUCTOR:  # compiles the pt2e-x86 file beside it (written first) or, without one, a scratch copy
+        program = out.with_name(out.name.removesuffix(EXTENSIONS[runtime]) + EXTENSIONS[pt2.RUNTIME])
+        with tempfile.TemporaryDirectory(prefix="aoti-src-") as tmp:
+            if not program.is_file():
+                program = Path(tmp) / program.name
+                _write(model, pt2.RUNTIME, example, program, quantized)
+            return pt2.compile_package(program, out)
     raise ValueError(f"export.runtimes: unknown runtime {runtime!r}; known: {sorted(EXTENSIONS)}")
 
 
@@ -70,7 +80,7 @@ def write_exports(cfg: Dict[str, Any], model: torch.nn.Module, inputs: torch.Ten
     if quantized:
         model(_example(inputs, 1))  # reads each quantizer's `calibrated` flag once, outside tracing
     info: Dict[str, Any] = {}
-    for rt in runtimes or ecfg["runtimes"]:
+    for rt in sorted(runtimes or ecfg["runtimes"], key=lambda r: r == pt2.INDUCTOR):  # the package compiles the program file
         for b in ecfg["batch_sizes"]:
             info[f"{rt}/b{b}"] = _write(model, rt, _example(inputs, b), out_dir / f"b{b}.{EXTENSIONS[rt]}", quantized)
     return info
@@ -90,6 +100,8 @@ class _Runner:
         if runtime == "onnxruntime":
             self.sess = ort_rt.session(path, threads, optimized_out=optimized_out)
             self.name = self.sess.get_inputs()[0].name
+        elif runtime == pt2.INDUCTOR:
+            self.module = pt2.load_package(path)
         else:  # the program as loaded is kept: the file's reference evaluation (_reference) reads it too
             self.program = pt2.load_program(path)
             self.module = pt2.lower_x86(self.program, example)
@@ -105,7 +117,10 @@ def _reference(runner: _Runner, threads: int):
     """The exported file of ``runner`` evaluated as written, without a runtime's integer fusions:
     onnxruntime with graph optimisations off (QDQ op by op), or the saved program's own graph
     (decomposed ops), from the program the runner loaded (lowering works on a copy of its graph; a
-    second load of the file cost 0.7 s per tiny StyleGAN export job and gave the same outputs)."""
+    second load of the file cost 0.7 s per tiny StyleGAN export job and gave the same outputs).
+    A compiled package has no reading but its own: None (its record repeats the runtime's numbers)."""
+    if runner.runtime == pt2.INDUCTOR:
+        return None
     if runner.runtime == "onnxruntime":
         sess = ort_rt.session(runner.path, threads, optimize=False)
         name = sess.get_inputs()[0].name
@@ -119,20 +134,23 @@ def _run_all(fn, inputs: torch.Tensor, b: int) -> torch.Tensor:
     return torch.cat([fn(inputs[i:i + b]) for i in range(0, n, b)])
 
 
-def _kernels(runtime: str, runner: _Runner, optimized: Path | None) -> Dict[str, Any]:
+def _kernels(runtime: str, runner: _Runner, optimized: Path | None, written: Dict[str, Any]) -> Dict[str, Any]:
     if runtime == "onnxruntime":
         return {"float_fallbacks": ort_rt.float_fallbacks(optimized)}
+    if runtime == pt2.INDUCTOR:  # what the compile lowered (Inductor's counters); the generated code is not a graph to read
+        return {"int_kernels": written["int_kernels"]}
     kinds = pt2.kernel_kinds(runner.module)
     return {"int_kernels": {t: len(p) for t, p in sorted(kinds.items()) if t.startswith("onednn.q")},
             "float_fallbacks": {t: sorted(set(p)) for t, p in sorted(kinds.items()) if t in pt2.FLOAT_COMPUTE}}
 
 
 def _measure(cfg: Dict[str, Any], rt: str, files: Path, fp_dir: Path, inputs: torch.Tensor, check: torch.Tensor, ref: torch.Tensor,
-             ref_stats, fs, threads: int, tmp: Path) -> Dict[str, Any]:
-    """One runtime's record of the files under ``files`` (one per batch size): latency against the
-    FP32 file of the same batch size; at the largest batch, the outputs on ``check`` against ``ref``
-    (the fake-quant model's, whose feature statistics are ``ref_stats``), the file evaluated as
-    written, the kernels, onnxruntime's profile, the sizes."""
+             ref_stats, fs, threads: int, tmp: Path, written: Dict[str, Any]) -> Dict[str, Any]:
+    """One runtime's record of the files under ``files`` (one per batch size; ``written``: what
+    :func:`write_exports` returned for them): latency against the FP32 file of the same batch size;
+    at the largest batch, the outputs on ``check`` against ``ref`` (the fake-quant model's, whose
+    feature statistics are ``ref_stats``), the file evaluated as written, the kernels, onnxruntime's
+    profile, the sizes; a compiled package's compile seconds."""
     ecfg = cfg["export"]
     ext = EXTENSIONS[rt]
     b_max = max(ecfg["batch_sizes"])
@@ -153,17 +171,21 @@ def _measure(cfg: Dict[str, Any], rt: str, files: Path, fp_dir: Path, inputs: to
         res["max_abs_diff"] = float(diff.max())
         res["within_step"] = float((diff <= OUTPUT_STEP + 1e-6).float().mean())
         res["qfid_vs_fakequant"] = fid.frechet_distance(_statistics(cfg, fs, y), ref_stats)
-        fdiff = (_run_all(_reference(qr, threads), check, b) - ref).abs()
+        as_written = _reference(qr, threads)
+        fdiff = diff if as_written is None else (_run_all(as_written, check, b) - ref).abs()
         res["file_max_abs_diff"] = float(fdiff.max())
         res["file_within_step"] = float((fdiff <= OUTPUT_STEP + 1e-6).float().mean())
-        res.update(_kernels(rt, qr, opt))
+        res.update(_kernels(rt, qr, opt, written[f"{rt}/b{b}"]))
         if rt == "onnxruntime":
             rows = ort_rt.profile(path, x.numpy(), threads, ecfg["profile_runs"])
             res["profile"] = rows
             res["profile_share"] = ort_rt.summarize_profile(rows)
         size, fp_size = path.stat().st_size, (fp_dir / f"b{b}.{ext}").stat().st_size
         res.update(size_bytes=size, fp_size_bytes=fp_size, size_ratio=size / fp_size, sha256=ort_rt.sha256(path))
-    res["runtime"] = ort_rt.runtime_name() if rt == "onnxruntime" else f"{pt2.RUNTIME}-torch{torch.__version__.split('+')[0]}"
+    res["runtime"] = ort_rt.runtime_name() if rt == "onnxruntime" else f"{rt}-torch{torch.__version__.split('+')[0]}"
+    if rt == pt2.INDUCTOR:
+        res["compile_seconds"] = {b: written[f"{rt}/b{b}"]["compile_seconds"] for b in ecfg["batch_sizes"]}
+        res["cpu_capability"] = written[f"{rt}/b{b_max}"]["cpu_capability"]
     if rt == "onnxruntime":
         res["session"] = ort_rt.session_settings(threads)  # what every session above ran with
     return res
@@ -203,7 +225,7 @@ def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, 
         ref_stats = _statistics(cfg, fs, ref)
         schemes: Dict[str, Any] = {}
         with tempfile.TemporaryDirectory(prefix="ort-") as tmp:  # onnxruntime's optimised graphs, read for the fallbacks
-            results = {rt: _measure(cfg, rt, out_dir, fp_dir, inputs, check, ref, ref_stats, fs, threads, Path(tmp)) for rt in ecfg["runtimes"]}
+            results = {rt: _measure(cfg, rt, out_dir, fp_dir, inputs, check, ref, ref_stats, fs, threads, Path(tmp), written) for rt in ecfg["runtimes"]}
             if "deployable" in ecfg["schemes"]:
                 schemes["deployable"] = _deployable(cfg, arch, q, inputs, check, distill, out_dir / "deployable", fp_dir, ref_stats, fs, threads, Path(tmp))
         best = min(results, key=lambda r: results[r]["latency_ratio"][b_max])
@@ -232,11 +254,11 @@ def _deployable(cfg: Dict[str, Any], arch: str, q: torch.nn.Module, inputs: torc
     paper_file = out_dir.parent / f"b{b_max}.onnx"  # the paper scheme's, when onnxruntime is one of the runtimes
     dm, layers = scheme.deployable(q, _example(inputs, b_max), lambda m: a.batches(m, calib, cfg["distill"]["batch_size"], d["extras"]),
                                    weight_bits=ecfg["deployable_weight_bits"], exported=paper_file if paper_file.is_file() else None)
-    write_exports(cfg, dm, inputs, out_dir, quantized=True, runtimes=["onnxruntime"])
+    written = write_exports(cfg, dm, inputs, out_dir, quantized=True, runtimes=["onnxruntime"])
     seconds = time.time() - t0
     ref = _run_all(dm, check, b_max)
     stats = _statistics(cfg, fs, ref)
-    return {"onnxruntime": _measure(cfg, "onnxruntime", out_dir, fp_dir, inputs, check, ref, stats, fs, threads, tmp),
+    return {"onnxruntime": _measure(cfg, "onnxruntime", out_dir, fp_dir, inputs, check, ref, stats, fs, threads, tmp, written),
             "qfid_vs_paper": fid.frechet_distance(stats, paper_stats), "requantized_convs": layers,
             "weight_bits": ecfg["deployable_weight_bits"], "calibration_images": int(len(calib)), "seconds": seconds}
 
@@ -256,6 +278,8 @@ def summary_row(path: str | Path) -> Dict[str, Any]:
         key = rt.split("-")[0]
         row[f"{key}_latency_ratio"] = res["latency_ratio"][b_max]
         row[f"{key}_size_ratio"] = res["size_ratio"]
+        if "compile_seconds" in res:
+            row[f"{key}_compile_seconds"] = res["compile_seconds"][b_max]
     dep = s.get("schemes", {}).get("deployable")
     if dep:
         r = dep["onnxruntime"]
