@@ -99,6 +99,11 @@ def test_cross_references(base):
         qcfg.validate(_mutated(base, ("archs", "sagan", "dataset"), "celebahq"))
     with pytest.raises(qcfg.ConfigError, match="channels"):
         qcfg.validate(_mutated(base, ("archs", "stylegan", "model", "channels"), [8, 8]))
+    # the deployable scheme's runtimes are timed against FP32 files that export.runtimes writes, and include onnxruntime
+    with pytest.raises(qcfg.ConfigError, match=r"'export\.deployable_runtimes'.*\['inductor-x86'\] not in 'export\.runtimes'"):
+        qcfg.validate(_mutated(base, ("export", "deployable_runtimes"), ["onnxruntime", "inductor-x86"]))
+    with pytest.raises(qcfg.ConfigError, match="deployable_runtimes"):
+        qcfg.validate(_mutated(base, ("export", "deployable_runtimes"), ["inductor-x86"]))
 
 
 def test_schema_names_what_the_registry_declares(base):

@@ -119,6 +119,14 @@ def test_every_artifact_and_finite_metrics(micro_run):
     assert len(files) == len(cfg["export"]["runtimes"]) * len(exported)
     assert all(r["file_max_abs_diff"] <= 1e-4 for rt_, r in files if rt_ == "pt2e-x86"), [r["file_max_abs_diff"] for _, r in files]
     assert all(r["file_within_step"] >= 0.95 for rt_, r in files if rt_ == "onnxruntime"), [r["file_within_step"] for _, r in files]
+    # onnxruntime's integer kernels against the file op by op (issue 22 item 4): the first quantized activation that
+    # differs, all before it equal, is one kernel's requantization rounding: at most one step (a kernel that saturates
+    # or mis-scales moves it further); the norms after it amplify (measured on micro: up to 26 steps, CycleGAN deployable)
+    ort_records = [r for rt_, r in files if rt_ == "onnxruntime"] + [json.loads(p.read_text())["schemes"]["deployable"]["onnxruntime"]
+                                                                     for p in (micro_run / "metrics").rglob("*.export.json")]
+    firsts = [r["requantization"]["first"] for r in ort_records]
+    assert all(f is None or f["max_steps"] == 1 for f in firsts), firsts
+    assert any(f is not None for f in firsts)  # the comparison sees the kernels' rounding (micro: CycleGAN's and StyleGAN's files)
     assert df[df["method"] == "fp"]["runtime"].isna().all()
     for arch in archs:
         summary = json.loads((micro_run / "metrics" / "s0" / arch / "ptq-minmax-tensor-w8a8.export.json").read_text())
@@ -145,7 +153,8 @@ def test_every_artifact_and_finite_metrics(micro_run):
         assert {p.name for p in files.glob("b*")} == {f"b{b}.onnx" for b in cfg["export"]["batch_sizes"]}
     export_md = (micro_run / "reports" / "export.md").read_text()
     assert "Layers left in float" in export_md and "InstanceNormalization" in export_md and "onednn.qconv_pointwise" in export_md
-    assert "### Deployable scheme (onnxruntime)" in export_md and "deployable scheme, batch" in export_md
+    assert "### Deployable scheme" in export_md and "deployable scheme, batch" in export_md and "| onnxruntime | <= 7 |" in export_md
+    assert "quantized activations differ; the first" in export_md  # where the integer kernels depart from the file
     # where the time goes: every job's benchmark file and the start-up its log records (issue 18)
     timing = (micro_run / "reports" / "timing.md").read_text()
     assert all(f"| {rule} |" in timing for rule in ("train_fp", "distill", "quantize", "qat", "evaluate", "export")), timing
@@ -164,7 +173,7 @@ def test_the_inductor_runtime_compiles_each_package_once_and_records_its_seconds
     monkeypatch.setenv("QGAN_TRACKING", "off")
     monkeypatch.chdir(tmp_path)
     cfg = qcfg.load([ROOT / "params.yaml", ROOT / "configs" / "micro.yaml"])
-    cfg["export"].update(runtimes=["pt2e-x86", "inductor-x86"], batch_sizes=[8], schemes=["paper"])
+    cfg["export"].update(runtimes=["onnxruntime", "pt2e-x86", "inductor-x86"], batch_sizes=[8], deployable_runtimes=["onnxruntime", "inductor-x86"])
     arch, variant = "sagan", "ptq-minmax-tensor-w8a8"
     inputs = str(micro_run / f"eval/s0/{arch}/inputs.pt")
     export.export_fp(cfg, arch=arch, model=str(micro_run / f"models/s0/fp/{arch}.pt"), inputs=inputs, out="fp")
@@ -172,7 +181,8 @@ def test_the_inductor_runtime_compiles_each_package_once_and_records_its_seconds
                           features=str(micro_run / stages.feature_network(cfg)), distill=str(micro_run / f"distill/s0/{arch}.pt"),
                           files="q", summary="q.export.json")
     for d in ("fp", "q"):  # the program, and the package compiled from it; no scratch folder left behind
-        assert sorted(p.name for p in (tmp_path / d).iterdir()) == ["b8.aoti.pt2", "b8.pt2"], d
+        assert sorted(p.name for p in (tmp_path / d).iterdir() if p.is_file()) == ["b8.aoti.pt2", "b8.onnx", "b8.pt2"], d
+    assert sorted(p.name for p in (tmp_path / "q" / "deployable").iterdir()) == ["b8.aoti.pt2", "b8.onnx"]  # its program: a scratch copy
     s = json.loads((tmp_path / "q.export.json").read_text())
     r = s["runtimes"]["inductor-x86"]
     assert r["compile_seconds"] == {"8": s["written"]["inductor-x86/b8"]["compile_seconds"]} and r["compile_seconds"]["8"] > 0
@@ -184,8 +194,13 @@ def test_the_inductor_runtime_compiles_each_package_once_and_records_its_seconds
         assert r["within_step"] >= 0.95, r["within_step"]
     row = export.summary_row(tmp_path / "q.export.json")
     assert row["inductor_compile_seconds"] == r["compile_seconds"]["8"] and row["inductor_latency_ratio"] == r["latency_ratio"]["8"] > 0
+    # the deployable scheme compiled too (export.deployable_runtimes): its own package, timed against the same FP32 one
+    d = s["schemes"]["deployable"]["inductor-x86"]
+    assert d["compile_seconds"]["8"] > 0 and d["int_kernels"]["qconv_unary"] == r["int_kernels"]["qconv_unary"]
+    assert row["deployable_inductor_latency_ratio"] == d["latency_ratio"]["8"] and row["deployable_inductor_within_step"] == d["within_step"]
     page = tables.export_tables([str(tmp_path / "q.export.json")])
     assert f"| {variant} | inductor-x86 |" in page and f"{r['compile_seconds']['8']:.1f} |" in page
+    assert f"| {variant} | inductor-x86 | <= {cfg['export']['deployable_weight_bits']} |" in page
 
 
 @pytest.mark.workflow

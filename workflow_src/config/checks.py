@@ -168,6 +168,10 @@ def _counts(cfg: Dict[str, Any]) -> List[str]:
     if ex["check_samples"] < max(ex["batch_sizes"]) or ex["check_samples"] > cfg["eval"]["n_samples"]:
         found.append(f"key 'export.check_samples' = {ex['check_samples']}: must lie between the largest 'export.batch_sizes' "
                      f"({max(ex['batch_sizes'])}) and 'eval.n_samples' ({cfg['eval']['n_samples']})")
+    missing = [r for r in ex["deployable_runtimes"] if r not in ex["runtimes"]]
+    if missing and "deployable" in ex["schemes"]:
+        found.append(f"key 'export.deployable_runtimes' = {ex['deployable_runtimes']}: {missing} not in 'export.runtimes' = {ex['runtimes']} "
+                     "(the FP32 files it is timed against are those runtimes')")
     if cfg["calibration"]["images"] > cfg["distill"]["size"]:
         found.append(f"key 'calibration.images' = {cfg['calibration']['images']} exceeds 'distill.size' = {cfg['distill']['size']} "
                      "(calibration draws from the distillation set)")

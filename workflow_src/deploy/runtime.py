@@ -104,11 +104,13 @@ def session_settings(threads: int, optimize: bool = True) -> Dict[str, object]:
 
 
 def session(path: str | Path, threads: int, optimized_out: str | Path | None = None, profile_prefix: str | None = None,
-            expected_sha256: str | None = None, optimize: bool = True):
-    """An onnxruntime CPU session with :func:`session_settings`."""
+            expected_sha256: str | None = None, optimize: bool = True, check: bool = True):
+    """An onnxruntime CPU session with :func:`session_settings` (``check=False``: a file derived
+    here from one :func:`check_file` passed, such as :func:`requantization`'s probe)."""
     import onnxruntime as ort
 
-    check_file(path, expected_sha256)
+    if check:
+        check_file(path, expected_sha256)
     settings = session_settings(threads, optimize)
     so = ort.SessionOptions()
     so.intra_op_num_threads = settings["intra_op_num_threads"]
@@ -202,6 +204,38 @@ def profile(path: str | Path, x: np.ndarray, threads: int, runs: int) -> List[Di
     for r in rows:
         r["share"] = r["ms"] / total
     return sorted(rows, key=lambda r: -r["ms"])
+
+
+def requantization(path: str | Path, x: np.ndarray, threads: int) -> Dict[str, object]:
+    """Where onnxruntime's integer kernels depart from the file run op by op: every quantized
+    activation (each QuantizeLinear output, in graph order) computed both ways on ``x``, compared in
+    steps of its own grid.  Returns how many there are and differ, the first that differs (every
+    tensor before it agreeing exactly, so its difference is that kernel's own rounding) and the one
+    that differs most.  A kernel that rounds its requantization differently from the float reference
+    moves a value by one step; layers after it carry and amplify that (an instance norm rescales each
+    channel by its spread), so the output can differ by more although no kernel does."""
+    import onnx
+
+    check_file(path)
+    model = onnx.load(str(path))
+    names = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    layers = {n.output[0]: layer_path(n.name) for n in model.graph.node}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UINT8, None) for t in names)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        onnx.save(model, str(probe))
+        runs = []
+        for optimize in (True, False):
+            sess = session(probe, threads, optimize=optimize, check=False)
+            outs = sess.run(names, {sess.get_inputs()[0].name: x})
+            runs.append(outs)
+    rows = []
+    for t, a, b in zip(names, *runs):
+        steps = np.abs(a.astype(np.int32) - b.astype(np.int32))
+        rows.append({"tensor": layers[t], "share": float((steps > 0).mean()), "max_steps": int(steps.max())})
+    differing = [r for r in rows if r["max_steps"] > 0]
+    return {"tensors": len(rows), "differing": len(differing), "first": differing[0] if differing else None,
+            "worst": max(differing, key=lambda r: (r["max_steps"], r["share"])) if differing else None}
 
 
 def summarize_profile(rows: Sequence[Dict[str, object]]) -> Dict[str, float]:

@@ -12,7 +12,7 @@ import pandas as pd
 from .. import registry
 from ..config import FP, variants
 from ..workflow import tracking
-from ..workflow.export import summary_row
+from ..workflow.export import EXTENSIONS, summary_row
 
 COLUMNS = ["arch", "method", "per_channel", "w_bits", "a_bits", "fid", "qfid", "feature_space", "fid_std", "qfid_std"]
 # Integer export (rule export): the fastest runtime's ratios against FP32 at the largest batch, plus each runtime's.
@@ -24,7 +24,9 @@ EXPORT_COLUMNS = ["runtime", "size_ratio", "latency_ratio", "latency_ratio_b1", 
 DEPLOYABLE_COLUMNS = ["deployable_latency_ratio", "deployable_size_ratio", "deployable_within_step", "deployable_qfid_vs_paper"]
 # The inductor-x86 runtime (export.runtimes; the paper profile's): the AOTInductor package's ratios against
 # the FP32 package at the largest batch, and the seconds its compile took (paid once, in the export job).
-INDUCTOR_COLUMNS = ["inductor_latency_ratio", "inductor_size_ratio", "inductor_compile_seconds"]
+# With export.deployable_runtimes naming it, the deployable scheme's package too: its latency ratio and within-step share.
+INDUCTOR_COLUMNS = ["inductor_latency_ratio", "inductor_size_ratio", "inductor_compile_seconds", "deployable_inductor_latency_ratio",
+                    "deployable_inductor_within_step"]
 # The quantile pair a method started from ("a U/L; w U/L") and where it came from: the sweep's pick
 # for the width on validation inputs, or the params key that set it (empty for methods without one).
 QUANTILE_COLUMNS = ["quantiles", "quantiles_from"]
@@ -319,6 +321,10 @@ def floor_note(floor_files: List[str]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def _steps(n: int) -> str:
+    return f"{n} step" + ("" if n == 1 else "s")
+
+
 def merge_exports(df: pd.DataFrame, export_files: List[str]) -> pd.DataFrame:
     """``df`` with the EXPORT_COLUMNS of each variant's export summary (FP rows stay empty)."""
     if not export_files:
@@ -360,20 +366,22 @@ def export_tables(export_files: List[str]) -> str:
                 out.append("| " + " | ".join(cells) + " |")
         dep = [s for s in rows if s.get("schemes", {}).get("deployable")]
         if dep:
-            out.append("\n### Deployable scheme (onnxruntime)\n")
+            out.append("\n### Deployable scheme\n")
             out.append("Conv outputs the paper scheme leaves in float requantized (8-bit min-max on the distillation set) and 8-bit "
                        "weights narrowed; *qFID vs paper*: qFID between its fake-quant outputs and the paper model's on the check "
                        "inputs (its quality cost); *int share*: onnxruntime's kernel time in integer kernels.\n")
-            head = ["variant", "weight bits", "requantized convs", "size ratio"] + [f"latency ratio b{b}" for b in bs] + [
+            head = ["variant", "runtime", "weight bits", "requantized convs", "size ratio"] + [f"latency ratio b{b}" for b in bs] + [
                 "int share", "within step", "qFID int", "file max diff", "qFID vs paper"]
             out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for s in dep:
                 d = s["schemes"]["deployable"]
-                r = d["onnxruntime"]
-                cells = [s["variant"], f"<= {d['weight_bits']}", str(len(d["requantized_convs"])), f"{r['size_ratio']:.3f}"] + [
-                    f"{r['latency_ratio'][b]:.2f}" for b in bs] + [f"{r['profile_share'].get('int', 0.0):.2f}", f"{r['within_step']:.3f}",
-                                                                   f"{r['qfid_vs_fakequant']:.4f}", f"{r['file_max_abs_diff']:.1e}", fmt_value(d["qfid_vs_paper"])]
-                out.append("| " + " | ".join(cells) + " |")
+                for rt in (k for k in EXTENSIONS if k in d):
+                    r = d[rt]
+                    share = f"{r['profile_share'].get('int', 0.0):.2f}" if "profile_share" in r else ""
+                    cells = [s["variant"], rt, f"<= {d['weight_bits']}", str(len(d["requantized_convs"])), f"{r['size_ratio']:.3f}"] + [
+                        f"{r['latency_ratio'][b]:.2f}" for b in bs] + [share, f"{r['within_step']:.3f}", f"{r['qfid_vs_fakequant']:.4f}",
+                                                                       f"{r['file_max_abs_diff']:.1e}", fmt_value(d["qfid_vs_paper"])]
+                    out.append("| " + " | ".join(cells) + " |")
         rep = next((s for s in rows if s["w_bits"] == 8), rows[0])
         out.append(f"\n### Layers left in float ({rep['variant']})\n")
         for rt, r in rep["runtimes"].items():
@@ -392,6 +400,13 @@ def export_tables(export_files: List[str]) -> str:
                        + ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(res["profile_share"].items(), key=lambda kv: -kv[1])) + "\n")
             out += ["| op | kind | ms per call | share |", "|---|---|---|---|"]
             out += [f"| {r['op']} | {r['kind']} | {r['ms']:.3f} | {100 * r['share']:.1f}% |" for r in prof[:10]]
+            req = res.get("requantization")
+            if req:
+                out.append(f"\nIts integer kernels against the file run op by op, on {bs[-1]} check inputs: {req['differing']} of "
+                           f"{req['tensors']} quantized activations differ" + ("." if not req["first"] else
+                           f"; the first, `{req['first']['tensor']}`, in {100 * req['first']['share']:.2f}% of values by at most "
+                           f"{_steps(req['first']['max_steps'])} (that kernel's rounding); the layers after carry it, up to "
+                           f"{_steps(req['worst']['max_steps'])} at `{req['worst']['tensor']}`."))
     return "\n".join(out) + "\n"
 
 

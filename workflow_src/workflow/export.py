@@ -11,13 +11,14 @@ Runtimes (``export.runtimes``):
   seconds recorded apart from the latencies) and loaded by every run after.
 
 Files: ``exports/{arch}/fp/b{B}.{onnx,pt2,aoti.pt2}`` and ``exports/{arch}/{variant}/b{B}.{onnx,pt2,aoti.pt2}``, one
-per batch size in ``export.batch_sizes`` (and ``exports/{arch}/{variant}/deployable/b{B}.onnx``, the
+per batch size in ``export.batch_sizes`` (and ``exports/{arch}/{variant}/deployable/b{B}.{onnx,aoti.pt2}``, the
 deployable scheme's: :func:`export_variant`) (the graphs have a static batch size: see
 :func:`workflow_src.deploy.onnx_qdq.trace`).  The summary JSON holds, per runtime: file size and size ratio, median
 latency of FP32 and int8 and their ratio per batch size (interleaved runs after warm-up, the
 job's thread count), the integer runtime's outputs against the fake-quant model's on the saved
 evaluation inputs (max |diff|, share of pixels within one 8-bit output step 2/255, and qFID between
-the two), the float-fallback layers, the per-op-type profile and (onnxruntime) the session settings.
+the two), the float-fallback layers, the per-op-type profile and (onnxruntime) the session settings
+and where its integer kernels first depart from the file (:func:`workflow_src.deploy.runtime.requantization`).
 """
 from __future__ import annotations
 
@@ -177,6 +178,7 @@ def _measure(cfg: Dict[str, Any], rt: str, files: Path, fp_dir: Path, inputs: to
         res["file_within_step"] = float((fdiff <= OUTPUT_STEP + 1e-6).float().mean())
         res.update(_kernels(rt, qr, opt, written[f"{rt}/b{b}"]))
         if rt == "onnxruntime":
+            res["requantization"] = ort_rt.requantization(path, check[:b].numpy(), threads)
             rows = ort_rt.profile(path, x.numpy(), threads, ecfg["profile_runs"])
             res["profile"] = rows
             res["profile_share"] = ort_rt.summarize_profile(rows)
@@ -204,9 +206,10 @@ def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, 
     Under each scheme of ``export.schemes`` (:mod:`workflow_src.deploy.scheme`): ``paper``, the
     method's model on every runtime of ``export.runtimes`` (files in ``files``); ``deployable``, its
     requantized copy (output quantizers calibrated on the first ``calibration.images`` inputs of the
-    distillation set ``distill``, never on the evaluation inputs) on onnxruntime, whose integer
-    fusions it is for (files in ``files/deployable``), with its quality cost: the qFID between its
-    fake-quant outputs and the paper model's on the check inputs."""
+    distillation set ``distill``, never on the evaluation inputs) on ``export.deployable_runtimes``
+    (onnxruntime, whose integer fusions it is for, and the paper profile's inductor-x86; files in
+    ``files/deployable``), with its quality cost: the qFID between its fake-quant outputs and the
+    paper model's on the check inputs."""
     model_path, fp_dir, inputs_path, features_path, out_dir, out = model, Path(fp), inputs, features, Path(files), summary
     ecfg = cfg["export"]
     v = Variant.parse(variant)
@@ -233,7 +236,7 @@ def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, 
                    "export_seconds": export_seconds, "written": written, "runtimes": results, "best_runtime": best, "schemes": schemes,
                    "weight_storage": f"{onnx_qdq.weight_storage(widths)} in ONNX; int8 bytes in the PT2 program" if 4 in widths else "int8"}
         write_json(out, summary)
-        logged = [(rt, res) for rt, res in results.items()] + [(f"{name}.onnxruntime", sch["onnxruntime"]) for name, sch in schemes.items()]
+        logged = [(rt, res) for rt, res in results.items()] + [(f"{name}.{rt}", sch[rt]) for name, sch in schemes.items() for rt in EXTENSIONS if rt in sch]
         for key, res in logged:
             run.log_metrics({f"{key}.latency_ratio_b{b}": r for b, r in res["latency_ratio"].items()})
             run.log_metrics({f"{key}.size_ratio": res["size_ratio"], f"{key}.within_step": res["within_step"],
@@ -244,7 +247,8 @@ def export_variant(cfg: Dict[str, Any], *, arch: str, variant: str, model: str, 
 
 def _deployable(cfg: Dict[str, Any], arch: str, q: torch.nn.Module, inputs: torch.Tensor, check: torch.Tensor, distill_path: str,
                 out_dir: Path, fp_dir: Path, paper_stats, fs, threads: int, tmp: Path) -> Dict[str, Any]:
-    """The ``deployable`` scheme's model of ``q``, its onnxruntime files and their record."""
+    """The ``deployable`` scheme's model of ``q``, its files for ``export.deployable_runtimes`` and
+    their records (one per runtime, under its name)."""
     ecfg = cfg["export"]
     b_max = max(ecfg["batch_sizes"])
     d = load_distill(distill_path, arch)
@@ -254,11 +258,11 @@ def _deployable(cfg: Dict[str, Any], arch: str, q: torch.nn.Module, inputs: torc
     paper_file = out_dir.parent / f"b{b_max}.onnx"  # the paper scheme's, when onnxruntime is one of the runtimes
     dm, layers = scheme.deployable(q, _example(inputs, b_max), lambda m: a.batches(m, calib, cfg["distill"]["batch_size"], d["extras"]),
                                    weight_bits=ecfg["deployable_weight_bits"], exported=paper_file if paper_file.is_file() else None)
-    written = write_exports(cfg, dm, inputs, out_dir, quantized=True, runtimes=["onnxruntime"])
+    written = write_exports(cfg, dm, inputs, out_dir, quantized=True, runtimes=ecfg["deployable_runtimes"])
     seconds = time.time() - t0
     ref = _run_all(dm, check, b_max)
     stats = _statistics(cfg, fs, ref)
-    return {"onnxruntime": _measure(cfg, "onnxruntime", out_dir, fp_dir, inputs, check, ref, stats, fs, threads, tmp, written),
+    return {**{rt: _measure(cfg, rt, out_dir, fp_dir, inputs, check, ref, stats, fs, threads, tmp, written) for rt in ecfg["deployable_runtimes"]},
             "qfid_vs_paper": fid.frechet_distance(stats, paper_stats), "requantized_convs": layers,
             "weight_bits": ecfg["deployable_weight_bits"], "calibration_images": int(len(calib)), "seconds": seconds}
 
@@ -285,4 +289,8 @@ def summary_row(path: str | Path) -> Dict[str, Any]:
         r = dep["onnxruntime"]
         row.update(deployable_latency_ratio=r["latency_ratio"][b_max], deployable_size_ratio=r["size_ratio"],
                    deployable_within_step=r["within_step"], deployable_qfid_vs_paper=dep["qfid_vs_paper"])
+        for rt in EXTENSIONS:
+            if rt != "onnxruntime" and rt in dep:
+                key = rt.split("-")[0]
+                row.update({f"deployable_{key}_latency_ratio": dep[rt]["latency_ratio"][b_max], f"deployable_{key}_within_step": dep[rt]["within_step"]})
     return row
