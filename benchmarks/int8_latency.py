@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from workflow_src import config as qcfg  # noqa: E402
 from workflow_src.config import Variant  # noqa: E402
+from workflow_src.deploy import pt2  # noqa: E402
 from workflow_src.deploy import runtime as rt  # noqa: E402
 from workflow_src.deploy import scheme  # noqa: E402
 from workflow_src.workflow.export import EXTENSIONS, _Runner, write_exports  # noqa: E402
@@ -55,7 +56,7 @@ def main() -> int:
     ap.add_argument("--schemes", nargs="+", default=list(scheme.SCHEMES), choices=scheme.SCHEMES,
                     help="paper: the method's model as the tables score it; deployable: conv outputs left in float requantized "
                          "(workflow_src/deploy/scheme.py)")
-    ap.add_argument("--profile", action="store_true", help="also print onnxruntime's per-op profile at the largest batch")
+    ap.add_argument("--profile", action="store_true", help="also print each runtime's per-op profile at the largest batch")
     ap.add_argument("--runtimes", nargs="+", default=None, choices=sorted(EXTENSIONS),
                     help="the runtimes to time (default: the config's export.runtimes; the paper profile's include inductor-x86, "
                          "whose compile seconds, int8 and FP32, end its rows)")
@@ -68,7 +69,7 @@ def main() -> int:
     spec = QuantSpec(w_bits=8, a_bits=8, per_channel=args.per_channel)
     print(f"torch {torch.__version__}, {rt.runtime_name()}, threads {args.threads}, profile {cfg['profile']}, w8a8 min-max PTQ "
           f"({'per-channel' if args.per_channel else 'per-tensor'}), median of {args.repeats} interleaved runs")
-    print("int share: onnxruntime's kernel time in integer kernels at the largest batch (its profile); '-' where none is read")
+    print("int share: the runtime's time in integer kernels at the largest batch (onnxruntime's profile; torch.profiler for the others)")
     print(f"{'arch':10} {'scheme':10} {'runtime':12} {'batch':>5} {'fp32 ms':>10} {'int8 ms':>10} {'latency ratio':>14} {'size ratio':>11} {'int share':>10}")
     for name in args.archs or cfg["matrix"]["archs"]:
         arch = make_arch(cfg, name)
@@ -99,6 +100,8 @@ def main() -> int:
                         fns = {"fp": lambda: fr(x), "int": lambda: qr(x)}
                         with torch.no_grad():
                             lat = rt.latency(fns, args.repeats, args.warmup)
+                        if runtime != "onnxruntime" and b == max(args.batch):  # torch.profiler's view of the program or package
+                            rows = pt2.profile(qr.module, x, 2)
                         size = (q_dir / f"b{b}.{ext}").stat().st_size / (fp_dir / f"b{b}.{ext}").stat().st_size
                         share = f"{rt.summarize_profile(rows).get('int', 0.0):10.2f}" if rows and b == max(args.batch) else f"{'-':>10}"
                         compiled = {k: written[k][f"{runtime}/b{b}"].get("compile_seconds") for k in ("fp", kind)}
@@ -106,7 +109,7 @@ def main() -> int:
                         print(f"{name:10} {kind:10} {runtime:12} {b:5d} {1e3 * lat['fp']:10.2f} {1e3 * lat['int']:10.2f} "
                               f"{lat['int'] / lat['fp']:14.3f} {size:11.3f} {share}{tail}", flush=True)
                     if args.profile and rows:
-                        print("  onnxruntime profile:", ", ".join(f"{r['op']} ({r['kind']}) {100 * r['share']:.0f}%" for r in rows[:8]))
+                        print(f"  {runtime} profile:", ", ".join(f"{r['op']} ({r['kind']}) {100 * r['share']:.0f}%" for r in rows[:8]))
     return 0
 
 

@@ -118,6 +118,9 @@ def test_every_artifact_and_finite_metrics(micro_run):
     files = [(rt_, r) for p in (micro_run / "metrics").rglob("*.export.json") for rt_, r in json.loads(p.read_text())["runtimes"].items()]
     assert len(files) == len(cfg["export"]["runtimes"]) * len(exported)
     assert all(r["file_max_abs_diff"] <= 1e-4 for rt_, r in files if rt_ == "pt2e-x86"), [r["file_max_abs_diff"] for _, r in files]
+    # torch.profiler's view of the lowered programs: their oneDNN int8 kernels (onnxruntime's paper-scheme CycleGAN has none:
+    # every conv feeds an instance norm)
+    assert all(r["profile_share"].get("int", 0) > 0 for rt_, r in files if rt_ == "pt2e-x86"), [r["profile_share"] for _, r in files]
     assert all(r["file_within_step"] >= 0.95 for rt_, r in files if rt_ == "onnxruntime"), [r["file_within_step"] for _, r in files]
     # onnxruntime's integer kernels against the file op by op (issue 22 item 4): the first quantized activation that
     # differs, all before it equal, is one kernel's requantization rounding: at most one step (a kernel that saturates
@@ -190,6 +193,7 @@ def test_the_inductor_runtime_compiles_each_package_once_and_records_its_seconds
     assert r["int_kernels"] == {"qconv_unary": lowered["onednn.qconv_pointwise.default"], "qlinear_unary": lowered["onednn.qlinear_pointwise.default"]}
     assert r["runtime"] == f"inductor-x86-torch{torch.__version__.split('+')[0]}" and r["cpu_capability"] == pt2.cpu_capability()
     assert r["file_max_abs_diff"] == r["max_abs_diff"]  # a package has no reading but its own run
+    assert r["profile_share"]["int"] > 0 and {x["kind"] for x in r["profile"]} >= {"int", "generated"}  # its kernels, profiled
     if rt.cpu_has_vnni():  # exact but for requantization rounding (without VNNI, u8s8 pairs saturate: tests/test_export.py)
         assert r["within_step"] >= 0.95, r["within_step"]
     row = export.summary_row(tmp_path / "q.export.json")

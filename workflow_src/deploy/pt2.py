@@ -261,8 +261,10 @@ def compile_package(program: str | Path, out: str | Path) -> Dict[str, object]:
     ep = load_program(program)
     counters["inductor"].clear()
     t0 = time.perf_counter()
+    # compile_threads=1: one process (export jobs run in forked workers); enable_kernel_profile: each generated kernel
+    # records itself for torch.profiler (:func:`profile`), a flag test per kernel when no profiler runs
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp, torch.no_grad(), \
-            inductor_config.patch(freezing=True, compile_threads=1):  # one process: export jobs run in forked workers
+            inductor_config.patch({"freezing": True, "compile_threads": 1, "cpp.enable_kernel_profile": True}):
         built = Path(tmp) / out.name
         torch._inductor.aoti_compile_and_package(ep, package_path=str(built))
         os.replace(built, out)
@@ -276,6 +278,54 @@ def load_package(path: str | Path):
         return torch._inductor.aoti_load_package(str(path))
     except Exception as e:
         raise RuntimeError(f"export file {str(path)!r} cannot be loaded as an AOTInductor package: {type(e).__name__}: {str(e)[:200]}") from None
+
+
+# What the runtimes' profiles call each kind of work (torch.profiler's names for the lowered program's ops
+# and the package's kernels): oneDNN's int8 convs and matrix products (``onednn::qconv_pointwise``,
+# ``aoti_torch_cpu__qconv_pointwise_tensor``, ...), the quantize/dequantize ops left unfused, Inductor's
+# generated C++ kernels (the element-wise work between the int8 kernels, quantization included).
+INT_MARKS = ("qconv", "qlinear")
+QDQ_PREFIX = "quantized_decomposed::"
+GENERATED_MARK = "cpp_fused"
+
+
+def profile(fn, x: torch.Tensor, runs: int) -> List[Dict[str, object]]:
+    """torch.profiler's view of ``runs`` calls of ``fn`` (a lowered program or a loaded package) on
+    ``x`` after one warm-up call: the time of each top-level op or kernel (its children included),
+    summed by name, as rows of ``op``, ``kind`` (int / qdq / generated / float / other), ``ms`` (mean
+    per call) and ``share``, like :func:`.runtime.profile`'s."""
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch.no_grad():
+        fn(x)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                fn(x)
+    per_op: Dict[str, float] = defaultdict(float)
+    for e in prof.events():
+        if e.cpu_parent is None:
+            per_op[e.name] += e.cpu_time_total / 1000.0 / runs
+    total = sum(per_op.values()) or 1.0
+    rows = []
+    for op, ms in per_op.items():
+        kind = ("int" if any(m in op for m in INT_MARKS) else "qdq" if op.startswith(QDQ_PREFIX) else "generated" if GENERATED_MARK in op
+                else "float" if _aten_name(op) in _FLOAT_ATEN else "other")
+        rows.append({"op": op, "kind": kind, "ms": ms, "share": ms / total})
+    return sorted(rows, key=lambda r: -r["ms"])
+
+
+def _aten_name(op: str) -> str:
+    """``aten::bmm`` (lowered program) and ``aoti_torch_cpu_bmm_out`` (a package's fallback call) -> ``bmm``."""
+    if op.startswith("aoti_torch_cpu_"):
+        return op.removeprefix("aoti_torch_cpu_").removesuffix("_out").lstrip("_")
+    return op.removeprefix("aten::").split(".")[0]
+
+
+_FLOAT_ATEN = {t.split(".")[1] for t in FLOAT_COMPUTE} | {"conv2d", "linear", "mkldnn_convolution", "_convolution", "softmax", "instance_norm",
+                                                           "batch_norm", "native_batch_norm", "upsample_nearest2d", "upsample_bilinear2d"}
 
 
 def warm_up() -> float:

@@ -321,6 +321,10 @@ def floor_note(floor_files: List[str]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def _int_share(r: Dict[str, Any]) -> str:
+    return f"{r['profile_share'].get('int', 0.0):.2f}" if "profile_share" in r else ""
+
+
 def _steps(n: int) -> str:
     return f"{n} step" + ("" if n == 1 else "s")
 
@@ -347,7 +351,8 @@ def export_tables(export_files: List[str]) -> str:
            "(median of interleaved runs after warm-up). *within step*: share of output pixels within one 8-bit level (2/255) "
            "of the fake-quant model; *qFID int*: qFID between the integer runtime's and the fake-quant model's outputs on the "
            "same inputs; *file max diff*: the file evaluated as written (no integer fusions; a compiled inductor-x86 package has no other "
-           "reading than its run) against the fake-quant model; *compile s*: the seconds the job took to compile the package, apart from its latency. 4-bit weights are stored packed two per byte (ONNX INT4) but no runtime here has an int4 kernel: "
+           "reading than its run) against the fake-quant model; *int share*: the runtime's time in integer kernels at the largest batch "
+           "(onnxruntime's profile; torch.profiler's for the torch.export program and the package); *compile s*: the seconds the job took to compile the package, apart from its latency. 4-bit weights are stored packed two per byte (ONNX INT4) but no runtime here has an int4 kernel: "
            "they are dequantized to float and run as float convolutions.\n"]
     for arch in sorted({s["arch"] for s in summaries}):
         rows = sorted((s for s in summaries if s["arch"] == arch), key=lambda s: (s["method"], not s["per_channel"], -s["w_bits"]))
@@ -355,13 +360,14 @@ def export_tables(export_files: List[str]) -> str:
             continue
         bs = [str(b) for b in rows[0]["batch_sizes"]]
         out.append(f"\n## {arch_title(arch)}\n")
-        head = ["variant", "runtime", "size ratio"] + [f"latency ratio b{b}" for b in bs] + [f"FP32 ms b{bs[-1]}", f"int ms b{bs[-1]}", "within step", "qFID int", "file max diff",
-                                                                       f"compile s b{bs[-1]}"]
+        head = ["variant", "runtime", "size ratio"] + [f"latency ratio b{b}" for b in bs] + [f"FP32 ms b{bs[-1]}", f"int ms b{bs[-1]}", "int share", "within step",
+                                                                       "qFID int", "file max diff", f"compile s b{bs[-1]}"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for s in rows:
             for rt, r in s["runtimes"].items():
                 cells = [s["variant"], rt, f"{r['size_ratio']:.3f}"] + [f"{r['latency_ratio'][b]:.2f}" for b in bs] + [
-                    f"{r['fp_latency_ms'][bs[-1]]:.2f}", f"{r['latency_ms'][bs[-1]]:.2f}", f"{r['within_step']:.3f}", f"{r['qfid_vs_fakequant']:.4f}", f"{r['file_max_abs_diff']:.1e}",
+                    f"{r['fp_latency_ms'][bs[-1]]:.2f}", f"{r['latency_ms'][bs[-1]]:.2f}", _int_share(r), f"{r['within_step']:.3f}", f"{r['qfid_vs_fakequant']:.4f}",
+                    f"{r['file_max_abs_diff']:.1e}",
                     f"{r['compile_seconds'][bs[-1]]:.1f}" if "compile_seconds" in r else ""]
                 out.append("| " + " | ".join(cells) + " |")
         dep = [s for s in rows if s.get("schemes", {}).get("deployable")]
@@ -369,7 +375,7 @@ def export_tables(export_files: List[str]) -> str:
             out.append("\n### Deployable scheme\n")
             out.append("Conv outputs the paper scheme leaves in float requantized (8-bit min-max on the distillation set) and 8-bit "
                        "weights narrowed; *qFID vs paper*: qFID between its fake-quant outputs and the paper model's on the check "
-                       "inputs (its quality cost); *int share*: onnxruntime's kernel time in integer kernels.\n")
+                       "inputs (its quality cost).\n")
             head = ["variant", "runtime", "weight bits", "requantized convs", "size ratio"] + [f"latency ratio b{b}" for b in bs] + [
                 "int share", "within step", "qFID int", "file max diff", "qFID vs paper"]
             out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -377,9 +383,8 @@ def export_tables(export_files: List[str]) -> str:
                 d = s["schemes"]["deployable"]
                 for rt in (k for k in EXTENSIONS if k in d):
                     r = d[rt]
-                    share = f"{r['profile_share'].get('int', 0.0):.2f}" if "profile_share" in r else ""
                     cells = [s["variant"], rt, f"<= {d['weight_bits']}", str(len(d["requantized_convs"])), f"{r['size_ratio']:.3f}"] + [
-                        f"{r['latency_ratio'][b]:.2f}" for b in bs] + [share, f"{r['within_step']:.3f}", f"{r['qfid_vs_fakequant']:.4f}",
+                        f"{r['latency_ratio'][b]:.2f}" for b in bs] + [_int_share(r), f"{r['within_step']:.3f}", f"{r['qfid_vs_fakequant']:.4f}",
                                                                        f"{r['file_max_abs_diff']:.1e}", fmt_value(d["qfid_vs_paper"])]
                     out.append("| " + " | ".join(cells) + " |")
         rep = next((s for s in rows if s["w_bits"] == 8), rows[0])

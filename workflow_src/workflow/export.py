@@ -180,8 +180,10 @@ def _measure(cfg: Dict[str, Any], rt: str, files: Path, fp_dir: Path, inputs: to
         if rt == "onnxruntime":
             res["requantization"] = ort_rt.requantization(path, check[:b].numpy(), threads)
             rows = ort_rt.profile(path, x.numpy(), threads, ecfg["profile_runs"])
-            res["profile"] = rows
-            res["profile_share"] = ort_rt.summarize_profile(rows)
+        else:
+            rows = pt2.profile(qr.module, x, ecfg["profile_runs"])
+        res["profile"] = rows
+        res["profile_share"] = ort_rt.summarize_profile(rows)
         size, fp_size = path.stat().st_size, (fp_dir / f"b{b}.{ext}").stat().st_size
         res.update(size_bytes=size, fp_size_bytes=fp_size, size_ratio=size / fp_size, sha256=ort_rt.sha256(path))
     res["runtime"] = ort_rt.runtime_name() if rt == "onnxruntime" else f"{rt}-torch{torch.__version__.split('+')[0]}"
