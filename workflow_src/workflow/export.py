@@ -17,7 +17,8 @@ deployable scheme's: :func:`export_variant`) (the graphs have a static batch siz
 latency of FP32 and int8 and their ratio per batch size (interleaved runs after warm-up, the
 job's thread count), the integer runtime's outputs against the fake-quant model's on the saved
 evaluation inputs (max |diff|, share of pixels within one 8-bit output step 2/255, and qFID between
-the two), the float-fallback layers, the per-op-type profile and (onnxruntime) the session settings
+the two), the float-fallback layers, the per-op-type profile (onnxruntime's profiler, or
+torch.profiler's: :func:`workflow_src.deploy.pt2.profile`) and (onnxruntime) the session settings
 and where its integer kernels first depart from the file (:func:`workflow_src.deploy.runtime.requantization`).
 """
 from __future__ import annotations
@@ -150,8 +151,8 @@ def _measure(cfg: Dict[str, Any], rt: str, files: Path, fp_dir: Path, inputs: to
     """One runtime's record of the files under ``files`` (one per batch size; ``written``: what
     :func:`write_exports` returned for them): latency against the FP32 file of the same batch size;
     at the largest batch, the outputs on ``check`` against ``ref`` (the fake-quant model's, whose
-    feature statistics are ``ref_stats``), the file evaluated as written, the kernels, onnxruntime's
-    profile, the sizes; a compiled package's compile seconds."""
+    feature statistics are ``ref_stats``), the file evaluated as written, the kernels, the runtime's
+    profile (onnxruntime's, or torch.profiler's), the sizes; a compiled package's compile seconds."""
     ecfg = cfg["export"]
     ext = EXTENSIONS[rt]
     b_max = max(ecfg["batch_sizes"])
