@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from workflow_src import config as qcfg  # noqa: E402
-from workflow_src.config import Variant  # noqa: E402
 from workflow_src.deploy import pt2  # noqa: E402
 from workflow_src.deploy import runtime as rt  # noqa: E402
 from workflow_src.deploy import scheme  # noqa: E402
