@@ -188,11 +188,11 @@ def test_pt2_export_runs_on_onednn_int8_kernels_within_one_step(tmp_path):
     with pytest.raises(RuntimeError, match=r"q\.pt2' cannot be loaded as an AOTInductor package"):
         pt2.load_package(tmp_path / "q.pt2")
     # where the time goes, from torch.profiler: the lowered program's oneDNN int8 convs, and the package's calls of
-    # the same kernels beside its generated code; shares of the time per call
+    # the same kernels beside its generated code
     for module, int_op in ((lowered, "onednn::qconv_pointwise"), (compiled, "aoti_torch_cpu__qconv_pointwise_tensor")):
         rows = pt2.profile(module, x[:8], 2)
         kinds = {r["op"]: r["kind"] for r in rows}
-        assert kinds[int_op] == "int" and abs(sum(r["share"] for r in rows) - 1) < 1e-9, kinds
+        assert kinds[int_op] == "int", kinds
     assert "generated" in set(kinds.values()) and "quantized_decomposed::quantize_per_tensor" not in kinds  # fused into generated code
 
 

@@ -192,7 +192,6 @@ def test_the_inductor_runtime_compiles_each_package_once_and_records_its_seconds
     lowered = s["runtimes"]["pt2e-x86"]["int_kernels"]  # the convs and the linear of micro SAGAN, as the program lowers them
     assert r["int_kernels"] == {"qconv_unary": lowered["onednn.qconv_pointwise.default"], "qlinear_unary": lowered["onednn.qlinear_pointwise.default"]}
     assert r["runtime"] == f"inductor-x86-torch{torch.__version__.split('+')[0]}" and r["cpu_capability"] == pt2.cpu_capability()
-    assert r["file_max_abs_diff"] == r["max_abs_diff"]  # a package has no reading but its own run
     assert r["profile_share"]["int"] > 0 and {x["kind"] for x in r["profile"]} >= {"int", "generated"}  # its kernels, profiled
     if rt.cpu_has_vnni():  # exact but for requantization rounding (without VNNI, u8s8 pairs saturate: tests/test_export.py)
         assert r["within_step"] >= 0.95, r["within_step"]

@@ -23,6 +23,7 @@ Nothing is recalibrated: the integers and scales in the file are exactly the qua
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -300,11 +301,7 @@ def _drop_dead_nodes(graph) -> None:
 
 def _read_counts(graph) -> Dict[str, int]:
     """How many node inputs read each tensor name."""
-    counts: Dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            counts[name] = counts.get(name, 0) + 1
-    return counts
+    return Counter(name for node in graph.node for name in node.input)
 
 
 def _own_zero_points(model_proto, weights: Dict[str, object]) -> None:
